@@ -1,0 +1,498 @@
+"""Turning a Registry into a mediator: check everything, compile every chain, once.
+
+The same code builds both twins; ``is_async`` picks only the leaf adapters
+(which behaviour method to call, how a sync handler joins an async chain, which
+scope wrapper closes the scope).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import typing
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import attrs
+
+from . import _context, _pipeline
+from ._di import Compiler, Lifetime, Provider, UnresolvedAnnotations, parameters_needed, type_hints
+from ._errors import WiringError
+from ._mediator import AsyncMediator, Mediator
+from ._messages import Kind, Message, declared_result, qualname
+from ._notify import ASYNC_RUNNERS, SYNC_RUNNERS, PublishStrategy
+from ._registry import (
+    BehaviourRegistration,
+    HandlerRegistration,
+    HookRegistration,
+    Registry,
+    applies,
+)
+
+
+@attrs.frozen
+class Invoker:
+    """A compiled call of a handler or validator: ``call(message)`` does everything."""
+
+    call: Callable[[Any], Any]
+    needs_scope: bool
+    is_async: bool
+    description: str
+
+
+@attrs.frozen
+class Step:
+    """One behaviour as compiled into one message type's chain."""
+
+    name: str
+    lifetime: Lifetime
+    needs_scope: bool
+    compose: Callable[[Callable[[Any], Any]], Callable[[Any], Any]]
+
+
+@attrs.frozen
+class Explanation:
+    """A readable account of what one message type's dispatch runs, in order."""
+
+    message_type: type
+    kind: Kind
+    result: Any
+    behaviours: tuple[str, ...]
+    handlers: tuple[str, ...]
+    opens_scope: bool
+
+    def __str__(self) -> str:
+        result = "" if self.kind is Kind.EVENT else f" -> {_type_name(self.result)}"
+        lines = [f"{qualname(self.message_type)} ({self.kind.value}){result}"]
+        lines += [f"  {i}. {b}" for i, b in enumerate(self.behaviours, 1)]
+        label = "handler" if self.kind is not Kind.EVENT else "handlers"
+        lines += [f"  {label}: {h}" for h in self.handlers] or [f"  {label}: none"]
+        lines.append("  scope: " + ("opened per dispatch (or joined)" if self.opens_scope else "none needed"))
+        return "\n".join(lines)
+
+
+def _type_name(tp: Any) -> str:
+    if tp is Any:
+        return "Any"
+    if isinstance(tp, type) and not typing.get_args(tp):
+        return tp.__name__
+    return repr(tp).replace("typing.", "")
+
+
+class Build:
+    """What a behaviour's ``for_message(message_type, build)`` hook may use at build time."""
+
+    def __init__(self, registry: Registry, compiler: Compiler, is_async: bool) -> None:
+        self.registry = registry
+        self.compiler = compiler
+        self.is_async = is_async
+        self._validators: dict[type, tuple[Invoker, ...]] = {}
+
+    def problem(self, text: str) -> None:
+        """Report a wiring problem; ``build`` raises them all together."""
+        self.compiler.problems.append(text)
+
+    def validators(self, message_type: type) -> tuple[Invoker, ...]:
+        """The compiled validators registered for ``message_type`` or its base classes."""
+        if message_type not in self._validators:
+            found = []
+            for reg in self.registry.validators:
+                if issubclass(message_type, reg.message_type):
+                    invoker = compile_call(reg.validator, "validate", reg.lifetime, self, reg.message_type, None)
+                    if invoker is not None:
+                        found.append(invoker)
+            self._validators[message_type] = tuple(found)
+        return self._validators[message_type]
+
+    def hooks(self, message_type: type) -> tuple[HookRegistration, ...]:
+        """The exception hooks that apply to ``message_type``, in registration order."""
+        return tuple(h for h in self.registry.hooks if applies(h.applies_to, message_type))
+
+    def resolve(self, service: Any, needed_by: Any) -> Any:
+        """Get a singleton service at build (for behaviours that need one); ``None`` if unavailable."""
+        provider = self.compiler.provider(service, needed_by)
+        return None if provider is None else provider.get(None)
+
+
+def _check_signature(func: Callable[..., Any], skip: int, message_type: type, kind: Kind, build: Build,
+                     label: str) -> None:
+    """Report a handler whose annotated message or result type does not fit ``message_type``."""
+    try:
+        hints = type_hints(func, {message_type.__name__: message_type})
+    except UnresolvedAnnotations:
+        return  # cannot tell; dependencies, which must resolve, are reported where they are compiled
+    params = list(inspect.signature(func).parameters.values())[skip:]
+    if not params:
+        build.problem(f"{label} takes no message parameter; it must accept a {qualname(message_type)}.")
+        return
+    annotation = hints.get(params[0].name)
+    if isinstance(annotation, type) and not issubclass(message_type, annotation):
+        build.problem(
+            f"{label} is registered for {qualname(message_type)} but its message parameter is annotated "
+            f"{qualname(annotation)}; fix the annotation or the registration."
+        )
+    if kind is Kind.EVENT or "return" not in hints:
+        return
+    declared, returned = declared_result(message_type), hints["return"]
+    if kind is Kind.STREAM:
+        args = typing.get_args(returned)
+        returned = args[0] if args else Any
+    if not _compatible(returned, declared):
+        build.problem(
+            f"{label} returns {_type_name(returned)} but {qualname(message_type)} declares "
+            f"{_type_name(declared)}; make them agree."
+        )
+
+
+def _compatible(returned: Any, declared: Any) -> bool:
+    if declared is Any or returned is Any or returned == declared:
+        return True
+    if declared is None:
+        declared = type(None)
+    if returned is None:
+        returned = type(None)
+    if isinstance(returned, type) and isinstance(declared, type):
+        return issubclass(returned, declared)
+    origin = typing.get_origin(declared)
+    if origin is typing.Union or type(declared).__name__ == "UnionType":
+        return any(_compatible(returned, d) for d in typing.get_args(declared))
+    if typing.get_origin(returned) is not None and origin is not None:
+        return _compatible(typing.get_origin(returned), origin)
+    return False
+
+
+def compile_call(
+    target: Any, method: str, lifetime: Lifetime, build: Build, message_type: type, kind: Kind | None
+) -> Invoker | None:
+    """Compile calling ``target`` (a class with ``method`` or a function) for one message."""
+    compiler = build.compiler
+    if isinstance(target, type):
+        func = getattr(target, method, None)
+        label = f"{qualname(target)}.{method}"
+        if not callable(func):
+            build.problem(f"{qualname(target)} has no {method}() method; add one or register a function.")
+            return None
+        if kind is not None:
+            _check_signature(func, 1, message_type, kind, build, label)
+        if not compiler.register_concrete(target, lifetime):
+            return None
+        provider = compiler.provider(target, target)
+        if provider is None:
+            return None
+        return Invoker(_instance_call(func, provider), provider.needs_scope, _is_async(func),
+                       _describe(target, provider))
+    if callable(target):
+        label = qualname(target)
+        if kind is not None:
+            _check_signature(target, 0, message_type, kind, build, label)
+        deps = compiler.callable_dependencies(target, skip=1)
+        if deps is None:
+            return None
+        call, needs_scope = _function_call(target, deps)
+        names = ", ".join(d.describe() for d in deps.values())
+        return Invoker(call, needs_scope, _is_async(target), f"{label}({names})" if names else label)
+    build.problem(f"{target!r} is neither a class with {method}() nor a function.")
+    return None
+
+
+def _describe(target: type, provider: Provider) -> str:
+    deps = ", ".join(d.describe() for d in provider.deps)
+    return f"{qualname(target)} ({provider.lifetime.value})" + (f" <- {deps}" if deps else "")
+
+
+def _is_async(func: Any) -> bool:
+    return inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func)
+
+
+def _instance_call(func: Callable[[Any, Any], Any], provider: Provider) -> Callable[[Any], Any]:
+    if provider.make is None:
+        return typing.cast(Callable[[Any], Any], func.__get__(provider.value))
+    make = provider.make
+    if not provider.needs_scope:
+
+        def call_transient(message: Any) -> Any:
+            return func(make(), message)
+
+        return call_transient
+    current = _context._current
+
+    def call_scoped(message: Any) -> Any:
+        ctx = current.get()
+        assert ctx is not None
+        return func(make(ctx.scope), message)
+
+    return call_scoped
+
+
+def _function_call(func: Callable[..., Any], deps: dict[str, Provider]) -> tuple[Callable[[Any], Any], bool]:
+    constants = {n: d.value for n, d in deps.items() if d.make is None}
+    dynamic = tuple((n, d.get) for n, d in deps.items() if d.make is not None)
+    if not dynamic:
+        return (functools.partial(func, **constants) if constants else func), False
+    current = _context._current
+    needs_scope = any(d.needs_scope for d in deps.values())
+
+    def call(message: Any) -> Any:
+        ctx = current.get()
+        scope = ctx.scope if ctx is not None else None
+        return func(message, **constants, **{n: get(scope) for n, get in dynamic})
+
+    return call, needs_scope
+
+
+def _behaviour_method(obj: Any, kind: Kind, is_async: bool) -> tuple[str | None, str | None]:
+    """Pick the method a behaviour runs for this kind and flavour, or explain why none fits."""
+    if kind is Kind.STREAM:
+        return ("handle_stream", None) if callable(getattr(obj, "handle_stream", None)) else (None, None)
+    if is_async:
+        if callable(getattr(obj, "handle_async", None)):
+            return "handle_async", None
+        if inspect.iscoroutinefunction(getattr(obj, "handle", None)):
+            return "handle", None
+        return None, "has no async handle_async() (nor an async handle()) for the async mediator"
+    handle = getattr(obj, "handle", None)
+    if not callable(handle):
+        return None, "has no handle(message, next) method"
+    if inspect.iscoroutinefunction(handle):
+        return None, "has an async handle(); the sync mediator needs a sync one (use build_async())"
+    return "handle", None
+
+
+def _takes_message_and_next(method: Callable[..., Any]) -> bool:
+    try:
+        inspect.signature(method).bind(object(), object())
+    except TypeError:
+        return False
+    except ValueError:
+        return True
+    return True
+
+
+def compile_steps(registrations: list[BehaviourRegistration], message_type: type, kind: Kind,
+                  build: Build) -> list[Step]:
+    """Select, specialise and compile the behaviours that apply to ``message_type``."""
+    steps = []
+    for reg in registrations:
+        if applies(reg.applies_to, message_type):
+            step = _compile_step(reg, message_type, kind, build)
+            if step is not None:
+                steps.append(step)
+    return steps
+
+
+def _compile_step(reg: BehaviourRegistration, message_type: type, kind: Kind, build: Build) -> Step | None:
+    behaviour = reg.behaviour
+    name = qualname(behaviour if isinstance(behaviour, type) else type(behaviour))
+    # A behaviour that matches "everything" simply sits out the kinds it has no method for.
+    strict = reg.applies_to is not None
+    if isinstance(behaviour, type) and reg.lifetime is not Lifetime.SINGLETON:
+        return _per_dispatch_step(reg, name, kind, build, strict)
+    if isinstance(behaviour, type):
+        behaviour = build.resolve(behaviour, behaviour)
+        if behaviour is None:
+            return None
+    specialise = getattr(behaviour, "for_message", None)
+    if specialise is not None:
+        behaviour = specialise(message_type, build)
+        if behaviour is None:
+            return None
+    method, why = _behaviour_method(behaviour, kind, build.is_async)
+    if method is None:
+        if why and (strict or kind is not Kind.STREAM):
+            build.problem(f"Behaviour {name} {why}.")
+        return None
+    bound = getattr(behaviour, method)
+    if not _takes_message_and_next(bound):
+        build.problem(f"Behaviour {name}.{method} must accept (message, next); fix its signature.")
+        return None
+    return Step(name, Lifetime.SINGLETON, bool(getattr(behaviour, "needs_scope", False)),
+                functools.partial(_pipeline.link, bound))
+
+
+def _per_dispatch_step(reg: BehaviourRegistration, name: str, kind: Kind, build: Build, strict: bool) -> Step | None:
+    behaviour = reg.behaviour
+    method, why = _behaviour_method(behaviour, kind, build.is_async)
+    if method is None:
+        if why and (strict or kind is not Kind.STREAM):
+            build.problem(f"Behaviour {name} {why}.")
+        return None
+    if not build.compiler.register_concrete(behaviour, reg.lifetime):
+        return None
+    provider = build.compiler.provider(behaviour, behaviour)
+    if provider is None or provider.make is None:
+        return None
+    return Step(name, provider.lifetime, provider.needs_scope,
+                functools.partial(_pipeline.link_per_dispatch, provider.make, provider.needs_scope, method))
+
+
+def _chain(terminal: Callable[[Any], Any], steps: Iterable[Step]) -> Callable[[Any], Any]:
+    rest = terminal
+    for step in reversed(list(steps)):
+        rest = step.compose(rest)
+    return rest
+
+
+@attrs.define
+class _EventHandler:
+    chain: Callable[[Any], Any]
+    needs_scope: bool
+    description: str
+
+
+class Routes:
+    """Everything compiled for one mediator: entry tables, event composition and explanations."""
+
+    def __init__(self, is_async: bool, publish_strategy: PublishStrategy, include_bases: bool) -> None:
+        self.is_async = is_async
+        self.publish_strategy = publish_strategy
+        self.include_bases = include_bases
+        self.entries: dict[Kind, dict[type, Callable[[Any], Any]]] = {k: {} for k in Kind}
+        self.event_handlers: dict[type, list[_EventHandler]] = {}
+        self.event_steps: dict[type, tuple[str, ...]] = {}
+        self.explanations: dict[type, Explanation] = {}
+
+    def explain(self, message_type: type) -> Explanation:
+        from ._errors import HandlerNotFoundError
+
+        if message_type in self.explanations:
+            return self.explanations[message_type]
+        if message_type in self.event_steps or (isinstance(message_type, type) and issubclass(message_type, Message)
+                                                 and _kind(message_type) is Kind.EVENT):
+            handlers = self._handlers_for(message_type)
+            return Explanation(message_type, Kind.EVENT, None, (), tuple(h.description for h in handlers),
+                               any(h.needs_scope for h in handlers))
+        raise HandlerNotFoundError(message_type)
+
+    def _handlers_for(self, event_type: type) -> list[_EventHandler]:
+        if not self.include_bases:
+            return list(self.event_handlers.get(event_type, ()))
+        found: list[_EventHandler] = []
+        for klass in event_type.__mro__:
+            found += self.event_handlers.get(klass, ())
+        return found
+
+    def event_entry(self, event_type: type, strategy: PublishStrategy) -> Callable[[Any], Any]:
+        """Compose the publish entry for an event type and strategy (at build, or on first publish)."""
+        handlers = self._handlers_for(event_type)
+        runners = ASYNC_RUNNERS if self.is_async else SYNC_RUNNERS
+        if strategy not in runners:
+            from ._errors import WiringError
+
+            raise WiringError([f"{strategy!r} needs the async mediator; build it with build_async()."])
+        entry: Callable[[Any], Any] = functools.partial(runners[strategy], tuple(h.chain for h in handlers))
+        if any(h.needs_scope for h in handlers):
+            return _scope_wrapper(Kind.EVENT, self.is_async)(entry)
+        return entry
+
+
+def _kind(message_type: type) -> Kind | None:
+    from ._messages import kind_of
+
+    return kind_of(message_type)
+
+
+def build(registry: Registry, is_async: bool) -> Mediator | AsyncMediator:
+    """Build a mediator from ``registry``; raise one WiringError listing every problem."""
+    compiler = Compiler(registry.container, dict(registry.lifetimes))
+    compiler.problems.extend(registry.problems)
+    mediator: Mediator | AsyncMediator = AsyncMediator() if is_async else Mediator()
+    compiler.add_instance(type(mediator), mediator)
+    info = Build(registry, compiler, is_async)
+    routes = Routes(is_async, registry.publish_strategy, registry.include_base_event_handlers)
+    if registry.publish_strategy is PublishStrategy.CONCURRENT and not is_async:
+        info.problem("PublishStrategy.CONCURRENT needs the async mediator; build it with build_async().")
+
+    by_type: dict[type, list[HandlerRegistration]] = {}
+    for reg in registry.handlers:
+        by_type.setdefault(reg.message_type, []).append(reg)
+    for message_type, regs in by_type.items():
+        _compile_route(message_type, regs, registry, info, routes)
+    for message_type, handlers in routes.event_handlers.items():
+        routes.entries[Kind.EVENT][message_type] = routes.event_entry(message_type, registry.publish_strategy)
+        routes.explanations[message_type] = Explanation(
+            message_type, Kind.EVENT, None, routes.event_steps[message_type],
+            tuple(h.description for h in routes._handlers_for(message_type)), any(h.needs_scope for h in handlers),
+        )
+    for message_type in registry.expected:
+        if message_type not in by_type and _kind(message_type) is not Kind.EVENT:
+            info.problem(
+                f"{qualname(message_type)} has no handler; register one with "
+                f"registry.handle({message_type.__name__}).by(...)."
+            )
+    _check_orphans(registry, by_type, info)
+    if compiler.problems:
+        raise WiringError(list(dict.fromkeys(compiler.problems)))
+    mediator._install(routes)
+    return mediator
+
+
+def _compile_route(
+    message_type: type, regs: list[HandlerRegistration], registry: Registry, info: Build, routes: Routes
+) -> None:
+    """Compile one message type's handlers and behaviours into its entry (or event handlers)."""
+    kind, is_async = regs[0].kind, info.is_async
+    if kind is not Kind.EVENT and len(regs) > 1:
+        listed = ", ".join(qualname(r.handler) for r in regs)
+        info.problem(
+            f"{qualname(message_type)} has {len(regs)} handlers ({listed}); a {kind.value} needs exactly "
+            "one: remove all but one registration."
+        )
+        return
+    steps = compile_steps(registry.behaviours, message_type, kind, info)
+    invokers = []
+    for reg in regs:
+        invoker = compile_call(reg.handler, "handle", reg.lifetime, info, message_type, kind)
+        if invoker is not None and invoker.is_async and not is_async:
+            info.problem(
+                f"{invoker.description} is async but this is the sync mediator; use build_async() "
+                "or make the handler sync."
+            )
+        elif invoker is not None:
+            invokers.append(invoker)
+    if len(invokers) != len(regs):
+        return
+    steps_scope = any(s.needs_scope for s in steps)
+    step_names = tuple(f"{s.name} ({s.lifetime.value})" for s in steps)
+    if kind is Kind.EVENT:
+        for invoker in invokers:
+            terminal = _pipeline.as_coroutine(invoker.call) if is_async and not invoker.is_async else invoker.call
+            routes.event_handlers.setdefault(message_type, []).append(
+                _EventHandler(_chain(terminal, steps), invoker.needs_scope or steps_scope, invoker.description)
+            )
+        routes.event_steps[message_type] = step_names
+        return
+    (invoker,) = invokers
+    needs_scope = steps_scope or invoker.needs_scope
+    terminal, wrap = invoker.call, _scope_wrapper(kind, is_async)
+    if is_async and not invoker.is_async:
+        terminal = (_pipeline.stream_to_async if kind is Kind.STREAM else _pipeline.as_coroutine)(terminal)
+    chain = _chain(terminal, steps)
+    routes.entries[kind][message_type] = wrap(chain) if needs_scope else chain
+    routes.explanations[message_type] = Explanation(
+        message_type, kind, declared_result(message_type), step_names, (invoker.description,), needs_scope
+    )
+
+
+def _scope_wrapper(kind: Kind, is_async: bool) -> Callable[[Callable[[Any], Any]], Callable[[Any], Any]]:
+    if kind is Kind.STREAM:
+        return _pipeline.scoped_stream_async if is_async else _pipeline.scoped_stream_sync
+    return _pipeline.scoped_async if is_async else _pipeline.scoped_sync
+
+
+def _check_orphans(registry: Registry, by_type: dict[type, list[HandlerRegistration]], build: Build) -> None:
+    from ._behaviours import ExceptionHooks, Validation
+
+    placed = {type(r.behaviour) if not isinstance(r.behaviour, type) else r.behaviour for r in registry.behaviours}
+    if registry.validators and not any(issubclass(p, Validation) for p in placed):
+        build.problem("Validators are registered but no Validation behaviour is in the pipeline; "
+                      "add registry.behaviour(Validation()).")
+    if registry.hooks and not any(issubclass(p, ExceptionHooks) for p in placed):
+        build.problem("Exception hooks are registered but no ExceptionHooks behaviour is in the pipeline; "
+                      "add registry.behaviour(ExceptionHooks()).")
+    for reg in registry.validators:
+        if not any(issubclass(t, reg.message_type) for t in by_type):
+            build.problem(f"A validator is registered for {qualname(reg.message_type)}, which has no handler.")
+
+
+__all__ = ["Build", "Explanation", "Invoker", "Routes", "Step", "build", "compile_call", "compile_steps",
+           "parameters_needed"]

@@ -1,0 +1,215 @@
+"""Dispatch scopes and the dispatch context reachable from handlers and behaviours.
+
+A *scope* owns the scoped service instances (a database session, a unit of
+work) of one root dispatch and everything dispatched from inside it; it closes
+them deterministically, newest first, when that root dispatch ends, passing the
+exception (if any) so a unit of work can roll back. A *dispatch context* is one
+per dispatch: it knows its message, its parent, and the correlation and
+causation ids, which are made lazily so that nobody pays for an id nobody reads.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+import uuid
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+from ._errors import ScopeError
+
+_current: contextvars.ContextVar[DispatchContext | None] = contextvars.ContextVar(
+    "mediator_dispatch_context", default=None
+)
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Scope:
+    """The lifetime of scoped services: one root dispatch, or an explicit ``mediator.scope()``."""
+
+    __slots__ = ("_closed", "_exits", "_instances", "_is_async", "causation_id", "correlation_id",
+                 "items", "principal")
+
+    def __init__(
+        self,
+        *,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+        principal: Any = None,
+        is_async: bool = False,
+    ) -> None:
+        self.correlation_id = correlation_id
+        self.causation_id = causation_id
+        self.principal = principal
+        self.items: dict[str, Any] = {}
+        self._instances: dict[Any, Any] = {}
+        self._exits: list[Any] = []
+        self._closed = False
+        self._is_async = is_async
+
+    @property
+    def closed(self) -> bool:
+        """Whether the scope has ended; scoped services can no longer be made in it."""
+        return self._closed
+
+    def get_or_create(self, key: Any, create: Callable[[Scope], Any]) -> Any:
+        """Return this scope's instance for ``key``, creating and entering it on first use."""
+        try:
+            return self._instances[key]
+        except KeyError:
+            pass
+        if self._closed:
+            raise ScopeError(f"Cannot create scoped {key!r}: its dispatch scope has already closed.")
+        instance = create(self)
+        if hasattr(instance, "__enter__") and hasattr(instance, "__exit__"):
+            instance = instance.__enter__() or instance
+            self._exits.append(instance)
+        elif (self._is_async and hasattr(instance, "__aexit__")) or hasattr(instance, "close"):
+            self._exits.append(instance)
+        self._instances[key] = instance
+        return instance
+
+    def close(self, exc: BaseException | None = None) -> None:
+        """End the scope: exit its resources newest first, handing them ``exc``."""
+        if self._closed:
+            return
+        self._closed = True
+        error: BaseException | None = None
+        for resource in reversed(self._exits):
+            try:
+                _exit_sync(resource, exc)
+            except BaseException as failure:  # keep closing the others, then report
+                error = error or failure
+        self._exits.clear()
+        if error is not None:
+            raise error
+
+    async def aclose(self, exc: BaseException | None = None) -> None:
+        """End the scope like :meth:`close`, awaiting async resources' ``__aexit__``/``aclose``."""
+        if self._closed:
+            return
+        self._closed = True
+        error: BaseException | None = None
+        for resource in reversed(self._exits):
+            try:
+                if hasattr(resource, "__aexit__"):
+                    await resource.__aexit__(*_exc_info(exc))
+                elif hasattr(resource, "aclose"):
+                    result = resource.aclose()
+                    if inspect.isawaitable(result):
+                        await result
+                else:
+                    _exit_sync(resource, exc)
+            except BaseException as failure:
+                error = error or failure
+        self._exits.clear()
+        if error is not None:
+            raise error
+
+
+def _exc_info(
+    exc: BaseException | None,
+) -> tuple[type[BaseException] | None, BaseException | None, TracebackType | None]:
+    if exc is None:
+        return None, None, None
+    return type(exc), exc, exc.__traceback__
+
+
+def _exit_sync(resource: Any, exc: BaseException | None) -> None:
+    if hasattr(resource, "__exit__"):
+        resource.__exit__(*_exc_info(exc))
+    else:
+        resource.close()
+
+
+class DispatchContext:
+    """What a handler or behaviour can know about the dispatch it runs in.
+
+    Nested dispatches share the scope and the correlation id of their parent;
+    their causation id is the parent message's id.
+    """
+
+    __slots__ = ("_message_id", "message", "parent", "scope")
+
+    def __init__(self, scope: Scope, message: object, parent: DispatchContext | None) -> None:
+        self.scope = scope
+        self.message = message
+        self.parent = parent
+        self._message_id: str | None = None
+
+    @property
+    def message_id(self) -> str:
+        """A unique id for this dispatch's message, made on first read."""
+        if self._message_id is None:
+            self._message_id = _new_id()
+        return self._message_id
+
+    @property
+    def correlation_id(self) -> str:
+        """The id shared by a root dispatch and everything dispatched from it."""
+        scope = self.scope
+        if scope.correlation_id is None:
+            scope.correlation_id = _new_id()
+        return scope.correlation_id
+
+    @property
+    def causation_id(self) -> str | None:
+        """The id of the message whose handling caused this one, if any."""
+        parent = self.parent
+        while parent is not None and parent.message is None:
+            parent = parent.parent
+        return parent.message_id if parent is not None else self.scope.causation_id
+
+    @property
+    def principal(self) -> Any:
+        """Who is acting: whatever the caller put in the scope (a user, a service account)."""
+        return self.scope.principal
+
+    @property
+    def depth(self) -> int:
+        """0 for a root dispatch, 1 for a message dispatched from its handler, and so on."""
+        depth, parent = 0, self.parent
+        while parent is not None:
+            if parent.message is not None:
+                depth += 1
+            parent = parent.parent
+        return depth
+
+
+def current_context() -> DispatchContext:
+    """Return the context of the dispatch running now.
+
+    Raises:
+        ScopeError: when no dispatch with a scope is running. A message's chain opens
+            a scope when any part of it needs one (a scoped dependency, a
+            ``DispatchContext`` dependency, a behaviour that uses the context) or
+            inside ``mediator.scope()``.
+    """
+    ctx = _current.get()
+    if ctx is None:
+        raise ScopeError(
+            "No dispatch scope is open here; depend on DispatchContext in the handler or run the "
+            "dispatch inside `with mediator.scope():` to get one."
+        )
+    return ctx
+
+
+def enter(message: object, is_async: bool) -> tuple[DispatchContext, contextvars.Token[Any], Scope | None]:
+    """Open a context for one dispatch; return it, the reset token, and the scope it owns (if new)."""
+    parent = _current.get()
+    if parent is None:
+        owned = Scope(is_async=is_async)
+        ctx = DispatchContext(owned, message, None)
+    else:
+        owned = None
+        ctx = DispatchContext(parent.scope, message, parent)
+    return ctx, _current.set(ctx), owned
+
+
+def reset(token: contextvars.Token[Any]) -> None:
+    """Leave the context opened by :func:`enter`."""
+    _current.reset(token)

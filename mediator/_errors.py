@@ -1,0 +1,85 @@
+"""One error tree for the framework; each leaf also subclasses the matching built-in.
+
+Every error keeps the objects it is about as attributes, and its message says
+what went wrong and what to do, naming types by their qualified name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ._messages import qualname
+
+
+class MediatorError(Exception):
+    """Root of every error the framework raises itself."""
+
+
+class NotAMessageError(MediatorError, TypeError):
+    """Something that is not a Command, Query, StreamQuery or Event was dispatched."""
+
+    def __init__(self, obj: object, expected: str) -> None:
+        self.obj = obj
+        self.expected = expected
+        super().__init__(
+            f"{qualname(type(obj))} is not a {expected}; "
+            f"derive the class from mediator.{expected} to dispatch it this way."
+        )
+
+
+class HandlerNotFoundError(MediatorError, LookupError):
+    """A message was dispatched whose type has no registered handler."""
+
+    def __init__(self, message_type: type) -> None:
+        self.message_type = message_type
+        super().__init__(
+            f"No handler is registered for {qualname(message_type)}; "
+            f"register one with registry.handle({message_type.__name__}).by(...) before build()."
+        )
+
+
+class WiringError(MediatorError, ValueError):
+    """The registrations do not form a valid mediator; ``problems`` lists every one."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = tuple(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"The mediator cannot be built, {len(self.problems)} problem(s):\n{lines}")
+
+
+class RegistryFrozenError(MediatorError, RuntimeError):
+    """A registration was attempted after the registry was built."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        super().__init__(
+            f"Cannot register {what}: the registry was already built and its wiring is frozen; "
+            "register everything before calling build()."
+        )
+
+
+class DependencyError(MediatorError, LookupError):
+    """A dependency could not be provided to a handler, behaviour or validator."""
+
+    def __init__(self, service: Any, needed_by: Any, reason: str) -> None:
+        self.service = service
+        self.needed_by = needed_by
+        super().__init__(f"{qualname(needed_by)} needs {qualname(service)}: {reason}")
+
+
+class ScopeError(MediatorError, RuntimeError):
+    """A scoped service or the dispatch context was used where no scope is open."""
+
+
+class ValidationError(MediatorError, ValueError):
+    """A message failed validation; ``errors`` maps each field to its messages.
+
+    Errors that concern the whole message rather than a field are under ``""``.
+    """
+
+    def __init__(self, message: object, errors: Mapping[str, Sequence[str]]) -> None:
+        self.message = message
+        self.errors: dict[str, tuple[str, ...]] = {k: tuple(v) for k, v in errors.items()}
+        detail = "; ".join(f"{k or '<message>'}: {', '.join(v)}" for k, v in self.errors.items())
+        super().__init__(f"{qualname(type(message))} is invalid: {detail}")

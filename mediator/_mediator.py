@@ -1,0 +1,226 @@
+"""The built mediators: ``Mediator`` and its async twin ``AsyncMediator``.
+
+Both share their dispatch bodies, which are plain functions assigned to each
+class; only the annotations differ (``R`` for the sync twin, an awaitable of
+``R`` for the async one). A dispatch is a dictionary lookup by the message's
+exact type and a call of the chain compiled for it at build.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ._context import DispatchContext, Scope, _current
+from ._errors import HandlerNotFoundError, NotAMessageError
+from ._messages import Command, Event, Kind, Query, StreamQuery, kind_of
+from ._notify import PublishStrategy
+
+if TYPE_CHECKING:
+    from ._build import Explanation, Routes
+
+R = TypeVar("R")
+T = TypeVar("T")
+
+_EXPECTED = {
+    Kind.COMMAND: "Command",
+    Kind.QUERY: "Query",
+    Kind.STREAM: "StreamQuery",
+    Kind.EVENT: "Event",
+}
+_VERB = {Kind.COMMAND: "send", Kind.QUERY: "ask", Kind.STREAM: "stream", Kind.EVENT: "publish"}
+
+
+def _miss(message: object, expected: Kind) -> Exception:
+    kind = kind_of(type(message))
+    if kind is None:
+        return NotAMessageError(message, _EXPECTED[expected])
+    if kind is not expected:
+        error = NotAMessageError(message, _EXPECTED[expected])
+        error.args = (f"{error.args[0][:-1]} (it is a {_EXPECTED[kind]}: use {_VERB[kind]}() for it).",)
+        return error
+    return HandlerNotFoundError(type(message))
+
+
+def _send(self: _Dispatcher, command: Any) -> Any:
+    try:
+        entry = self._commands[type(command)]
+    except KeyError:
+        raise _miss(command, Kind.COMMAND) from None
+    return entry(command)
+
+
+def _ask(self: _Dispatcher, query: Any) -> Any:
+    try:
+        entry = self._queries[type(query)]
+    except KeyError:
+        raise _miss(query, Kind.QUERY) from None
+    return entry(query)
+
+
+def _stream(self: _Dispatcher, query: Any) -> Any:
+    try:
+        entry = self._streams[type(query)]
+    except KeyError:
+        raise _miss(query, Kind.STREAM) from None
+    return entry(query)
+
+
+def _publish(self: _Dispatcher, event: Any, *, strategy: PublishStrategy | None = None) -> Any:
+    if strategy is None:
+        try:
+            entry = self._events[type(event)]
+        except KeyError:
+            entry = self._event_entry(event, self._routes.publish_strategy)
+    else:
+        entry = self._event_entry(event, strategy)
+    return entry(event)
+
+
+class _Dispatcher:
+    __slots__ = ("_commands", "_events", "_events_by_strategy", "_queries", "_routes", "_streams")
+
+    _commands: dict[type, Callable[[Any], Any]]
+    _queries: dict[type, Callable[[Any], Any]]
+    _streams: dict[type, Callable[[Any], Any]]
+    _events: dict[type, Callable[[Any], Any]]
+    _events_by_strategy: dict[tuple[type, PublishStrategy], Callable[[Any], Any]]
+    _routes: Routes
+
+    def _install(self, routes: Routes) -> None:
+        self._routes = routes
+        self._commands = routes.entries[Kind.COMMAND]
+        self._queries = routes.entries[Kind.QUERY]
+        self._streams = routes.entries[Kind.STREAM]
+        self._events = routes.entries[Kind.EVENT]
+        self._events_by_strategy = {}
+
+    def _event_entry(self, event: Any, strategy: PublishStrategy) -> Callable[[Any], Any]:
+        event_type = type(event)
+        if kind_of(event_type) is not Kind.EVENT:
+            raise _miss(event, Kind.EVENT)
+        key = (event_type, strategy)
+        entry = self._events_by_strategy.get(key)
+        if entry is None:
+            entry = self._events_by_strategy[key] = self._routes.event_entry(event_type, strategy)
+            if strategy is self._routes.publish_strategy:
+                self._events[event_type] = entry
+        return entry
+
+    def explain(self, message_type: type) -> Explanation:
+        """Describe the compiled chain for ``message_type``: behaviours in order, handler, lifetimes."""
+        return self._routes.explain(message_type)
+
+    @property
+    def message_types(self) -> frozenset[type]:
+        """Every message type this mediator has a route for."""
+        return frozenset(self._routes.explanations)
+
+
+def _open_scope(
+    correlation_id: str | None, causation_id: str | None, principal: Any, is_async: bool
+) -> DispatchContext:
+    parent = _current.get()
+    if parent is not None:
+        correlation_id = correlation_id or parent.correlation_id
+        principal = principal if principal is not None else parent.principal
+    scope = Scope(correlation_id=correlation_id, causation_id=causation_id, principal=principal, is_async=is_async)
+    return DispatchContext(scope, None, parent)
+
+
+class Mediator(_Dispatcher):
+    """Dispatches messages to the handlers wired at build; made by ``Registry.build()``."""
+
+    __slots__ = ()
+
+    if TYPE_CHECKING:
+
+        def send(self, command: Command[R], /) -> R:
+            """Run ``command`` through its chain and return its handler's result."""
+            ...
+
+        def ask(self, query: Query[R], /) -> R:
+            """Run ``query`` through its chain and return its handler's answer."""
+            ...
+
+        def stream(self, query: StreamQuery[T], /) -> Iterator[T]:
+            """Return the items of a streaming query; the scope closes when iteration ends."""
+            ...
+
+        def publish(self, event: Event, /, *, strategy: PublishStrategy | None = None) -> None:
+            """Run every handler of ``event`` with the given or the registry's strategy."""
+            ...
+
+    else:
+        send, ask, stream, publish = _send, _ask, _stream, _publish
+
+    @contextlib.contextmanager
+    def scope(
+        self, *, correlation_id: str | None = None, causation_id: str | None = None, principal: Any = None
+    ) -> Iterator[DispatchContext]:
+        """Open a dispatch scope that every dispatch inside the block joins.
+
+        Use it per request: scoped services (a session, a unit of work) are shared
+        by all dispatches in the block and closed at its end, with the exception
+        that ended it, if any.
+        """
+        ctx = _open_scope(correlation_id, causation_id, principal, is_async=False)
+        token = _current.set(ctx)
+        try:
+            yield ctx
+        except BaseException as exc:
+            _current.reset(token)
+            ctx.scope.close(exc)
+            raise
+        _current.reset(token)
+        ctx.scope.close(None)
+
+
+class AsyncMediator(_Dispatcher):
+    """The async twin of :class:`Mediator`; made by ``Registry.build_async()``.
+
+    ``await mediator.send(command)`` is typed as the command's result. Sync
+    handlers run inline on the event loop, with no thread hop.
+    """
+
+    __slots__ = ()
+
+    if TYPE_CHECKING:
+
+        def send(self, command: Command[R], /) -> Coroutine[Any, Any, R]:
+            """Run ``command`` through its chain; awaiting gives its handler's result."""
+            ...
+
+        def ask(self, query: Query[R], /) -> Coroutine[Any, Any, R]:
+            """Run ``query`` through its chain; awaiting gives its handler's answer."""
+            ...
+
+        def stream(self, query: StreamQuery[T], /) -> AsyncIterator[T]:
+            """Return the items of a streaming query as an async iterator."""
+            ...
+
+        def publish(
+            self, event: Event, /, *, strategy: PublishStrategy | None = None
+        ) -> Coroutine[Any, Any, None]:
+            """Run every handler of ``event``; awaiting finishes when they have run."""
+            ...
+
+    else:
+        send, ask, stream, publish = _send, _ask, _stream, _publish
+
+    @contextlib.asynccontextmanager
+    async def scope(
+        self, *, correlation_id: str | None = None, causation_id: str | None = None, principal: Any = None
+    ) -> AsyncIterator[DispatchContext]:
+        """The async twin of :meth:`Mediator.scope`."""
+        ctx = _open_scope(correlation_id, causation_id, principal, is_async=True)
+        token = _current.set(ctx)
+        try:
+            yield ctx
+        except BaseException as exc:
+            _current.reset(token)
+            await ctx.scope.aclose(exc)
+            raise
+        _current.reset(token)
+        await ctx.scope.aclose(None)

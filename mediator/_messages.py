@@ -1,0 +1,129 @@
+"""Message base classes: the result type travels with the message.
+
+A command is declared as ``class PlaceOrder(Command[OrderId])``; the mediator's
+``send`` is then typed ``OrderId`` for it, with no cast in user code.
+"""
+
+from __future__ import annotations
+
+import enum
+import typing
+from typing import Any, Generic, TypeVar
+
+import attrs
+
+R_co = TypeVar("R_co", covariant=True)
+T_co = TypeVar("T_co", covariant=True)
+
+SENSITIVE = "mediator.sensitive"
+
+
+class Message:
+    """Root of everything the mediator dispatches."""
+
+    __slots__ = ()
+
+
+class Command(Message, Generic[R_co]):
+    """An intent to change state, handled by exactly one handler, answering ``R_co``."""
+
+    __slots__ = ()
+
+
+class Query(Message, Generic[R_co]):
+    """A question about state, handled by exactly one handler, answering ``R_co``."""
+
+    __slots__ = ()
+
+
+class StreamQuery(Message, Generic[T_co]):
+    """A query whose handler yields ``T_co`` items one at a time."""
+
+    __slots__ = ()
+
+
+class Event(Message):
+    """A notification that something happened; zero or more handlers each see it."""
+
+    __slots__ = ()
+
+
+class Kind(enum.Enum):
+    """The four kinds of message, which behaviours can target as a group."""
+
+    COMMAND = "command"
+    QUERY = "query"
+    STREAM = "stream"
+    EVENT = "event"
+
+    def __repr__(self) -> str:
+        return f"Kind.{self.name}"
+
+
+_KIND_BASES: tuple[tuple[type[Message], Kind], ...] = (
+    (Command, Kind.COMMAND),
+    (Query, Kind.QUERY),
+    (StreamQuery, Kind.STREAM),
+    (Event, Kind.EVENT),
+)
+
+
+def kind_of(message_type: object) -> Kind | None:
+    """Return the kind of a message class, or ``None`` if it is not a message."""
+    if not isinstance(message_type, type):
+        return None
+    for base, kind in _KIND_BASES:
+        if issubclass(message_type, base):
+            return kind
+    return None
+
+
+def declared_result(message_type: type[Message]) -> Any:
+    """Return the result type a message class declares through its base, or ``Any``.
+
+    ``PlaceOrder(Command[OrderId])`` declares ``OrderId``; a message that
+    inherits the parameter from a generic intermediate base declares ``Any``,
+    which the wiring check treats as "cannot tell".
+    """
+    for klass in message_type.__mro__:
+        for base in getattr(klass, "__orig_bases__", ()):
+            if typing.get_origin(base) in (Command, Query, StreamQuery):
+                (arg,) = typing.get_args(base)
+                return Any if isinstance(arg, TypeVar) else arg
+    return Any
+
+
+def qualname(obj: object) -> str:
+    """Name a class or function as ``module.Qualified.Name`` for error messages."""
+    module = getattr(obj, "__module__", None)
+    name = getattr(obj, "__qualname__", None) or repr(obj)
+    return f"{module}.{name}" if module and module != "builtins" else name
+
+
+def sensitive(**kwargs: Any) -> Any:
+    """Declare an attrs field whose value is never logged nor shown in ``repr``.
+
+    >>> import attrs
+    >>> @attrs.frozen(kw_only=True)
+    ... class Pay(Command[None]):
+    ...     card_number: str = sensitive()
+    >>> Pay(card_number="4111")
+    Pay()
+    """
+    metadata = {**kwargs.pop("metadata", {}), SENSITIVE: True}
+    return attrs.field(metadata=metadata, repr=False, **kwargs)
+
+
+def sensitive_fields(message_type: type) -> frozenset[str]:
+    """Return the names of the fields marked with :func:`sensitive`."""
+    if not attrs.has(message_type):
+        return frozenset()
+    return frozenset(f.name for f in attrs.fields(message_type) if f.metadata.get(SENSITIVE))
+
+
+def loggable_fields(message: object, hidden: frozenset[str]) -> dict[str, Any]:
+    """Return a message's fields for a log line, with sensitive ones masked."""
+    message_type: Any = type(message)
+    if not attrs.has(message_type):
+        return {}
+    return {f.name: "***" if f.name in hidden else getattr(message, f.name) for f in attrs.fields(message_type)}

@@ -1,0 +1,263 @@
+"""Pipeline composition, done once per message type when the mediator is built.
+
+A behaviour is an object with ``handle(message, next)`` (and, for the async
+mediator, ``async handle_async(message, next)`` or an ``async def handle``).
+``next`` is the rest of the chain, composed at build: calling a dispatch is a
+table lookup and a call, with no per-call closures, signature checks or
+container lookups.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from typing import Any, Protocol, TypeVar
+
+from . import _context
+from ._context import DispatchContext, Scope
+
+M = TypeVar("M")
+R = TypeVar("R")
+
+Next = Callable[[M], R]
+
+
+class Behaviour(Protocol[M, R]):
+    """A step around a handler: run code before and after ``next``, or short-circuit it."""
+
+    def handle(self, message: M, next: Callable[[M], R], /) -> R:
+        """Handle ``message``, normally by returning ``next(message)``."""
+        ...
+
+
+class AsyncBehaviour(Protocol[M, R]):
+    """The async twin of :class:`Behaviour`."""
+
+    async def handle_async(self, message: M, next: Callable[[M], Awaitable[R]], /) -> R:
+        """Handle ``message``, normally by returning ``await next(message)``."""
+        ...
+
+
+def link(step: Callable[[Any, Any], Any], rest: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """Compose one singleton behaviour step in front of ``rest`` (build time).
+
+    When ``step`` is a plain method ``handle(self, message, next)``, the result
+    is a copy of that method whose ``next`` defaults to ``rest``, bound to the
+    behaviour: calling it runs the behaviour directly, with no linking frame in
+    between. Anything else is wrapped in a small closure.
+    """
+    func = getattr(step, "__func__", None)
+    owner = getattr(step, "__self__", None)
+    if (
+        isinstance(func, types.FunctionType)
+        and owner is not None
+        and _plain_three_args(func.__code__)
+        and func.__defaults__ is None
+    ):
+        fast = types.FunctionType(func.__code__, func.__globals__, func.__name__, (rest,), func.__closure__)
+        fast.__qualname__ = func.__qualname__
+        fast.__kwdefaults__ = func.__kwdefaults__
+        fast.__dict__.update(func.__dict__)
+        return types.MethodType(fast, owner)
+
+    def linked(message: Any) -> Any:
+        return step(message, rest)
+
+    return linked
+
+
+def _plain_three_args(code: types.CodeType) -> bool:
+    # self, message, next; nothing keyword-only, no *args/**kwargs.
+    return (
+        code.co_argcount == 3
+        and code.co_kwonlyargcount == 0
+        and not code.co_flags & (inspect.CO_VARARGS | inspect.CO_VARKEYWORDS)
+    )
+
+
+def link_per_dispatch(
+    make: Callable[..., Any], needs_scope: bool, method: str, rest: Callable[[Any], Any]
+) -> Callable[[Any], Any]:
+    """Compose a behaviour made anew per dispatch (transient or scoped) in front of ``rest``."""
+    current = _context._current
+
+    if needs_scope:
+
+        def linked_scoped(message: Any) -> Any:
+            ctx = current.get()
+            assert ctx is not None
+            return getattr(make(ctx.scope), method)(message, rest)
+
+        return linked_scoped
+
+    def linked(message: Any) -> Any:
+        return getattr(make(), method)(message, rest)
+
+    return linked
+
+
+def as_coroutine(func: Callable[[Any], Any]) -> Callable[[Any], Awaitable[Any]]:
+    """Adapt a sync callable to the async chain; it runs inline, with no thread hop."""
+
+    async def inline(message: Any) -> Any:
+        return func(message)
+
+    return inline
+
+
+def scoped_sync(chain: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """Run ``chain`` inside a dispatch context; close the scope if this dispatch opened it."""
+    enter, reset = _context.enter, _context.reset
+
+    def run(message: Any) -> Any:
+        _ctx, token, owned = enter(message, False)
+        try:
+            result = chain(message)
+        except BaseException as exc:
+            reset(token)
+            if owned is not None:
+                owned.close(exc)
+            raise
+        reset(token)
+        if owned is not None:
+            owned.close(None)
+        return result
+
+    return run
+
+
+def scoped_async(chain: Callable[[Any], Awaitable[Any]]) -> Callable[[Any], Awaitable[Any]]:
+    """The async twin of :func:`scoped_sync`."""
+    enter, reset = _context.enter, _context.reset
+
+    async def run(message: Any) -> Any:
+        _ctx, token, owned = enter(message, True)
+        try:
+            result = await chain(message)
+        except BaseException as exc:
+            reset(token)
+            if owned is not None:
+                await owned.aclose(exc)
+            raise
+        reset(token)
+        if owned is not None:
+            await owned.aclose(None)
+        return result
+
+    return run
+
+
+def _stream_outcome(exc: BaseException | None) -> BaseException | None:
+    # A consumer that stops early is not a failure of the stream.
+    return None if isinstance(exc, GeneratorExit) else exc
+
+
+def scoped_stream_sync(chain: Callable[[Any], Iterable[Any]]) -> Callable[[Any], Iterator[Any]]:
+    """Open the scope when the stream starts, re-enter it per item, close it when the stream ends."""
+
+    def iterate(items: Iterator[Any], ctx: DispatchContext, owned: Scope | None) -> Iterator[Any]:
+        failure: BaseException | None = None
+        try:
+            while True:
+                token = _context._current.set(ctx)
+                try:
+                    item = next(items)
+                except StopIteration:
+                    return
+                finally:
+                    _context._current.reset(token)
+                yield item
+        except BaseException as exc:
+            failure = _stream_outcome(exc)
+            raise
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+            if owned is not None:
+                owned.close(failure)
+
+    def run(message: Any) -> Iterator[Any]:
+        ctx, token, owned = _context.enter(message, False)
+        try:
+            items = iter(chain(message))
+        except BaseException as exc:
+            _context.reset(token)
+            if owned is not None:
+                owned.close(exc)
+            raise
+        _context.reset(token)
+        return iterate(items, ctx, owned)
+
+    return run
+
+
+def scoped_stream_async(chain: Callable[[Any], AsyncIterator[Any]]) -> Callable[[Any], AsyncIterator[Any]]:
+    """The async twin of :func:`scoped_stream_sync`."""
+
+    async def iterate(items: AsyncIterator[Any], ctx: DispatchContext, owned: Scope | None) -> AsyncIterator[Any]:
+        failure: BaseException | None = None
+        try:
+            while True:
+                token = _context._current.set(ctx)
+                try:
+                    item = await anext(items)
+                except StopAsyncIteration:
+                    return
+                finally:
+                    _context._current.reset(token)
+                yield item
+        except BaseException as exc:
+            failure = _stream_outcome(exc)
+            raise
+        finally:
+            aclose = getattr(items, "aclose", None)
+            if aclose is not None:
+                await aclose()
+            if owned is not None:
+                await owned.aclose(failure)
+
+    def run(message: Any) -> AsyncIterator[Any]:
+        ctx, token, owned = _context.enter(message, True)
+        try:
+            items = aiter(chain(message))
+        except BaseException as exc:
+            _context.reset(token)
+            if owned is not None:
+                owned.close(exc)
+            raise
+        _context.reset(token)
+        return iterate(items, ctx, owned)
+
+    return run
+
+
+def stream_to_async(func: Callable[[Any], Any]) -> Callable[[Any], AsyncIterator[Any]]:
+    """Adapt a handler that returns a sync iterator to the async stream API (inline, no thread)."""
+
+    async def items(iterable: Iterable[Any]) -> AsyncIterator[Any]:
+        for item in iterable:
+            yield item
+
+    def run(message: Any) -> AsyncIterator[Any]:
+        result = func(message)
+        if hasattr(result, "__aiter__"):
+            return result  # type: ignore[no-any-return]
+        return items(result)
+
+    return run
+
+
+def awaiting(func: Callable[[Any], Any]) -> Callable[[Any], Awaitable[Any]]:
+    """Adapt a handler that may return either a value or an awaitable to always await."""
+
+    async def run(message: Any) -> Any:
+        result = func(message)
+        if inspect.isawaitable(result):
+            return await result
+        return result
+
+    return run
+
+
