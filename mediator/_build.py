@@ -16,7 +16,19 @@ from typing import Any
 import attrs
 
 from . import _context, _pipeline
-from ._di import Compiler, Lifetime, Provider, UnresolvedAnnotations, parameters_needed, type_hints
+from ._di import (
+    SCOPE_LINE,
+    Compiler,
+    Lifetime,
+    Provider,
+    UnresolvedAnnotations,
+    arguments,
+    generate,
+    generate_async,
+    parameters_needed,
+    positional_names,
+    type_hints,
+)
 from ._errors import WiringError
 from ._mediator import AsyncMediator, Mediator
 from ._messages import Kind, Message, declared_result, qualname
@@ -179,8 +191,8 @@ def compile_call(
         provider = compiler.provider(target, target)
         if provider is None:
             return None
-        return Invoker(_instance_call(func, provider), provider.needs_scope, _is_async(func),
-                       _describe(target, provider))
+        return Invoker(_instance_call(func, provider), provider.needs_scope or provider.dispatches,
+                       _is_async(func), _describe(target, provider))
     if callable(target):
         label = qualname(target)
         if kind is not None:
@@ -190,7 +202,8 @@ def compile_call(
             return None
         call, needs_scope = _function_call(target, deps)
         names = ", ".join(d.describe() for d in deps.values())
-        return Invoker(call, needs_scope, _is_async(target), f"{label}({names})" if names else label)
+        dispatches = any(d.dispatches for d in deps.values())
+        return Invoker(call, needs_scope or dispatches, _is_async(target), f"{label}({names})" if names else label)
     build.problem(f"{target!r} is neither a class with {method}() nor a function.")
     return None
 
@@ -205,39 +218,36 @@ def _is_async(func: Any) -> bool:
 
 
 def _instance_call(func: Callable[[Any, Any], Any], provider: Provider) -> Callable[[Any], Any]:
+    """Compile calling ``func(instance, message)`` with the instance the provider gives."""
     if provider.make is None:
         return typing.cast(Callable[[Any], Any], func.__get__(provider.value))
-    make = provider.make
-    if not provider.needs_scope:
-
-        def call_transient(message: Any) -> Any:
-            return func(make(), message)
-
-        return call_transient
-    current = _context._current
-
-    def call_scoped(message: Any) -> Any:
-        ctx = current.get()
-        assert ctx is not None
-        return func(make(ctx.scope), message)
-
-    return call_scoped
+    namespace: dict[str, Any] = {"_handle": func, "_current": _context._current}
+    if provider.lifetime is Lifetime.TRANSIENT and provider.builder is not None:
+        # Build the handler inline: one generated frame instead of a factory call per dispatch.
+        namespace["_builder"] = provider.builder
+        args, needs_scope = arguments(
+            provider.given, provider.dep_names, namespace, positional_names(provider.builder, 0)
+        )
+        lines = [SCOPE_LINE] if needs_scope else []
+        lines.append(f"return _handle(_builder({args}), message)")
+        return typing.cast(Callable[[Any], Any], generate("call", "message", lines, namespace, provider.service))
+    namespace["_make"] = provider.make
+    if provider.needs_scope:
+        lines = [SCOPE_LINE, "return _handle(_make(scope), message)"]
+    else:
+        lines = ["return _handle(_make(), message)"]
+    return typing.cast(Callable[[Any], Any], generate("call", "message", lines, namespace, provider.service))
 
 
 def _function_call(func: Callable[..., Any], deps: dict[str, Provider]) -> tuple[Callable[[Any], Any], bool]:
-    constants = {n: d.value for n, d in deps.items() if d.make is None}
-    dynamic = tuple((n, d.get) for n, d in deps.items() if d.make is not None)
-    if not dynamic:
-        return (functools.partial(func, **constants) if constants else func), False
-    current = _context._current
-    needs_scope = any(d.needs_scope for d in deps.values())
-
-    def call(message: Any) -> Any:
-        ctx = current.get()
-        scope = ctx.scope if ctx is not None else None
-        return func(message, **constants, **{n: get(scope) for n, get in dynamic})
-
-    return call, needs_scope
+    """Compile calling a handler function with the message and its dependencies."""
+    if not deps:
+        return func, False
+    namespace: dict[str, Any] = {"_func": func, "_current": _context._current}
+    args, needs_scope = arguments({}, deps, namespace, positional_names(func, 1))
+    lines = [SCOPE_LINE] if needs_scope else []
+    lines.append(f"return _func(message, {args})")
+    return generate("call", "message", lines, namespace, func), needs_scope
 
 
 def _behaviour_method(obj: Any, kind: Kind, is_async: bool) -> tuple[str | None, str | None]:
@@ -321,7 +331,7 @@ def _per_dispatch_step(reg: BehaviourRegistration, name: str, kind: Kind, build:
     provider = build.compiler.provider(behaviour, behaviour)
     if provider is None or provider.make is None:
         return None
-    return Step(name, provider.lifetime, provider.needs_scope,
+    return Step(name, provider.lifetime, provider.needs_scope or provider.dispatches,
                 functools.partial(_pipeline.link_per_dispatch, provider.make, provider.needs_scope, method))
 
 
@@ -375,14 +385,26 @@ class Routes:
         """Compose the publish entry for an event type and strategy (at build, or on first publish)."""
         handlers = self._handlers_for(event_type)
         runners = ASYNC_RUNNERS if self.is_async else SYNC_RUNNERS
-        if strategy not in runners:
-            from ._errors import WiringError
-
+        if strategy is PublishStrategy.CONCURRENT and not self.is_async:
             raise WiringError([f"{strategy!r} needs the async mediator; build it with build_async()."])
-        entry: Callable[[Any], Any] = functools.partial(runners[strategy], tuple(h.chain for h in handlers))
+        chains = tuple(h.chain for h in handlers)
+        entry: Callable[[Any], Any]
+        if strategy is PublishStrategy.STOP_ON_FIRST_ERROR:
+            entry = _unrolled(chains, self.is_async, event_type)
+        else:
+            entry = functools.partial(runners[strategy], chains)
         if any(h.needs_scope for h in handlers):
             return _scope_wrapper(Kind.EVENT, self.is_async)(entry)
         return entry
+
+
+def _unrolled(chains: tuple[Callable[[Any], Any], ...], is_async: bool, event_type: type) -> Callable[[Any], Any]:
+    """Compile "call each handler in turn" with the calls written out: no loop, no runner frame."""
+    namespace = {f"_h{i}": chain for i, chain in enumerate(chains)}
+    call = "await _h{}(event)" if is_async else "_h{}(event)"
+    lines = [call.format(i) for i in range(len(chains))] or ["return None"]
+    make = generate_async if is_async else generate
+    return typing.cast(Callable[[Any], Any], make("publish", "event", lines, namespace, event_type))
 
 
 def _kind(message_type: type) -> Kind | None:
@@ -396,7 +418,7 @@ def build(registry: Registry, is_async: bool) -> Mediator | AsyncMediator:
     compiler = Compiler(registry.container, dict(registry.lifetimes))
     compiler.problems.extend(registry.problems)
     mediator: Mediator | AsyncMediator = AsyncMediator() if is_async else Mediator()
-    compiler.add_instance(type(mediator), mediator)
+    compiler.add_mediator(type(mediator), mediator)
     info = Build(registry, compiler, is_async)
     routes = Routes(is_async, registry.publish_strategy, registry.include_base_event_handlers)
     if registry.publish_strategy is PublishStrategy.CONCURRENT and not is_async:

@@ -36,18 +36,19 @@ class Scope:
 
     def __init__(
         self,
+        is_async: bool = False,
         *,
         correlation_id: str | None = None,
         causation_id: str | None = None,
         principal: Any = None,
-        is_async: bool = False,
     ) -> None:
         self.correlation_id = correlation_id
         self.causation_id = causation_id
         self.principal = principal
         self.items: dict[str, Any] = {}
+        """Free-form values the application keeps for the length of the scope."""
         self._instances: dict[Any, Any] = {}
-        self._exits: list[Any] = []
+        self._exits: list[tuple[str, Callable[..., Any]]] = []
         self._closed = False
         self._is_async = is_async
 
@@ -58,31 +59,51 @@ class Scope:
 
     def get_or_create(self, key: Any, create: Callable[[Scope], Any]) -> Any:
         """Return this scope's instance for ``key``, creating and entering it on first use."""
-        try:
-            return self._instances[key]
-        except KeyError:
-            pass
+        instance = self._instances.get(key, _MISSING)
+        if instance is not _MISSING:
+            return instance
+        return self.create(key, create)
+
+    def create(self, key: Any, create: Callable[[Scope], Any]) -> Any:
+        """Make this scope's instance for ``key`` (the caller checked there is none yet)."""
         if self._closed:
             raise ScopeError(f"Cannot create scoped {key!r}: its dispatch scope has already closed.")
-        instance = create(self)
-        if hasattr(instance, "__enter__") and hasattr(instance, "__exit__"):
-            instance = instance.__enter__() or instance
-            self._exits.append(instance)
-        elif (self._is_async and hasattr(instance, "__aexit__")) or hasattr(instance, "close"):
-            self._exits.append(instance)
+        made = create(self)
+        instance = made
+        exit_ = getattr(made, "__exit__", None)
+        if exit_ is not None and hasattr(made, "__enter__"):
+            instance = made.__enter__() or made
+            self._exits.append((_EXIT, exit_))
+        elif self._is_async and hasattr(made, "__aexit__"):
+            self._exits.append((_AEXIT, made.__aexit__))
+        elif self._is_async and hasattr(made, "aclose"):
+            self._exits.append((_ACLOSE, made.aclose))
+        elif hasattr(made, "close"):
+            self._exits.append((_CLOSE, made.close))
         self._instances[key] = instance
         return instance
 
     def close(self, exc: BaseException | None = None) -> None:
-        """End the scope: exit its resources newest first, handing them ``exc``."""
+        """End the scope: exit its resources newest first, handing them ``exc``.
+
+        Every resource is closed even if one fails; the first failure is raised after.
+        """
         if self._closed:
             return
         self._closed = True
+        if not self._exits:
+            return
         error: BaseException | None = None
-        for resource in reversed(self._exits):
+        info = _exc_info(exc)
+        for how, exit_ in reversed(self._exits):
             try:
-                _exit_sync(resource, exc)
-            except BaseException as failure:  # keep closing the others, then report
+                if how is _EXIT:
+                    exit_(*info)
+                elif how is _CLOSE:
+                    exit_()
+                else:
+                    raise ScopeError(f"{exit_!r} needs awaiting; close this scope with aclose().")
+            except BaseException as failure:
                 error = error or failure
         self._exits.clear()
         if error is not None:
@@ -94,21 +115,27 @@ class Scope:
             return
         self._closed = True
         error: BaseException | None = None
-        for resource in reversed(self._exits):
+        for how, exit_ in reversed(self._exits):
             try:
-                if hasattr(resource, "__aexit__"):
-                    await resource.__aexit__(*_exc_info(exc))
-                elif hasattr(resource, "aclose"):
-                    result = resource.aclose()
+                if how is _EXIT:
+                    exit_(*_exc_info(exc))
+                elif how is _CLOSE:
+                    exit_()
+                elif how is _AEXIT:
+                    await exit_(*_exc_info(exc))
+                else:
+                    result = exit_()
                     if inspect.isawaitable(result):
                         await result
-                else:
-                    _exit_sync(resource, exc)
             except BaseException as failure:
                 error = error or failure
         self._exits.clear()
         if error is not None:
             raise error
+
+
+_MISSING: Any = object()
+_EXIT, _CLOSE, _AEXIT, _ACLOSE = "exit", "close", "aexit", "aclose"
 
 
 def _exc_info(
@@ -117,13 +144,6 @@ def _exc_info(
     if exc is None:
         return None, None, None
     return type(exc), exc, exc.__traceback__
-
-
-def _exit_sync(resource: Any, exc: BaseException | None) -> None:
-    if hasattr(resource, "__exit__"):
-        resource.__exit__(*_exc_info(exc))
-    else:
-        resource.close()
 
 
 class DispatchContext:
@@ -202,7 +222,7 @@ def enter(message: object, is_async: bool) -> tuple[DispatchContext, contextvars
     """Open a context for one dispatch; return it, the reset token, and the scope it owns (if new)."""
     parent = _current.get()
     if parent is None:
-        owned = Scope(is_async=is_async)
+        owned = Scope(is_async)
         ctx = DispatchContext(owned, message, None)
     else:
         owned = None

@@ -9,8 +9,9 @@ factory is a ``functools.partial`` or a small closure over other providers.
 from __future__ import annotations
 
 import enum
-import functools
 import inspect
+import itertools
+import linecache
 import types
 import typing
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from typing import Any
 import attrs
 import punq
 
-from ._context import DispatchContext, Scope, _current
+from ._context import _MISSING, DispatchContext, Scope, _current
 from ._errors import DependencyError
 from ._messages import qualname
 
@@ -51,7 +52,18 @@ class Provider:
     make: Callable[..., Any] | None
     value: Any = None
     needs_scope: bool = False
-    deps: tuple[Provider, ...] = ()
+    dep_names: dict[str, Provider] = attrs.field(factory=dict)
+    """The builder's dependencies by parameter name, in order."""
+    dispatches: bool = False
+    """Whether the service is, or depends on, the mediator: whoever uses it may dispatch nested
+    messages, which must join the caller's scope, so the caller's chain opens one."""
+    builder: Callable[..., Any] | None = None
+    given: dict[str, Any] = attrs.field(factory=dict)
+    """Arguments fixed at registration (punq's ``**kwargs``)."""
+
+    @property
+    def deps(self) -> tuple[Provider, ...]:
+        return tuple(self.dep_names.values())
 
     def get(self, scope: Scope | None) -> Any:
         """Produce the instance (slow path, for build-time use and rare calls)."""
@@ -131,9 +143,9 @@ class Compiler:
         self._providers: dict[Any, Provider] = {DispatchContext: _CONTEXT_PROVIDER}
         self._building: list[Any] = []
 
-    def add_instance(self, service: Any, value: Any) -> None:
-        """Provide ``value`` for ``service`` (used for the mediator itself)."""
-        self._providers[service] = Provider(service, Lifetime.SINGLETON, None, value)
+    def add_mediator(self, service: Any, value: Any) -> None:
+        """Provide the mediator being built to whoever depends on ``service``."""
+        self._providers[service] = Provider(service, Lifetime.SINGLETON, None, value, dispatches=True)
 
     def is_registered(self, service: Any) -> bool:
         return service in self._providers or bool(registrations_of(self.container, service))
@@ -183,6 +195,8 @@ class Compiler:
         deps = self.dependencies(builder, registration.needs, registration.args, service)
         if deps is None:
             return None
+        dispatches = any(d.dispatches for d in deps.values())
+        common = {"dep_names": deps, "dispatches": dispatches, "builder": builder, "given": registration.args}
         if lifetime is Lifetime.SINGLETON:
             bad = [d for d in deps.values() if d.lifetime is Lifetime.SCOPED]
             if bad:
@@ -196,12 +210,11 @@ class Compiler:
             except Exception as exc:
                 self.problems.append(f"Building singleton {qualname(service)} failed: {exc!r}.")
                 return None
-            return Provider(service, lifetime, None, value, deps=tuple(deps.values()))
+            return Provider(service, lifetime, None, value, **common)
         make, needs_scope = factory(builder, registration.args, deps)
         if lifetime is Lifetime.SCOPED:
-            return Provider(service, lifetime, _scoped(service, make, needs_scope), needs_scope=True,
-                            deps=tuple(deps.values()))
-        return Provider(service, lifetime, make, needs_scope=needs_scope, deps=tuple(deps.values()))
+            return Provider(service, lifetime, _scoped(service, make, needs_scope), needs_scope=True, **common)
+        return Provider(service, lifetime, make, needs_scope=needs_scope, **common)
 
     def dependencies(
         self, builder: Any, needs: dict[str, Any], given: dict[str, Any], needed_by: Any
@@ -273,41 +286,94 @@ def _short(service: Any) -> str:
     return getattr(service, "__name__", repr(service))
 
 
+_generated = itertools.count()
+
+
+def generate(
+    name: str, params: str, lines: list[str], namespace: dict[str, Any], about: Any, prefix: str = ""
+) -> Any:
+    """Compile a small function from source, once, at build (as attrs does for ``__init__``).
+
+    The source is registered with ``linecache`` so tracebacks through it stay readable.
+    """
+    filename = f"<mediator {name} for {qualname(about)} #{next(_generated)}>"
+    source = f"{prefix}def {name}({params}):\n" + "".join(f"    {line}\n" for line in lines)
+    exec(compile(source, filename, "exec"), namespace)  # build-time code generation
+    linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
+    return namespace[name]
+
+
+def positional_names(func: Any, skip: int) -> list[str]:
+    """The names of ``func``'s leading parameters that can be passed by position, after ``skip``."""
+    try:
+        params = list(inspect.signature(func).parameters.values())[skip:]
+    except (TypeError, ValueError):
+        return []
+    names = []
+    for param in params:
+        if param.kind not in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
+            break
+        names.append(param.name)
+    return names
+
+
+def arguments(
+    given: dict[str, Any], deps: dict[str, Provider], namespace: dict[str, Any], order: list[str] | None = None
+) -> tuple[str, bool]:
+    """Render the call arguments for ``given`` and ``deps``; say whether any needs the scope variable.
+
+    When the names are exactly the leading parameters in ``order``, they are
+    passed by position (cheaper to call); otherwise by keyword.
+    """
+    expressions: dict[str, str] = {}
+    needs_scope = False
+    for name, value in given.items():
+        key = f"_given_{len(namespace)}"
+        namespace[key] = value
+        expressions[name] = key
+    for name, dep in deps.items():
+        key = f"_dep_{len(namespace)}"
+        if dep.make is None:
+            namespace[key] = dep.value
+            expressions[name] = key
+        else:
+            namespace[key] = dep.make
+            expressions[name] = f"{key}(scope)" if dep.needs_scope else f"{key}()"
+            needs_scope = needs_scope or dep.needs_scope
+    if order is not None and sorted(expressions) == sorted(order[: len(expressions)]):
+        return ", ".join(expressions[name] for name in order[: len(expressions)]), needs_scope
+    return ", ".join(f"{name}={expr}" for name, expr in expressions.items()), needs_scope
+
+
+def generate_async(name: str, params: str, lines: list[str], namespace: dict[str, Any], about: Any) -> Any:
+    """Like :func:`generate`, for an ``async def``."""
+    return generate(name, params, lines, namespace, about, prefix="async ")
+
+
+SCOPE_LINE = "scope = _current.get().scope"
+
+
 def factory(
     builder: Callable[..., Any], given: dict[str, Any], deps: dict[str, Provider]
 ) -> tuple[Callable[..., Any], bool]:
     """Compile ``builder(**given, **deps)`` into ``make()`` or, if a dep needs one, ``make(scope)``."""
-    constants = dict(given)
-    dynamic: list[tuple[str, Provider]] = []
-    for name, dep in deps.items():
-        if dep.make is None:
-            constants[name] = dep.value
-        else:
-            dynamic.append((name, dep))
-    if not dynamic:
-        return functools.partial(builder, **constants), False
-    if not any(d.needs_scope for _, d in dynamic):
-        makers = tuple((name, dep.get) for name, dep in dynamic)
-
-        def make() -> Any:
-            return builder(**constants, **{name: get(None) for name, get in makers})
-
-        return make, False
-    getters = tuple((name, dep.get) for name, dep in dynamic)
-
-    def make_in(scope: Scope) -> Any:
-        return builder(**constants, **{name: get(scope) for name, get in getters})
-
-    return make_in, True
+    namespace: dict[str, Any] = {"_builder": builder}
+    args, needs_scope = arguments(given, deps, namespace, positional_names(builder, 0))
+    if not args:
+        return builder, False
+    make = generate("make", "scope" if needs_scope else "", [f"return _builder({args})"], namespace, builder)
+    return make, needs_scope
 
 
 def _scoped(service: Any, make: Callable[..., Any], needs_scope: bool) -> Callable[[Scope], Any]:
+    """Compile ``get(scope)``: the scope's instance of ``service``, made on first use."""
+
     def create_unscoped(_scope: Scope) -> Any:
         return make()
 
-    create = make if needs_scope else create_unscoped
-
-    def get(scope: Scope) -> Any:
-        return scope.get_or_create(service, create)
-
-    return get
+    namespace = {"_key": service, "_create": make if needs_scope else create_unscoped, "_missing": _MISSING}
+    lines = [
+        "instance = scope._instances.get(_key, _missing)",
+        "return scope.create(_key, _create) if instance is _missing else instance",
+    ]
+    return typing.cast(Callable[[Scope], Any], generate("get", "scope", lines, namespace, service))

@@ -30,11 +30,6 @@ def _group(event: object, errors: list[Exception], total: int) -> ExceptionGroup
     return ExceptionGroup(f"{len(errors)} of {total} handlers of {qualname(type(event))} failed", errors)
 
 
-def sequential_sync(handlers: Sequence[Handler], event: object) -> None:
-    for handler in handlers:
-        handler(event)
-
-
 def run_all_sync(handlers: Sequence[Handler], event: object) -> None:
     errors: list[Exception] = []
     for handler in handlers:
@@ -44,11 +39,6 @@ def run_all_sync(handlers: Sequence[Handler], event: object) -> None:
             errors.append(exc)
     if errors:
         raise _group(event, errors, len(handlers))
-
-
-async def sequential_async(handlers: Sequence[Callable[[Any], Awaitable[Any]]], event: object) -> None:
-    for handler in handlers:
-        await handler(event)
 
 
 async def run_all_async(handlers: Sequence[Callable[[Any], Awaitable[Any]]], event: object) -> None:
@@ -72,12 +62,11 @@ async def concurrent_async(handlers: Sequence[Callable[[Any], Awaitable[Any]]], 
         raise _group(event, errors, len(handlers))  # type: ignore[arg-type]
 
 
+# STOP_ON_FIRST_ERROR has no runner: it is compiled into straight-line calls at build.
 SYNC_RUNNERS: dict[PublishStrategy, Callable[[Sequence[Handler], object], None]] = {
-    PublishStrategy.STOP_ON_FIRST_ERROR: sequential_sync,
     PublishStrategy.RUN_ALL: run_all_sync,
 }
 ASYNC_RUNNERS: dict[PublishStrategy, Callable[[Sequence[Handler], object], Awaitable[None]]] = {
-    PublishStrategy.STOP_ON_FIRST_ERROR: sequential_async,
     PublishStrategy.RUN_ALL: run_all_async,
     PublishStrategy.CONCURRENT: concurrent_async,
 }

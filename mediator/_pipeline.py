@@ -107,21 +107,31 @@ def as_coroutine(func: Callable[[Any], Any]) -> Callable[[Any], Awaitable[Any]]:
 
 
 def scoped_sync(chain: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """Run ``chain`` inside a dispatch context; close the scope if this dispatch opened it."""
-    enter, reset = _context.enter, _context.reset
+    """Run ``chain`` inside a dispatch context; close the scope if this dispatch opened it.
+
+    The body of :func:`mediator._context.enter` is inlined: this wrapper is on the hot
+    path of every message whose chain needs a scope.
+    """
+    current, context_class, scope_class = _context._current, DispatchContext, Scope
 
     def run(message: Any) -> Any:
-        _ctx, token, owned = enter(message, False)
+        parent = current.get()
+        if parent is not None:
+            token = current.set(context_class(parent.scope, message, parent))
+            try:
+                return chain(message)
+            finally:
+                current.reset(token)
+        owned = scope_class()
+        token = current.set(context_class(owned, message, None))
         try:
             result = chain(message)
         except BaseException as exc:
-            reset(token)
-            if owned is not None:
-                owned.close(exc)
+            current.reset(token)
+            owned.close(exc)
             raise
-        reset(token)
-        if owned is not None:
-            owned.close(None)
+        current.reset(token)
+        owned.close(None)
         return result
 
     return run

@@ -61,6 +61,18 @@ class Validates(Protocol[M_contra]):
         ...
 
 
+HandlerFor = Callable[[M], R] | Callable[Concatenate[M, ...], R] | type[Handles[M, R]]
+"""A handler of ``M`` answering ``R``: a function of the message (with dependencies after it, looked
+up by annotation) or a class whose ``handle`` takes the message. The plain one-argument form comes
+first so that mypy can infer a lambda's parameter type."""
+
+ValidatorFor = (
+    Callable[[M], Iterable[tuple[str, str]] | Awaitable[Iterable[tuple[str, str]]]]
+    | Callable[Concatenate[M, ...], Iterable[tuple[str, str]] | Awaitable[Iterable[tuple[str, str]]]]
+    | type[Validates[M]]
+)
+"""A validator of ``M``: a function or a class with ``validate``, yielding ``(field, problem)`` pairs."""
+
 AppliesTo = Kind | type | tuple[Kind | type, ...] | None
 """Which messages a behaviour or hook applies to: all (``None``), a kind, classes, or a mix."""
 
@@ -121,38 +133,20 @@ class HandlerBinder(Generic[M_co]):
         self._message_type = message_type
 
     @overload
-    def by(
-        self: HandlerBinder[Command[R]],
-        handler: Callable[Concatenate[M_co, ...], R | Awaitable[R]] | type[Handles[M_co, R | Awaitable[R]]],
-        *,
-        lifetime: Lifetime = ...,
-    ) -> None: ...
+    def by(self: HandlerBinder[Command[R]], handler: HandlerFor[M_co, R | Awaitable[R]], *,
+           lifetime: Lifetime = ...) -> None: ...
 
     @overload
-    def by(
-        self: HandlerBinder[Query[R]],
-        handler: Callable[Concatenate[M_co, ...], R | Awaitable[R]] | type[Handles[M_co, R | Awaitable[R]]],
-        *,
-        lifetime: Lifetime = ...,
-    ) -> None: ...
+    def by(self: HandlerBinder[Query[R]], handler: HandlerFor[M_co, R | Awaitable[R]], *,
+           lifetime: Lifetime = ...) -> None: ...
 
     @overload
-    def by(
-        self: HandlerBinder[StreamQuery[T]],
-        handler: Callable[Concatenate[M_co, ...], Iterator[T] | AsyncIterator[T]]
-        | type[Handles[M_co, Iterator[T] | AsyncIterator[T]]],
-        *,
-        lifetime: Lifetime = ...,
-    ) -> None: ...
+    def by(self: HandlerBinder[StreamQuery[T]], handler: HandlerFor[M_co, Iterator[T] | AsyncIterator[T]], *,
+           lifetime: Lifetime = ...) -> None: ...
 
     @overload
-    def by(
-        self: HandlerBinder[Event],
-        handler: Callable[Concatenate[M_co, ...], Awaitable[None] | None]
-        | type[Handles[M_co, Awaitable[None] | None]],
-        *,
-        lifetime: Lifetime = ...,
-    ) -> None: ...
+    def by(self: HandlerBinder[Event], handler: HandlerFor[M_co, Awaitable[None] | None], *,
+           lifetime: Lifetime = ...) -> None: ...
 
     def by(self, handler: Any, *, lifetime: Lifetime = Lifetime.TRANSIENT) -> None:
         """Register ``handler`` (a class with ``handle`` or a function) for this message type.
@@ -303,8 +297,7 @@ class Registry:
     def validate(
         self,
         message_type: type[M],
-        validator: Callable[Concatenate[M, ...], Iterable[tuple[str, str]] | Awaitable[Iterable[tuple[str, str]]]]
-        | type[Validates[M]],
+        validator: ValidatorFor[M],
         *,
         lifetime: Lifetime = Lifetime.TRANSIENT,
     ) -> Registry:

@@ -24,7 +24,7 @@ a mediator in code under test, answering with canned results.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import attrs
 
@@ -182,7 +182,7 @@ class MediatorStub:
         self.answers: dict[type, Callable[[Any], Any]] = {}
         self.dispatched: list[Any] = []
 
-    def on(self, message_type: type[Message], answer: Any) -> MediatorStub:
+    def on(self, message_type: type[Message], answer: Any) -> Self:
         """Answer ``message_type`` with ``answer`` (or with ``answer(message)`` if it is callable)."""
         self.answers[message_type] = answer if callable(answer) else (lambda _m: answer)
         return self

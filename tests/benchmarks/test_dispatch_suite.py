@@ -1,0 +1,57 @@
+"""The dispatch suite's runner works; timings are never asserted here."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks import dispatch, peers
+from benchmarks.__main__ import main
+from benchmarks._harness import TINY
+
+from ..conftest import skip_or_fail
+
+
+def test_every_implementation_checks_out_and_is_timed() -> None:
+    results = dispatch.run(TINY, with_peers=False, progress=lambda line: None)
+    combos = {(r.scenario, r.family) for r in results}
+    assert combos == {(s, f) for s in peers.SCENARIOS for f in peers.FAMILIES}
+    for scenario, family in combos:
+        names = [r.implementation for r in results if (r.scenario, r.family) == (scenario, family)]
+        assert names == ["direct", "baseline", "this"]
+    assert all(r.median_ns > 0 for r in results)
+    assert all(r.ratio == 1.0 for r in results if r.implementation == "direct")
+
+
+def test_a_wrong_result_stops_the_suite_before_timing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dispatch, "add", lambda command: 0)
+    with pytest.raises(dispatch.CheckFailed, match="computed the wrong result for send"):
+        dispatch.run(TINY, with_peers=False, progress=lambda line: None)
+
+
+@pytest.mark.parametrize("name", peers.PEERS)
+def test_each_peer_computes_the_right_result(name: str) -> None:
+    module = peers.load(name)
+    if module is None:
+        skip_or_fail(f"peer {name} is not installed (pip install -e '.[peers]')")
+    supported = 0
+    for scenario in peers.SCENARIOS:
+        for family in peers.FAMILIES:
+            impl = dispatch._peer(module, scenario, family == "async")
+            if impl is not None:
+                supported += 1
+                assert impl.check(), f"{name} {scenario} {family}"
+    assert supported >= 3
+
+
+def test_command_line_writes_the_shared_json_format(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "results.json"
+    assert main(["dispatch", "--tiny", "--no-peers", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert {tuple(sorted(row)) for row in rows} == {
+        ("family", "implementation", "median_ns", "ratio", "scenario", "suite")
+    }
+    assert {row["suite"] for row in rows} == {"dispatch"}
+    printed = capsys.readouterr().out
+    assert "| send | sync | this |" in printed
+    assert "this / floor" in printed

@@ -1,0 +1,384 @@
+"""Lifetimes, dispatch scopes and the dispatch context.
+
+No ``from __future__ import annotations`` here: several handlers depend on
+classes local to a test, which only eagerly evaluated annotations can name.
+"""
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from mediator import (
+    AsyncMediator,
+    DispatchContext,
+    Lifetime,
+    Mediator,
+    Registry,
+    ScopeError,
+    current_context,
+)
+
+from .sample import Add, Count, Fail, GetName, Happened, UnitOfWork
+
+
+@pytest.fixture(autouse=True)
+def _forget_units_of_work() -> Iterator[None]:
+    UnitOfWork.instances.clear()
+    yield
+    UnitOfWork.instances.clear()
+
+
+def uow_handler(command: Add, uow: UnitOfWork) -> int:
+    assert uow.entered
+    return command.value
+
+
+def uow_failing(command: Fail, uow: UnitOfWork) -> None:
+    raise RuntimeError(command.reason)
+
+
+def test_scoped_service_is_entered_and_committed_when_the_dispatch_succeeds() -> None:
+    reg = Registry()
+    reg.scoped(UnitOfWork)
+    reg.handle(Add).by(uow_handler)
+    reg.build().send(Add(value=1))
+    (uow,) = UnitOfWork.instances
+    assert uow.outcome == "commit"
+
+
+def test_scoped_service_rolls_back_when_the_handler_raises() -> None:
+    reg = Registry()
+    reg.scoped(UnitOfWork)
+    reg.handle(Fail).by(uow_failing)
+    with pytest.raises(RuntimeError):
+        reg.build().send(Fail())
+    (uow,) = UnitOfWork.instances
+    assert uow.outcome == "rollback"
+
+
+def test_each_root_dispatch_gets_its_own_scope() -> None:
+    reg = Registry()
+    reg.scoped(UnitOfWork)
+    reg.handle(Add).by(uow_handler)
+    mediator = reg.build()
+    mediator.send(Add(value=1))
+    mediator.send(Add(value=2))
+    assert len(UnitOfWork.instances) == 2
+
+
+class Outer:
+    """A handler that dispatches a nested command in the same scope."""
+
+    def __init__(self, mediator: Mediator, uow: UnitOfWork) -> None:
+        self.mediator = mediator
+        self.uow = uow
+
+    def handle(self, query: GetName) -> str:
+        inner = self.mediator.send(Add(value=query.id))
+        return f"{inner}:{id(self.uow)}"
+
+
+def test_nested_dispatch_shares_the_scope_and_the_correlation_id() -> None:
+    seen: list[tuple[str, str | None, int]] = []
+
+    def inner(command: Add, uow: UnitOfWork, ctx: DispatchContext) -> int:
+        seen.append((ctx.correlation_id, ctx.causation_id, id(uow)))
+        return ctx.depth
+
+    reg = Registry()
+    reg.scoped(UnitOfWork)
+    reg.handle(Add).by(inner)
+    reg.handle(GetName).by(Outer)
+    mediator = reg.build()
+
+    def outer_ids(query: GetName) -> Any:
+        return None
+
+    answer = mediator.ask(GetName(id=1))
+    depth, uow_id = answer.split(":")
+    assert depth == "1"
+    assert len(UnitOfWork.instances) == 1
+    assert seen[0][2] == int(uow_id)
+    assert seen[0][1] is not None  # caused by the outer query's message id
+    assert UnitOfWork.instances[0].outcome == "commit"
+
+
+def test_a_handler_that_dispatches_opens_a_scope_its_nested_dispatches_share() -> None:
+    class TwoSteps:
+        """Depends on nothing scoped itself, only on the mediator."""
+
+        def __init__(self, mediator: Mediator) -> None:
+            self.mediator = mediator
+
+        def handle(self, query: GetName) -> str:
+            self.mediator.send(Add(value=1))
+            self.mediator.send(Add(value=2))
+            return "ok"
+
+    reg = Registry()
+    reg.scoped(UnitOfWork)
+    reg.handle(Add).by(uow_handler)
+    reg.handle(GetName).by(TwoSteps)
+    mediator = reg.build()
+    assert mediator.explain(GetName).opens_scope
+    mediator.ask(GetName(id=1))
+    (uow,) = UnitOfWork.instances
+    assert uow.outcome == "commit"
+
+
+def test_nested_failure_caught_by_the_outer_handler_does_not_close_the_scope_early() -> None:
+    class Tolerant:
+        def __init__(self, mediator: Mediator, uow: UnitOfWork) -> None:
+            self.mediator = mediator
+            self.uow = uow
+
+        def handle(self, command: Add) -> int:
+            with contextlib.suppress(RuntimeError):
+                self.mediator.send(Fail())
+            assert self.uow.outcome is None
+            return 0
+
+    reg = Registry()
+    reg.scoped(UnitOfWork)
+    reg.handle(Fail).by(uow_failing)
+    reg.handle(Add).by(Tolerant)
+    reg.build().send(Add(value=1))
+    (uow,) = UnitOfWork.instances
+    assert uow.outcome == "commit"
+
+
+def test_explicit_scope_is_joined_by_every_dispatch_inside_it() -> None:
+    reg = Registry()
+    reg.scoped(UnitOfWork)
+    reg.handle(Add).by(uow_handler)
+    mediator = reg.build()
+    with mediator.scope(correlation_id="req-1", principal="alice") as ctx:
+        mediator.send(Add(value=1))
+        mediator.send(Add(value=2))
+        assert ctx.correlation_id == "req-1"
+        assert ctx.principal == "alice"
+        assert UnitOfWork.instances[0].outcome is None
+    (uow,) = UnitOfWork.instances
+    assert uow.outcome == "commit"
+
+
+def test_explicit_scope_rolls_back_on_error() -> None:
+    reg = Registry()
+    reg.scoped(UnitOfWork)
+    reg.handle(Add).by(uow_handler)
+    mediator = reg.build()
+    with pytest.raises(ValueError, match="request failed"), mediator.scope():  # noqa: PT012
+        mediator.send(Add(value=1))
+        raise ValueError("request failed")
+    assert UnitOfWork.instances[0].outcome == "rollback"
+
+
+def test_context_carries_principal_and_ids_into_handlers() -> None:
+    def handler(command: Add, ctx: DispatchContext) -> int:
+        assert ctx.principal == "bob"
+        assert ctx.correlation_id == "corr"
+        assert ctx.causation_id == "cause"
+        assert ctx.message is command
+        assert current_context() is ctx
+        return 1
+
+    reg = Registry()
+    reg.handle(Add).by(handler)
+    mediator = reg.build()
+    with mediator.scope(correlation_id="corr", causation_id="cause", principal="bob"):
+        assert mediator.send(Add(value=1)) == 1
+
+
+def test_current_context_outside_a_dispatch_is_a_scope_error() -> None:
+    with pytest.raises(ScopeError, match="No dispatch scope is open"):
+        current_context()
+
+
+def test_scope_closes_resources_newest_first_and_reports_a_failing_close() -> None:
+    closed: list[str] = []
+
+    class First:
+        def close(self) -> None:
+            closed.append("first")
+            raise OSError("first close failed")
+
+    class Second:
+        def close(self) -> None:
+            closed.append("second")
+
+    def handler(command: Add, first: First, second: Second) -> int:
+        return 1
+
+    reg = Registry()
+    reg.scoped(First)
+    reg.scoped(Second)
+    reg.handle(Add).by(handler)
+    with pytest.raises(OSError, match="first close failed"):
+        reg.build().send(Add(value=1))
+    assert closed == ["second", "first"]
+
+
+def test_transient_dependency_is_new_per_dispatch_scoped_shared_within() -> None:
+    class Clock:
+        pass
+
+    class Service:
+        def __init__(self, uow: UnitOfWork, clock: Clock) -> None:
+            self.uow = uow
+            self.clock = clock
+
+    made: list[Service] = []
+
+    def handler(command: Add, a: Service, b: Service) -> int:
+        made.extend((a, b))
+        return 0
+
+    reg = Registry()
+    reg.scoped(UnitOfWork)
+    reg.transient(Clock)
+    reg.transient(Service)
+    reg.handle(Add).by(handler)
+    reg.build().send(Add(value=1))
+    a, b = made
+    assert a is not b
+    assert a.uow is b.uow
+    assert a.clock is not b.clock
+
+
+def test_scope_is_closed_when_the_validator_dependency_fails() -> None:
+    class Lookup:
+        def __init__(self, uow: UnitOfWork) -> None:
+            self.uow = uow
+
+        def validate(self, command: Add) -> list[tuple[str, str]]:
+            raise ConnectionError("database down")
+
+    from mediator import Validation, ValidatorError
+
+    reg = Registry()
+    reg.scoped(UnitOfWork)
+    reg.behaviour(Validation())
+    reg.validate(Add, Lookup)
+    reg.handle(Add).by(uow_handler)
+    with pytest.raises(ValidatorError, match="database down") as info:
+        reg.build().send(Add(value=1))
+    assert isinstance(info.value.__cause__, ConnectionError)
+    (uow,) = UnitOfWork.instances
+    assert uow.outcome == "rollback"
+
+
+def test_stream_scope_stays_open_while_iterating_and_closes_at_the_end() -> None:
+    def handler(query: Count, uow: UnitOfWork) -> Iterator[int]:
+        for i in range(query.up_to):
+            assert uow.outcome is None
+            assert current_context().message is query
+            yield i
+
+    reg = Registry()
+    reg.scoped(UnitOfWork)
+    reg.handle(Count).by(handler)
+    items = reg.build().stream(Count(up_to=3))
+    assert next(items) == 0
+    assert UnitOfWork.instances[0].outcome is None
+    assert list(items) == [1, 2]
+    assert UnitOfWork.instances[0].outcome == "commit"
+
+
+def test_stream_scope_closes_when_the_consumer_stops_early() -> None:
+    def handler(query: Count, uow: UnitOfWork) -> Iterator[int]:
+        yield from range(query.up_to)
+
+    reg = Registry()
+    reg.scoped(UnitOfWork)
+    reg.handle(Count).by(handler)
+    items = reg.build().stream(Count(up_to=10))
+    next(items)
+    items.close()  # type: ignore[attr-defined]
+    assert UnitOfWork.instances[0].outcome == "commit"
+
+
+class AsyncUnitOfWork:
+    instances: "list[AsyncUnitOfWork]" = []
+
+    def __init__(self) -> None:
+        self.outcome: str | None = None
+        AsyncUnitOfWork.instances.append(self)
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        await asyncio.sleep(0)
+        self.outcome = "rollback" if exc_type else "commit"
+
+
+def test_async_scope_awaits_async_exit_and_shares_across_nested_dispatches() -> None:
+    AsyncUnitOfWork.instances.clear()
+
+    class Outer:
+        def __init__(self, mediator: AsyncMediator, uow: AsyncUnitOfWork) -> None:
+            self.mediator = mediator
+            self.uow = uow
+
+        async def handle(self, query: GetName) -> str:
+            await self.mediator.send(Add(value=1))
+            return "ok"
+
+    async def inner(command: Add, uow: AsyncUnitOfWork) -> int:
+        return 1
+
+    async def failing(command: Fail, uow: AsyncUnitOfWork) -> None:
+        raise RuntimeError("no")
+
+    reg = Registry()
+    reg.scoped(AsyncUnitOfWork)
+    reg.handle(Add).by(inner)
+    reg.handle(GetName).by(Outer)
+    reg.handle(Fail).by(failing)
+    mediator = reg.build_async()
+    assert asyncio.run(mediator.ask(GetName(id=1))) == "ok"
+    assert [u.outcome for u in AsyncUnitOfWork.instances] == ["commit"]
+    with pytest.raises(RuntimeError):
+        asyncio.run(mediator.send(Fail()))
+    assert [u.outcome for u in AsyncUnitOfWork.instances] == ["commit", "rollback"]
+
+
+def test_async_explicit_scope_is_shared_by_concurrent_tasks() -> None:
+    AsyncUnitOfWork.instances.clear()
+
+    async def handler(command: Add, uow: AsyncUnitOfWork) -> int:
+        await asyncio.sleep(0)
+        return id(uow)
+
+    reg = Registry()
+    reg.scoped(AsyncUnitOfWork)
+    reg.handle(Add).by(handler)
+    mediator = reg.build_async()
+
+    async def main() -> set[int]:
+        async with mediator.scope(principal="p"):
+            ids = await asyncio.gather(*(mediator.send(Add(value=i)) for i in range(5)))
+        return set(ids)
+
+    assert len(asyncio.run(main())) == 1
+    assert [u.outcome for u in AsyncUnitOfWork.instances] == ["commit"]
+
+
+def test_scoped_handler_class_is_one_instance_per_scope() -> None:
+    made: list[object] = []
+
+    class Handler:
+        def __init__(self) -> None:
+            made.append(self)
+
+        def handle(self, event: Happened) -> None:
+            pass
+
+    reg = Registry()
+    reg.handle(Happened).by(Handler, lifetime=Lifetime.SCOPED)
+    mediator = reg.build()
+    with mediator.scope():
+        mediator.publish(Happened(what="a"))
+        mediator.publish(Happened(what="b"))
+    mediator.publish(Happened(what="c"))
+    assert len(made) == 2
