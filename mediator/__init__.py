@@ -5,12 +5,11 @@ and behaviours on a :class:`Registry`, and build a :class:`Mediator` (or an
 :class:`AsyncMediator`) once; every check and every composition happens then.
 """
 
-from ._behaviours import ExceptionHooks, Handled, Logging, Validation, ValidatorError
+from ._behaviours import ExceptionHooks, Handled, HookError, Logging, Validation, ValidatorError
 from ._build import Build, Explanation
 from ._context import DispatchContext, Scope, current_context
 from ._di import Lifetime
 from ._errors import (
-    DependencyError,
     HandlerNotFoundError,
     MediatorError,
     NotAMessageError,
@@ -31,7 +30,6 @@ __all__ = [
     "Behaviour",
     "Build",
     "Command",
-    "DependencyError",
     "DispatchContext",
     "Event",
     "ExceptionHooks",
@@ -40,6 +38,7 @@ __all__ = [
     "HandlerBinder",
     "HandlerNotFoundError",
     "Handles",
+    "HookError",
     "Kind",
     "Lifetime",
     "Logging",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -43,11 +43,57 @@ def _collect(errors: dict[str, list[str]], found: Iterable[tuple[str, str]]) -> 
         errors.setdefault(field, []).append(problem)
 
 
+def _watch_sync(
+    items: Iterable[Any], done: Callable[[int], None], failed: Callable[[BaseException], Any]
+) -> Iterator[Any]:
+    """Yield ``items``, then report how many; on an error, let ``failed`` decide (re-raise or substitute)."""
+    count = 0
+    try:
+        for item in items:
+            count += 1
+            yield item
+    except GeneratorExit:
+        done(count)
+        raise
+    except Exception as exc:
+        substitute = failed(exc)
+        if substitute is None:
+            raise
+        yield from substitute
+        return
+    done(count)
+
+
+async def _watch_async(
+    items: AsyncIterable[Any], done: Callable[[int], None], failed: Callable[[BaseException], Any]
+) -> AsyncIterator[Any]:
+    """The async twin of :func:`_watch_sync`."""
+    count = 0
+    try:
+        async for item in items:
+            count += 1
+            yield item
+    except GeneratorExit:
+        done(count)
+        raise
+    except Exception as exc:
+        substitute = failed(exc)
+        if inspect.isawaitable(substitute):
+            substitute = await substitute
+        if substitute is None:
+            raise
+        for item in substitute:
+            yield item
+        return
+    done(count)
+
+
 class Validation:
     """Run the validators registered for a message; raise one ``ValidationError`` with all failures.
 
-    The handler never runs on invalid input. A validator that raises (say, its
-    database is down) surfaces as a ``ValidatorError``, never as "invalid".
+    The handler never runs on invalid input (for a stream: before its first
+    item). A validator that raises (say, its database is down) surfaces as a
+    ``ValidatorError``, never as "invalid".
     """
 
     needs_scope = False
@@ -60,15 +106,16 @@ class Validation:
             for validator in validators:
                 if validator.is_async:
                     build.problem(f"Validator {validator.description} is async; use build_async().")
-        return _BoundValidation(validators)
+        return _BoundValidation(validators, build.is_async)
 
 
 class _BoundValidation(Validation):
-    def __init__(self, validators: tuple[Invoker, ...]) -> None:
+    def __init__(self, validators: tuple[Invoker, ...], is_async: bool) -> None:
         self.validators = validators
+        self.is_async = is_async
         self.needs_scope = any(v.needs_scope for v in validators)
 
-    def handle(self, message: Any, next: Callable[[Any], Any]) -> Any:
+    def _check(self, message: Any) -> None:
         errors: dict[str, list[str]] = {}
         for validator in self.validators:
             try:
@@ -77,9 +124,8 @@ class _BoundValidation(Validation):
                 raise ValidatorError(message, validator.description, exc) from exc
         if errors:
             raise ValidationError(message, errors)
-        return next(message)
 
-    async def handle_async(self, message: Any, next: Callable[[Any], Awaitable[Any]]) -> Any:
+    async def _check_async(self, message: Any) -> None:
         errors: dict[str, list[str]] = {}
         for validator in self.validators:
             try:
@@ -93,7 +139,25 @@ class _BoundValidation(Validation):
                 raise ValidatorError(message, validator.description, exc) from exc
         if errors:
             raise ValidationError(message, errors)
+
+    def handle(self, message: Any, next: Callable[[Any], Any]) -> Any:
+        self._check(message)
+        return next(message)
+
+    async def handle_async(self, message: Any, next: Callable[[Any], Awaitable[Any]]) -> Any:
+        await self._check_async(message)
         return await next(message)
+
+    def handle_stream(self, message: Any, next: Callable[[Any], Any]) -> Any:
+        if not self.is_async:
+            self._check(message)
+            return next(message)
+        return self._checked_async_stream(message, next)
+
+    async def _checked_async_stream(self, message: Any, next: Callable[[Any], Any]) -> AsyncIterator[Any]:
+        await self._check_async(message)
+        async for item in next(message):
+            yield item
 
 
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
@@ -109,8 +173,9 @@ class Logging:
 
     Fields marked :func:`~mediator.sensitive` are masked. The logger is bound
     when the mediator is built (configure structlog first, as with structlog's
-    ``cache_logger_on_first_use``); when neither level is enabled the behaviour
-    only checks that and calls on, formatting nothing.
+    ``cache_logger_on_first_use``); if neither level is enabled then, the
+    behaviour leaves the chain entirely and costs nothing. A stream is logged
+    once it ends, with the number of items it yielded.
 
     Args:
         logger: a structlog logger; ``structlog.get_logger("mediator")`` by default.
@@ -128,27 +193,30 @@ class Logging:
         self.error_level = error_level
         self.include_fields = include_fields
 
-    def for_message(self, message_type: type, build: Build) -> _BoundLogging:
+    def for_message(self, message_type: type, build: Build) -> _BoundLogging | None:
         logger = self.logger if self.logger is not None else structlog.get_logger("mediator")
         bound = logger.bind()
+        enabled = _enabled_check(bound)
+        level, error_level = _LEVELS[self.level], _LEVELS[self.error_level]
+        if not (enabled(level) or enabled(error_level)):
+            return None
         kind = kind_of(message_type)
         return _BoundLogging(
-            logger=bound,
-            enabled=_enabled_check(bound),
-            level=_LEVELS[self.level],
-            error_level=_LEVELS[self.error_level],
+            enabled=enabled,
+            level=level,
+            error_level=error_level,
             log_ok=getattr(bound, self.level),
             log_error=getattr(bound, self.error_level),
             type_name=qualname(message_type),
             kind=kind.value if kind else "?",
             hidden=sensitive_fields(message_type),
             include_fields=self.include_fields,
+            is_async=build.is_async,
         )
 
 
 @attrs.frozen
 class _BoundLogging:
-    logger: Any
     enabled: Callable[[int], bool]
     level: int
     error_level: int
@@ -158,6 +226,7 @@ class _BoundLogging:
     kind: str
     hidden: frozenset[str]
     include_fields: bool
+    is_async: bool
     needs_scope: bool = True
 
     def _fields(self, message: Any, started: int) -> dict[str, Any]:
@@ -175,9 +244,9 @@ class _BoundLogging:
             fields["fields"] = loggable_fields(message, self.hidden)
         return fields
 
-    def _ok(self, message: Any, started: int) -> None:
+    def _ok(self, message: Any, started: int, **extra: Any) -> None:
         if self.enabled(self.level):
-            self.log_ok("message handled", outcome="ok", **self._fields(message, started))
+            self.log_ok("message handled", outcome="ok", **extra, **self._fields(message, started))
 
     def _failed(self, message: Any, started: int, exc: BaseException) -> None:
         if self.enabled(self.error_level):
@@ -185,8 +254,6 @@ class _BoundLogging:
                            **self._fields(message, started))
 
     def handle(self, message: Any, next: Callable[[Any], Any]) -> Any:
-        if not (self.enabled(self.level) or self.enabled(self.error_level)):
-            return next(message)
         started = time.perf_counter_ns()
         try:
             result = next(message)
@@ -197,8 +264,6 @@ class _BoundLogging:
         return result
 
     async def handle_async(self, message: Any, next: Callable[[Any], Awaitable[Any]]) -> Any:
-        if not (self.enabled(self.level) or self.enabled(self.error_level)):
-            return await next(message)
         started = time.perf_counter_ns()
         try:
             result = await next(message)
@@ -208,12 +273,43 @@ class _BoundLogging:
         self._ok(message, started)
         return result
 
+    def handle_stream(self, message: Any, next: Callable[[Any], Any]) -> Any:
+        started = time.perf_counter_ns()
+
+        def done(count: int) -> None:
+            self._ok(message, started, items=count)
+
+        def failed(exc: BaseException) -> None:
+            self._failed(message, started, exc)
+
+        try:
+            items = next(message)
+        except BaseException as exc:
+            failed(exc)
+            raise
+        return (_watch_async if self.is_async else _watch_sync)(items, done, failed)
+
 
 @attrs.frozen
 class Handled:
-    """Returned by an exception hook to handle the exception: ``value`` becomes the result."""
+    """Returned by an exception hook to handle the exception: ``value`` becomes the result.
+
+    For a stream, ``value`` is an iterable whose items replace the rest of the stream.
+    """
 
     value: Any = None
+
+
+class HookError(MediatorError, TypeError):
+    """An exception hook returned something other than ``Handled`` or ``None``."""
+
+    def __init__(self, hook: Any, outcome: Any) -> None:
+        self.hook = hook
+        self.outcome = outcome
+        super().__init__(
+            f"Exception hook {qualname(hook)} returned {outcome!r}; return Handled(value) to handle, None to "
+            "pass, or raise to translate."
+        )
 
 
 class ExceptionHooks:
@@ -222,7 +318,8 @@ class ExceptionHooks:
     A hook translates by raising (the new exception is chained to the original),
     handles by returning :class:`Handled` (logged at warning level, never
     silent), or passes by returning ``None``. The first hook whose exception
-    type matches and that does not pass decides.
+    type matches and that does not pass decides. On the async mediator a hook
+    may be ``async def``.
     """
 
     needs_scope = False
@@ -235,37 +332,49 @@ class ExceptionHooks:
         if not hooks:
             return None
         logger = self.logger if self.logger is not None else structlog.get_logger("mediator")
-        return _BoundHooks(hooks, logger.bind())
+        return _BoundHooks(hooks, logger.bind(), build.is_async)
 
 
 class _BoundHooks:
     needs_scope = False
 
-    def __init__(self, hooks: tuple[HookRegistration, ...], logger: Any) -> None:
+    def __init__(self, hooks: tuple[HookRegistration, ...], logger: Any, is_async: bool) -> None:
         self.hooks = hooks
         self.logger = logger
+        self.is_async = is_async
 
-    def _decide(self, message: Any, exc: Exception) -> Any:
-        for hook in self.hooks:
-            if not isinstance(exc, hook.exception_type):
-                continue
-            try:
+    def _matching(self, exc: Exception) -> Iterator[HookRegistration]:
+        return (hook for hook in self.hooks if isinstance(exc, hook.exception_type))
+
+    def _judge(self, hook: HookRegistration, message: Any, exc: Exception, outcome: Any) -> Handled | None:
+        if isinstance(outcome, Handled):
+            self.logger.warning(
+                "exception handled by hook", message_type=qualname(type(message)),
+                error_type=qualname(type(exc)), error=str(exc), hook=qualname(hook.hook),
+            )
+            return outcome
+        if outcome is not None:
+            raise HookError(hook.hook, outcome) from exc
+        return None
+
+    def _decide(self, message: Any, exc: Exception) -> Handled | None:
+        for hook in self._matching(exc):
+            with _chained_to(exc):
                 outcome = hook.hook(message, exc)
-            except BaseException as translated:
-                if translated is not exc and translated.__cause__ is None:
-                    translated.__cause__ = exc
-                raise
-            if isinstance(outcome, Handled):
-                self.logger.warning(
-                    "exception handled by hook", message_type=qualname(type(message)),
-                    error_type=qualname(type(exc)), error=str(exc), hook=qualname(hook.hook),
-                )
-                return outcome
-            if outcome is not None:
-                raise TypeError(
-                    f"Exception hook {qualname(hook.hook)} returned {outcome!r}; return Handled(value) to "
-                    "handle, None to pass, or raise to translate."
-                ) from exc
+            decided = self._judge(hook, message, exc, outcome)
+            if decided is not None:
+                return decided
+        return None
+
+    async def _decide_async(self, message: Any, exc: Exception) -> Handled | None:
+        for hook in self._matching(exc):
+            with _chained_to(exc):
+                outcome = hook.hook(message, exc)
+                if inspect.isawaitable(outcome):
+                    outcome = await outcome
+            decided = self._judge(hook, message, exc, outcome)
+            if decided is not None:
+                return decided
         return None
 
     def handle(self, message: Any, next: Callable[[Any], Any]) -> Any:
@@ -281,7 +390,45 @@ class _BoundHooks:
         try:
             return await next(message)
         except Exception as exc:
-            outcome = self._decide(message, exc)
+            outcome = await self._decide_async(message, exc)
             if outcome is None:
                 raise
             return outcome.value
+
+    def handle_stream(self, message: Any, next: Callable[[Any], Any]) -> Any:
+        def failed(exc: BaseException) -> Any:
+            if not isinstance(exc, Exception):
+                return None
+            if self.is_async:
+                return self._substitute_async(message, exc)
+            outcome = self._decide(message, exc)
+            return None if outcome is None else outcome.value
+
+        try:
+            items = next(message)
+        except Exception as exc:
+            substitute = failed(exc)
+            if substitute is None or inspect.isawaitable(substitute):
+                if inspect.iscoroutine(substitute):
+                    substitute.close()
+                raise
+            items = substitute
+        return (_watch_async if self.is_async else _watch_sync)(items, lambda _count: None, failed)
+
+    async def _substitute_async(self, message: Any, exc: Exception) -> Any:
+        outcome = await self._decide_async(message, exc)
+        return None if outcome is None else outcome.value
+
+
+class _chained_to:
+    """Chain whatever a hook raises to the exception it was handling, if the hook did not."""
+
+    def __init__(self, original: BaseException) -> None:
+        self.original = original
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if exc is not None and exc is not self.original and exc.__cause__ is None:
+            exc.__cause__ = self.original

@@ -268,9 +268,10 @@ def _behaviour_method(obj: Any, kind: Kind, is_async: bool) -> tuple[str | None,
     return "handle", None
 
 
-def _takes_message_and_next(method: Callable[..., Any]) -> bool:
+def _takes_message_and_next(method: Callable[..., Any], extra: int = 0) -> bool:
+    """Whether ``method`` can be called with (message, next), after ``extra`` leading arguments (self)."""
     try:
-        inspect.signature(method).bind(object(), object())
+        inspect.signature(method).bind(*[object()] * (2 + extra))
     except TypeError:
         return False
     except ValueError:
@@ -298,6 +299,8 @@ def _compile_step(reg: BehaviourRegistration, message_type: type, kind: Kind, bu
     if isinstance(behaviour, type) and reg.lifetime is not Lifetime.SINGLETON:
         return _per_dispatch_step(reg, name, kind, build, strict)
     if isinstance(behaviour, type):
+        if not build.compiler.register_concrete(behaviour, Lifetime.SINGLETON):
+            return None
         behaviour = build.resolve(behaviour, behaviour)
         if behaviour is None:
             return None
@@ -326,13 +329,17 @@ def _per_dispatch_step(reg: BehaviourRegistration, name: str, kind: Kind, build:
         if why and (strict or kind is not Kind.STREAM):
             build.problem(f"Behaviour {name} {why}.")
         return None
+    func = getattr(behaviour, method)
+    if not _takes_message_and_next(func, extra=1):
+        build.problem(f"Behaviour {name}.{method} must accept (message, next); fix its signature.")
+        return None
     if not build.compiler.register_concrete(behaviour, reg.lifetime):
         return None
     provider = build.compiler.provider(behaviour, behaviour)
     if provider is None or provider.make is None:
         return None
     return Step(name, provider.lifetime, provider.needs_scope or provider.dispatches,
-                functools.partial(_pipeline.link_per_dispatch, provider.make, provider.needs_scope, method))
+                functools.partial(_pipeline.link_per_dispatch, provider.make, provider.needs_scope, func))
 
 
 def _chain(terminal: Callable[[Any], Any], steps: Iterable[Step]) -> Callable[[Any], Any]:
@@ -342,35 +349,43 @@ def _chain(terminal: Callable[[Any], Any], steps: Iterable[Step]) -> Callable[[A
     return rest
 
 
-@attrs.define
+@attrs.frozen
 class _EventHandler:
-    chain: Callable[[Any], Any]
+    call: Callable[[Any], Any]
     needs_scope: bool
     description: str
 
 
 class Routes:
-    """Everything compiled for one mediator: entry tables, event composition and explanations."""
+    """Everything compiled for one mediator: entry tables, event composition and explanations.
 
-    def __init__(self, is_async: bool, publish_strategy: PublishStrategy, include_bases: bool) -> None:
-        self.is_async = is_async
+    Event entries wrap the behaviours once around the strategy that runs the
+    handlers, so a validator or a log line runs once per publish. Entries for
+    every registered event type and strategy are compiled at build; an event
+    class the build did not see (one with no handlers, or a subclass) is
+    compiled on its first publish, from the same frozen registrations.
+    """
+
+    def __init__(self, info: Build, publish_strategy: PublishStrategy, include_bases: bool) -> None:
+        self.info = info
+        self.is_async = info.is_async
         self.publish_strategy = publish_strategy
         self.include_bases = include_bases
         self.entries: dict[Kind, dict[type, Callable[[Any], Any]]] = {k: {} for k in Kind}
+        self.event_entries: dict[tuple[type, PublishStrategy], Callable[[Any], Any]] = {}
         self.event_handlers: dict[type, list[_EventHandler]] = {}
-        self.event_steps: dict[type, tuple[str, ...]] = {}
         self.explanations: dict[type, Explanation] = {}
+        self.strategies = tuple(ASYNC_RUNNERS if self.is_async else SYNC_RUNNERS) + (
+            PublishStrategy.STOP_ON_FIRST_ERROR,
+        )
 
     def explain(self, message_type: type) -> Explanation:
         from ._errors import HandlerNotFoundError
 
+        if message_type not in self.explanations and _kind(message_type) is Kind.EVENT:
+            self.event_entry(message_type, self.publish_strategy)
         if message_type in self.explanations:
             return self.explanations[message_type]
-        if message_type in self.event_steps or (isinstance(message_type, type) and issubclass(message_type, Message)
-                                                 and _kind(message_type) is Kind.EVENT):
-            handlers = self._handlers_for(message_type)
-            return Explanation(message_type, Kind.EVENT, None, (), tuple(h.description for h in handlers),
-                               any(h.needs_scope for h in handlers))
         raise HandlerNotFoundError(message_type)
 
     def _handlers_for(self, event_type: type) -> list[_EventHandler]:
@@ -382,20 +397,38 @@ class Routes:
         return found
 
     def event_entry(self, event_type: type, strategy: PublishStrategy) -> Callable[[Any], Any]:
-        """Compose the publish entry for an event type and strategy (at build, or on first publish)."""
-        handlers = self._handlers_for(event_type)
-        runners = ASYNC_RUNNERS if self.is_async else SYNC_RUNNERS
+        """The publish entry for an event type and strategy: compiled once, then looked up."""
+        key = (event_type, strategy)
+        entry = self.event_entries.get(key)
+        if entry is not None:
+            return entry
         if strategy is PublishStrategy.CONCURRENT and not self.is_async:
             raise WiringError([f"{strategy!r} needs the async mediator; build it with build_async()."])
-        chains = tuple(h.chain for h in handlers)
-        entry: Callable[[Any], Any]
+        handlers = self._handlers_for(event_type)
+        calls = tuple(h.call for h in handlers)
         if strategy is PublishStrategy.STOP_ON_FIRST_ERROR:
-            entry = _unrolled(chains, self.is_async, event_type)
+            run = _unrolled(calls, self.is_async, event_type)
         else:
-            entry = functools.partial(runners[strategy], chains)
-        if any(h.needs_scope for h in handlers):
-            return _scope_wrapper(Kind.EVENT, self.is_async)(entry)
+            runners = ASYNC_RUNNERS if self.is_async else SYNC_RUNNERS
+            run = functools.partial(runners[strategy], calls)
+        problems_before = len(self.info.compiler.problems)
+        steps = compile_steps(self.info.registry.behaviours, event_type, Kind.EVENT, self.info)
+        if len(self.info.compiler.problems) > problems_before:
+            raise WiringError(self.info.compiler.problems[problems_before:])
+        needs_scope = any(h.needs_scope for h in handlers) or any(s.needs_scope for s in steps)
+        entry = _chain(run, steps)
+        if needs_scope:
+            entry = _scope_wrapper(self.is_async)(entry)
+        self.event_entries[key] = entry
+        if event_type not in self.explanations:
+            self.explanations[event_type] = Explanation(
+                event_type, Kind.EVENT, None, _step_names(steps), tuple(h.description for h in handlers), needs_scope
+            )
         return entry
+
+
+def _step_names(steps: list[Step]) -> tuple[str, ...]:
+    return tuple(f"{s.name} ({s.lifetime.value})" for s in steps)
 
 
 def _unrolled(chains: tuple[Callable[[Any], Any], ...], is_async: bool, event_type: type) -> Callable[[Any], Any]:
@@ -415,12 +448,13 @@ def _kind(message_type: type) -> Kind | None:
 
 def build(registry: Registry, is_async: bool) -> Mediator | AsyncMediator:
     """Build a mediator from ``registry``; raise one WiringError listing every problem."""
-    compiler = Compiler(registry.container, dict(registry.lifetimes))
+    # The registry's own lifetimes: classes registered here at build keep theirs for the next build.
+    compiler = Compiler(registry.container, registry.lifetimes)
     compiler.problems.extend(registry.problems)
     mediator: Mediator | AsyncMediator = AsyncMediator() if is_async else Mediator()
     compiler.add_mediator(type(mediator), mediator)
     info = Build(registry, compiler, is_async)
-    routes = Routes(is_async, registry.publish_strategy, registry.include_base_event_handlers)
+    routes = Routes(info, registry.publish_strategy, registry.include_base_event_handlers)
     if registry.publish_strategy is PublishStrategy.CONCURRENT and not is_async:
         info.problem("PublishStrategy.CONCURRENT needs the async mediator; build it with build_async().")
 
@@ -429,12 +463,13 @@ def build(registry: Registry, is_async: bool) -> Mediator | AsyncMediator:
         by_type.setdefault(reg.message_type, []).append(reg)
     for message_type, regs in by_type.items():
         _compile_route(message_type, regs, registry, info, routes)
-    for message_type, handlers in routes.event_handlers.items():
-        routes.entries[Kind.EVENT][message_type] = routes.event_entry(message_type, registry.publish_strategy)
-        routes.explanations[message_type] = Explanation(
-            message_type, Kind.EVENT, None, routes.event_steps[message_type],
-            tuple(h.description for h in routes._handlers_for(message_type)), any(h.needs_scope for h in handlers),
-        )
+    if not compiler.problems:
+        for message_type in routes.event_handlers:
+            for strategy in routes.strategies:
+                routes.event_entry(message_type, strategy)
+        routes.entries[Kind.EVENT] = {
+            t: e for (t, strategy), e in routes.event_entries.items() if strategy is registry.publish_strategy
+        }
     for message_type in registry.expected:
         if message_type not in by_type and _kind(message_type) is not Kind.EVENT:
             info.problem(
@@ -451,7 +486,7 @@ def build(registry: Registry, is_async: bool) -> Mediator | AsyncMediator:
 def _compile_route(
     message_type: type, regs: list[HandlerRegistration], registry: Registry, info: Build, routes: Routes
 ) -> None:
-    """Compile one message type's handlers and behaviours into its entry (or event handlers)."""
+    """Compile one message type's handler (or, for an event, its handlers) and behaviours."""
     kind, is_async = regs[0].kind, info.is_async
     if kind is not Kind.EVENT and len(regs) > 1:
         listed = ", ".join(qualname(r.handler) for r in regs)
@@ -460,7 +495,6 @@ def _compile_route(
             "one: remove all but one registration."
         )
         return
-    steps = compile_steps(registry.behaviours, message_type, kind, info)
     invokers = []
     for reg in regs:
         invoker = compile_call(reg.handler, "handle", reg.lifetime, info, message_type, kind)
@@ -471,33 +505,34 @@ def _compile_route(
             )
         elif invoker is not None:
             invokers.append(invoker)
-    if len(invokers) != len(regs):
-        return
-    steps_scope = any(s.needs_scope for s in steps)
-    step_names = tuple(f"{s.name} ({s.lifetime.value})" for s in steps)
     if kind is Kind.EVENT:
-        for invoker in invokers:
-            terminal = _pipeline.as_coroutine(invoker.call) if is_async and not invoker.is_async else invoker.call
-            routes.event_handlers.setdefault(message_type, []).append(
-                _EventHandler(_chain(terminal, steps), invoker.needs_scope or steps_scope, invoker.description)
-            )
-        routes.event_steps[message_type] = step_names
+        # Behaviours wrap the whole publish; they are composed with the strategy in Routes.event_entry.
+        routes.event_handlers[message_type] = [
+            _EventHandler(_pipeline.as_coroutine(i.call) if is_async and not i.is_async else i.call,
+                          i.needs_scope, i.description)
+            for i in invokers
+        ]
+        return
+    steps = compile_steps(registry.behaviours, message_type, kind, info)
+    if len(invokers) != 1:
         return
     (invoker,) = invokers
-    needs_scope = steps_scope or invoker.needs_scope
-    terminal, wrap = invoker.call, _scope_wrapper(kind, is_async)
+    needs_scope = any(s.needs_scope for s in steps) or invoker.needs_scope
+    terminal = invoker.call
     if is_async and not invoker.is_async:
         terminal = (_pipeline.stream_to_async if kind is Kind.STREAM else _pipeline.as_coroutine)(terminal)
     chain = _chain(terminal, steps)
-    routes.entries[kind][message_type] = wrap(chain) if needs_scope else chain
+    if kind is Kind.STREAM:
+        entry = (_pipeline.stream_async if is_async else _pipeline.stream_sync)(chain, needs_scope)
+    else:
+        entry = _scope_wrapper(is_async)(chain) if needs_scope else chain
+    routes.entries[kind][message_type] = entry
     routes.explanations[message_type] = Explanation(
-        message_type, kind, declared_result(message_type), step_names, (invoker.description,), needs_scope
+        message_type, kind, declared_result(message_type), _step_names(steps), (invoker.description,), needs_scope
     )
 
 
-def _scope_wrapper(kind: Kind, is_async: bool) -> Callable[[Callable[[Any], Any]], Callable[[Any], Any]]:
-    if kind is Kind.STREAM:
-        return _pipeline.scoped_stream_async if is_async else _pipeline.scoped_stream_sync
+def _scope_wrapper(is_async: bool) -> Callable[[Callable[[Any], Any]], Callable[[Any], Any]]:
     return _pipeline.scoped_async if is_async else _pipeline.scoped_sync
 
 

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import contextvars
 import inspect
+import threading
 import uuid
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
 from ._errors import ScopeError
+from ._messages import qualname
 
 _current: contextvars.ContextVar[DispatchContext | None] = contextvars.ContextVar(
     "mediator_dispatch_context", default=None
@@ -31,7 +33,7 @@ def _new_id() -> str:
 class Scope:
     """The lifetime of scoped services: one root dispatch, or an explicit ``mediator.scope()``."""
 
-    __slots__ = ("_closed", "_exits", "_instances", "_is_async", "causation_id", "correlation_id",
+    __slots__ = ("_closed", "_exits", "_instances", "_is_async", "_lock", "causation_id", "correlation_id",
                  "items", "principal")
 
     def __init__(
@@ -51,6 +53,8 @@ class Scope:
         self._exits: list[tuple[str, Callable[..., Any]]] = []
         self._closed = False
         self._is_async = is_async
+        # Re-entrant, made on first creation: making a scoped service may make the scoped services it needs.
+        self._lock: threading.RLock | None = None
 
     @property
     def closed(self) -> bool:
@@ -65,9 +69,29 @@ class Scope:
         return self.create(key, create)
 
     def create(self, key: Any, create: Callable[[Scope], Any]) -> Any:
-        """Make this scope's instance for ``key`` (the caller checked there is none yet)."""
+        """Make this scope's instance for ``key`` (the caller checked there is none yet).
+
+        Creation takes a lock, so threads sharing one scope (``asyncio.to_thread``
+        copies the context) still get one instance each per key.
+        """
+        lock = self._lock
+        if lock is None:
+            with _LOCK_FOR_LOCKS:  # held only to make this scope's own lock, once
+                if self._lock is None:
+                    self._lock = threading.RLock()
+                lock = self._lock
+        with lock:
+            instance = self._instances.get(key, _MISSING)
+            if instance is not _MISSING:
+                return instance
+            return self._create(key, create)
+
+    def _create(self, key: Any, create: Callable[[Scope], Any]) -> Any:
         if self._closed:
-            raise ScopeError(f"Cannot create scoped {key!r}: its dispatch scope has already closed.")
+            raise ScopeError(
+                f"Cannot create scoped {qualname(key)}: its dispatch scope has already closed. Something "
+                "outlived its dispatch (a task or a stream kept after it ended); open mediator.scope() around it."
+            )
         made = create(self)
         instance = made
         exit_ = getattr(made, "__exit__", None)
@@ -135,6 +159,7 @@ class Scope:
 
 
 _MISSING: Any = object()
+_LOCK_FOR_LOCKS = threading.Lock()
 _EXIT, _CLOSE, _AEXIT, _ACLOSE = "exit", "close", "aexit", "aclose"
 
 
@@ -216,20 +241,3 @@ def current_context() -> DispatchContext:
             "dispatch inside `with mediator.scope():` to get one."
         )
     return ctx
-
-
-def enter(message: object, is_async: bool) -> tuple[DispatchContext, contextvars.Token[Any], Scope | None]:
-    """Open a context for one dispatch; return it, the reset token, and the scope it owns (if new)."""
-    parent = _current.get()
-    if parent is None:
-        owned = Scope(is_async)
-        ctx = DispatchContext(owned, message, None)
-    else:
-        owned = None
-        ctx = DispatchContext(parent.scope, message, parent)
-    return ctx, _current.set(ctx), owned
-
-
-def reset(token: contextvars.Token[Any]) -> None:
-    """Leave the context opened by :func:`enter`."""
-    _current.reset(token)

@@ -21,7 +21,7 @@ import attrs
 import punq
 
 from ._context import _MISSING, DispatchContext, Scope, _current
-from ._errors import DependencyError
+from ._errors import ScopeError
 from ._messages import qualname
 
 
@@ -79,7 +79,10 @@ class Provider:
 def _context_from_scope(scope: Scope) -> DispatchContext:
     ctx = _current.get()
     if ctx is None or ctx.scope is not scope:
-        raise DependencyError(DispatchContext, DispatchContext, "it only exists during a dispatch")
+        raise ScopeError(
+            "DispatchContext was requested outside the dispatch that owns this scope; it exists only while "
+            "a dispatch runs, so resolve it inside a handler or behaviour."
+        )
     return ctx
 
 
@@ -198,11 +201,11 @@ class Compiler:
         dispatches = any(d.dispatches for d in deps.values())
         common = {"dep_names": deps, "dispatches": dispatches, "builder": builder, "given": registration.args}
         if lifetime is Lifetime.SINGLETON:
-            bad = [d for d in deps.values() if d.lifetime is Lifetime.SCOPED]
+            bad = [d for d in deps.values() if d.lifetime is Lifetime.SCOPED or d.needs_scope]
             if bad:
                 self.problems.append(
-                    f"Singleton {qualname(service)} depends on scoped {bad[0].describe()}, which would "
-                    "outlive its scope; make the dependent scoped or transient."
+                    f"Singleton {qualname(service)} depends on {bad[0].describe()}, which is or needs a scoped "
+                    "service that would outlive its scope; make the singleton scoped or transient."
                 )
                 return None
             try:

@@ -59,15 +59,6 @@ class RegistryFrozenError(MediatorError, RuntimeError):
         )
 
 
-class DependencyError(MediatorError, LookupError):
-    """A dependency could not be provided to a handler, behaviour or validator."""
-
-    def __init__(self, service: Any, needed_by: Any, reason: str) -> None:
-        self.service = service
-        self.needed_by = needed_by
-        super().__init__(f"{qualname(needed_by)} needs {qualname(service)}: {reason}")
-
-
 class ScopeError(MediatorError, RuntimeError):
     """A scoped service or the dispatch context was used where no scope is open."""
 

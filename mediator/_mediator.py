@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._context import DispatchContext, Scope, _current
 from ._errors import HandlerNotFoundError, NotAMessageError
-from ._messages import Command, Event, Kind, Query, StreamQuery, kind_of
+from ._messages import Command, Event, Kind, Query, StreamQuery, kind_of, qualname
 from ._notify import PublishStrategy
 
 if TYPE_CHECKING:
@@ -33,6 +33,10 @@ _VERB = {Kind.COMMAND: "send", Kind.QUERY: "ask", Kind.STREAM: "stream", Kind.EV
 
 
 def _miss(message: object, expected: Kind) -> Exception:
+    if isinstance(message, type) and kind_of(message) is not None:
+        error = NotAMessageError(message, _EXPECTED[expected])
+        error.args = (f"{qualname(message)} was passed as a class; pass an instance: {message.__name__}(...).",)
+        return error
     kind = kind_of(type(message))
     if kind is None:
         return NotAMessageError(message, _EXPECTED[expected])
@@ -79,13 +83,13 @@ def _publish(self: _Dispatcher, event: Any, *, strategy: PublishStrategy | None 
 
 
 class _Dispatcher:
-    __slots__ = ("_commands", "_events", "_events_by_strategy", "_queries", "_routes", "_streams")
+    __slots__ = ("_commands", "_event_entries", "_events", "_queries", "_routes", "_streams")
 
     _commands: dict[type, Callable[[Any], Any]]
     _queries: dict[type, Callable[[Any], Any]]
     _streams: dict[type, Callable[[Any], Any]]
     _events: dict[type, Callable[[Any], Any]]
-    _events_by_strategy: dict[tuple[type, PublishStrategy], Callable[[Any], Any]]
+    _event_entries: dict[tuple[type, PublishStrategy], Callable[[Any], Any]]
     _routes: Routes
 
     def _install(self, routes: Routes) -> None:
@@ -94,18 +98,18 @@ class _Dispatcher:
         self._queries = routes.entries[Kind.QUERY]
         self._streams = routes.entries[Kind.STREAM]
         self._events = routes.entries[Kind.EVENT]
-        self._events_by_strategy = {}
+        self._event_entries = routes.event_entries
 
     def _event_entry(self, event: Any, strategy: PublishStrategy) -> Callable[[Any], Any]:
-        event_type = type(event)
-        if kind_of(event_type) is not Kind.EVENT:
+        entry = self._event_entries.get((type(event), strategy))
+        if entry is not None:
+            return entry
+        # An event class the build did not see: check it, compile it once, remember it.
+        if kind_of(type(event)) is not Kind.EVENT:
             raise _miss(event, Kind.EVENT)
-        key = (event_type, strategy)
-        entry = self._events_by_strategy.get(key)
-        if entry is None:
-            entry = self._events_by_strategy[key] = self._routes.event_entry(event_type, strategy)
-            if strategy is self._routes.publish_strategy:
-                self._events[event_type] = entry
+        entry = self._routes.event_entry(type(event), strategy)
+        if strategy is self._routes.publish_strategy:
+            self._events[type(event)] = entry
         return entry
 
     def explain(self, message_type: type) -> Explanation:

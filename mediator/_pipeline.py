@@ -77,9 +77,12 @@ def _plain_three_args(code: types.CodeType) -> bool:
 
 
 def link_per_dispatch(
-    make: Callable[..., Any], needs_scope: bool, method: str, rest: Callable[[Any], Any]
+    make: Callable[..., Any], needs_scope: bool, method: Callable[..., Any], rest: Callable[[Any], Any]
 ) -> Callable[[Any], Any]:
-    """Compose a behaviour made anew per dispatch (transient or scoped) in front of ``rest``."""
+    """Compose a behaviour made anew per dispatch (transient or scoped) in front of ``rest``.
+
+    ``method`` is the behaviour class's plain function, looked up once at build.
+    """
     current = _context._current
 
     if needs_scope:
@@ -87,12 +90,12 @@ def link_per_dispatch(
         def linked_scoped(message: Any) -> Any:
             ctx = current.get()
             assert ctx is not None
-            return getattr(make(ctx.scope), method)(message, rest)
+            return method(make(ctx.scope), message, rest)
 
         return linked_scoped
 
     def linked(message: Any) -> Any:
-        return getattr(make(), method)(message, rest)
+        return method(make(), message, rest)
 
     return linked
 
@@ -109,8 +112,8 @@ def as_coroutine(func: Callable[[Any], Any]) -> Callable[[Any], Awaitable[Any]]:
 def scoped_sync(chain: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """Run ``chain`` inside a dispatch context; close the scope if this dispatch opened it.
 
-    The body of :func:`mediator._context.enter` is inlined: this wrapper is on the hot
-    path of every message whose chain needs a scope.
+    The scope closes while the context is still current, so whatever a resource
+    does on exit (a unit of work publishing its events) joins this dispatch.
     """
     current, context_class, scope_class = _context._current, DispatchContext, Scope
 
@@ -125,122 +128,144 @@ def scoped_sync(chain: Callable[[Any], Any]) -> Callable[[Any], Any]:
         owned = scope_class()
         token = current.set(context_class(owned, message, None))
         try:
-            result = chain(message)
-        except BaseException as exc:
+            try:
+                result = chain(message)
+            except BaseException as exc:
+                owned.close(exc)
+                raise
+            owned.close(None)
+            return result
+        finally:
             current.reset(token)
-            owned.close(exc)
-            raise
-        current.reset(token)
-        owned.close(None)
-        return result
 
     return run
 
 
 def scoped_async(chain: Callable[[Any], Awaitable[Any]]) -> Callable[[Any], Awaitable[Any]]:
     """The async twin of :func:`scoped_sync`."""
-    enter, reset = _context.enter, _context.reset
+    current, context_class, scope_class = _context._current, DispatchContext, Scope
 
     async def run(message: Any) -> Any:
-        _ctx, token, owned = enter(message, True)
+        parent = current.get()
+        if parent is not None:
+            token = current.set(context_class(parent.scope, message, parent))
+            try:
+                return await chain(message)
+            finally:
+                current.reset(token)
+        owned = scope_class(True)
+        token = current.set(context_class(owned, message, None))
         try:
-            result = await chain(message)
-        except BaseException as exc:
-            reset(token)
-            if owned is not None:
+            try:
+                result = await chain(message)
+            except BaseException as exc:
                 await owned.aclose(exc)
-            raise
-        reset(token)
-        if owned is not None:
+                raise
             await owned.aclose(None)
-        return result
+            return result
+        finally:
+            current.reset(token)
 
     return run
 
 
-def _stream_outcome(exc: BaseException | None) -> BaseException | None:
+def _stream_outcome(exc: BaseException) -> BaseException | None:
     # A consumer that stops early is not a failure of the stream.
     return None if isinstance(exc, GeneratorExit) else exc
 
 
-def scoped_stream_sync(chain: Callable[[Any], Iterable[Any]]) -> Callable[[Any], Iterator[Any]]:
-    """Open the scope when the stream starts, re-enter it per item, close it when the stream ends."""
+def stream_sync(chain: Callable[[Any], Iterable[Any]], needs_scope: bool) -> Callable[[Any], Iterator[Any]]:
+    """Make a stream entry that starts when first iterated.
 
-    def iterate(items: Iterator[Any], ctx: DispatchContext, owned: Scope | None) -> Iterator[Any]:
+    Behaviours, the handler and any scope start with the first ``next()``; the
+    scope stays current for every item and closes when the stream is exhausted,
+    fails or is closed. A stream that is never iterated opens nothing.
+    """
+    current, context_class, scope_class = _context._current, DispatchContext, Scope
+
+    def iterate(message: Any) -> Iterator[Any]:
+        if not needs_scope:
+            yield from chain(message)
+            return
+        parent = current.get()
+        owned = scope_class() if parent is None else None
+        ctx = context_class(owned or parent.scope, message, parent)  # type: ignore[union-attr]
         failure: BaseException | None = None
+        items: Iterator[Any] | None = None
         try:
             while True:
-                token = _context._current.set(ctx)
+                token = current.set(ctx)
                 try:
+                    if items is None:
+                        items = iter(chain(message))
                     item = next(items)
                 except StopIteration:
                     return
                 finally:
-                    _context._current.reset(token)
+                    current.reset(token)
                 yield item
         except BaseException as exc:
             failure = _stream_outcome(exc)
             raise
         finally:
-            close = getattr(items, "close", None)
-            if close is not None:
-                close()
-            if owned is not None:
-                owned.close(failure)
+            try:
+                close = getattr(items, "close", None)
+                if close is not None:
+                    close()
+            finally:
+                if owned is not None:
+                    token = current.set(ctx)
+                    try:
+                        owned.close(failure)
+                    finally:
+                        current.reset(token)
 
-    def run(message: Any) -> Iterator[Any]:
-        ctx, token, owned = _context.enter(message, False)
-        try:
-            items = iter(chain(message))
-        except BaseException as exc:
-            _context.reset(token)
-            if owned is not None:
-                owned.close(exc)
-            raise
-        _context.reset(token)
-        return iterate(items, ctx, owned)
-
-    return run
+    return iterate
 
 
-def scoped_stream_async(chain: Callable[[Any], AsyncIterator[Any]]) -> Callable[[Any], AsyncIterator[Any]]:
-    """The async twin of :func:`scoped_stream_sync`."""
+def stream_async(chain: Callable[[Any], AsyncIterator[Any]], needs_scope: bool) -> Callable[[Any], AsyncIterator[Any]]:
+    """The async twin of :func:`stream_sync`: iterate it with ``async for`` (or ``contextlib.aclosing``)."""
+    current, context_class, scope_class = _context._current, DispatchContext, Scope
 
-    async def iterate(items: AsyncIterator[Any], ctx: DispatchContext, owned: Scope | None) -> AsyncIterator[Any]:
+    async def iterate(message: Any) -> AsyncIterator[Any]:
+        if not needs_scope:
+            async for item in chain(message):
+                yield item
+            return
+        parent = current.get()
+        owned = scope_class(True) if parent is None else None
+        ctx = context_class(owned or parent.scope, message, parent)  # type: ignore[union-attr]
         failure: BaseException | None = None
+        items: AsyncIterator[Any] | None = None
         try:
             while True:
-                token = _context._current.set(ctx)
+                token = current.set(ctx)
                 try:
+                    if items is None:
+                        items = aiter(chain(message))
                     item = await anext(items)
                 except StopAsyncIteration:
                     return
                 finally:
-                    _context._current.reset(token)
+                    current.reset(token)
                 yield item
         except BaseException as exc:
             failure = _stream_outcome(exc)
             raise
         finally:
-            aclose = getattr(items, "aclose", None)
-            if aclose is not None:
-                await aclose()
-            if owned is not None:
-                await owned.aclose(failure)
+            try:
+                aclose = getattr(items, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+            finally:
+                if owned is not None:
+                    token = current.set(ctx)
+                    try:
+                        await owned.aclose(failure)
+                    finally:
+                        current.reset(token)
 
-    def run(message: Any) -> AsyncIterator[Any]:
-        ctx, token, owned = _context.enter(message, True)
-        try:
-            items = aiter(chain(message))
-        except BaseException as exc:
-            _context.reset(token)
-            if owned is not None:
-                owned.close(exc)
-            raise
-        _context.reset(token)
-        return iterate(items, ctx, owned)
-
-    return run
+    return iterate
 
 
 def stream_to_async(func: Callable[[Any], Any]) -> Callable[[Any], AsyncIterator[Any]]:
@@ -257,17 +282,3 @@ def stream_to_async(func: Callable[[Any], Any]) -> Callable[[Any], AsyncIterator
         return items(result)
 
     return run
-
-
-def awaiting(func: Callable[[Any], Any]) -> Callable[[Any], Awaitable[Any]]:
-    """Adapt a handler that may return either a value or an awaitable to always await."""
-
-    async def run(message: Any) -> Any:
-        result = func(message)
-        if inspect.isawaitable(result):
-            return await result
-        return result
-
-    return run
-
-

@@ -105,7 +105,7 @@ class ValidatorRegistration:
 
 @attrs.frozen
 class HookRegistration:
-    exception_type: type[BaseException]
+    exception_type: type[Exception]
     hook: Callable[[Any, Any], Any]
     applies_to: AppliesTo
 
@@ -315,7 +315,7 @@ class Registry:
 
     def on_exception(
         self,
-        exception_type: type[BaseException],
+        exception_type: type[Exception],
         hook: Callable[[Any, Any], Any],
         *,
         applies_to: AppliesTo = None,

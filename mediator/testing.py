@@ -87,12 +87,8 @@ class Recording:
 
     @property
     def events(self) -> list[Any]:
-        """Every event published; one entry per handler that ran, deduplicated by identity."""
-        seen: list[Any] = []
-        for d in self.dispatched:
-            if d.kind is Kind.EVENT and not any(d.message is s for s in seen):
-                seen.append(d.message)
-        return seen
+        """Every event published, once per publish, whether or not anything handles it."""
+        return self._of(Kind.EVENT)
 
     def of_type(self, message_type: type[M]) -> list[M]:
         """Every recorded message of exactly ``message_type``."""
@@ -142,11 +138,16 @@ class _BoundRecording:
     def handle_stream(self, message: Any, next: Callable[[Any], Any]) -> Any:
         entry = Dispatched(message, self.kind)
         self.recording.dispatched.append(entry)
-        entry.result = next(message)
+        try:
+            entry.result = next(message)
+        except BaseException as exc:
+            entry.error = exc
+            raise
         return entry.result
 
 
 def _prepare(registry: Registry, fakes: Mapping[Any, object] | None) -> Recording:
+    registry._check_open("a Recording")
     for service, fake in (fakes or {}).items():
         registry.override(service, fake)
     recording = Recording()

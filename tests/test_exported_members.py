@@ -12,9 +12,9 @@ def test_all_is_sorted_and_complete() -> None:
 
 def test_exported_members() -> None:
     assert mediator.__all__ == [
-        "AsyncBehaviour", "AsyncMediator", "Behaviour", "Build", "Command", "DependencyError",
+        "AsyncBehaviour", "AsyncMediator", "Behaviour", "Build", "Command",
         "DispatchContext", "Event", "ExceptionHooks", "Explanation", "Handled", "HandlerBinder",
-        "HandlerNotFoundError", "Handles", "Kind", "Lifetime", "Logging", "Mediator", "MediatorError",
+        "HandlerNotFoundError", "Handles", "HookError", "Kind", "Lifetime", "Logging", "Mediator", "MediatorError",
         "Message", "NotAMessageError", "PublishStrategy", "Query", "Registry", "RegistryFrozenError", "Scope",
         "ScopeError", "StreamQuery", "Validates", "Validation", "ValidationError", "ValidatorError",
         "WiringError", "current_context", "handles", "sensitive",

@@ -190,7 +190,7 @@ def test_singleton_depending_on_scoped_is_a_captive_dependency_error() -> None:
     reg2.handle(Add).by(handler)
     (problem,) = problems(reg2)
     assert "Singleton" in problem
-    assert "depends on scoped tests.mediator.sample.UnitOfWork" in problem
+    assert "depends on tests.mediator.sample.UnitOfWork (scoped)" in problem
 
 
 def test_dependency_cycle_is_reported() -> None:
@@ -338,3 +338,72 @@ def test_hooks_and_validation_registered_with_nothing_to_do_cost_nothing() -> No
 
 def test_sample_module_is_importable() -> None:
     assert sample.Add(value=1).value == 1
+
+
+def test_building_twice_keeps_the_registered_lifetimes() -> None:
+    class Handler:
+        def handle(self, command: Add) -> int:
+            return id(self)
+
+    reg = Registry()
+    reg.handle(Add).by(Handler, lifetime=Lifetime.SCOPED)
+    first, second = reg.build(), reg.build()
+    assert first.explain(Add).handlers == second.explain(Add).handlers
+    assert "(scoped)" in second.explain(Add).handlers[0]
+    with second.scope():
+        assert second.send(Add(value=1)) == second.send(Add(value=1))
+
+
+def test_a_behaviour_class_with_the_default_lifetime_is_built_once() -> None:
+    made: list[object] = []
+
+    class Plain:
+        def __init__(self) -> None:
+            made.append(self)
+
+        def handle(self, message: Any, next: Any) -> Any:
+            return next(message)
+
+    reg = Registry()
+    reg.handle(Add).by(add)
+    reg.behaviour(Plain)
+    mediator = reg.build()
+    mediator.send(Add(value=1))
+    mediator.send(Add(value=1))
+    assert len(made) == 1
+
+
+def test_a_per_dispatch_behaviour_of_the_wrong_shape_is_reported() -> None:
+    class Wrong:
+        def handle(self, message: Any) -> Any:
+            return message
+
+    reg = Registry()
+    reg.handle(Add).by(add)
+    reg.behaviour(Wrong, lifetime=Lifetime.TRANSIENT)
+    (problem,) = problems(reg)
+    assert "Wrong.handle must accept (message, next)" in problem
+
+
+class NeedsUnitOfWork:
+    def __init__(self, uow: UnitOfWork) -> None:
+        self.uow = uow
+
+
+class Cache:
+    def __init__(self, dep: NeedsUnitOfWork) -> None:
+        self.dep = dep
+
+
+def test_a_singleton_capturing_a_scoped_service_through_a_transient_is_reported() -> None:
+    def handler(command: Add, cache: Cache) -> int:
+        return 1
+
+    reg = Registry()
+    reg.scoped(UnitOfWork)
+    reg.transient(NeedsUnitOfWork)
+    reg.singleton(Cache)
+    reg.handle(Add).by(handler)
+    (problem,) = problems(reg)
+    assert "Singleton tests.mediator.test_build.Cache depends on tests.mediator.test_build.NeedsUnitOfWork" in problem
+    assert "needs a scoped service" in problem

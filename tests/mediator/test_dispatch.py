@@ -206,3 +206,8 @@ def test_stream_closes_the_handler_generator_when_the_consumer_stops_early() -> 
     assert next(items) == 0
     items.close()  # type: ignore[attr-defined]
     assert closed == [True]
+
+
+def test_sending_the_class_instead_of_an_instance_says_so() -> None:
+    with pytest.raises(NotAMessageError, match=r"Add was passed as a class; pass an instance: Add\(\.\.\.\)"):
+        registry().build().send(Add)  # type: ignore[arg-type]

@@ -5,7 +5,7 @@ import asyncio
 import pytest
 from structlog.testing import capture_logs
 
-from mediator import ExceptionHooks, Handled, Kind, Registry
+from mediator import ExceptionHooks, Handled, HookError, Kind, Registry
 
 from .sample import Add, Fail, GetName, fail
 
@@ -63,7 +63,7 @@ def test_hook_returning_none_lets_the_exception_through() -> None:
 
 def test_hook_returning_anything_else_is_an_error_not_a_silent_swallow() -> None:
     mediator = build((RuntimeError, lambda message, exc: "oops")).build()
-    with pytest.raises(TypeError, match="return Handled\\(value\\) to handle") as info:
+    with pytest.raises(HookError, match="return Handled\\(value\\) to handle") as info:
         mediator.send(Fail())
     assert isinstance(info.value.__cause__, RuntimeError)
 
@@ -106,3 +106,12 @@ def test_async_twin_translates_too() -> None:
 def test_success_passes_untouched() -> None:
     mediator = build((Exception, lambda m, e: Handled(0))).build()
     assert mediator.send(Add(value=5)) == 5
+
+
+def test_async_hooks_are_awaited_on_the_async_mediator() -> None:
+    async def fallback(message: object, exc: NotFound) -> Handled:
+        await asyncio.sleep(0)
+        return Handled("async fallback")
+
+    mediator = build((NotFound, fallback)).build_async()
+    assert asyncio.run(mediator.ask(GetName(id=1))) == "async fallback"

@@ -125,3 +125,16 @@ def test_async_twin_logs_the_same_way() -> None:
         asyncio.run(mediator.send(Add(value=2)))
     assert logs[0]["outcome"] == "ok"
     assert logs[0]["fields"] == {"value": 2}
+
+
+def test_logging_disabled_at_build_leaves_the_chain() -> None:
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
+    try:
+        reg = Registry()
+        reg.behaviour(Logging())
+        reg.handle(Add).by(lambda command: command.value)
+        explanation = reg.build().explain(Add)
+    finally:
+        structlog.reset_defaults()
+    assert explanation.behaviours == ()
+    assert not explanation.opens_scope

@@ -167,11 +167,23 @@ def test_behaviours_for_all_kinds_sit_out_streams_they_cannot_wrap() -> None:
     assert list(reg.build().stream(Count(up_to=2))) == [0, 1]
 
 
-def test_every_event_handler_runs_through_the_event_behaviours() -> None:
+def test_event_behaviours_wrap_the_whole_publish_once() -> None:
     reg, trace = traced(("e", Kind.EVENT))
-    reg.handle(Happened).by(lambda event: None)
+    reg.handle(Happened).by(lambda event: trace.events.append("handler"))
+    reg.handle(Happened).by(lambda event: trace.events.append("handler"))
     reg.build().publish(Happened(what="x"))
+    assert trace.events == ["e>", "handler", "handler", "<e"]
+
+
+def test_event_behaviours_run_even_for_an_event_nobody_handles() -> None:
+    from .sample import SpecialHappened
+
+    reg, trace = traced(("e", Kind.EVENT))
+    mediator = reg.build()
+    mediator.publish(SpecialHappened(what="x"))
+    mediator.publish(SpecialHappened(what="y"))
     assert trace.events == ["e>", "<e", "e>", "<e"]
+    assert mediator.explain(SpecialHappened).handlers == ()
 
 
 def test_behaviour_with_defaults_is_still_composed_correctly() -> None:

@@ -382,3 +382,65 @@ def test_scoped_handler_class_is_one_instance_per_scope() -> None:
         mediator.publish(Happened(what="b"))
     mediator.publish(Happened(what="c"))
     assert len(made) == 2
+
+
+def test_threads_sharing_one_scope_get_one_scoped_instance() -> None:
+    import contextvars
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    made: list[object] = []
+    lock = threading.Lock()
+
+    class Session:
+        def __init__(self) -> None:
+            time.sleep(0.02)  # widen the window in which two threads could both create one
+            with lock:
+                made.append(self)
+
+    def handler(query: GetName, session: Session) -> str:
+        return str(id(session))
+
+    reg = Registry()
+    reg.scoped(Session)
+    reg.handle(GetName).by(handler)
+    mediator = reg.build()
+    with mediator.scope():
+        ctx = contextvars.copy_context()
+        with ThreadPoolExecutor(2) as pool:
+            ids = list(pool.map(lambda _: ctx.copy().run(mediator.ask, GetName(id=1)), range(2)))
+    assert len(made) == 1
+    assert ids[0] == ids[1]
+
+
+def test_what_a_scoped_resource_dispatches_on_exit_joins_the_dispatch() -> None:
+    seen: list[tuple[str, str | None]] = []
+
+    class Publishing:
+        """A unit of work that publishes an event when it commits."""
+
+        def __init__(self, mediator: Mediator) -> None:
+            self.mediator = mediator
+
+        def __enter__(self) -> "Publishing":
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.mediator.publish(Happened(what="committed"))
+
+    def on_committed(event: Happened, ctx: DispatchContext) -> None:
+        seen.append((ctx.correlation_id, ctx.causation_id))
+
+    def handler(command: Add, uow: Publishing, ctx: DispatchContext) -> int:
+        seen.append((ctx.correlation_id, ctx.message_id))
+        return 1
+
+    reg = Registry()
+    reg.scoped(Publishing)
+    reg.handle(Add).by(handler)
+    reg.handle(Happened).by(on_committed)
+    reg.build().send(Add(value=1))
+    (correlation, message_id), (event_correlation, cause) = seen
+    assert event_correlation == correlation
+    assert cause == message_id

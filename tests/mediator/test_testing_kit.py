@@ -113,3 +113,23 @@ def test_async_stub() -> None:
         return result, items
 
     assert asyncio.run(main()) == (5, [1, 2])
+
+
+def test_recording_sees_every_publish_even_of_unhandled_events() -> None:
+    from .sample import SpecialHappened
+
+    mediator, recording = recording_mediator(app())
+    event = Happened(what="twice")
+    mediator.publish(event)
+    mediator.publish(event)
+    mediator.publish(SpecialHappened(what="nobody listens"))
+    assert recording.events == [event, event, SpecialHappened(what="nobody listens")]
+
+
+def test_recording_cannot_be_added_after_build() -> None:
+    from mediator import RegistryFrozenError
+
+    reg = app()
+    reg.build()
+    with pytest.raises(RegistryFrozenError):
+        recording_mediator(reg)

@@ -136,3 +136,21 @@ def test_async_validator_in_the_sync_mediator_is_a_wiring_error() -> None:
 
     with pytest.raises(WiringError, match="is async; use build_async"):
         build(check)
+
+
+def test_event_validators_run_once_per_publish_however_many_handlers() -> None:
+    from .sample import Happened
+
+    calls: list[str] = []
+
+    def known(event: Happened) -> list[tuple[str, str]]:
+        calls.append(event.what)
+        return []
+
+    reg = Registry()
+    reg.behaviour(Validation())
+    reg.validate(Happened, known)
+    for _ in range(3):
+        reg.handle(Happened).by(lambda event: None)
+    reg.build().publish(Happened(what="x"))
+    assert calls == ["x"]
