@@ -31,7 +31,7 @@ from ._di import (
 )
 from ._errors import WiringError
 from ._mediator import AsyncMediator, Mediator
-from ._messages import Kind, Message, declared_result, qualname
+from ._messages import Kind, declared_result, qualname
 from ._notify import ASYNC_RUNNERS, SYNC_RUNNERS, PublishStrategy
 from ._registry import (
     BehaviourRegistration,
@@ -375,9 +375,7 @@ class Routes:
         self.event_entries: dict[tuple[type, PublishStrategy], Callable[[Any], Any]] = {}
         self.event_handlers: dict[type, list[_EventHandler]] = {}
         self.explanations: dict[type, Explanation] = {}
-        self.strategies = tuple(ASYNC_RUNNERS if self.is_async else SYNC_RUNNERS) + (
-            PublishStrategy.STOP_ON_FIRST_ERROR,
-        )
+        self.strategies = (*(ASYNC_RUNNERS if self.is_async else SYNC_RUNNERS), PublishStrategy.STOP_ON_FIRST_ERROR)
 
     def explain(self, message_type: type) -> Explanation:
         from ._errors import HandlerNotFoundError

@@ -7,7 +7,6 @@ what went wrong and what to do, naming types by their qualified name.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from ._messages import qualname
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from mediator import ExceptionHooks, Handled, Logging, Registry, Validation, ValidationError
+from mediator import AsyncMediator, ExceptionHooks, Handled, Logging, Registry, Validation, ValidationError
 
 from .sample import Count, UnitOfWork, count, count_async
 
@@ -43,11 +43,14 @@ class Broken:
 
 
 @pytest.fixture(autouse=True)
-def _fresh_logs() -> Iterator[None]:
+def _fresh_logs() -> None:
     Tracked.log.clear()
     AsyncTracked.log.clear()
     UnitOfWork.instances.clear()
-    yield
+
+
+async def collect(mediator: AsyncMediator, query: Count) -> list[int]:
+    return [i async for i in mediator.stream(query)]
 
 
 def tracked_count(query: Count, resource: Tracked) -> Iterator[int]:
@@ -136,13 +139,8 @@ def test_validation_runs_before_the_first_item_of_a_stream() -> None:
             with pytest.raises(ValidationError, match="must be positive"):
                 next(items)
         else:
-            mediator = reg.build_async()
-
-            async def main() -> list[int]:
-                return [i async for i in mediator.stream(Count(up_to=0))]
-
             with pytest.raises(ValidationError):
-                asyncio.run(main())
+                asyncio.run(collect(reg.build_async(), Count(up_to=0)))
     assert ran == []
 
 
@@ -153,12 +151,7 @@ def test_logging_logs_a_stream_when_it_ends_with_its_item_count() -> None:
         reg.handle(Count).by(handler)
         with capture_logs() as logs:
             if is_async:
-                mediator = reg.build_async()
-
-                async def main() -> list[int]:
-                    return [i async for i in mediator.stream(Count(up_to=3))]
-
-                assert asyncio.run(main()) == [0, 1, 2]
+                assert asyncio.run(collect(reg.build_async(), Count(up_to=3))) == [0, 1, 2]
             else:
                 assert list(reg.build().stream(Count(up_to=3))) == [0, 1, 2]
         (entry,) = logs
