@@ -33,8 +33,8 @@ def _new_id() -> str:
 class Scope:
     """The lifetime of scoped services: one root dispatch, or an explicit ``mediator.scope()``."""
 
-    __slots__ = ("_closed", "_exits", "_instances", "_is_async", "_lock", "causation_id", "correlation_id",
-                 "items", "principal")
+    __slots__ = ("_closed", "_exits", "_instances", "_is_async", "_items", "causation_id", "correlation_id",
+                 "principal")
 
     def __init__(
         self,
@@ -47,14 +47,19 @@ class Scope:
         self.correlation_id = correlation_id
         self.causation_id = causation_id
         self.principal = principal
-        self.items: dict[str, Any] = {}
-        """Free-form values the application keeps for the length of the scope."""
+        self._items: dict[str, Any] | None = None
         self._instances: dict[Any, Any] = {}
         self._exits: list[tuple[str, Callable[..., Any]]] = []
         self._closed = False
         self._is_async = is_async
-        # Re-entrant, made on first creation: making a scoped service may make the scoped services it needs.
-        self._lock: threading.RLock | None = None
+
+
+    @property
+    def items(self) -> dict[str, Any]:
+        """Free-form values the application keeps for the length of the scope."""
+        if self._items is None:
+            self._items = {}
+        return self._items
 
     @property
     def closed(self) -> bool:
@@ -71,20 +76,24 @@ class Scope:
     def create(self, key: Any, create: Callable[[Scope], Any]) -> Any:
         """Make this scope's instance for ``key`` (the caller checked there is none yet).
 
-        Creation takes a lock, so threads sharing one scope (``asyncio.to_thread``
-        copies the context) still get one instance each per key.
+        Threads sharing one scope (``asyncio.to_thread`` copies the context) still
+        get one instance per key: the first claims the key (``dict.setdefault`` is
+        atomic), the others wait on its claim and take what it made.
         """
-        lock = self._lock
-        if lock is None:
-            with _LOCK_FOR_LOCKS:  # held only to make this scope's own lock, once
-                if self._lock is None:
-                    self._lock = threading.RLock()
-                lock = self._lock
-        with lock:
+        claim = threading.Lock()
+        claim.acquire()
+        claim_key = (id(self), key)
+        other = _CLAIMS.setdefault(claim_key, claim)
+        if other is not claim:
+            with other:  # released once the claiming thread has made the instance (or failed)
+                pass
             instance = self._instances.get(key, _MISSING)
-            if instance is not _MISSING:
-                return instance
+            return self.create(key, create) if instance is _MISSING else instance
+        try:
             return self._create(key, create)
+        finally:
+            del _CLAIMS[claim_key]
+            claim.release()
 
     def _create(self, key: Any, create: Callable[[Scope], Any]) -> Any:
         if self._closed:
@@ -159,7 +168,9 @@ class Scope:
 
 
 _MISSING: Any = object()
-_LOCK_FOR_LOCKS = threading.Lock()
+# Keys being made right now, by (scope id, service): a thread that finds another's claim waits on it.
+_CLAIMS: dict[tuple[int, Any], threading.Lock] = {}
+
 _EXIT, _CLOSE, _AEXIT, _ACLOSE = "exit", "close", "aexit", "aclose"
 
 
