@@ -17,7 +17,8 @@ MESSAGES = [Add(value=1), GetName(id=1), Happened(what="x"), SpecialHappened(wha
 
 def applies(target: Any, message: Any) -> bool:
     targets = target if isinstance(target, tuple) else (target,)
-    kind = {Add: Kind.COMMAND, GetName: Kind.QUERY}.get(type(message), Kind.EVENT)
+    kinds: dict[type, Kind] = {Add: Kind.COMMAND, GetName: Kind.QUERY}
+    kind = kinds.get(type(message), Kind.EVENT)
     return target is None or any(t is kind if isinstance(t, Kind) else isinstance(message, t) for t in targets)
 
 
@@ -26,9 +27,20 @@ def applies(target: Any, message: Any) -> bool:
 def test_each_dispatch_runs_exactly_the_applicable_behaviours_in_order(targets: list[int], messages: list[Any]) -> None:
     trace = Trace()
     reg = Registry()
-    reg.handle(Add).by(lambda command: trace.events.append("handler") or 1)
-    reg.handle(GetName).by(lambda query: trace.events.append("handler") or "n")
-    reg.handle(Happened).by(lambda event: trace.events.append("handler"))
+    def add(command: Add) -> int:
+        trace.events.append("handler")
+        return 1
+
+    def name(query: GetName) -> str:
+        trace.events.append("handler")
+        return "n"
+
+    def happened(event: Happened) -> None:
+        trace.events.append("handler")
+
+    reg.handle(Add).by(add)
+    reg.handle(GetName).by(name)
+    reg.handle(Happened).by(happened)
     for index, target in enumerate(targets):
         reg.behaviour(Tag(str(index), trace), applies_to=TARGETS[target])
     mediator = reg.build()
