@@ -1,0 +1,178 @@
+"""In-memory storage for the read-model engine: for tests, and the reference for the contract.
+
+The write model and every read model are dicts of tables (dicts) in the
+session's ``handle``. A write session works on a deep copy that replaces the
+committed state on commit, so a command that fails leaves nothing behind. One
+lock serialises writers, as SQLite's does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import threading
+from collections.abc import Collection, Iterator, Sequence
+from typing import Any
+
+import attrs
+
+from mediator.readmodels import (
+    DeadLetter,
+    NewEvent,
+    ProjectionSession,
+    Storage,
+    StoredEvent,
+    WriteSession,
+    table_name,
+)
+
+
+@attrs.define
+class _Tracking:
+    position: int = 0
+    letters: dict[int, DeadLetter] = attrs.field(factory=dict)
+
+
+class _State:
+    def __init__(self) -> None:
+        self.log: list[StoredEvent] = []
+        self.tables: dict[str, Any] = {}
+        self.tracking: dict[tuple[str, int], _Tracking] = {}
+        self.generations: dict[str, int] = {}
+
+    def working_copy(self) -> _State:
+        """A copy to change and later swap in; the log is shared (it is only ever appended to, on commit)."""
+        work = _State()
+        work.log = self.log
+        work.tables = copy.deepcopy(self.tables)
+        work.tracking = copy.deepcopy(self.tracking)
+        work.generations = dict(self.generations)
+        return work
+
+
+class MemoryProjectionSession(ProjectionSession):
+    def __init__(self, state: _State, name: str, generation: int) -> None:
+        self.name = name
+        self.generation = generation
+        self.handle = state.tables
+        self._tracking = state.tracking.setdefault((name, generation), _Tracking())
+
+    @property
+    def position(self) -> int:
+        return self._tracking.position
+
+    def advance(self, position: int) -> None:
+        self._tracking.position = position
+
+    @contextlib.contextmanager
+    def savepoint(self) -> Iterator[None]:
+        saved = copy.deepcopy(self.handle)
+        try:
+            yield
+        except BaseException:
+            self.handle.clear()
+            self.handle.update(saved)
+            raise
+
+    def park(self, letter: DeadLetter) -> None:
+        self._tracking.letters[letter.position] = letter
+
+    def dead_letters(self) -> list[DeadLetter]:
+        return [self._tracking.letters[p] for p in sorted(self._tracking.letters)]
+
+    def release(self, position: int) -> None:
+        self._tracking.letters.pop(position, None)
+
+
+class MemoryWriteSession(WriteSession):
+    def __init__(self, storage: MemoryStorage) -> None:
+        self._storage = storage
+        self._work = storage._state.working_copy()
+        self.handle = self._work.tables
+        self._pending: list[StoredEvent] = []
+        self._done = False
+
+    def append(self, events: Sequence[NewEvent]) -> int:
+        start = len(self._work.log) + len(self._pending)
+        for offset, event in enumerate(events, 1):
+            self._pending.append(StoredEvent(start + offset, *attrs.astuple(event, recurse=False)))
+        return start + len(events)
+
+    def projection(self, name: str, generation: int) -> ProjectionSession:
+        return MemoryProjectionSession(self._work, name, generation)
+
+    def swap(self, name: str, generation: int) -> None:
+        self._work.generations[name] = generation
+
+    def commit(self) -> None:
+        if not self._done:
+            self._work.log.extend(self._pending)
+            self._storage._state = self._work
+            self._finish()
+
+    def rollback(self) -> None:
+        if not self._done:
+            self._finish()
+
+    def _finish(self) -> None:
+        self._done = True
+        self._storage._writer.release()
+
+
+class MemoryStorage(Storage):
+    """Everything in process memory; one writer at a time."""
+
+    def __init__(self) -> None:
+        self._state = _State()
+        self._writer = threading.Lock()
+
+    def begin(self) -> WriteSession:
+        self._writer.acquire()
+        try:
+            return MemoryWriteSession(self)
+        except BaseException:
+            self._writer.release()
+            raise
+
+    def read(self, after: int, limit: int, type_names: Collection[str] | None = None) -> list[StoredEvent]:
+        log = self._state.log
+        found: list[StoredEvent] = []
+        for event in log[after:]:
+            if type_names is None or event.type_name in type_names:
+                found.append(event)
+                if len(found) == limit:
+                    break
+        return found
+
+    def head(self) -> int:
+        return len(self._state.log)
+
+    @contextlib.contextmanager
+    def session(self, name: str, generation: int) -> Iterator[ProjectionSession]:
+        with self._writer:
+            work = self._state.working_copy()
+            yield MemoryProjectionSession(work, name, generation)
+            self._state = work
+
+    def checkpoint(self, name: str, generation: int) -> int:
+        tracking = self._state.tracking.get((name, generation))
+        return tracking.position if tracking else 0
+
+    def current_generation(self, name: str) -> int:
+        return self._state.generations.get(name, 1)
+
+    def read_table(self, projection: str, table: str) -> Any:
+        """The current generation's ``table`` of ``projection``, both looked up in one committed state."""
+        state = self._state
+        return state.tables.get(table_name(projection, table, state.generations.get(projection, 1)))
+
+    def swap(self, name: str, generation: int) -> None:
+        with self._writer:
+            self._state.generations[name] = generation
+
+    def all_dead_letters(self, name: str | None = None) -> list[DeadLetter]:
+        found = []
+        for (projection, generation), tracking in sorted(self._state.tracking.items()):
+            if (name is None or projection == name) and generation == self.current_generation(projection):
+                found += [tracking.letters[p] for p in sorted(tracking.letters)]
+        return found

@@ -1,0 +1,339 @@
+"""SQLite storage for the read-model engine: the embedded default.
+
+The write database holds the write model and the event log; the read
+database holds the read models, their checkpoints, dead letters and which
+generation queries read. They may be one file or two. Both run in WAL mode, so
+readers never block the writer. A command's transaction starts with
+``BEGIN IMMEDIATE``, taking SQLite's single writer lock up front: positions are
+handed out in commit order with no gaps, so a projection that reads "after my
+checkpoint" can never skip an event, even with several writer processes.
+
+Inline projections write in the command's own transaction, so they need the
+read models in the write database (one file): SQLite commits a transaction
+that spans attached WAL databases atomically per file only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+from collections.abc import Collection, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from mediator.readmodels import (
+    DeadLetter,
+    NewEvent,
+    ProjectionSession,
+    Storage,
+    StorageError,
+    StoredEvent,
+    WriteSession,
+)
+
+_WRITE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    position INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL UNIQUE,
+    type_name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    data TEXT NOT NULL,
+    key TEXT,
+    recorded_at REAL NOT NULL
+);
+"""
+
+_READ_SCHEMA = """
+CREATE TABLE IF NOT EXISTS projection_tracking (
+    projection TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    position INTEGER NOT NULL,
+    PRIMARY KEY (projection, generation)
+);
+CREATE TABLE IF NOT EXISTS projection_generations (
+    projection TEXT PRIMARY KEY,
+    generation INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    projection TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    position INTEGER NOT NULL,
+    event_id TEXT NOT NULL,
+    type_name TEXT NOT NULL,
+    key TEXT,
+    reason TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    PRIMARY KEY (projection, generation, position)
+);
+"""
+
+_EVENT_COLUMNS = "position, event_id, type_name, version, data, key, recorded_at"
+
+
+def connect(path: str | Path, *, timeout: float = 30.0) -> sqlite3.Connection:
+    """Open a connection the way the engine uses them: autocommit (we BEGIN ourselves), WAL, busy timeout."""
+    connection = sqlite3.connect(
+        str(path), timeout=timeout, isolation_level=None, check_same_thread=False
+    )
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes; WAL checkpoints on fsync
+    connection.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+    return connection
+
+
+@contextlib.contextmanager
+def _translated(action: str) -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise StorageError(f"SQLite failed to {action}: {exc}") from exc
+
+
+class SqliteProjectionSession(ProjectionSession):
+    def __init__(self, connection: sqlite3.Connection, name: str, generation: int) -> None:
+        self.name = name
+        self.generation = generation
+        self.handle = connection
+        row = connection.execute(
+            "SELECT position FROM projection_tracking WHERE projection = ? AND generation = ?", (name, generation)
+        ).fetchone()
+        self._position = row[0] if row else 0
+        self._moved = False
+        self._savepoints = 0
+
+    @property
+    def position(self) -> int:
+        return self._position
+
+    def advance(self, position: int) -> None:
+        self._position = position
+        self._moved = True
+
+    def flush(self) -> None:
+        """Write the checkpoint (inside the session's transaction)."""
+        if self._moved:
+            self.handle.execute(
+                "INSERT INTO projection_tracking (projection, generation, position) VALUES (?, ?, ?) "
+                "ON CONFLICT (projection, generation) DO UPDATE SET position = excluded.position",
+                (self.name, self.generation, self._position),
+            )
+            self._moved = False
+
+    @contextlib.contextmanager
+    def savepoint(self) -> Iterator[None]:
+        self._savepoints += 1
+        name = f"sp{self._savepoints}"
+        self.handle.execute(f"SAVEPOINT {name}")
+        try:
+            yield
+        except BaseException:
+            self.handle.execute(f"ROLLBACK TO {name}")
+            self.handle.execute(f"RELEASE {name}")
+            raise
+        self.handle.execute(f"RELEASE {name}")
+
+    def park(self, letter: DeadLetter) -> None:
+        self.handle.execute(
+            "INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (letter.projection, letter.generation, letter.position, letter.event_id, letter.type_name, letter.key,
+             letter.reason, letter.attempts, letter.status),
+        )
+
+    def dead_letters(self) -> list[DeadLetter]:
+        rows = self.handle.execute(
+            "SELECT * FROM dead_letters WHERE projection = ? AND generation = ? ORDER BY position",
+            (self.name, self.generation),
+        ).fetchall()
+        return [DeadLetter(*row) for row in rows]
+
+    def release(self, position: int) -> None:
+        self.handle.execute(
+            "DELETE FROM dead_letters WHERE projection = ? AND generation = ? AND position = ?",
+            (self.name, self.generation, position),
+        )
+
+
+class SqliteWriteSession(WriteSession):
+    def __init__(self, storage: SqliteStorage, connection: sqlite3.Connection) -> None:
+        self._storage = storage
+        self.handle = connection
+        self._projections: list[SqliteProjectionSession] = []
+        self._open = True
+
+    def append(self, events: Sequence[NewEvent]) -> int:
+        with _translated("append events"):
+            self.handle.executemany(
+                "INSERT INTO events (event_id, type_name, version, data, key, recorded_at) VALUES (?, ?, ?, ?, ?, ?)",
+                [(e.event_id, e.type_name, e.version, e.data, e.key, e.recorded_at) for e in events],
+            )
+            row = self.handle.execute("SELECT COALESCE(MAX(position), 0) FROM events").fetchone()
+        return int(row[0])
+
+    def _need_one_file(self, name: str) -> None:
+        if not self._storage.supports_inline:
+            raise StorageError(
+                f"Inline projection {name!r} needs its read model in the write database, but the read models "
+                "are in a separate file; use one file or deliver this projection in the background."
+            )
+
+    def projection(self, name: str, generation: int) -> ProjectionSession:
+        self._need_one_file(name)
+        session = SqliteProjectionSession(self.handle, name, generation)
+        self._projections.append(session)
+        return session
+
+    def swap(self, name: str, generation: int) -> None:
+        self._need_one_file(name)
+        self._storage._swap_on(self.handle, name, generation)
+
+    def commit(self) -> None:
+        if self._open:
+            self._open = False
+            with _translated("commit"):
+                try:
+                    for session in self._projections:
+                        session.flush()
+                    self.handle.execute("COMMIT")
+                except BaseException:
+                    self.handle.execute("ROLLBACK")
+                    raise
+
+    def rollback(self) -> None:
+        if self._open:
+            self._open = False
+            with _translated("roll back"):
+                self.handle.execute("ROLLBACK")
+
+
+class SqliteStorage(Storage):
+    """Event log and write model in ``write_path``; read models in ``read_path`` (the same file by default).
+
+    Each thread gets its own connections. Driver errors surface as
+    :class:`~mediator.readmodels.StorageError`.
+    """
+
+    def __init__(self, write_path: str | os.PathLike[str], read_path: str | os.PathLike[str] | None = None,
+                 *, timeout: float = 30.0) -> None:
+        self.write_path = Path(write_path)
+        self.read_path = Path(read_path) if read_path is not None else self.write_path
+        self.single_file = self.read_path.resolve() == self.write_path.resolve()
+        self.supports_inline = self.single_file
+        self.timeout = timeout
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._all_lock = threading.Lock()
+        with _translated("create the schema"):
+            self._write().executescript(_WRITE_SCHEMA)
+            self._read().executescript(_READ_SCHEMA)
+
+    def _connection(self, attribute: str, path: Path) -> sqlite3.Connection:
+        connection: sqlite3.Connection | None = getattr(self._local, attribute, None)
+        if connection is None:
+            connection = connect(path, timeout=self.timeout)
+            setattr(self._local, attribute, connection)
+            with self._all_lock:
+                self._all.append(connection)
+        return connection
+
+    def _write(self) -> sqlite3.Connection:
+        return self._connection("write", self.write_path)
+
+    def _read(self) -> sqlite3.Connection:
+        if self.single_file:
+            return self._write()
+        return self._connection("read", self.read_path)
+
+    def read_connection(self) -> sqlite3.Connection:
+        """This thread's connection to the read models, for query handlers."""
+        return self._read()
+
+    def begin(self) -> WriteSession:
+        connection = self._write()
+        with _translated("begin a write transaction"):
+            connection.execute("BEGIN IMMEDIATE")
+        return SqliteWriteSession(self, connection)
+
+    def read(self, after: int, limit: int, type_names: Collection[str] | None = None) -> list[StoredEvent]:
+        with _translated("read the event log"):
+            if type_names is None:
+                rows = self._write().execute(
+                    f"SELECT {_EVENT_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?",
+                    (after, limit),
+                ).fetchall()
+            else:
+                names = sorted(type_names)
+                marks = ",".join("?" * len(names))
+                rows = self._write().execute(
+                    f"SELECT {_EVENT_COLUMNS} FROM events WHERE position > ? AND type_name IN ({marks}) "
+                    "ORDER BY position LIMIT ?",
+                    (after, *names, limit),
+                ).fetchall()
+        return [StoredEvent(*row) for row in rows]
+
+    def head(self) -> int:
+        with _translated("read the head of the log"):
+            row = self._write().execute("SELECT COALESCE(MAX(position), 0) FROM events").fetchone()
+        return int(row[0])
+
+    @contextlib.contextmanager
+    def session(self, name: str, generation: int) -> Iterator[ProjectionSession]:
+        connection = self._read()
+        with _translated("begin a projection transaction"):
+            connection.execute("BEGIN IMMEDIATE")
+        try:
+            session = SqliteProjectionSession(connection, name, generation)
+            yield session
+            session.flush()
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        with _translated("commit a projection transaction"):
+            connection.execute("COMMIT")
+
+    def checkpoint(self, name: str, generation: int) -> int:
+        with _translated("read a checkpoint"):
+            row = self._read().execute(
+                "SELECT position FROM projection_tracking WHERE projection = ? AND generation = ?", (name, generation)
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    def current_generation(self, name: str) -> int:
+        with _translated("read a generation"):
+            row = self._read().execute(
+                "SELECT generation FROM projection_generations WHERE projection = ?", (name,)
+            ).fetchone()
+        return int(row[0]) if row else 1
+
+    def swap(self, name: str, generation: int) -> None:
+        self._swap_on(self._read(), name, generation)
+
+    def _swap_on(self, connection: sqlite3.Connection, name: str, generation: int) -> None:
+        with _translated("swap a generation"):
+            connection.execute(
+                "INSERT INTO projection_generations (projection, generation) VALUES (?, ?) "
+                "ON CONFLICT (projection) DO UPDATE SET generation = excluded.generation",
+                (name, generation),
+            )
+
+    def all_dead_letters(self, name: str | None = None) -> list[DeadLetter]:
+        query = (
+            "SELECT d.* FROM dead_letters d LEFT JOIN projection_generations g ON g.projection = d.projection "
+            "WHERE d.generation = COALESCE(g.generation, 1)"
+        )
+        params: tuple[Any, ...] = ()
+        if name is not None:
+            query += " AND d.projection = ?"
+            params = (name,)
+        with _translated("read dead letters"):
+            rows = self._read().execute(query + " ORDER BY d.projection, d.position", params).fetchall()
+        return [DeadLetter(*row) for row in rows]
+
+    def close(self) -> None:
+        with self._all_lock:
+            for connection in self._all:
+                connection.close()
+            self._all.clear()
+        self._local = threading.local()

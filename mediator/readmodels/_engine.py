@@ -1,0 +1,676 @@
+"""The read-model engine: the outbox on the write side, checkpointed projections on the read side.
+
+Write side: a command's handlers take the scoped :class:`UnitOfWork`, change
+the write model through ``uow.handle`` and ``uow.record(event)``; the
+:class:`SyncReadModels` behaviour commits the state change, the events
+(appended to the log) and the inline projections in one transaction, and
+leaves the commit position as the caller's consistency token.
+
+Read side: each projection's checkpoint commits with its read-model change, so
+an event takes effect exactly once however often it is delivered. A failing
+event is retried with backoff, then parked with its reason; later events with
+the same ordering key wait behind it, others go on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import structlog
+
+from .._context import _current
+from .._errors import MediatorError
+from .._messages import Event, Kind, qualname
+from ._ports import BLOCKED, PARKED, DeadLetter, NewEvent, ProjectionSession, Storage, StoredEvent, WriteSession
+from ._projections import Delivery, Projection
+from ._serialization import EventTypes, UndecodableEvent
+
+if TYPE_CHECKING:
+    from .._build import Build
+    from .._registry import Registry
+
+_last_token: contextvars.ContextVar[int | None] = contextvars.ContextVar("mediator_last_token", default=None)
+_consistency: contextvars.ContextVar[Consistency | None] = contextvars.ContextVar("mediator_consistency", default=None)
+
+log = structlog.get_logger("mediator.readmodels")
+
+
+class ConsistencyTimeout(MediatorError, TimeoutError):
+    """A query asked to be consistent with a token, and its read models did not catch up in time."""
+
+    def __init__(self, token: int, behind: dict[str, int], timeout: float) -> None:
+        self.token = token
+        self.behind = behind
+        self.timeout = timeout
+        lagging = ", ".join(f"{name} at {position}" for name, position in behind.items())
+        super().__init__(
+            f"Read models did not reach position {token} within {timeout:g} s ({lagging}); retry, raise the "
+            "timeout, or accept a stale answer with consistent(..., stale_ok=True)."
+        )
+
+
+class UnregisteredEvent(MediatorError, LookupError):
+    """An event was recorded whose class is not registered with the engine's ``EventTypes``."""
+
+
+def last_token() -> int | None:
+    """The commit position of the last command this thread or task sent (``None`` before any).
+
+    Pass it to :func:`consistent` for a later query to read its own writes.
+    """
+    return _last_token.get()
+
+
+@attrs.define
+class Consistency:
+    """What :func:`consistent` asked for, and whether the answer came back stale."""
+
+    token: int
+    timeout: float
+    stale_ok: bool
+    stale: bool = False
+
+
+@contextlib.contextmanager
+def consistent(token: int | None, *, timeout: float = 5.0, stale_ok: bool = False) -> Iterator[Consistency]:
+    """Make queries inside the block wait until the read models they read have reached ``token``.
+
+    On timeout they raise :class:`ConsistencyTimeout`, or with ``stale_ok``
+    answer anyway and set ``.stale`` on the yielded object.
+    """
+    wanted = Consistency(token or 0, timeout, stale_ok)
+    reset = _consistency.set(wanted)
+    try:
+        yield wanted
+    finally:
+        _consistency.reset(reset)
+
+
+@attrs.frozen
+class Lag:
+    """How far one projection generation is behind the head of the log."""
+
+    projection: str
+    generation: int
+    rebuilding: bool
+    checkpoint: int
+    positions_behind: int
+    seconds_behind: float
+    parked: int
+
+
+@attrs.define
+class _Track:
+    """A projection as the engine runs it."""
+
+    projection: Projection
+    delivery: Delivery
+    rebuild: int | None = None
+    attempts: dict[tuple[int, int], int] = attrs.field(factory=dict)
+    not_before: float = 0.0
+    ready: set[int] = attrs.field(factory=set)
+    retired: list[tuple[int, float]] = attrs.field(factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.projection.name
+
+
+class UnitOfWork:
+    """One command's transaction and the events it records; a scoped service.
+
+    ``handle`` is the backend's write handle (a ``sqlite3.Connection`` inside
+    ``BEGIN IMMEDIATE`` for SQLite); the transaction starts on first use.
+    """
+
+    def __init__(self, engine: ReadModels) -> None:
+        self.engine = engine
+        self._session: WriteSession | None = None
+        self._events: list[tuple[Any, str | None]] = []
+        self.depth = 0
+
+    @property
+    def session(self) -> WriteSession:
+        if self._session is None:
+            self._session = self.engine.storage.begin()
+        return self._session
+
+    @property
+    def handle(self) -> Any:
+        """The write model's handle, inside this command's transaction."""
+        return self.session.handle
+
+    def record(self, event: Event, *, key: str | None = None) -> None:
+        """Record ``event`` to be appended when the command commits; ``key`` orders it (e.g. an order id)."""
+        if event.__class__ not in self.engine.types:
+            raise UnregisteredEvent(
+                f"{qualname(type(event))} is not a registered event type; register it with "
+                "event_types.register(...) so it can be stored."
+            )
+        self._events.append((event, key))
+
+    def commit(self) -> int:
+        """Append the recorded events, apply inline projections, commit; return the commit position."""
+        session = self.session
+        events, self._events = self._events, []
+        position = self.engine._commit(session, events)
+        self._session = None
+        return position
+
+    def rollback(self) -> None:
+        self._events.clear()
+        if self._session is not None:
+            session, self._session = self._session, None
+            session.rollback()
+
+    def __enter__(self) -> UnitOfWork:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        # Anything not committed by SyncReadModels (a failed command, a query that wrote) is discarded.
+        self.rollback()
+
+
+class SyncReadModels:
+    """The behaviour that commits a command's state change, its events and inline projections together.
+
+    Only the outermost command of a dispatch commits; commands sent from inside
+    it join its transaction.
+    """
+
+    needs_scope = True
+
+    def __init__(self, engine: ReadModels) -> None:
+        self.engine = engine
+
+    def _unit_of_work(self) -> UnitOfWork:
+        ctx = _current.get()
+        assert ctx is not None
+        uow: UnitOfWork = ctx.scope.get_or_create(UnitOfWork, self.engine._new_unit_of_work)
+        return uow
+
+    def handle(self, message: Any, next: Callable[[Any], Any]) -> Any:
+        uow = self._unit_of_work()
+        uow.depth += 1
+        try:
+            result = next(message)
+        except BaseException:
+            uow.depth -= 1
+            if uow.depth == 0:
+                uow.rollback()
+            raise
+        uow.depth -= 1
+        if uow.depth == 0:
+            uow.commit()
+        return result
+
+    async def handle_async(self, message: Any, next: Callable[[Any], Any]) -> Any:
+        uow = self._unit_of_work()
+        uow.depth += 1
+        try:
+            result = await next(message)
+        except BaseException:
+            uow.depth -= 1
+            if uow.depth == 0:
+                uow.rollback()
+            raise
+        uow.depth -= 1
+        if uow.depth == 0:
+            uow.commit()
+        return result
+
+
+class ReadYourWrites:
+    """The behaviour that makes a query wait for the read models it ``reads`` inside :func:`consistent`.
+
+    A query class opts in by naming its projections: ``reads = ("order_details",)``.
+    """
+
+    needs_scope = False
+
+    def __init__(self, engine: ReadModels) -> None:
+        self.engine = engine
+        self.reads: tuple[str, ...] = ()
+
+    def for_message(self, message_type: type, build: Build) -> ReadYourWrites | None:
+        reads = tuple(getattr(message_type, "reads", ()))
+        if not reads:
+            return None
+        unknown = [name for name in reads if name not in self.engine._tracks]
+        if unknown:
+            build.problem(f"{qualname(message_type)} reads unknown projection(s) {unknown}; add them to the engine.")
+        bound = ReadYourWrites(self.engine)
+        bound.reads = reads
+        return bound
+
+    def _before(self) -> None:
+        wanted = _consistency.get()
+        if wanted is None or wanted.token <= 0:
+            return
+        if not self.engine.wait(wanted.token, self.reads, timeout=wanted.timeout):
+            if not wanted.stale_ok:
+                behind = {n: self.engine.storage.checkpoint(n, self.engine.storage.current_generation(n))
+                          for n in self.reads}
+                raise ConsistencyTimeout(wanted.token, behind, wanted.timeout)
+            wanted.stale = True
+
+    def handle(self, message: Any, next: Callable[[Any], Any]) -> Any:
+        self._before()
+        return next(message)
+
+    async def handle_async(self, message: Any, next: Callable[[Any], Any]) -> Any:
+        import asyncio
+
+        await asyncio.to_thread(self._before)
+        return await next(message)
+
+
+class ReadModels:
+    """The engine: storage, event types, projections and how each is delivered.
+
+    Args:
+        storage: the backend (``adapters.sqlite.SqliteStorage``, ``adapters.memory.MemoryStorage``).
+        types: the registered event types.
+        batch_size: events a background projection applies per transaction.
+        max_attempts: tries of a failing event before it is parked.
+        backoff: seconds before the first retry; doubled per attempt, capped at 30 s.
+        poll_interval: how often runners look for events committed by other processes.
+        retire_after: seconds a replaced generation is kept after a rebuild swaps in its successor,
+            for queries that looked up the old one just before the swap.
+    """
+
+    def __init__(self, storage: Storage, types: EventTypes, *, batch_size: int = 500, max_attempts: int = 5,
+                 backoff: float = 0.05, poll_interval: float = 0.2, retire_after: float = 5.0) -> None:
+        self.retire_after = retire_after
+        self.storage = storage
+        self.types = types
+        self.batch_size = batch_size
+        self.max_attempts = max_attempts
+        self.backoff = backoff
+        self.poll_interval = poll_interval
+        self._tracks: dict[str, _Track] = {}
+        self._progress = threading.Condition()
+        self._wakeup = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._runs: Delivery | None = None
+
+    # -- set-up -------------------------------------------------------------------------
+
+    def add(self, projection: Projection, *, delivery: Delivery = Delivery.BACKGROUND) -> ReadModels:
+        """Add a projection, delivered as ``delivery``."""
+        if projection.name in self._tracks:
+            raise ValueError(f"A projection named {projection.name!r} is already added.")
+        if delivery is Delivery.INLINE and not self.storage.supports_inline:
+            raise ValueError(
+                f"Projection {projection.name!r} cannot be inline: this storage keeps read models apart from the "
+                "write database (e.g. SQLite with two files); deliver it in the background or use one file."
+            )
+        for event_type in projection.handlers:
+            self.types.entry(event_type)  # raises with the fix if it is not registered
+        self._tracks[projection.name] = _Track(projection, delivery)
+        return self
+
+    def install(self, registry: Registry) -> None:
+        """Wire the engine into ``registry``: the scoped ``UnitOfWork``, this engine, and the two behaviours.
+
+        Call it after the behaviours that should run outside the transaction
+        (logging, validation): ``SyncReadModels`` is added here, innermost so far.
+        """
+        registry.scoped(UnitOfWork, self._new_unit_of_work_factory())
+        registry.singleton(ReadModels, instance=self)
+        registry.behaviour(SyncReadModels(self), applies_to=Kind.COMMAND)
+        registry.behaviour(ReadYourWrites(self), applies_to=Kind.QUERY)
+
+    def _new_unit_of_work_factory(self) -> Callable[[], UnitOfWork]:
+        def unit_of_work() -> UnitOfWork:
+            return UnitOfWork(self)
+
+        return unit_of_work
+
+    def _new_unit_of_work(self, _scope: object) -> UnitOfWork:
+        return UnitOfWork(self)
+
+    @property
+    def projections(self) -> dict[str, Projection]:
+        return {name: track.projection for name, track in self._tracks.items()}
+
+    # -- write side -----------------------------------------------------------------------
+
+    def _commit(self, session: WriteSession, recorded: Sequence[tuple[Any, str | None]]) -> int:
+        try:
+            now = time.time()
+            new = []
+            for event, key in recorded:
+                name, version, data = self.types.encode(event)
+                new.append(NewEvent(uuid.uuid4().hex, name, version, data, key, now))
+            position = session.append(new)
+            first = position - len(new) + 1
+            for track in self._tracks.values():
+                if track.delivery is Delivery.INLINE:
+                    self._apply_inline(session, track, recorded, first, position)
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        _last_token.set(position)
+        if new:
+            self._wakeup.set()
+        return position
+
+    def _apply_inline(self, session: WriteSession, track: _Track, recorded: Sequence[tuple[Any, str | None]],
+                      first: int, last: int) -> None:
+        generation = self.storage_generation(track.name)
+        projection_session = session.projection(track.name, generation)
+        self._ensure_setup(track, projection_session)
+        for offset, (event, _key) in enumerate(recorded):
+            apply = track.projection.handlers.get(type(event))
+            if apply is not None:
+                apply(event, projection_session)
+            projection_session.advance(first + offset)
+
+    def storage_generation(self, name: str) -> int:
+        return self.storage.current_generation(name)
+
+    def table(self, projection: str, table: str) -> str:
+        """The storage name of a read-model table that queries should read now (the current generation)."""
+        from ._ports import table_name
+
+        return table_name(projection, table, self.storage.current_generation(projection))
+
+    # -- read side: running projections ------------------------------------------------------
+
+    def _ensure_setup(self, track: _Track, session: ProjectionSession) -> None:
+        if session.generation not in track.ready:
+            track.projection.setup(session)
+            track.ready.add(session.generation)
+
+    def _generations(self, track: _Track) -> list[tuple[int, bool]]:
+        current = self.storage.current_generation(track.name)
+        out = [] if track.delivery is Delivery.INLINE else [(current, False)]
+        if track.rebuild is not None:
+            out.append((track.rebuild, True))
+        return out
+
+    def run_batch(self, track: _Track, generation: int, replaying: bool, *, ignore_backoff: bool = False) -> int:
+        """Apply the next batch of one projection generation; return how many events it dealt with."""
+        if not ignore_backoff and time.monotonic() < track.not_before:
+            return 0
+        handled = 0
+        with self.storage.session(track.name, generation) as session:
+            session.replaying = replaying
+            self._ensure_setup(track, session)
+            events = self.storage.read(session.position, self.batch_size)
+            blocked = {letter.key for letter in session.dead_letters() if letter.key is not None}
+            for stored in events:
+                if not self._deal_with(track, session, stored, blocked):
+                    break
+                session.advance(stored.position)
+                handled += 1
+        if handled:
+            with self._progress:
+                self._progress.notify_all()
+        return handled
+
+    def _deal_with(self, track: _Track, session: ProjectionSession, stored: StoredEvent, blocked: set[str]) -> bool:
+        """Apply one event, or park it; ``False`` means stop the batch here and retry later."""
+        event_type = self.types.named(stored.type_name)
+        if event_type is not None and event_type not in track.projection.handlers:
+            return True
+        if stored.key is not None and stored.key in blocked:
+            self._park(session, stored, BLOCKED, f"waits behind an earlier parked event with key {stored.key!r}", 0)
+            return True
+        try:
+            event = self.types.decode(stored.type_name, stored.version, stored.data)
+        except UndecodableEvent as exc:
+            self._park(session, stored, PARKED, str(exc), 1)
+            if stored.key is not None:
+                blocked.add(stored.key)
+            return True
+        try:
+            with session.savepoint():
+                track.projection.handlers[type(event)](event, session)
+        except Exception as exc:
+            attempt_key = (session.generation, stored.position)
+            attempts = track.attempts.get(attempt_key, 0) + 1
+            if attempts < self.max_attempts:
+                track.attempts[attempt_key] = attempts
+                track.not_before = time.monotonic() + min(self.backoff * 2 ** (attempts - 1), 30.0)
+                log.warning("projection failed, will retry", projection=track.name, position=stored.position,
+                            attempt=attempts, error_type=qualname(type(exc)), error=str(exc))
+                return False
+            track.attempts.pop(attempt_key, None)
+            self._park(session, stored, PARKED, f"{qualname(type(exc))}: {exc}", attempts)
+            if stored.key is not None:
+                blocked.add(stored.key)
+            return True
+        track.attempts.pop((session.generation, stored.position), None)
+        return True
+
+    def _park(self, session: ProjectionSession, stored: StoredEvent, status: str, reason: str, attempts: int) -> None:
+        session.park(DeadLetter(session.name, session.generation, stored.position, stored.event_id,
+                                stored.type_name, stored.key, reason, attempts, status))
+        log.error("event parked", projection=session.name, position=stored.position, status=status, reason=reason)
+
+    def catch_up(self, *, deliveries: Iterable[Delivery] = (Delivery.BACKGROUND, Delivery.WORKER),
+                 ignore_backoff: bool = False) -> int:
+        """Run every selected projection (and rebuild) until none has more to do now; return events dealt with."""
+        wanted = set(deliveries)
+        total = 0
+        progressed = True
+        while progressed:
+            progressed = False
+            for track in list(self._tracks.values()):
+                if track.delivery not in wanted and track.rebuild is None:
+                    continue
+                for generation, replaying in self._generations(track):
+                    if not replaying and track.delivery not in wanted:
+                        continue
+                    done = self.run_batch(track, generation, replaying, ignore_backoff=ignore_backoff)
+                    total += done
+                    # Without backoff, a failing event is tried again at once until it is parked.
+                    progressed = progressed or done > 0 or (ignore_backoff and bool(track.attempts))
+                self._maybe_swap(track)
+        return total
+
+    # -- background runner ---------------------------------------------------------------------
+
+    def start(self, delivery: Delivery = Delivery.BACKGROUND) -> None:
+        """Start a runner thread for the projections delivered as ``delivery`` (and any rebuild)."""
+        if self._thread is not None:
+            raise RuntimeError("The runner is already started; stop() it first.")
+        self._stop.clear()
+        self._runs = delivery
+        self._thread = threading.Thread(target=self._run, name="mediator-readmodels", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the runner thread after its current batch."""
+        self._stop.set()
+        self._wakeup.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _run(self) -> None:
+        assert self._runs is not None
+        while not self._stop.is_set():
+            try:
+                done = self.catch_up(deliveries=(self._runs,))
+            except Exception as exc:  # a storage outage: log, wait, try again; never die silently
+                log.error("projection runner failed, retrying", error_type=qualname(type(exc)), error=str(exc))
+                done = 0
+                self._stop.wait(self.poll_interval)
+            if not done:
+                self._wakeup.wait(self._idle_wait())
+                self._wakeup.clear()
+
+    def _idle_wait(self) -> float:
+        now = time.monotonic()
+        soonest = min((t.not_before for t in self._tracks.values() if t.not_before > now), default=None)
+        return self.poll_interval if soonest is None else max(0.0, min(self.poll_interval, soonest - now))
+
+    def __enter__(self) -> ReadModels:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- read-your-writes -----------------------------------------------------------------------
+
+    def reached(self, token: int, names: Iterable[str]) -> dict[str, int]:
+        """The checkpoints of ``names`` that are still below ``token`` (empty when all have reached it)."""
+        behind = {}
+        for name in names:
+            track = self._tracks[name]
+            if track.delivery is Delivery.INLINE:
+                continue
+            position = self.storage.checkpoint(name, self.storage.current_generation(name))
+            if position < token:
+                behind[name] = position
+        return behind
+
+    def wait(self, token: int, names: Iterable[str] | None = None, *, timeout: float = 5.0) -> bool:
+        """Wait until the projections ``names`` (default: all) have reached ``token``; ``False`` on timeout.
+
+        Runner threads in this process wake the waiter as soon as they commit a
+        batch; progress made by a worker process is seen by polling.
+        """
+        names = list(self._tracks) if names is None else list(names)
+        deadline = time.monotonic() + timeout
+        remote = any(self._tracks[n].delivery is Delivery.WORKER for n in names)
+        with self._progress:
+            while self.reached(token, names):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._progress.wait(min(left, 0.005) if remote else left)
+        return True
+
+    # -- operations: lag, rebuild, dead letters ---------------------------------------------------
+
+    def lag(self) -> list[Lag]:
+        """Lag per projection generation (a rebuild shows as a second, ``rebuilding`` row)."""
+        head = self.storage.head()
+        now = time.time()
+        rows = []
+        for track in self._tracks.values():
+            current = self.storage.current_generation(track.name)
+            generations = [(current, False)] + ([(track.rebuild, True)] if track.rebuild is not None else [])
+            parked = len(self.storage.all_dead_letters(track.name))
+            for generation, rebuilding in generations:
+                checkpoint = self.storage.checkpoint(track.name, generation)
+                if track.delivery is Delivery.INLINE and not rebuilding:
+                    checkpoint = max(checkpoint, head)
+                oldest = self.storage.read(checkpoint, 1) if checkpoint < head else []
+                rows.append(Lag(track.name, generation, rebuilding, checkpoint, head - checkpoint,
+                                round(now - oldest[0].recorded_at, 3) if oldest else 0.0, parked))
+        return rows
+
+    def rebuild(self, name: str) -> int:
+        """Start rebuilding ``name`` from position 0 into a fresh generation; return that generation.
+
+        Queries keep reading the current generation until the new one has caught
+        up, then it is swapped in and the old one torn down.
+        """
+        track = self._tracks[name]
+        if track.rebuild is not None:
+            return track.rebuild
+        track.rebuild = self.storage.current_generation(name) + 1
+        while self.storage.checkpoint(name, track.rebuild) > 0:  # a leftover from an interrupted rebuild
+            track.rebuild += 1
+        self._wakeup.set()
+        return track.rebuild
+
+    def _retire(self, track: _Track) -> None:
+        now = time.monotonic()
+        for generation, due in list(track.retired):
+            if due <= now:
+                with self.storage.session(track.name, generation) as session:
+                    track.projection.teardown(session)
+                track.retired.remove((generation, due))
+
+    def _maybe_swap(self, track: _Track) -> None:
+        if track.retired:
+            self._retire(track)
+        if track.rebuild is None:
+            return
+        new, old = track.rebuild, self.storage.current_generation(track.name)
+        if track.delivery is Delivery.INLINE:
+            # Inline commands write the current generation under the writer's lock; swap under it too.
+            session = self.storage.begin()
+            try:
+                projection_session = session.projection(track.name, new)
+                for stored in self.storage.read(projection_session.position, 1_000_000):
+                    event = self.types.decode(stored.type_name, stored.version, stored.data)
+                    apply = track.projection.handlers.get(type(event))
+                    if apply is not None:
+                        apply(event, projection_session)
+                    projection_session.advance(stored.position)
+                session.swap(track.name, new)
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+        else:
+            if self.storage.checkpoint(track.name, new) < self.storage.head():
+                return
+            self.storage.swap(track.name, new)
+        track.rebuild = None
+        # A query may have looked up the old generation a moment ago: tear it down after a grace period.
+        track.retired.append((old, time.monotonic() + self.retire_after))
+        log.info("projection rebuilt", projection=track.name, generation=new)
+        with self._progress:
+            self._progress.notify_all()
+
+    def dead_letters(self, name: str | None = None) -> list[DeadLetter]:
+        """Parked and blocked events of the current generations."""
+        return self.storage.all_dead_letters(name)
+
+    def retry(self, name: str, position: int) -> int:
+        """Apply the parked event at ``position`` again, then those waiting behind it; return how many applied."""
+        return self._release(name, position, apply_first=True)
+
+    def skip(self, name: str, position: int) -> int:
+        """Drop the parked event at ``position`` unapplied; apply those waiting behind it; return how many applied."""
+        return self._release(name, position, apply_first=False)
+
+    def _release(self, name: str, position: int, *, apply_first: bool) -> int:
+        track = self._tracks[name]
+        generation = self.storage.current_generation(name)
+        applied = 0
+        with self.storage.session(name, generation) as session:
+            letters = {letter.position: letter for letter in session.dead_letters()}
+            if position not in letters:
+                raise LookupError(f"No dead letter of {name!r} at position {position}.")
+            first = letters[position]
+            queue = [first] + [
+                letter for p, letter in sorted(letters.items())
+                if p > position and first.key is not None and letter.key == first.key
+            ]
+            for index, letter in enumerate(queue):
+                if index == 0 and not apply_first:
+                    session.release(letter.position)
+                    continue
+                (stored,) = self.storage.read(letter.position - 1, 1)
+                try:
+                    event = self.types.decode(stored.type_name, stored.version, stored.data)
+                    with session.savepoint():
+                        track.projection.handlers[type(event)](event, session)
+                except Exception as exc:
+                    session.park(attrs.evolve(letter, status=PARKED, attempts=letter.attempts + 1,
+                                              reason=f"{qualname(type(exc))}: {exc}"))
+                    for later in queue[index + 1:]:
+                        session.park(attrs.evolve(later, status=BLOCKED))
+                    break
+                session.release(letter.position)
+                applied += 1
+        return applied

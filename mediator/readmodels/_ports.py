@@ -1,0 +1,194 @@
+"""The storage port of the read-model engine, which every backend implements.
+
+A backend keeps four things: the event log (the outbox: events appended in
+the same transaction as a command's state change), each projection's
+checkpoint (stored in the same transaction as the projection's read-model
+change), dead letters, and which generation of each read model queries see.
+The in-memory and SQLite adapters pass the same contract tests.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+import attrs
+
+from .._errors import MediatorError
+
+
+class StorageError(MediatorError, RuntimeError):
+    """The storage backend failed; the driver's error is the ``__cause__``."""
+
+
+@attrs.frozen
+class NewEvent:
+    """An event about to be appended: encoded, with its id, ordering key and time."""
+
+    event_id: str
+    type_name: str
+    version: int
+    data: str
+    key: str | None
+    recorded_at: float
+
+
+@attrs.frozen
+class StoredEvent:
+    """An event in the log, at its position (1, 2, 3, ... in commit order, no gaps)."""
+
+    position: int
+    event_id: str
+    type_name: str
+    version: int
+    data: str
+    key: str | None
+    recorded_at: float
+
+
+PARKED = "parked"
+"""A dead letter whose event failed every attempt."""
+BLOCKED = "blocked"
+"""A dead letter held back only because an earlier event with the same key is parked."""
+
+
+@attrs.frozen
+class DeadLetter:
+    """An event a projection could not apply, kept with why; ``status`` is PARKED or BLOCKED."""
+
+    projection: str
+    generation: int
+    position: int
+    event_id: str
+    type_name: str
+    key: str | None
+    reason: str
+    attempts: int
+    status: str
+
+
+class ProjectionSession(abc.ABC):
+    """One transaction in which a projection changes its read model and moves its checkpoint.
+
+    ``handle`` is the backend's own handle (a ``sqlite3.Connection`` for SQLite,
+    a dict of tables for memory) that the application's read-model code uses;
+    :meth:`table` names a table of this projection's generation.
+    """
+
+    name: str
+    generation: int
+    handle: Any
+    replaying: bool = False
+
+    def table(self, table: str) -> str:
+        """The storage name of ``table`` in this projection's generation."""
+        return table_name(self.name, table, self.generation)
+
+    @property
+    @abc.abstractmethod
+    def position(self) -> int:
+        """The checkpoint: the last log position this projection has dealt with."""
+
+    @abc.abstractmethod
+    def advance(self, position: int) -> None:
+        """Move the checkpoint to ``position`` (committed with everything else in this session)."""
+
+    @abc.abstractmethod
+    def savepoint(self) -> AbstractContextManager[None]:
+        """Undo the read-model changes made inside the block if it raises."""
+
+    @abc.abstractmethod
+    def park(self, letter: DeadLetter) -> None:
+        """Keep ``letter`` in the dead-letter store."""
+
+    @abc.abstractmethod
+    def dead_letters(self) -> list[DeadLetter]:
+        """This projection generation's dead letters, in log order."""
+
+    @abc.abstractmethod
+    def release(self, position: int) -> None:
+        """Remove the dead letter at ``position`` (it was applied or skipped)."""
+
+
+class WriteSession(abc.ABC):
+    """One command's transaction on the write side: its state change and its events commit together."""
+
+    handle: Any
+
+    @abc.abstractmethod
+    def append(self, events: Sequence[NewEvent]) -> int:
+        """Append ``events`` to the log; return the position of the last one (the head if none)."""
+
+    @abc.abstractmethod
+    def projection(self, name: str, generation: int) -> ProjectionSession:
+        """A projection session inside this transaction, for inline projections."""
+
+    @abc.abstractmethod
+    def swap(self, name: str, generation: int) -> None:
+        """Make ``generation`` the one queries read, in this transaction (for inline projections)."""
+
+    @abc.abstractmethod
+    def commit(self) -> None:
+        """Make the state change and the events visible together."""
+
+    @abc.abstractmethod
+    def rollback(self) -> None:
+        """Discard the state change and the events."""
+
+
+class Storage(abc.ABC):
+    """What the read-model engine needs from a backend."""
+
+    supports_inline: bool = True
+    """Whether read models can be written in a command's transaction (inline projections)."""
+
+    @abc.abstractmethod
+    def begin(self) -> WriteSession:
+        """Start a command's write transaction (the writer's lock is taken here, so commit order is log order)."""
+
+    @abc.abstractmethod
+    def read(self, after: int, limit: int, type_names: Collection[str] | None = None) -> list[StoredEvent]:
+        """Committed events after ``after``, in order, at most ``limit``; only ``type_names`` if given."""
+
+    @abc.abstractmethod
+    def head(self) -> int:
+        """The position of the last committed event (0 for an empty log)."""
+
+    @abc.abstractmethod
+    def session(self, name: str, generation: int) -> AbstractContextManager[ProjectionSession]:
+        """A projection transaction: committed if the block succeeds, rolled back if it raises."""
+
+    @abc.abstractmethod
+    def checkpoint(self, name: str, generation: int) -> int:
+        """The committed checkpoint of a projection generation."""
+
+    @abc.abstractmethod
+    def current_generation(self, name: str) -> int:
+        """The generation queries read (1 until a rebuild swaps in another)."""
+
+    @abc.abstractmethod
+    def swap(self, name: str, generation: int) -> None:
+        """Make ``generation`` the one queries read, atomically."""
+
+    @abc.abstractmethod
+    def all_dead_letters(self, name: str | None = None) -> list[DeadLetter]:
+        """Dead letters of current generations, of one projection or all."""
+
+    def close(self) -> None:  # noqa: B027  # optional for backends with nothing to release
+        """Release connections or files."""
+
+    def events(self, after: int = 0, batch: int = 500) -> Iterator[StoredEvent]:
+        """Every committed event after ``after``, read in batches."""
+        while True:
+            chunk = self.read(after, batch)
+            if not chunk:
+                return
+            yield from chunk
+            after = chunk[-1].position
+
+
+def table_name(projection: str, table: str, generation: int) -> str:
+    """The storage name of a read-model table: one set of tables per projection generation."""
+    return f"{projection}__{table}__g{generation}"

@@ -1,0 +1,89 @@
+"""Projections: classes that keep one read model in step with the events they declare.
+
+>>> import attrs
+>>> from mediator import Event
+>>> @attrs.frozen(kw_only=True)
+... class Deposited(Event):
+...     account: str
+...     amount: int
+>>> class Balances(Projection):
+...     name = "balances"
+...     @on(Deposited)
+...     def deposited(self, event: Deposited, session: ProjectionSession) -> None:
+...         table = session.handle.setdefault(session.table("balance"), {})
+...         table[event.account] = table.get(event.account, 0) + event.amount
+>>> list(Balances().handlers)
+[<class 'mediator.readmodels._projections.Deposited'>]
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
+
+from .._messages import Event, qualname
+from ._ports import ProjectionSession
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_APPLIES = "__projection_applies__"
+
+
+class Delivery(enum.Enum):
+    """How a projection gets its events."""
+
+    INLINE = "inline"
+    """In the command's own transaction: the read model is never behind (strong consistency)."""
+    BACKGROUND = "background"
+    """By a runner thread in this process, after commit (eventual consistency, usually milliseconds)."""
+    WORKER = "worker"
+    """By a separate worker process (``python -m mediator.readmodels worker``); this process only reads it."""
+
+    def __repr__(self) -> str:
+        return f"Delivery.{self.name}"
+
+
+def on(*event_types: type[Event]) -> Callable[[F], F]:
+    """Mark a projection method as applying ``event_types``: ``method(self, event, session)``."""
+
+    def mark(method: F) -> F:
+        setattr(method, _APPLIES, (*getattr(method, _APPLIES, ()), *event_types))
+        return method
+
+    return mark
+
+
+class Projection:
+    """Base class of a projection: a ``name``, ``@on(...)`` methods, optional ``setup``/``teardown``.
+
+    A method receives the event and the :class:`ProjectionSession`, whose
+    ``handle`` is the backend's transaction handle and whose ``table(name)``
+    gives the storage name of a table in the generation being written (a
+    rebuild writes a fresh generation). ``session.replaying`` is true while a
+    rebuild replays old events: skip side effects (e-mails, integration events)
+    then. Methods must be deterministic: an event may be applied again after a
+    crash only if its checkpoint was not committed, and then its earlier
+    effects were not committed either.
+    """
+
+    name: ClassVar[str]
+    handlers: dict[type, Callable[[Any, ProjectionSession], None]]
+    key_of: Callable[[Any], str | None] | None = None
+
+    def __init__(self) -> None:
+        if not getattr(type(self), "name", None):
+            raise TypeError(f"{qualname(type(self))} needs a class attribute `name` (its stable storage name).")
+        self.handlers = {}
+        for attribute in dir(type(self)):
+            method = getattr(self, attribute, None)
+            for event_type in getattr(method, _APPLIES, ()):
+                if event_type in self.handlers:
+                    raise TypeError(f"{qualname(type(self))} applies {qualname(event_type)} twice.")
+                self.handlers[event_type] = method  # type: ignore[assignment]
+
+    def setup(self, session: ProjectionSession) -> None:
+        """Create this generation's tables (called before its first event). Memory needs none."""
+
+    def teardown(self, session: ProjectionSession) -> None:
+        """Drop this generation's tables (called after a rebuild swaps in a newer one)."""

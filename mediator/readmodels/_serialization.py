@@ -1,0 +1,210 @@
+"""Events to JSON and back, by registered, versioned type names: no pickle, no eval.
+
+An event class is registered under a stable name and a version. Stored data
+carries both; reading data of an older version runs the registered upcasters,
+one version step at a time, before the class is built. Unknown names and data
+that no longer fits raise :class:`UndecodableEvent`, which the projection runner
+parks with its reason instead of crashing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import enum
+import json
+import types
+import typing
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+
+from .._errors import MediatorError
+from .._messages import Event, qualname
+
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+class UndecodableEvent(MediatorError, ValueError):
+    """Stored event data could not be turned back into an event; ``reason`` says why."""
+
+    def __init__(self, type_name: str, version: int, reason: str) -> None:
+        self.type_name = type_name
+        self.version = version
+        self.reason = reason
+        super().__init__(f"Cannot decode event {type_name!r} v{version}: {reason}")
+
+
+@attrs.frozen
+class EventType:
+    """One registered event class: its stable name, current version and upcasters by from-version."""
+
+    cls: type
+    name: str
+    version: int
+    upcasters: Mapping[int, Upcaster]
+
+
+class EventTypes:
+    """The registry of event classes that may be stored, by stable name.
+
+    >>> import attrs
+    >>> from mediator import Event
+    >>> @attrs.frozen(kw_only=True)
+    ... class Renamed(Event):
+    ...     customer_id: str
+    ...     name: str
+    >>> types = EventTypes()
+    >>> types.register(Renamed, name="customer.renamed", version=2,
+    ...                upcasters={1: lambda d: {"customer_id": d["id"], "name": d["name"]}})
+    >>> types.decode("customer.renamed", 1, '{"id": "c1", "name": "Ada"}')
+    Renamed(customer_id='c1', name='Ada')
+    """
+
+    def __init__(self) -> None:
+        self._by_class: dict[type, EventType] = {}
+        self._by_name: dict[str, EventType] = {}
+
+    def register(
+        self, cls: type, *, name: str | None = None, version: int = 1, upcasters: Mapping[int, Upcaster] | None = None
+    ) -> None:
+        """Register ``cls`` (an attrs ``Event``) under ``name`` (its qualified name by default)."""
+        if not (isinstance(cls, type) and issubclass(cls, Event) and attrs.has(cls)):
+            raise TypeError(f"{qualname(cls)} is not an attrs Event class; only those can be stored.")
+        entry = EventType(cls, name or qualname(cls), version, dict(upcasters or {}))
+        missing = [v for v in range(1, version) if v not in entry.upcasters]
+        if missing:
+            raise ValueError(
+                f"{qualname(cls)} is at version {version} but has no upcaster from version(s) {missing}; "
+                "register one per older version (each returns the next version's data)."
+            )
+        known = self._by_name.get(entry.name)
+        if known is not None and known.cls is not cls:
+            raise ValueError(f"The event name {entry.name!r} is already used by {qualname(known.cls)}.")
+        self._by_class[cls] = entry
+        self._by_name[entry.name] = entry
+
+    def __contains__(self, cls: object) -> bool:
+        return cls in self._by_class
+
+    def entry(self, cls: type) -> EventType:
+        """The registration of ``cls``; ``LookupError`` naming the fix if there is none."""
+        try:
+            return self._by_class[cls]
+        except KeyError:
+            raise LookupError(
+                f"{qualname(cls)} is not a registered event type; register it with event_types.register(...)."
+            ) from None
+
+    def named(self, name: str) -> type | None:
+        """The class registered under ``name``, if any."""
+        entry = self._by_name.get(name)
+        return entry.cls if entry else None
+
+    def encode(self, event: object) -> tuple[str, int, str]:
+        """Return ``(name, version, json)`` for an event."""
+        entry = self.entry(type(event))
+        return entry.name, entry.version, json.dumps(to_data(event), separators=(",", ":"), sort_keys=True)
+
+    def decode(self, name: str, version: int, data: str) -> Any:
+        """Rebuild the event stored as ``(name, version, data)``, upcasting old versions."""
+        entry = self._by_name.get(name)
+        if entry is None:
+            raise UndecodableEvent(name, version, "no event type is registered under this name")
+        if version > entry.version:
+            raise UndecodableEvent(name, version, f"newer than the registered version {entry.version}")
+        try:
+            fields = json.loads(data)
+            for step in range(version, entry.version):
+                fields = entry.upcasters[step](fields)
+            return from_data(entry.cls, fields)
+        except UndecodableEvent:
+            raise
+        except Exception as exc:
+            raise UndecodableEvent(name, version, f"{type(exc).__name__}: {exc}") from exc
+
+
+def to_data(value: Any) -> Any:
+    """Turn a value of a supported type into JSON-compatible data."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if attrs.has(type(value)):
+        return {f.name: to_data(getattr(value, f.name)) for f in attrs.fields(type(value))}
+    if isinstance(value, decimal.Decimal | uuid.UUID):
+        return str(value)
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    if isinstance(value, enum.Enum):
+        return to_data(value.value)
+    if isinstance(value, list | tuple | frozenset | set):
+        return [to_data(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): to_data(v) for k, v in value.items()}
+    raise TypeError(f"Cannot store a {qualname(type(value))} in an event; use a JSON-friendly type.")
+
+
+_PARSERS: dict[Any, Callable[[Any], Any]] = {
+    decimal.Decimal: decimal.Decimal,
+    uuid.UUID: uuid.UUID,
+    dt.datetime: dt.datetime.fromisoformat,
+    dt.date: dt.date.fromisoformat,
+}
+
+
+def from_data(tp: Any, data: Any) -> Any:
+    """Build a value of type ``tp`` from JSON-compatible data (the inverse of :func:`to_data`)."""
+    if tp is Any or tp is object:
+        return data
+    origin = typing.get_origin(tp)
+    if origin is typing.Union or isinstance(tp, types.UnionType):
+        return _from_union(tp, data)
+    if origin is typing.Literal:
+        return data
+    if origin in (tuple, list, set, frozenset) or tp in (tuple, list, set, frozenset):
+        return _from_collection(tp, origin, data)
+    if origin in (dict, Mapping) or tp is dict:
+        key_type, value_type = typing.get_args(tp) or (Any, Any)
+        return {from_data(key_type, k): from_data(value_type, v) for k, v in data.items()}
+    if isinstance(tp, type) and attrs.has(tp):
+        hints = typing.get_type_hints(tp)
+        return tp(**{f.name: from_data(hints.get(f.name, Any), data[f.name]) for f in attrs.fields(tp)
+                     if f.init and f.name in data})
+    if tp in _PARSERS:
+        return _PARSERS[tp](data)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return tp(data)
+    if tp is float and isinstance(data, int):
+        return float(data)
+    if tp in (str, int, float, bool):
+        if not isinstance(data, tp) or (tp is int and isinstance(data, bool)):
+            raise TypeError(f"expected {tp.__name__}, got {data!r}")
+        return data
+    supertype = getattr(tp, "__supertype__", None)  # typing.NewType
+    return data if supertype is None else from_data(supertype, data)
+
+
+def _from_union(tp: Any, data: Any) -> Any:
+    options = typing.get_args(tp)
+    if data is None and type(None) in options:
+        return None
+    errors = []
+    for option in options:
+        if option is type(None):
+            continue
+        try:
+            return from_data(option, data)
+        except (TypeError, ValueError, decimal.InvalidOperation) as exc:
+            errors.append(exc)
+    raise ValueError(f"{data!r} fits none of {tp}: {errors}")
+
+
+def _from_collection(tp: Any, origin: Any, data: Any) -> Any:
+    args = typing.get_args(tp)
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        items = [from_data(a, d) for a, d in zip(args, data, strict=True)]
+    else:
+        item_type = args[0] if args else Any
+        items = [from_data(item_type, d) for d in data]
+    return (origin or tp)(items)

@@ -1,0 +1,187 @@
+"""A small bank for the read-model tests: accounts, deposits, a balances read model on either backend.
+
+The read model sits behind a port (``BalancesView``) with one implementation per
+backend, the way an application keeps its projections backend-neutral.
+"""
+
+from __future__ import annotations
+
+import abc
+import sqlite3
+from typing import Any
+
+import attrs
+
+from adapters.memory import MemoryStorage
+from adapters.sqlite import SqliteStorage
+from mediator import Command, Event, Query, Registry
+from mediator.readmodels import (
+    Delivery,
+    EventTypes,
+    Projection,
+    ProjectionSession,
+    ReadModels,
+    Storage,
+    UnitOfWork,
+    on,
+)
+
+
+@attrs.frozen(kw_only=True)
+class Deposit(Command[None]):
+    account: str
+    amount: int
+
+
+@attrs.frozen(kw_only=True)
+class GetBalance(Query[int]):
+    reads = ("balances",)
+    account: str
+
+
+@attrs.frozen(kw_only=True)
+class Deposited(Event):
+    account: str
+    amount: int
+
+
+class BalancesView(abc.ABC):
+    """The balances read model's port."""
+
+    @abc.abstractmethod
+    def create(self, session: ProjectionSession) -> None: ...
+
+    @abc.abstractmethod
+    def drop(self, session: ProjectionSession) -> None: ...
+
+    @abc.abstractmethod
+    def add(self, session: ProjectionSession, account: str, amount: int) -> None: ...
+
+    @abc.abstractmethod
+    def balance(self, engine: ReadModels, account: str) -> int: ...
+
+    @abc.abstractmethod
+    def all(self, engine: ReadModels) -> dict[str, int]: ...
+
+
+class MemoryBalances(BalancesView):
+    def __init__(self, storage: MemoryStorage) -> None:
+        self.storage = storage
+
+    def create(self, session: ProjectionSession) -> None:
+        session.handle.setdefault(session.table("balance"), {})
+
+    def drop(self, session: ProjectionSession) -> None:
+        session.handle.pop(session.table("balance"), None)
+
+    def add(self, session: ProjectionSession, account: str, amount: int) -> None:
+        table = session.handle[session.table("balance")]
+        table[account] = table.get(account, 0) + amount
+
+    def all(self, engine: ReadModels) -> dict[str, int]:
+        return dict(self.storage.read_table("balances", "balance") or {})
+
+    def balance(self, engine: ReadModels, account: str) -> int:
+        return self.all(engine).get(account, 0)
+
+
+class SqliteBalances(BalancesView):
+    def __init__(self, storage: SqliteStorage) -> None:
+        self.storage = storage
+
+    def create(self, session: ProjectionSession) -> None:
+        session.handle.execute(
+            f"CREATE TABLE IF NOT EXISTS {session.table('balance')} (account TEXT PRIMARY KEY, amount INTEGER)"
+        )
+
+    def drop(self, session: ProjectionSession) -> None:
+        session.handle.execute(f"DROP TABLE IF EXISTS {session.table('balance')}")
+
+    def add(self, session: ProjectionSession, account: str, amount: int) -> None:
+        session.handle.execute(
+            f"INSERT INTO {session.table('balance')} (account, amount) VALUES (?, ?) "
+            "ON CONFLICT (account) DO UPDATE SET amount = amount + excluded.amount",
+            (account, amount),
+        )
+
+    def all(self, engine: ReadModels) -> dict[str, int]:
+        connection: sqlite3.Connection = self.storage.read_connection()
+        try:
+            rows = connection.execute(f"SELECT account, amount FROM {engine.table('balances', 'balance')}")
+            return dict(rows.fetchall())
+        except sqlite3.OperationalError:  # no table yet: nothing projected
+            return {}
+
+    def balance(self, engine: ReadModels, account: str) -> int:
+        return self.all(engine).get(account, 0)
+
+
+class Balances(Projection):
+    name = "balances"
+
+    def __init__(self, view: BalancesView) -> None:
+        super().__init__()
+        self.view = view
+        self.poison: set[str] = set()
+        self.side_effects: list[tuple[str, bool]] = []
+
+    def setup(self, session: ProjectionSession) -> None:
+        self.view.create(session)
+
+    def teardown(self, session: ProjectionSession) -> None:
+        self.view.drop(session)
+
+    @on(Deposited)
+    def deposited(self, event: Deposited, session: ProjectionSession) -> None:
+        if event.account in self.poison:
+            raise ValueError(f"cannot project account {event.account}")
+        self.view.add(session, event.account, event.amount)
+        if not session.replaying:
+            self.side_effects.append((event.account, session.replaying))
+
+
+def deposit(command: Deposit, uow: UnitOfWork) -> None:
+    if command.amount <= 0:
+        raise ValueError("deposits must be positive")
+    uow.record(Deposited(account=command.account, amount=command.amount), key=command.account)
+
+
+@attrs.define
+class Bank:
+    """Everything a test needs: the engine, the projection, its view, the built mediator."""
+
+    storage: Storage
+    engine: ReadModels
+    projection: Balances
+    view: BalancesView
+    registry: Registry
+    mediator: Any = None
+
+    def build(self) -> Bank:
+        self.mediator = self.registry.build()
+        return self
+
+    def balances(self) -> dict[str, int]:
+        return self.view.all(self.engine)
+
+
+def event_types() -> EventTypes:
+    types = EventTypes()
+    types.register(Deposited, name="bank.deposited")
+    return types
+
+
+def make_bank(storage: Storage, delivery: Delivery = Delivery.BACKGROUND, **engine_options: Any) -> Bank:
+    view: BalancesView = MemoryBalances(storage) if isinstance(storage, MemoryStorage) else SqliteBalances(storage)  # type: ignore[arg-type]
+    engine = ReadModels(storage, event_types(), **engine_options)
+    projection = Balances(view)
+    engine.add(projection, delivery=delivery)
+    registry = Registry()
+    engine.install(registry)
+    registry.handle(Deposit).by(deposit)
+
+    def get_balance(query: GetBalance, engine: ReadModels) -> int:
+        return view.balance(engine, query.account)
+
+    registry.handle(GetBalance).by(get_balance)
+    return Bank(storage, engine, projection, view, registry).build()

@@ -1,0 +1,273 @@
+"""The read-model engine on every backend: outbox, projections, failures, rebuilds, read-your-writes."""
+
+import threading
+import time
+
+import pytest
+from structlog.testing import capture_logs
+
+from mediator.readmodels import (
+    BLOCKED,
+    PARKED,
+    ConsistencyTimeout,
+    Delivery,
+    NewEvent,
+    Storage,
+    UnregisteredEvent,
+    consistent,
+    last_token,
+)
+
+from .bank import Deposit, Deposited, GetBalance, make_bank
+
+
+def test_a_command_appends_its_events_in_the_same_transaction(storage: Storage) -> None:
+    bank = make_bank(storage)
+    bank.mediator.send(Deposit(account="a", amount=5))
+    (stored,) = storage.read(0, 10)
+    assert stored.type_name == "bank.deposited"
+    assert stored.key == "a"
+    assert bank.engine.types.decode(stored.type_name, stored.version, stored.data) == Deposited(account="a", amount=5)
+
+
+def test_a_failed_command_leaves_no_event(storage: Storage) -> None:
+    bank = make_bank(storage)
+    with pytest.raises(ValueError, match="positive"):
+        bank.mediator.send(Deposit(account="a", amount=-1))
+    assert storage.head() == 0
+    bank.mediator.send(Deposit(account="a", amount=1))  # the writer's lock was released
+    assert storage.head() == 1
+
+
+def test_every_command_leaves_its_commit_position_as_the_token(storage: Storage) -> None:
+    bank = make_bank(storage)
+    bank.mediator.send(Deposit(account="a", amount=1))
+    assert last_token() == 1
+    bank.mediator.send(Deposit(account="b", amount=1))
+    assert last_token() == 2
+
+
+def test_recording_an_unregistered_event_names_the_fix(storage: Storage) -> None:
+    from mediator import Command, Event
+    from mediator.readmodels import UnitOfWork
+
+    class Stray(Event):
+        pass
+
+    class Emit(Command[None]):
+        pass
+
+    def emit(command: Emit, uow: UnitOfWork) -> None:
+        uow.record(Stray())
+
+    bank = make_bank(storage)
+    bank.registry._frozen = False
+    bank.registry.handle(Emit).by(emit)
+    with pytest.raises(UnregisteredEvent, match=r"register it with event_types\.register"):
+        bank.registry.build().send(Emit())
+
+
+def test_background_projection_converges(storage: Storage) -> None:
+    bank = make_bank(storage)
+    for account, amount in [("a", 1), ("b", 2), ("a", 3)]:
+        bank.mediator.send(Deposit(account=account, amount=amount))
+    assert bank.balances() == {}
+    assert bank.engine.catch_up() == 3
+    assert bank.balances() == {"a": 4, "b": 2}
+    assert bank.engine.catch_up() == 0
+
+
+def test_the_runner_thread_applies_events_after_commit(storage: Storage) -> None:
+    bank = make_bank(storage)
+    with bank.engine:
+        bank.mediator.send(Deposit(account="a", amount=7))
+        assert bank.engine.wait(last_token() or 0, timeout=5)
+    assert bank.balances() == {"a": 7}
+
+
+def test_inline_projection_is_consistent_when_the_command_returns(storage: Storage) -> None:
+    if not storage.supports_inline:
+        with pytest.raises(ValueError, match="cannot be inline"):
+            make_bank(storage, Delivery.INLINE)
+        return
+    bank = make_bank(storage, Delivery.INLINE)
+    bank.mediator.send(Deposit(account="a", amount=2))
+    assert bank.balances() == {"a": 2}
+    bank.projection.poison.add("bad")
+    with pytest.raises(ValueError, match="cannot project"):
+        bank.mediator.send(Deposit(account="bad", amount=1))
+    assert storage.head() == 1  # the read model's failure rolled the command back
+
+
+def test_duplicate_delivery_applies_each_event_once(storage: Storage) -> None:
+    bank = make_bank(storage, batch_size=1)
+    for _ in range(20):
+        bank.mediator.send(Deposit(account="a", amount=1))
+    errors: list[BaseException] = []
+
+    def race() -> None:
+        try:
+            bank.engine.catch_up()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=race) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert bank.balances() == {"a": 20}
+
+
+def test_a_poison_event_is_retried_then_parked_and_only_its_key_waits(storage: Storage) -> None:
+    bank = make_bank(storage, max_attempts=3, backoff=0)
+    bank.projection.poison.add("bad")
+    bank.mediator.send(Deposit(account="good", amount=1))
+    bank.mediator.send(Deposit(account="bad", amount=10))
+    bank.mediator.send(Deposit(account="good", amount=2))
+    bank.mediator.send(Deposit(account="bad", amount=20))
+    with capture_logs() as logs:
+        bank.engine.catch_up(ignore_backoff=True)
+    assert [entry["attempt"] for entry in logs if entry["event"] == "projection failed, will retry"] == [1, 2]
+    assert bank.balances() == {"good": 3}
+    letters = bank.engine.dead_letters("balances")
+    assert [(d.position, d.status, d.attempts) for d in letters] == [(2, PARKED, 3), (4, BLOCKED, 0)]
+    assert "cannot project account bad" in letters[0].reason
+    assert "waits behind an earlier parked event with key 'bad'" in letters[1].reason
+
+    # the bug is fixed: retrying the parked event applies it and the one that waited behind it, in order
+    bank.projection.poison.clear()
+    assert bank.engine.retry("balances", 2) == 2
+    assert bank.balances() == {"good": 3, "bad": 30}
+    assert bank.engine.dead_letters() == []
+    bank.mediator.send(Deposit(account="bad", amount=1))
+    bank.engine.catch_up()
+    assert bank.balances() == {"good": 3, "bad": 31}
+
+
+def test_retrying_while_still_broken_keeps_the_order(storage: Storage) -> None:
+    bank = make_bank(storage, max_attempts=1, backoff=0)
+    bank.projection.poison.add("bad")
+    for amount in (1, 2, 3):
+        bank.mediator.send(Deposit(account="bad", amount=amount))
+    bank.engine.catch_up()
+    assert bank.engine.retry("balances", 1) == 0
+    assert [(d.position, d.status) for d in bank.engine.dead_letters()] == [(1, PARKED), (2, BLOCKED), (3, BLOCKED)]
+
+
+def test_skipping_a_parked_event_releases_the_ones_behind_it(storage: Storage) -> None:
+    bank = make_bank(storage, max_attempts=1, backoff=0)
+    bank.projection.poison.add("bad")
+    bank.mediator.send(Deposit(account="bad", amount=100))
+    bank.engine.catch_up()
+    bank.projection.poison.clear()
+    bank.mediator.send(Deposit(account="bad", amount=5))
+    bank.engine.catch_up()
+    assert bank.balances() == {}
+    assert bank.engine.skip("balances", 1) == 1
+    assert bank.balances() == {"bad": 5}
+    with pytest.raises(LookupError, match="No dead letter of 'balances' at position 1"):
+        bank.engine.skip("balances", 1)
+
+
+def test_an_unknown_event_type_is_parked_with_a_clear_reason(storage: Storage) -> None:
+    bank = make_bank(storage)
+    session = storage.begin()
+    session.append([NewEvent("x1", "from.the.future", 1, "{}", "a", time.time())])
+    session.commit()
+    bank.mediator.send(Deposit(account="b", amount=1))
+    bank.engine.catch_up()
+    (letter,) = bank.engine.dead_letters()
+    assert letter.position == 1
+    assert "no event type is registered under this name" in letter.reason
+    assert bank.balances() == {"b": 1}
+
+
+def test_an_undecodable_event_is_parked_not_fatal(storage: Storage) -> None:
+    bank = make_bank(storage)
+    session = storage.begin()
+    session.append([NewEvent("x1", "bank.deposited", 1, '{"account": "a"}', "a", time.time())])
+    session.commit()
+    bank.engine.catch_up()
+    (letter,) = bank.engine.dead_letters()
+    assert "Cannot decode event 'bank.deposited' v1" in letter.reason
+
+
+def test_rebuild_replays_into_a_new_generation_then_swaps(storage: Storage) -> None:
+    bank = make_bank(storage)
+    for amount in (1, 2, 3):
+        bank.mediator.send(Deposit(account="a", amount=amount))
+    bank.engine.catch_up()
+    bank.projection.side_effects.clear()
+    generation = bank.engine.rebuild("balances")
+    assert generation == 2
+    lag = {(row.generation, row.rebuilding): row for row in bank.engine.lag()}
+    assert lag[(2, True)].positions_behind == 3
+    assert lag[(1, False)].positions_behind == 0
+    assert bank.mediator.ask(GetBalance(account="a")) == 6  # queries still read generation 1
+    bank.engine.catch_up()
+    assert storage.current_generation("balances") == 2
+    assert bank.mediator.ask(GetBalance(account="a")) == 6
+    assert bank.projection.side_effects == []  # replaying: no side effects repeated
+    assert [row.generation for row in bank.engine.lag()] == [2]
+
+
+def test_queries_keep_answering_while_a_rebuild_runs(storage: Storage) -> None:
+    bank = make_bank(storage, batch_size=5)
+    for _ in range(100):
+        bank.mediator.send(Deposit(account="a", amount=1))
+    bank.engine.catch_up()
+    bank.engine.rebuild("balances")
+    answers: list[int] = []
+    stop = threading.Event()
+
+    def ask() -> None:
+        while not stop.is_set():
+            answers.append(bank.mediator.ask(GetBalance(account="a")))
+
+    reader = threading.Thread(target=ask)
+    reader.start()
+    try:
+        bank.engine.catch_up()
+    finally:
+        stop.set()
+        reader.join()
+    assert answers
+    assert set(answers) == {100}  # never a half-rebuilt answer
+    assert storage.current_generation("balances") == 2
+
+
+def test_read_your_writes_waits_for_the_projection(storage: Storage) -> None:
+    bank = make_bank(storage)
+    with bank.engine:
+        bank.mediator.send(Deposit(account="a", amount=3))
+        with consistent(last_token(), timeout=5) as wanted:
+            assert bank.mediator.ask(GetBalance(account="a")) == 3
+        assert not wanted.stale
+
+
+def test_read_your_writes_times_out_with_an_error_or_a_stale_flag(storage: Storage) -> None:
+    bank = make_bank(storage)
+    bank.mediator.send(Deposit(account="a", amount=3))
+    token = last_token()
+    with pytest.raises(ConsistencyTimeout, match=r"did not reach position 1 within 0\.05 s") as info, \
+            consistent(token, timeout=0.05):
+        bank.mediator.ask(GetBalance(account="a"))
+    assert info.value.behind == {"balances": 0}
+    with consistent(token, timeout=0.05, stale_ok=True) as wanted:
+        assert bank.mediator.ask(GetBalance(account="a")) == 0
+    assert wanted.stale
+
+
+def test_lag_counts_positions_and_seconds_behind(storage: Storage) -> None:
+    bank = make_bank(storage)
+    bank.mediator.send(Deposit(account="a", amount=1))
+    time.sleep(0.05)
+    bank.mediator.send(Deposit(account="a", amount=1))
+    (row,) = bank.engine.lag()
+    assert row.positions_behind == 2
+    assert row.seconds_behind >= 0.05
+    bank.engine.catch_up()
+    (row,) = bank.engine.lag()
+    assert (row.positions_behind, row.seconds_behind, row.checkpoint) == (0, 0.0, 2)
