@@ -18,21 +18,9 @@ from typing import Any
 
 import kerux
 
-from benchmarks.peers import VALUE, Case
+from benchmarks.peers import VALUE, Case, Offset, Tally, counted, is_answer, offset_handler, scenarios
 
 NAME = "kerux"
-
-
-class _Tally:
-    """A counter whose ``delta`` is the increase since the previous ``delta``."""
-
-    def __init__(self) -> None:
-        self.n = 0
-        self._seen = 0
-
-    def delta(self) -> int:
-        d, self._seen = self.n - self._seen, self.n
-        return d
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,17 +31,6 @@ class _Ping(kerux.Request[int]):
 @dataclass(frozen=True, slots=True)
 class _Pinged(kerux.Notification):
     value: int
-
-
-class _Offset:
-    """The singleton dependency of ``transient_1_dep``."""
-
-    def __init__(self) -> None:
-        self.value = 1
-
-
-def _is_42(result: Any) -> bool:
-    return result == VALUE + 1
 
 
 def _mediator(is_async: bool) -> kerux.Mediator | kerux.SyncMediator:
@@ -85,12 +62,12 @@ def _send(is_async: bool, behaviours: int) -> Case:
                 return call_next()
 
         mediator.add_behavior(passthrough)
-    return Case(call=partial(mediator.send, _Ping(VALUE)), verify=_is_42)
+    return Case(call=partial(mediator.send, _Ping(VALUE)), verify=is_answer)
 
 
 def _publish_3(is_async: bool) -> Case:
     mediator = _mediator(is_async)
-    tally = _Tally()
+    tally = Tally()
     for _ in range(3):
         if is_async:
 
@@ -104,50 +81,22 @@ def _publish_3(is_async: bool) -> Case:
 
         mediator.register_notification_handler(_Pinged, on_pinged)
 
-    def verify(result: Any) -> bool:
-        return tally.delta() == 3 and result is None
-
+    verify = counted(lambda result: result is None, (tally, 3))
     return Case(call=partial(mediator.publish, _Pinged(VALUE)), verify=verify)
 
 
 def _transient_1_dep(is_async: bool) -> Case:
     mediator = _mediator(is_async)
-    built = _Tally()
-    offset = _Offset()
-
-    class Handler:
-        def __init__(self, offset: _Offset) -> None:
-            built.n += 1
-            self._offset = offset
-
-        if is_async:
-
-            async def handle(self, request: _Ping) -> int:
-                return request.value + self._offset.value
-
-        else:
-
-            def handle(self, request: _Ping) -> int:
-                return request.value + self._offset.value
-
-    mediator.register(_Ping, factory=lambda: Handler(offset))
-
-    def verify(result: Any) -> bool:
-        return built.delta() == 1 and _is_42(result)
-
-    return Case(call=partial(mediator.send, _Ping(VALUE)), verify=verify)
+    built = Tally()
+    offset = Offset()
+    handler = offset_handler(is_async, built)
+    mediator.register(_Ping, factory=lambda: handler(offset))
+    return Case(call=partial(mediator.send, _Ping(VALUE)), verify=counted(is_answer, (built, 1)))
 
 
-_BUILDERS = {
-    "send": partial(_send, behaviours=0),
-    "send_2_behaviours": partial(_send, behaviours=2),
-    "publish_3": _publish_3,
-    "transient_1_dep": _transient_1_dep,
-}
+# no "scoped": kerux has no DI scopes
+_BUILDERS = scenarios(send=_send, publish_3=_publish_3, transient_1_dep=_transient_1_dep)
 
 
 def build(scenario: str, family: str) -> Case | None:
-    builder = _BUILDERS.get(scenario)  # no "scoped": kerux has no DI scopes
-    if builder is None or family not in ("sync", "async"):
-        return None
-    return builder(family == "async")
+    return _BUILDERS.build(scenario, family)

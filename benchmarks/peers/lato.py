@@ -23,21 +23,9 @@ from typing import Any
 
 import lato
 
-from benchmarks.peers import VALUE, Case
+from benchmarks.peers import VALUE, Case, Offset, Session, Tally, counted, is_answer, scenarios
 
 NAME = "lato"
-
-
-class _Tally:
-    """A counter whose ``delta`` is the increase since the previous ``delta``."""
-
-    def __init__(self) -> None:
-        self.n = 0
-        self._seen = 0
-
-    def delta(self) -> int:
-        d, self._seen = self.n - self._seen, self.n
-        return d
 
 
 class _Ping(lato.Command):
@@ -46,25 +34,6 @@ class _Ping(lato.Command):
 
 class _Pinged(lato.Event):
     value: int
-
-
-class _Offset:
-    """The singleton dependency of ``transient_1_dep``."""
-
-    def __init__(self) -> None:
-        self.value = 1
-
-
-class _Session:
-    """The scoped dependency of ``scoped``: one per transaction context."""
-
-    def __init__(self, opened: _Tally) -> None:
-        opened.n += 1
-        self.increment = 1
-
-
-def _is_42(result: Any) -> bool:
-    return result == VALUE + 1
 
 
 def _send(is_async: bool, behaviours: int) -> Case:
@@ -94,12 +63,12 @@ def _send(is_async: bool, behaviours: int) -> Case:
 
         app.transaction_middleware(passthrough)
     execute = app.execute_async if is_async else app.execute
-    return Case(call=partial(execute, _Ping(value=VALUE)), verify=_is_42)
+    return Case(call=partial(execute, _Ping(value=VALUE)), verify=is_answer)
 
 
 def _publish_3(is_async: bool) -> Case:
     app = lato.Application(NAME)
-    tally = _Tally()
+    tally = Tally()
     for _ in range(3):
         if is_async:
 
@@ -113,38 +82,37 @@ def _publish_3(is_async: bool) -> Case:
 
         app.handler(_Pinged)(on_pinged)
 
-    def verify(result: Any) -> bool:
-        return tally.delta() == 3 and len(result) == 3
-
+    verify = counted(lambda result: len(result) == 3, (tally, 3))
     publish = app.publish_async if is_async else app.publish
     return Case(call=partial(publish, _Pinged(value=VALUE)), verify=verify)
 
 
 def _transient_1_dep(is_async: bool) -> Case:
-    app = lato.Application(NAME, offset=_Offset())
+    app = lato.Application(NAME, offset=Offset())
     if is_async:
 
         @app.handler(_Ping)
-        async def handle(command: _Ping, offset: _Offset) -> int:
+        async def handle(command: _Ping, offset: Offset) -> int:
             return command.value + offset.value
 
     else:
 
         @app.handler(_Ping)
-        def handle(command: _Ping, offset: _Offset) -> int:
+        def handle(command: _Ping, offset: Offset) -> int:
             return command.value + offset.value
 
     execute = app.execute_async if is_async else app.execute
-    return Case(call=partial(execute, _Ping(value=VALUE)), verify=_is_42)
+    return Case(call=partial(execute, _Ping(value=VALUE)), verify=is_answer)
 
 
 def _scoped(is_async: bool) -> Case:
     app = lato.Application(NAME)
-    opened, closed = _Tally(), _Tally()
+    opened, closed = Tally(), Tally()
 
     @app.on_enter_transaction_context
     def begin(ctx: lato.TransactionContext) -> None:
-        ctx.set_dependencies(session=_Session(opened))
+        opened.n += 1
+        ctx.set_dependencies(session=Session())
 
     @app.on_exit_transaction_context
     def end(ctx: lato.TransactionContext, exception: Exception | None = None) -> None:
@@ -153,34 +121,22 @@ def _scoped(is_async: bool) -> Case:
     if is_async:
 
         @app.handler(_Ping)
-        async def handle(command: _Ping, session: _Session) -> int:
+        async def handle(command: _Ping, session: Session) -> int:
             return command.value + session.increment
 
     else:
 
         @app.handler(_Ping)
-        def handle(command: _Ping, session: _Session) -> int:
+        def handle(command: _Ping, session: Session) -> int:
             return command.value + session.increment
 
-    def verify(result: Any) -> bool:
-        new_sessions, ended = opened.delta(), closed.delta()
-        return _is_42(result) and new_sessions == 1 and ended == 1
-
     execute = app.execute_async if is_async else app.execute
+    verify = counted(is_answer, (opened, 1), (closed, 1))
     return Case(call=partial(execute, _Ping(value=VALUE)), verify=verify)
 
 
-_BUILDERS = {
-    "send": partial(_send, behaviours=0),
-    "send_2_behaviours": partial(_send, behaviours=2),
-    "publish_3": _publish_3,
-    "transient_1_dep": _transient_1_dep,
-    "scoped": _scoped,
-}
+_BUILDERS = scenarios(send=_send, publish_3=_publish_3, transient_1_dep=_transient_1_dep, scoped=_scoped)
 
 
 def build(scenario: str, family: str) -> Case | None:
-    builder = _BUILDERS.get(scenario)
-    if builder is None or family not in ("sync", "async"):
-        return None
-    return builder(family == "async")
+    return _BUILDERS.build(scenario, family)

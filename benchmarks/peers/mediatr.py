@@ -23,7 +23,7 @@ from typing import Any
 import mediatr
 import punq
 
-from benchmarks.peers import VALUE, Case
+from benchmarks.peers import VALUE, Case, Offset, is_answer
 
 NAME = "mediatr"
 
@@ -85,17 +85,10 @@ async def _inner_async(request: _PingBehavedAsync, call_next: Any) -> Any:
     return await call_next()
 
 
-class _Offset:
-    """The singleton dependency of ``transient_1_dep``."""
-
-    def __init__(self) -> None:
-        self.value = 1
-
-
 class _TransientHandler:
     built = 0  # handlers constructed so far, across every build()
 
-    def __init__(self, offset: _Offset) -> None:
+    def __init__(self, offset: Offset) -> None:
         _TransientHandler.built += 1
         self._offset = offset
 
@@ -106,16 +99,12 @@ class _TransientHandler:
 class _TransientHandlerAsync:
     built = 0
 
-    def __init__(self, offset: _Offset) -> None:
+    def __init__(self, offset: Offset) -> None:
         _TransientHandlerAsync.built += 1
         self._offset = offset
 
     async def handle(self, request: _PingTransientAsync) -> int:
         return request.value + self._offset.value
-
-
-def _is_42(result: Any) -> bool:
-    return result == VALUE + 1
 
 
 def build(scenario: str, family: str) -> Case | None:
@@ -138,7 +127,7 @@ def build(scenario: str, family: str) -> Case | None:
     elif scenario == "transient_1_dep":
         handler_cls = _TransientHandlerAsync if is_async else _TransientHandler
         container = punq.Container()
-        container.register(_Offset, instance=_Offset())
+        container.register(Offset, instance=Offset())
         container.register(handler_cls)  # punq's default scope: a new instance per resolve
         mediatr.Mediator.register_handler(handler_cls)
         request = _PingTransientAsync(VALUE) if is_async else _PingTransient(VALUE)
@@ -151,7 +140,7 @@ def build(scenario: str, family: str) -> Case | None:
 
         def verify(result: Any) -> bool:
             new, seen[0] = handler_cls.built - seen[0], handler_cls.built
-            return _is_42(result) and new == 1
+            return is_answer(result) and new == 1
 
         send = mediator.send_async if is_async else mediator.send
         return Case(call=partial(send, request), verify=verify)
@@ -160,4 +149,4 @@ def build(scenario: str, family: str) -> Case | None:
         return None
 
     send = mediator.send_async if is_async else mediator.send
-    return Case(call=partial(send, request), verify=_is_42)
+    return Case(call=partial(send, request), verify=is_answer)

@@ -26,21 +26,9 @@ from typing import Any
 
 import py_mediatR
 
-from benchmarks.peers import VALUE, Case
+from benchmarks.peers import VALUE, Case, Offset, Session, Tally, counted, is_answer, offset_handler, scenarios
 
 NAME = "py-mediatr"
-
-
-class _Tally:
-    """A counter whose ``delta`` is the increase since the previous ``delta``."""
-
-    def __init__(self) -> None:
-        self.n = 0
-        self._seen = 0
-
-    def delta(self) -> int:
-        d, self._seen = self.n - self._seen, self.n
-        return d
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,17 +39,6 @@ class _Ping(py_mediatR.IRequest[int]):
 @dataclass(frozen=True, slots=True)
 class _Pinged(py_mediatR.INotification):
     value: int
-
-
-class _Offset:
-    """The singleton dependency of ``transient_1_dep``."""
-
-    def __init__(self) -> None:
-        self.value = 1
-
-
-def _is_42(result: Any) -> bool:
-    return result == VALUE + 1
 
 
 def _send(is_async: bool, behaviours: int) -> Case:
@@ -92,12 +69,12 @@ def _send(is_async: bool, behaviours: int) -> Case:
     )
     mediator.register_handler(_Ping, Handler())
     send = mediator.send_async if is_async else mediator.send
-    return Case(call=partial(send, _Ping(VALUE)), verify=_is_42)
+    return Case(call=partial(send, _Ping(VALUE)), verify=is_answer)
 
 
 def _publish_3(is_async: bool) -> Case:
     mediator = py_mediatR.Mediator(auto_discover=False)
-    tally = _Tally()
+    tally = Tally()
     for _ in range(3):
 
         class OnPinged(py_mediatR.INotificationHandler):
@@ -113,60 +90,39 @@ def _publish_3(is_async: bool) -> Case:
 
         mediator.register_notification_handler(_Pinged, OnPinged())
 
-    def verify(result: Any) -> bool:
-        return tally.delta() == 3 and result is None
-
+    verify = counted(lambda result: result is None, (tally, 3))
     publish = mediator.publish_async if is_async else mediator.publish
     return Case(call=partial(publish, _Pinged(VALUE)), verify=verify)
 
 
 def _transient_1_dep(is_async: bool) -> Case:
-    built = _Tally()
-
-    class Handler:
-        def __init__(self, offset: _Offset) -> None:
-            built.n += 1
-            self._offset = offset
-
-        if is_async:
-
-            async def handle(self, request: _Ping) -> int:
-                return request.value + self._offset.value
-
-        else:
-
-            def handle(self, request: _Ping) -> int:
-                return request.value + self._offset.value
-
+    built = Tally()
     container = py_mediatR.ServiceContainer()
-    container.register_singleton(_Offset)
+    container.register_singleton(Offset)
     mediator = py_mediatR.Mediator(
         auto_discover=False, handler_factory=container, handler_lifetime="transient"
     )
-    mediator.register_handler(_Ping, Handler)
-
-    def verify(result: Any) -> bool:
-        return built.delta() == 1 and _is_42(result)
+    mediator.register_handler(_Ping, offset_handler(is_async, built))
 
     send = mediator.send_async if is_async else mediator.send
-    return Case(call=partial(send, _Ping(VALUE)), verify=verify)
+    return Case(call=partial(send, _Ping(VALUE)), verify=counted(is_answer, (built, 1)))
 
 
 def _scoped(is_async: bool) -> Case:
-    opened, closed = _Tally(), _Tally()
+    opened, closed = Tally(), Tally()
 
-    class Session:
+    class ClosingSession(Session):
         """The scoped dependency; the scope calls ``close()`` when it ends."""
 
         def __init__(self) -> None:
             opened.n += 1
-            self.increment = 1
+            super().__init__()
 
         def close(self) -> None:
             closed.n += 1
 
     class Handler:
-        def __init__(self, session: Session) -> None:
+        def __init__(self, session: ClosingSession) -> None:
             self._session = session
 
         if is_async:
@@ -180,7 +136,7 @@ def _scoped(is_async: bool) -> Case:
                 return request.value + self._session.increment
 
     container = py_mediatR.ServiceContainer()
-    container.register_scoped(Session)
+    container.register_scoped(ClosingSession)
     mediator = py_mediatR.Mediator(auto_discover=False, handler_factory=container)
     mediator.register_handler(_Ping, Handler)
     request = _Ping(VALUE)
@@ -197,24 +153,11 @@ def _scoped(is_async: bool) -> Case:
             with py_mediatR.scoped_mediator(mediator, container) as scoped:
                 return scoped.send(request)
 
-    def verify(result: Any) -> bool:
-        new_sessions, ended = opened.delta(), closed.delta()
-        return _is_42(result) and new_sessions == 1 and ended == 1
-
-    return Case(call=call, verify=verify)
+    return Case(call=call, verify=counted(is_answer, (opened, 1), (closed, 1)))
 
 
-_BUILDERS = {
-    "send": partial(_send, behaviours=0),
-    "send_2_behaviours": partial(_send, behaviours=2),
-    "publish_3": _publish_3,
-    "transient_1_dep": _transient_1_dep,
-    "scoped": _scoped,
-}
+_BUILDERS = scenarios(send=_send, publish_3=_publish_3, transient_1_dep=_transient_1_dep, scoped=_scoped)
 
 
 def build(scenario: str, family: str) -> Case | None:
-    builder = _BUILDERS.get(scenario)
-    if builder is None or family not in ("sync", "async"):
-        return None
-    return builder(family == "async")
+    return _BUILDERS.build(scenario, family)

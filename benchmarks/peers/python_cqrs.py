@@ -37,21 +37,9 @@ from cqrs.bootstrap import requests as requests_bootstrap
 from cqrs.middlewares import Middleware
 from di.dependent import Dependent
 
-from benchmarks.peers import VALUE, Case
+from benchmarks.peers import VALUE, Case, Offset, Session, Tally, counted, is_answer, scenarios
 
 NAME = "python-cqrs"
-
-
-class _Tally:
-    """A counter whose ``delta`` is the increase since the previous ``delta``."""
-
-    def __init__(self) -> None:
-        self.n = 0
-        self._seen = 0
-
-    def delta(self) -> int:
-        d, self._seen = self.n - self._seen, self.n
-        return d
 
 
 class _Pong(cqrs.Response):
@@ -66,27 +54,13 @@ class _Pinged(cqrs.DomainEvent):
     value: int
 
 
-class _Offset:
-    """The singleton dependency of ``transient_1_dep``."""
-
-    def __init__(self) -> None:
-        self.value = 1
-
-
-class _Session:
-    """The scoped dependency of ``scoped``."""
-
-    def __init__(self) -> None:
-        self.increment = 1
-
-
 class _Passthrough(Middleware):
     async def __call__(self, request: Any, handle: Any) -> Any:
         return await handle(request)
 
 
 def _is_42(result: Any) -> bool:
-    return isinstance(result, _Pong) and result.value == VALUE + 1
+    return isinstance(result, _Pong) and is_answer(result.value)
 
 
 def _request_case(container: di.Container, handler: type, **options: Any) -> Case:
@@ -109,7 +83,7 @@ def _send(behaviours: int) -> Case:
 
 
 def _publish_3() -> Case:
-    tally = _Tally()
+    tally = Tally()
     handlers = []
     for _ in range(3):
 
@@ -125,67 +99,50 @@ def _publish_3() -> Case:
 
     mediator = events_bootstrap.bootstrap(di_container=di.Container(), events_mapper=events_mapper)
 
-    def verify(result: Any) -> bool:
-        return tally.delta() == 3 and result is None
-
+    verify = counted(lambda result: result is None, (tally, 3))
     return Case(call=partial(mediator.send, _Pinged(value=VALUE)), verify=verify)
 
 
 def _transient_1_dep() -> Case:
-    built = _Tally()
+    built = Tally()
 
     class Handler(cqrs.RequestHandler[_Ping, _Pong]):
-        def __init__(self, offset: _Offset) -> None:
+        def __init__(self, offset: Offset) -> None:
             built.n += 1
             self._offset = offset
 
         async def handle(self, request: _Ping) -> _Pong:
             return _Pong(value=request.value + self._offset.value)
 
-    offset = _Offset()
+    offset = Offset()
     container = di.Container()
-    container.bind(di.bind_by_type(Dependent(lambda: offset, scope="request"), _Offset))
+    container.bind(di.bind_by_type(Dependent(lambda: offset, scope="request"), Offset))
     case = _request_case(container, Handler)
-
-    def verify(result: Any) -> bool:
-        return built.delta() == 1 and case.verify(result)
-
-    return Case(call=case.call, verify=verify)
+    return Case(call=case.call, verify=counted(case.verify, (built, 1)))
 
 
 def _scoped() -> Case:
-    opened, closed = _Tally(), _Tally()
+    opened, closed = Tally(), Tally()
 
-    def session() -> Iterator[_Session]:
+    def session() -> Iterator[Session]:
         opened.n += 1
-        yield _Session()
+        yield Session()
         closed.n += 1
 
     class Handler(cqrs.RequestHandler[_Ping, _Pong]):
-        def __init__(self, session: _Session) -> None:
+        def __init__(self, session: Session) -> None:
             self._session = session
 
         async def handle(self, request: _Ping) -> _Pong:
             return _Pong(value=request.value + self._session.increment)
 
     container = di.Container()
-    container.bind(di.bind_by_type(Dependent(session, scope="request"), _Session))
+    container.bind(di.bind_by_type(Dependent(session, scope="request"), Session))
     case = _request_case(container, Handler, scope_strategy=cqrs.ScopeStrategy.SEND)
-
-    def verify(result: Any) -> bool:
-        new_sessions, ended = opened.delta(), closed.delta()
-        return case.verify(result) and new_sessions == 1 and ended == 1
-
-    return Case(call=case.call, verify=verify)
+    return Case(call=case.call, verify=counted(case.verify, (opened, 1), (closed, 1)))
 
 
-_BUILDERS = {
-    "send": partial(_send, behaviours=0),
-    "send_2_behaviours": partial(_send, behaviours=2),
-    "publish_3": _publish_3,
-    "transient_1_dep": _transient_1_dep,
-    "scoped": _scoped,
-}
+_BUILDERS = scenarios(send=_send, publish_3=_publish_3, transient_1_dep=_transient_1_dep, scoped=_scoped)
 
 
 def build(scenario: str, family: str) -> Case | None:
