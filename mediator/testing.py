@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from ._build import Build
     from ._mediator import AsyncMediator, Mediator
     from ._registry import Registry
+    from .readmodels import ReadModels
 
 R = TypeVar("R")
 T = TypeVar("T")
@@ -242,11 +243,38 @@ class AsyncMediatorStub(MediatorStub):
         return self._answer_async(event)
 
 
+def settle(engine: ReadModels) -> int:
+    """Run every background and worker projection, and any rebuild, until there is nothing left to do.
+
+    Deterministic, in the calling thread, with retries made at once instead of
+    after their backoff, so a failing event is parked by the time it returns.
+    Returns how many events were dealt with.
+    """
+    total = 0
+    while True:
+        done = engine.catch_up(ignore_backoff=True)
+        total += done
+        if not done and not engine.rebuilding:
+            return total
+
+
+def assert_settled(engine: ReadModels) -> None:
+    """Fail unless every projection has reached the head of the log and nothing is parked."""
+    behind = [lag for lag in engine.lag() if lag.positions_behind or lag.rebuilding]
+    parked = engine.dead_letters()
+    if behind or parked:
+        lines = [f"{lag.projection} g{lag.generation} is {lag.positions_behind} behind" for lag in behind]
+        lines += [f"{d.projection} parked position {d.position} ({d.status}): {d.reason}" for d in parked]
+        raise AssertionError("Read models are not settled:\n  " + "\n  ".join(lines))
+
+
 __all__ = [
     "AsyncMediatorStub",
     "Dispatched",
     "MediatorStub",
     "Recording",
+    "assert_settled",
     "recording_async_mediator",
     "recording_mediator",
+    "settle",
 ]

@@ -598,6 +598,21 @@ class ReadModels:
                     track.projection.teardown(session)
                 track.retired.remove((generation, due))
 
+    @property
+    def rebuilding(self) -> list[str]:
+        """Names of the projections being rebuilt."""
+        return [name for name, track in self._tracks.items() if track.rebuild is not None]
+
+    def delivery(self, name: str) -> Delivery:
+        """How projection ``name`` is delivered."""
+        return self._tracks[name].delivery
+
+    def finish_rebuilds(self) -> None:
+        """Run every rebuild in this thread until it is swapped in, and tear down what is due."""
+        while self.rebuilding:
+            self.catch_up(deliveries=())
+        self.catch_up(deliveries=())
+
     def _maybe_swap(self, track: _Track) -> None:
         if track.retired:
             self._retire(track)

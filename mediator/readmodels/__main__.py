@@ -1,0 +1,131 @@
+"""Operate read models from a shell.
+
+    python -m mediator.readmodels --app myapp.wiring:engine status
+    python -m mediator.readmodels --app myapp.wiring:engine rebuild NAME
+    python -m mediator.readmodels --app myapp.wiring:engine dead-letters list [NAME]
+    python -m mediator.readmodels --app myapp.wiring:engine dead-letters retry NAME POSITION
+    python -m mediator.readmodels --app myapp.wiring:engine dead-letters skip NAME POSITION
+    python -m mediator.readmodels --app myapp.wiring:engine worker [--once]
+
+``--app`` names a ``ReadModels`` object, or a function returning one, as
+``module:attribute``. ``worker`` runs the projections delivered as
+``Delivery.WORKER`` (and rebuilds) until stopped with SIGTERM or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from ._engine import ReadModels
+from ._projections import Delivery
+
+
+def load(spec: str) -> ReadModels:
+    """Import ``module:attribute`` and return the engine it names (calling it if it is a factory)."""
+    module_name, _, attribute = spec.partition(":")
+    if not attribute:
+        raise SystemExit(f"--app must look like package.module:attribute, not {spec!r}")
+    target: Any = getattr(importlib.import_module(module_name), attribute)
+    engine = target if isinstance(target, ReadModels) else target()
+    if not isinstance(engine, ReadModels):
+        raise SystemExit(f"{spec} gave a {type(engine).__name__}, not a ReadModels engine")
+    return engine
+
+
+def render(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain aligned table."""
+    cells = [list(map(str, headers))] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def status(engine: ReadModels) -> str:
+    rows = [
+        (lag.projection, lag.generation, "rebuilding" if lag.rebuilding else "current",
+         engine.delivery(lag.projection).value, lag.checkpoint, lag.positions_behind,
+         f"{lag.seconds_behind:.3f}", lag.parked)
+        for lag in engine.lag()
+    ]
+    headers = ("projection", "generation", "state", "delivery", "checkpoint", "behind", "seconds behind", "parked")
+    return f"head of the log: {engine.storage.head()}\n" + render(headers, rows)
+
+
+def dead_letters(engine: ReadModels, name: str | None) -> str:
+    rows = [(d.projection, d.position, d.status, d.key or "", d.type_name, d.attempts, d.reason)
+            for d in engine.dead_letters(name)]
+    if not rows:
+        return "no dead letters"
+    return render(("projection", "position", "status", "key", "event type", "attempts", "reason"), rows)
+
+
+def rebuild(engine: ReadModels, name: str) -> str:
+    if name not in engine.projections:
+        raise SystemExit(f"no projection named {name!r}; known: {', '.join(engine.projections)}")
+    generation = engine.rebuild(name)
+    engine.retire_after = 0.0  # nothing in this process reads the old generation
+    engine.finish_rebuilds()
+    return f"{name}: rebuilt as generation {generation}, now current"
+
+
+def worker(engine: ReadModels, once: bool) -> str:
+    if once:
+        return f"applied {engine.catch_up(deliveries=(Delivery.WORKER,))} events"
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    engine.start(Delivery.WORKER)
+    print("worker running; SIGTERM or Ctrl-C stops it", flush=True)
+    stop.wait()
+    engine.stop()
+    return "worker stopped"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mediator.readmodels", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--app", required=True, help="module:attribute of a ReadModels engine or a factory")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("status", help="lag and parked events per projection")
+    rebuild_parser = commands.add_parser("rebuild", help="replay a projection into a fresh generation, then swap")
+    rebuild_parser.add_argument("name")
+    letters = commands.add_parser("dead-letters", help="list, retry or skip parked events")
+    letters_commands = letters.add_subparsers(dest="action", required=True)
+    listing = letters_commands.add_parser("list")
+    listing.add_argument("name", nargs="?")
+    for action in ("retry", "skip"):
+        sub = letters_commands.add_parser(action)
+        sub.add_argument("name")
+        sub.add_argument("position", type=int)
+    worker_parser = commands.add_parser("worker", help="run the worker-delivered projections")
+    worker_parser.add_argument("--once", action="store_true", help="catch up once and exit")
+    args = parser.parse_args(argv)
+
+    engine = load(args.app)
+    try:
+        if args.command == "status":
+            out = status(engine)
+        elif args.command == "rebuild":
+            out = rebuild(engine, args.name)
+        elif args.command == "worker":
+            out = worker(engine, args.once)
+        elif args.action == "list":
+            out = dead_letters(engine, args.name)
+        else:
+            applied = getattr(engine, args.action)(args.name, args.position)
+            out = f"{args.action}: {args.name} position {args.position}; {applied} event(s) applied"
+    finally:
+        engine.storage.close()
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

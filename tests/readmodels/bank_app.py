@@ -1,0 +1,63 @@
+"""The bank wired on SQLite from environment variables, for tests that run it in other processes.
+
+``BANK_DB`` is the database file; ``BANK_DELIVERY`` the balances projection's delivery
+(``background`` by default). ``python -m mediator.readmodels --app tests.readmodels.bank_app:engine``
+operates it; ``python -m tests.readmodels.bank_app writer N`` sends N deposits;
+``python -m tests.readmodels.bank_app crash-loop ACK_FILE`` runs commands and projections until killed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+
+from adapters.sqlite import SqliteStorage
+from mediator.readmodels import Delivery, ReadModels
+
+from .bank import Bank, Deposit, make_bank
+
+
+def bank() -> Bank:
+    storage = SqliteStorage(os.environ["BANK_DB"])
+    delivery = Delivery(os.environ.get("BANK_DELIVERY", "background"))
+    return make_bank(storage, delivery, max_attempts=2, backoff=0.01)
+
+
+def engine() -> ReadModels:
+    return bank().engine
+
+
+def writer(count: int) -> None:
+    """Send ``count`` deposits of 1 to account ``writer-<pid>``."""
+    app = bank()
+    for _ in range(count):
+        app.mediator.send(Deposit(account=f"writer-{os.getpid()}", amount=1))
+
+
+def crash_loop(ack_path: str) -> None:
+    """Send deposits with unique amounts forever, projecting in the background; ack each committed one.
+
+    Every seventh command fails after recording its event, which must then never be stored.
+    """
+    app = bank()
+    app.engine.start()
+    head = app.storage.head()
+    sequence = head * 10 + 1_000_000 * (1 + os.getpid() % 1000)
+    ack = os.open(ack_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    while True:
+        sequence += 1
+        account = f"acct-{sequence % 5}"
+        if sequence % 7 == 0:
+            with contextlib.suppress(ValueError):  # the handler refuses it
+                app.mediator.send(Deposit(account=account, amount=-sequence))
+            continue
+        app.mediator.send(Deposit(account=account, amount=sequence))
+        os.write(ack, f"{sequence}\n".encode())
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "writer":
+        writer(int(sys.argv[2]))
+    elif sys.argv[1] == "crash-loop":
+        crash_loop(sys.argv[2])

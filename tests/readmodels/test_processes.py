@@ -1,0 +1,100 @@
+"""The engine across processes on one SQLite database: writers, workers, the command line."""
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from adapters.sqlite import SqliteStorage
+from mediator.readmodels import Delivery, consistent, last_token
+from mediator.testing import assert_settled, settle
+
+from .bank import Deposit, GetBalance, make_bank
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def env(db: Path, delivery: str = "background") -> dict[str, str]:
+    return {**os.environ, "BANK_DB": str(db), "BANK_DELIVERY": delivery, "PYTHONPATH": str(ROOT)}
+
+
+def cli(db: Path, *args: str, delivery: str = "background") -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "mediator.readmodels", "--app", "tests.readmodels.bank_app:engine", *args],
+        env=env(db, delivery), cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "bank.db"
+
+
+def test_two_writer_processes_share_one_database_without_gaps(db: Path) -> None:
+    SqliteStorage(db).close()
+    writers = [
+        subprocess.Popen([sys.executable, "-m", "tests.readmodels.bank_app", "writer", "300"], env=env(db), cwd=ROOT)
+        for _ in range(2)
+    ]
+    assert [w.wait(timeout=120) for w in writers] == [0, 0]
+    storage = SqliteStorage(db)
+    assert [e.position for e in storage.events()] == list(range(1, 601))
+    bank = make_bank(storage)
+    settle(bank.engine)
+    assert sorted(bank.balances().values()) == [300, 300]
+
+
+def test_a_worker_process_projects_and_a_query_here_reads_its_own_write(db: Path) -> None:
+    bank = make_bank(SqliteStorage(db), Delivery.WORKER)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "mediator.readmodels", "--app", "tests.readmodels.bank_app:engine", "worker"],
+        env=env(db, "worker"), cwd=ROOT, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert worker.stdout is not None
+        assert "worker running" in worker.stdout.readline()
+        for amount in (1, 2, 3):
+            bank.mediator.send(Deposit(account="a", amount=amount))
+        with consistent(last_token(), timeout=20) as wanted:
+            assert bank.mediator.ask(GetBalance(account="a")) == 6
+        assert not wanted.stale
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=20) == 0
+        assert worker.stdout is not None
+        worker.stdout.close()
+    assert bank.engine.lag()[0].positions_behind == 0
+
+
+def test_the_command_line_shows_status_and_handles_dead_letters_and_rebuilds(db: Path) -> None:
+    bank = make_bank(SqliteStorage(db))
+    bank.mediator.send(Deposit(account="a", amount=5))
+    bank.mediator.send(Deposit(account="b", amount=1))
+    status = cli(db, "status")
+    assert "head of the log: 2" in status
+    assert "balances" in status
+    assert status.splitlines()[-1].split()[:6] == ["balances", "1", "current", "background", "0", "2"]
+
+    bank.projection.poison.add("a")
+    bank.engine.max_attempts = 1
+    settle(bank.engine)
+    listing = cli(db, "dead-letters", "list")
+    assert "parked" in listing
+    assert "cannot project account a" in listing
+    assert "skip: balances position 1; 0 event(s) applied" in cli(db, "dead-letters", "skip", "balances", "1")
+    assert cli(db, "dead-letters", "list").strip() == "no dead letters"
+
+    assert "balances: rebuilt as generation 2, now current" in cli(db, "rebuild", "balances")
+    bank.projection.poison.clear()
+    assert bank.balances() == {"a": 5, "b": 1}  # the rebuild replayed everything, including the skipped event
+    assert_settled(bank.engine)
+
+
+def test_status_of_an_empty_log(db: Path) -> None:
+    make_bank(SqliteStorage(db))
+    assert "head of the log: 0" in cli(db, "status")
