@@ -95,7 +95,7 @@ class MemoryWriteSession(WriteSession):
     def append(self, events: Sequence[NewEvent]) -> int:
         start = len(self._work.log) + len(self._pending)
         for offset, event in enumerate(events, 1):
-            self._pending.append(StoredEvent(start + offset, *attrs.astuple(event, recurse=False)))
+            self._pending.append(StoredEvent(start + offset, *event))
         return start + len(events)
 
     def projection(self, name: str, generation: int) -> ProjectionSession:

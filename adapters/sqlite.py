@@ -71,6 +71,9 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 """
 
 _EVENT_COLUMNS = "position, event_id, type_name, version, data, key, recorded_at"
+_INSERT_EVENT = (
+    "INSERT INTO events (event_id, type_name, version, data, key, recorded_at) VALUES (?, ?, ?, ?, ?, ?)"
+)
 
 
 def connect(path: str | Path, *, timeout: float = 30.0) -> sqlite3.Connection:
@@ -164,13 +167,18 @@ class SqliteWriteSession(WriteSession):
         self._open = True
 
     def append(self, events: Sequence[NewEvent]) -> int:
-        with _translated("append events"):
-            self.handle.executemany(
-                "INSERT INTO events (event_id, type_name, version, data, key, recorded_at) VALUES (?, ?, ?, ?, ?, ?)",
-                [(e.event_id, e.type_name, e.version, e.data, e.key, e.recorded_at) for e in events],
-            )
-            row = self.handle.execute("SELECT COALESCE(MAX(position), 0) FROM events").fetchone()
-        return int(row[0])
+        # try/except rather than _translated(): this runs once per command.
+        try:
+            if not events:
+                row = self.handle.execute("SELECT COALESCE(MAX(position), 0) FROM events").fetchone()
+                return int(row[0])
+            cursor = self.handle.cursor()
+            for e in events:
+                cursor.execute(_INSERT_EVENT, (e.event_id, e.type_name, e.version, e.data, e.key, e.recorded_at))
+            # Positions are handed out under the writer's lock, so the last row id is the last position.
+            return int(cursor.lastrowid or 0)
+        except sqlite3.Error as exc:
+            raise StorageError(f"SQLite failed to append events: {exc}") from exc
 
     def _need_one_file(self, name: str) -> None:
         if not self._storage.supports_inline:
@@ -192,14 +200,15 @@ class SqliteWriteSession(WriteSession):
     def commit(self) -> None:
         if self._open:
             self._open = False
-            with _translated("commit"):
-                try:
-                    for session in self._projections:
-                        session.flush()
-                    self.handle.execute("COMMIT")
-                except BaseException:
-                    self.handle.execute("ROLLBACK")
-                    raise
+            try:
+                for session in self._projections:
+                    session.flush()
+                self.handle.execute("COMMIT")
+            except BaseException as exc:
+                self.handle.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise StorageError(f"SQLite failed to commit: {exc}") from exc
+                raise
 
     def rollback(self) -> None:
         if self._open:
@@ -252,8 +261,10 @@ class SqliteStorage(Storage):
 
     def begin(self) -> WriteSession:
         connection = self._write()
-        with _translated("begin a write transaction"):
+        try:
             connection.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StorageError(f"SQLite failed to begin a write transaction: {exc}") from exc
         return SqliteWriteSession(self, connection)
 
     def read(self, after: int, limit: int, type_names: Collection[str] | None = None) -> list[StoredEvent]:
@@ -271,7 +282,7 @@ class SqliteStorage(Storage):
                     "ORDER BY position LIMIT ?",
                     (after, *names, limit),
                 ).fetchall()
-        return [StoredEvent(*row) for row in rows]
+        return list(map(StoredEvent._make, rows))
 
     def head(self) -> int:
         with _translated("read the head of the log"):

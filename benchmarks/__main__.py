@@ -7,10 +7,10 @@ import sys
 import time
 from collections.abc import Sequence
 
-from . import dispatch
+from . import dispatch, sync
 from ._harness import FULL, QUICK, TINY, Result, machine, table, write_json
 
-SUITES = {"dispatch": dispatch}
+SUITES = {"dispatch": dispatch, "sync": sync}
 
 
 def parse(argv: Sequence[str]) -> argparse.Namespace:

@@ -18,7 +18,7 @@ import structlog
 
 from ._context import _current
 from ._errors import MediatorError, ValidationError
-from ._messages import kind_of, loggable_fields, qualname, sensitive_fields
+from ._messages import field_names, kind_of, loggable_fields, qualname, sensitive_fields
 
 if TYPE_CHECKING:
     from ._build import Build, Invoker
@@ -210,6 +210,7 @@ class Logging:
             type_name=qualname(message_type),
             kind=kind.value if kind else "?",
             hidden=sensitive_fields(message_type),
+            names=field_names(message_type),
             include_fields=self.include_fields,
             is_async=build.is_async,
         )
@@ -225,6 +226,7 @@ class _BoundLogging:
     type_name: str
     kind: str
     hidden: frozenset[str]
+    names: tuple[str, ...]
     include_fields: bool
     is_async: bool
     needs_scope: bool = True
@@ -241,7 +243,7 @@ class _BoundLogging:
             fields["causation_id"] = ctx.causation_id
             fields["message_id"] = ctx.message_id
         if self.include_fields:
-            fields["fields"] = loggable_fields(message, self.hidden)
+            fields["fields"] = loggable_fields(message, self.names, self.hidden)
         return fields
 
     def _ok(self, message: Any, started: int, **extra: Any) -> None:

@@ -121,9 +121,12 @@ def sensitive_fields(message_type: type) -> frozenset[str]:
     return frozenset(f.name for f in attrs.fields(message_type) if f.metadata.get(SENSITIVE))
 
 
-def loggable_fields(message: object, hidden: frozenset[str]) -> dict[str, Any]:
+def field_names(message_type: type) -> tuple[str, ...]:
+    """The attrs field names of a message class (none for a class that is not attrs)."""
+    cls: Any = message_type
+    return tuple(f.name for f in attrs.fields(cls)) if attrs.has(cls) else ()
+
+
+def loggable_fields(message: object, names: tuple[str, ...], hidden: frozenset[str]) -> dict[str, Any]:
     """Return a message's fields for a log line, with sensitive ones masked."""
-    message_type: Any = type(message)
-    if not attrs.has(message_type):
-        return {}
-    return {f.name: "***" if f.name in hidden else getattr(message, f.name) for f in attrs.fields(message_type)}
+    return {name: "***" if name in hidden else getattr(message, name) for name in names}

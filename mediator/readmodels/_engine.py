@@ -56,6 +56,10 @@ class ConsistencyTimeout(MediatorError, TimeoutError):
         )
 
 
+class _Careful(Exception):
+    """A projection failed on the fast path; its batch is redone event by event."""
+
+
 class UnregisteredEvent(MediatorError, LookupError):
     """An event was recorded whose class is not registered with the engine's ``EventTypes``."""
 
@@ -353,28 +357,32 @@ class ReadModels:
                 new.append(NewEvent(uuid.uuid4().hex, name, version, data, key, now))
             position = session.append(new)
             first = position - len(new) + 1
-            for track in self._tracks.values():
-                if track.delivery is Delivery.INLINE:
-                    self._apply_inline(session, track, recorded, first, position)
+            set_up = [
+                self._apply_inline(session, track, recorded, first)
+                for track in self._tracks.values() if track.delivery is Delivery.INLINE
+            ]
             session.commit()
         except BaseException:
             session.rollback()
             raise
+        for track, generation in set_up:
+            track.ready.add(generation)
         _last_token.set(position)
-        if new:
+        if new and self._thread is not None:  # a runner in this process: wake it now rather than at its next poll
             self._wakeup.set()
         return position
 
     def _apply_inline(self, session: WriteSession, track: _Track, recorded: Sequence[tuple[Any, str | None]],
-                      first: int, last: int) -> None:
+                      first: int) -> tuple[_Track, int]:
         generation = self.storage_generation(track.name)
         projection_session = session.projection(track.name, generation)
-        self._ensure_setup(track, projection_session)
+        self._set_up(track, projection_session)
         for offset, (event, _key) in enumerate(recorded):
             apply = track.projection.handlers.get(type(event))
             if apply is not None:
                 apply(event, projection_session)
             projection_session.advance(first + offset)
+        return track, generation
 
     def storage_generation(self, name: str) -> int:
         return self.storage.current_generation(name)
@@ -387,10 +395,14 @@ class ReadModels:
 
     # -- read side: running projections ------------------------------------------------------
 
-    def _ensure_setup(self, track: _Track, session: ProjectionSession) -> None:
+    def _set_up(self, track: _Track, session: ProjectionSession) -> None:
+        """Run the projection's ``setup`` in this session unless a committed session already has.
+
+        The caller marks the generation ready only once its session commits: a
+        rolled-back session takes its ``CREATE TABLE`` with it.
+        """
         if session.generation not in track.ready:
             track.projection.setup(session)
-            track.ready.add(session.generation)
 
     def _generations(self, track: _Track) -> list[tuple[int, bool]]:
         current = self.storage.current_generation(track.name)
@@ -403,24 +415,75 @@ class ReadModels:
         """Apply the next batch of one projection generation; return how many events it dealt with."""
         if not ignore_backoff and time.monotonic() < track.not_before:
             return 0
-        handled = 0
-        with self.storage.session(track.name, generation) as session:
-            session.replaying = replaying
-            self._ensure_setup(track, session)
-            events = self.storage.read(session.position, self.batch_size)
-            blocked = {letter.key for letter in session.dead_letters() if letter.key is not None}
-            for stored in events:
-                if not self._deal_with(track, session, stored, blocked):
-                    break
-                session.advance(stored.position)
-                handled += 1
+        try:
+            handled = self._batch(track, generation, replaying, careful=False)
+        except _Careful:
+            # An event failed: the whole batch was rolled back; go again, event by event, with savepoints.
+            handled = self._batch(track, generation, replaying, careful=True)
         if handled:
             with self._progress:
                 self._progress.notify_all()
         return handled
 
-    def _deal_with(self, track: _Track, session: ProjectionSession, stored: StoredEvent, blocked: set[str]) -> bool:
-        """Apply one event, or park it; ``False`` means stop the batch here and retry later."""
+    def _batch(self, track: _Track, generation: int, replaying: bool, *, careful: bool) -> int:
+        handled = 0
+        with self.storage.session(track.name, generation) as session:
+            session.replaying = replaying
+            self._set_up(track, session)
+            events = self.storage.read(session.position, self.batch_size)
+            blocked = {letter.key for letter in session.dead_letters() if letter.key is not None}
+            if careful or blocked:
+                for stored in events:
+                    if not self._deal_with(track, session, stored, blocked, careful):
+                        break
+                    session.advance(stored.position)
+                    handled += 1
+            else:
+                handled = self._healthy_batch(track, session, events, blocked)
+        track.ready.add(generation)
+        return handled
+
+    def _healthy_batch(self, track: _Track, session: ProjectionSession, events: list[StoredEvent],
+                       blocked: set[str]) -> int:
+        """The hot loop: decode and apply each event of a batch with nothing parked, no savepoints.
+
+        Anything unusual (an unknown type, an old version to upcast, a failure) goes
+        the general way, through :meth:`_deal_with`.
+        """
+        handlers = track.projection.handlers
+        registered = self.types.entries()
+        decoders: dict[str, Callable[[str], Any] | None] = {}
+        for stored in events:
+            entry = registered.get(stored.type_name)
+            if entry is None or entry.version != stored.version:
+                self._deal_with(track, session, stored, blocked, careful=False)
+                continue
+            apply = handlers.get(entry.cls)
+            if apply is None:
+                continue
+            decode = decoders.get(stored.type_name)
+            if decode is None:
+                decode = decoders[stored.type_name] = self.types.decoder(entry)
+            try:
+                event = decode(stored.data)
+            except UndecodableEvent:
+                self._deal_with(track, session, stored, blocked, careful=False)
+                continue
+            try:
+                apply(event, session)
+            except Exception as exc:
+                raise _Careful from exc
+        if events:
+            session.advance(events[-1].position)
+        return len(events)
+
+    def _deal_with(self, track: _Track, session: ProjectionSession, stored: StoredEvent, blocked: set[str],
+                   careful: bool = True) -> bool:
+        """Apply one event, or park it; ``False`` means stop the batch here and retry later.
+
+        Not ``careful``, the event is applied with no savepoint (the fast path for a
+        healthy batch); if it fails, :class:`_Careful` rolls the batch back.
+        """
         event_type = self.types.named(stored.type_name)
         if event_type is not None and event_type not in track.projection.handlers:
             return True
@@ -434,9 +497,16 @@ class ReadModels:
             if stored.key is not None:
                 blocked.add(stored.key)
             return True
+        apply = track.projection.handlers[type(event)]
+        if not careful:
+            try:
+                apply(event, session)
+            except Exception as exc:
+                raise _Careful from exc
+            return True
         try:
             with session.savepoint():
-                track.projection.handlers[type(event)](event, session)
+                apply(event, session)
         except Exception as exc:
             attempt_key = (session.generation, stored.position)
             attempts = track.attempts.get(attempt_key, 0) + 1

@@ -12,7 +12,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 
@@ -23,8 +23,7 @@ class StorageError(MediatorError, RuntimeError):
     """The storage backend failed; the driver's error is the ``__cause__``."""
 
 
-@attrs.frozen
-class NewEvent:
+class NewEvent(NamedTuple):
     """An event about to be appended: encoded, with its id, ordering key and time."""
 
     event_id: str
@@ -35,9 +34,13 @@ class NewEvent:
     recorded_at: float
 
 
-@attrs.frozen
-class StoredEvent:
-    """An event in the log, at its position (1, 2, 3, ... in commit order, no gaps)."""
+class StoredEvent(NamedTuple):
+    """An event in the log, at its position (1, 2, 3, ... in commit order, no gaps).
+
+    A named tuple rather than an attrs class: projections read these by the
+    hundred thousand, and a tuple is built from a database row for a fraction
+    of the cost.
+    """
 
     position: int
     event_id: str

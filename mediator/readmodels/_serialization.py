@@ -98,6 +98,23 @@ class EventTypes:
                 f"{qualname(cls)} is not a registered event type; register it with event_types.register(...)."
             ) from None
 
+    def entries(self) -> Mapping[str, EventType]:
+        """Every registration by name (read-only view, for hot loops)."""
+        return types.MappingProxyType(self._by_name)
+
+    def decoder(self, entry: EventType) -> Callable[[str], Any]:
+        """A function decoding data stored at ``entry``'s current version (no upcasting)."""
+        convert = _CONVERTERS.get(entry.cls) or _CONVERTERS.setdefault(entry.cls, _converter(entry.cls))
+        loads = json.loads
+
+        def decode(data: str) -> Any:
+            try:
+                return convert(loads(data))
+            except Exception as exc:
+                raise UndecodableEvent(entry.name, entry.version, f"{type(exc).__name__}: {exc}") from exc
+
+        return decode
+
     def named(self, name: str) -> type | None:
         """The class registered under ``name``, if any."""
         entry = self._by_name.get(name)
@@ -106,7 +123,7 @@ class EventTypes:
     def encode(self, event: object) -> tuple[str, int, str]:
         """Return ``(name, version, json)`` for an event."""
         entry = self.entry(type(event))
-        return entry.name, entry.version, json.dumps(to_data(event), separators=(",", ":"), sort_keys=True)
+        return entry.name, entry.version, _dumps(_encoder(entry.cls)(event))
 
     def decode(self, name: str, version: int, data: str) -> Any:
         """Rebuild the event stored as ``(name, version, data)``, upcasting old versions."""
@@ -124,6 +141,28 @@ class EventTypes:
             raise
         except Exception as exc:
             raise UndecodableEvent(name, version, f"{type(exc).__name__}: {exc}") from exc
+
+
+_dumps = json.JSONEncoder(separators=(",", ":"), sort_keys=True).encode
+_ENCODERS: dict[type, Callable[[Any], Any]] = {}
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _encoder(cls: type) -> Callable[[Any], Any]:
+    """``to_data`` for one attrs class, generated once: plain fields are copied, the rest converted."""
+    encode = _ENCODERS.get(cls)
+    if encode is None:
+        hints = typing.get_type_hints(cls)
+        parts = []
+        for field in attrs.fields(cls):
+            plain = hints.get(field.name) in _PLAIN
+            value = f"event.{field.name}"
+            parts.append(f"{field.name!r}: {value if plain else f'_to_data({value})'}")
+        source = "def encode(event):\n    return {" + ", ".join(parts) + "}\n"
+        namespace: dict[str, Any] = {"_to_data": to_data}
+        exec(compile(source, f"<event encoder for {qualname(cls)}>", "exec"), namespace)
+        encode = _ENCODERS[cls] = namespace["encode"]
+    return encode
 
 
 def to_data(value: Any) -> Any:
@@ -152,37 +191,76 @@ _PARSERS: dict[Any, Callable[[Any], Any]] = {
     dt.date: dt.date.fromisoformat,
 }
 
+_CONVERTERS: dict[Any, Callable[[Any], Any]] = {}
+
 
 def from_data(tp: Any, data: Any) -> Any:
-    """Build a value of type ``tp`` from JSON-compatible data (the inverse of :func:`to_data`)."""
+    """Build a value of type ``tp`` from JSON-compatible data (the inverse of :func:`to_data`).
+
+    The conversion for each type is worked out once and cached, so decoding an
+    event is a few plain calls per field rather than an inspection of its type.
+    """
+    convert = _CONVERTERS.get(tp)
+    if convert is None:
+        convert = _CONVERTERS[tp] = _converter(tp)
+    return convert(data)
+
+
+def _identity(data: Any) -> Any:
+    return data
+
+
+def _converter(tp: Any) -> Callable[[Any], Any]:  # one branch per kind of type
     if tp is Any or tp is object:
-        return data
+        return _identity
     origin = typing.get_origin(tp)
     if origin is typing.Union or isinstance(tp, types.UnionType):
-        return _from_union(tp, data)
+        return lambda data: _from_union(tp, data)
     if origin is typing.Literal:
-        return data
+        return _identity
     if origin in (tuple, list, set, frozenset) or tp in (tuple, list, set, frozenset):
-        return _from_collection(tp, origin, data)
+        return lambda data: _from_collection(tp, origin, data)
     if origin in (dict, Mapping) or tp is dict:
         key_type, value_type = typing.get_args(tp) or (Any, Any)
-        return {from_data(key_type, k): from_data(value_type, v) for k, v in data.items()}
+        return lambda data: {from_data(key_type, k): from_data(value_type, v) for k, v in data.items()}
     if isinstance(tp, type) and attrs.has(tp):
-        hints = typing.get_type_hints(tp)
-        return tp(**{f.name: from_data(hints.get(f.name, Any), data[f.name]) for f in attrs.fields(tp)
-                     if f.init and f.name in data})
+        return _attrs_converter(tp)
     if tp in _PARSERS:
-        return _PARSERS[tp](data)
+        return _PARSERS[tp]
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        return tp(data)
-    if tp is float and isinstance(data, int):
-        return float(data)
+        return tp
     if tp in (str, int, float, bool):
-        if not isinstance(data, tp) or (tp is int and isinstance(data, bool)):
-            raise TypeError(f"expected {tp.__name__}, got {data!r}")
-        return data
+        return _checker(tp)
     supertype = getattr(tp, "__supertype__", None)  # typing.NewType
-    return data if supertype is None else from_data(supertype, data)
+    return _identity if supertype is None else (lambda data: from_data(supertype, data))
+
+
+def _attrs_converter(cls: type) -> Callable[[Any], Any]:
+    """Generate ``convert(data) -> cls(field=convert_field(data["field"]), ...)`` once per class."""
+    hints = typing.get_type_hints(cls)
+    namespace: dict[str, Any] = {"_cls": cls}
+    required, optional = [], []
+    for index, field in enumerate(f for f in attrs.fields(cls) if f.init):
+        namespace[f"_c{index}"] = _CONVERTERS.get(hints.get(field.name, Any)) or _converter(hints.get(field.name, Any))
+        name = field.alias or field.name
+        if field.default is attrs.NOTHING:
+            required.append(f"{name}=_c{index}(data[{field.name!r}])")
+        else:
+            optional.append(f"    if {field.name!r} in data: extra[{name!r}] = _c{index}(data[{field.name!r}])")
+    lines = ["def convert(data):", "    extra = {}", *optional, f"    return _cls({', '.join(required)}, **extra)"]
+    exec(compile("\n".join(lines), f"<event decoder for {qualname(cls)}>", "exec"), namespace)
+    return typing.cast(Callable[[Any], Any], namespace["convert"])
+
+
+def _checker(tp: type) -> Callable[[Any], Any]:
+    def check(data: Any) -> Any:
+        if type(data) is tp:
+            return data
+        if tp is float and type(data) is int:
+            return float(data)
+        raise TypeError(f"expected {tp.__name__}, got {data!r}")
+
+    return check
 
 
 def _from_union(tp: Any, data: Any) -> Any:

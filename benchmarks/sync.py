@@ -1,0 +1,424 @@
+"""The read-model suite: what keeping read models in sync costs, against hand-written SQLite and a peer.
+
+Scenarios, each with its reference in the same run (``ratio`` is this / reference
+for times per event or per command, so lower is better):
+
+- ``projection_apply``: a background projection applying N deposits into a SQLite
+  table, against raw batched ``executemany`` upserts of the same rows (target:
+  the projection reaches at least 20% of raw throughput, i.e. ratio <= 5).
+- ``rebuild``: replaying the same N events into a fresh generation, against the same raw reference.
+- ``framework_tax``: a command through the mediator with validation, logging, the
+  unit of work and the outbox, against the same validation, log line and SQL
+  hand-coded (target ratio <= 1.10).
+- ``lag_p50`` / ``lag_p99``: how long after its command commits a background
+  projection has applied the event, under a steady command load (reference: itself).
+- ``read_your_writes_p50`` / ``_p99``: from a command's return to a token-consistent
+  query answering, against the measured lag plus 1 ms (target ratio <= 1.5).
+- with the ``peers`` extra, ``eventsourcing``'s SQLite persistence doing the append,
+  catch-up and read-your-writes work, as the peer.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+import structlog
+
+from adapters.sqlite import SqliteStorage, connect
+from mediator import Command, Event, Logging, Query, Registry, Validation
+from mediator.readmodels import (
+    Delivery,
+    EventTypes,
+    Projection,
+    ProjectionSession,
+    ReadModels,
+    UnitOfWork,
+    consistent,
+    last_token,
+    on,
+)
+
+from ._harness import FULL, QUICK, TINY, Result, Settings
+
+
+@attrs.frozen(kw_only=True)
+class Deposit(Command[None]):
+    account: str
+    amount: int
+
+
+@attrs.frozen(kw_only=True)
+class GetBalance(Query[int]):
+    reads = ("balances",)
+    account: str
+
+
+@attrs.frozen(kw_only=True)
+class Deposited(Event):
+    account: str
+    amount: int
+    sent_at: float = 0.0
+
+
+UPSERT = ("INSERT INTO {table} (account, amount) VALUES (?, ?) "
+          "ON CONFLICT (account) DO UPDATE SET amount = amount + excluded.amount")
+
+
+class Balances(Projection):
+    """One row per account: what the raw reference writes too."""
+
+    name = "balances"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.applied_at: dict[float, float] = {}
+        self.track_lag = False
+
+    def setup(self, session: ProjectionSession) -> None:
+        session.handle.execute(
+            f"CREATE TABLE IF NOT EXISTS {session.table('balance')} (account TEXT PRIMARY KEY, amount INTEGER)"
+        )
+
+    def teardown(self, session: ProjectionSession) -> None:
+        session.handle.execute(f"DROP TABLE IF EXISTS {session.table('balance')}")
+
+    @on(Deposited)
+    def deposited(self, event: Deposited, session: ProjectionSession) -> None:
+        session.handle.execute(UPSERT.format(table=session.table("balance")), (event.account, event.amount))
+        if self.track_lag:
+            self.applied_at[event.sent_at] = time.time()
+
+
+def types() -> EventTypes:
+    registry = EventTypes()
+    registry.register(Deposited, name="bench.deposited")
+    return registry
+
+
+def positive(command: Deposit) -> Iterator[tuple[str, str]]:
+    if command.amount <= 0:
+        yield "amount", "must be positive"
+
+
+def deposit(command: Deposit, uow: UnitOfWork) -> None:
+    uow.handle.execute(
+        "INSERT INTO accounts (account, balance) VALUES (?, ?) "
+        "ON CONFLICT (account) DO UPDATE SET balance = balance + excluded.balance",
+        (command.account, command.amount),
+    )
+    uow.record(Deposited(account=command.account, amount=command.amount, sent_at=time.time()), key=command.account)
+
+
+@attrs.define
+class App:
+    storage: SqliteStorage
+    engine: ReadModels
+    projection: Balances
+    mediator: Any
+
+
+def app(path: Path, *, batch_size: int = 500) -> App:
+    storage = SqliteStorage(path)
+    storage._write().execute("CREATE TABLE IF NOT EXISTS accounts (account TEXT PRIMARY KEY, balance INTEGER)")
+    engine = ReadModels(storage, types(), batch_size=batch_size, poll_interval=0.05)
+    projection = Balances()
+    engine.add(projection, delivery=Delivery.BACKGROUND)
+    registry = Registry()
+    registry.behaviour(Logging())
+    registry.behaviour(Validation())
+    registry.validate(Deposit, positive)
+    engine.install(registry)
+    registry.handle(Deposit).by(deposit)
+
+    def get_balance(query: GetBalance) -> int:
+        row = storage.read_connection().execute(
+            f"SELECT amount FROM {engine.table('balances', 'balance')} WHERE account = ?", (query.account,)
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    registry.handle(GetBalance).by(get_balance)
+    return App(storage, engine, projection, registry.build())
+
+
+@contextmanager
+def quiet_logging() -> Iterator[None]:
+    """Log lines are formatted and dropped, so both sides of the tax pay for them but nothing prints."""
+    structlog.configure(
+        processors=[structlog.processors.add_log_level, structlog.processors.JSONRenderer()],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        logger_factory=structlog.ReturnLoggerFactory(),
+    )
+    try:
+        yield
+    finally:
+        structlog.reset_defaults()
+
+
+@attrs.frozen
+class Size:
+    events: int
+    tax_commands: int
+    lag_seconds: float
+    rate: float
+    ryw_commands: int
+
+
+SIZES = {QUICK: Size(20_000, 2_000, 2.0, 400.0, 200), FULL: Size(200_000, 20_000, 8.0, 500.0, 1_000),
+         TINY: Size(300, 50, 0.3, 200.0, 10)}
+
+
+def _fill(path: Path, count: int) -> None:
+    """Append ``count`` deposits to distinct accounts straight into the log (setup, not measured)."""
+    storage = SqliteStorage(path)
+    encoded = types()
+    batch = []
+    for i in range(count):
+        name, version, data = encoded.encode(Deposited(account=f"a{i}", amount=1))
+        batch.append((f"e{i}", name, version, data, f"a{i}", 0.0))
+    connection = storage._write()
+    connection.execute("BEGIN")
+    connection.executemany(
+        "INSERT INTO events (event_id, type_name, version, data, key, recorded_at) VALUES (?, ?, ?, ?, ?, ?)", batch
+    )
+    connection.execute("COMMIT")
+    storage.close()
+
+
+def raw_inserts(path: Path, count: int, batch: int = 500) -> float:
+    """Seconds to upsert the same ``count`` rows hand-written, ``batch`` per transaction."""
+    connection = connect(path)
+    connection.execute("CREATE TABLE IF NOT EXISTS raw_balance (account TEXT PRIMARY KEY, amount INTEGER)")
+    rows = [(f"a{i}", 1) for i in range(count)]
+    sql = UPSERT.format(table="raw_balance")
+    started = time.perf_counter()
+    for start in range(0, count, batch):
+        connection.execute("BEGIN IMMEDIATE")
+        connection.executemany(sql, rows[start:start + batch])
+        connection.execute("COMMIT")
+    elapsed = time.perf_counter() - started
+    connection.close()
+    return elapsed
+
+
+def projection_apply(folder: Path, size: Size) -> dict[str, float]:
+    """Seconds per event: projection catch-up, rebuild, and the raw reference."""
+    path = folder / "apply.db"
+    _fill(path, size.events)
+    bench = app(path)
+    started = time.perf_counter()
+    applied = bench.engine.catch_up()
+    apply_seconds = time.perf_counter() - started
+    assert applied == size.events, (applied, size.events)
+    bench.engine.rebuild("balances")
+    started = time.perf_counter()
+    bench.engine.finish_rebuilds()
+    rebuild_seconds = time.perf_counter() - started
+    rows = bench.storage.read_connection().execute(
+        f"SELECT COUNT(*) FROM {bench.engine.table('balances', 'balance')}").fetchone()[0]
+    assert rows == size.events, rows
+    bench.storage.close()
+    raw_seconds = raw_inserts(folder / "raw.db", size.events)
+    return {"apply": apply_seconds / size.events, "rebuild": rebuild_seconds / size.events,
+            "raw": raw_seconds / size.events}
+
+
+def framework_tax(folder: Path, size: Size) -> dict[str, float]:
+    """Seconds per command: through the mediator, and the same work hand-coded."""
+    bench = app(folder / "tax.db")
+    accounts = [f"t{i % 100}" for i in range(size.tax_commands)]
+    for account in accounts[:50]:  # warm the connections and caches on both sides alike
+        bench.mediator.send(Deposit(account=account, amount=1))
+
+    hand = connect(folder / "hand.db")
+    hand.executescript(
+        "CREATE TABLE IF NOT EXISTS accounts (account TEXT PRIMARY KEY, balance INTEGER);"
+        "CREATE TABLE IF NOT EXISTS events (position INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT UNIQUE, "
+        "type_name TEXT, version INTEGER, data TEXT, key TEXT, recorded_at REAL);"
+    )
+    encoder = types()
+    logger = structlog.get_logger("mediator").bind()
+
+    def by_hand(account: str, amount: int) -> None:
+        started = time.perf_counter_ns()
+        if list(positive(Deposit(account=account, amount=amount))):
+            raise ValueError("invalid")
+        hand.execute("BEGIN IMMEDIATE")
+        try:
+            hand.execute(
+                "INSERT INTO accounts (account, balance) VALUES (?, ?) "
+                "ON CONFLICT (account) DO UPDATE SET balance = balance + excluded.balance", (account, amount))
+            name, version, data = encoder.encode(Deposited(account=account, amount=amount, sent_at=time.time()))
+            hand.execute(
+                "INSERT INTO events (event_id, type_name, version, data, key, recorded_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (uuid.uuid4().hex, name, version, data, account, time.time()))
+            hand.execute("COMMIT")
+        except BaseException:
+            hand.execute("ROLLBACK")
+            raise
+        logger.info("message handled", outcome="ok", message_type="Deposit", kind="command",
+                    duration_ms=(time.perf_counter_ns() - started) / 1e6, correlation_id=uuid.uuid4().hex,
+                    causation_id=None, message_id=uuid.uuid4().hex, fields={"account": account, "amount": amount})
+
+    def through_mediator() -> float:
+        started = time.perf_counter()
+        send = bench.mediator.send
+        for account in accounts:
+            send(Deposit(account=account, amount=1))
+        return (time.perf_counter() - started) / len(accounts)
+
+    def hand_coded() -> float:
+        started = time.perf_counter()
+        for account in accounts:
+            by_hand(account, 1)
+        return (time.perf_counter() - started) / len(accounts)
+
+    mediated, handmade = [], []
+    for _ in range(3):  # interleaved, so drift on a shared machine hits both alike
+        mediated.append(through_mediator())
+        handmade.append(hand_coded())
+    hand.close()
+    bench.storage.close()
+    return {"mediator": statistics.median(mediated), "hand": statistics.median(handmade)}
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def lag_and_read_your_writes(folder: Path, size: Size) -> dict[str, float]:
+    """Lag of a background projection under steady load, then read-your-writes latency."""
+    bench = app(folder / "lag.db", batch_size=100)
+    bench.projection.track_lag = True
+    with bench.engine:
+        interval = 1.0 / size.rate
+        deadline = time.perf_counter() + size.lag_seconds
+        next_at = time.perf_counter()
+        sent = 0
+        while time.perf_counter() < deadline:
+            bench.mediator.send(Deposit(account=f"l{sent % 50}", amount=1))
+            sent += 1
+            next_at += interval
+            pause = next_at - time.perf_counter()
+            if pause > 0:
+                time.sleep(pause)
+        bench.engine.wait(bench.storage.head(), timeout=30)
+        applied = dict(bench.projection.applied_at)
+        lags = [applied[sent] - sent for sent in applied]
+        bench.projection.track_lag = False
+
+        waits: list[float] = []
+        for i in range(size.ryw_commands):
+            bench.mediator.send(Deposit(account=f"r{i}", amount=1))
+            returned = time.perf_counter()
+            with consistent(last_token(), timeout=10):
+                bench.mediator.ask(GetBalance(account=f"r{i}"))
+            waits.append(time.perf_counter() - returned)
+    bench.storage.close()
+    return {"lag_p50": _percentile(lags, 0.5), "lag_p99": _percentile(lags, 0.99),
+            "ryw_p50": _percentile(waits, 0.5), "ryw_p99": _percentile(waits, 0.99)}
+
+
+def peer(folder: Path, size: Size) -> dict[str, float] | None:
+    """The same append, catch-up and read-your-writes work done by ``eventsourcing``, if installed."""
+    try:
+        from .peers import eventsourcing_sync as es
+    except ImportError:
+        return None
+    write = es.writer(str(folder / "es-write.db"))
+    count = max(size.tax_commands // 4, 20)
+    started = time.perf_counter()
+    for _ in range(count):
+        write()
+    append = (time.perf_counter() - started) / count
+    getattr(write, "close", lambda: None)()
+    catch = es.catch_up(str(folder / "es-catch.db"), max(size.events // 10, 100))
+    started = time.perf_counter()
+    applied = catch()
+    catch_up = (time.perf_counter() - started) / applied
+    assert applied == max(size.events // 10, 100)
+    ryw = es.read_your_writes(str(folder / "es-ryw.db"))
+    try:
+        waits = [ryw() for _ in range(max(size.ryw_commands // 10, 5))]
+    finally:
+        getattr(ryw, "close", lambda: None)()
+    return {"append": append, "catch_up": catch_up, "ryw_p50": _percentile(waits, 0.5),
+            "ryw_p99": _percentile(waits, 0.99)}
+
+
+def run(settings: Settings, *, with_peers: bool = True, progress: Callable[[str], None] = print) -> list[Result]:
+    """Measure every scenario once, at the size that matches ``settings``."""
+    size = SIZES.get(settings, QUICK_SIZE)
+    results: list[Result] = []
+
+    def add(scenario: str, implementation: str, seconds: float, reference: float) -> None:
+        results.append(Result("sync", scenario, "sync", implementation, seconds * 1e9, seconds / reference))
+
+    with tempfile.TemporaryDirectory(prefix="mediator-bench-") as tmp, quiet_logging():
+        folder = Path(tmp)
+        progress(f"sync: projection apply and rebuild, {size.events:,} events")
+        applied = projection_apply(folder, size)
+        add("projection_apply", "raw", applied["raw"], applied["raw"])
+        add("projection_apply", "this", applied["apply"], applied["raw"])
+        add("rebuild", "raw", applied["raw"], applied["raw"])
+        add("rebuild", "this", applied["rebuild"], applied["raw"])
+        progress(f"sync: framework tax, {size.tax_commands:,} commands x 3")
+        tax = framework_tax(folder, size)
+        add("framework_tax", "hand-coded", tax["hand"], tax["hand"])
+        add("framework_tax", "this", tax["mediator"], tax["hand"])
+        progress(f"sync: lag under {size.rate:g} commands/s for {size.lag_seconds:g} s, then read-your-writes")
+        lag = lag_and_read_your_writes(folder, size)
+        for q in ("p50", "p99"):
+            add(f"lag_{q}", "this", lag[f"lag_{q}"], lag[f"lag_{q}"])
+            reference = lag[f"lag_{q}"] + 0.001
+            add(f"read_your_writes_{q}", "lag + 1 ms", reference, reference)
+            add(f"read_your_writes_{q}", "this", lag[f"ryw_{q}"], reference)
+        if with_peers:
+            progress("sync: eventsourcing (peer)")
+            other = peer(folder, size)
+            if other is not None:
+                mine = tax["mediator"]
+                add("append", "this", mine, mine)
+                add("append", "eventsourcing", other["append"], mine)
+                add("catch_up", "this", applied["apply"], applied["apply"])
+                add("catch_up", "eventsourcing", other["catch_up"], applied["apply"])
+                for q in ("p50", "p99"):
+                    add(f"read_your_writes_{q}", "eventsourcing", other[f"ryw_{q}"], lag[f"ryw_{q}"])
+    return results
+
+
+QUICK_SIZE = SIZES[QUICK]
+
+
+def summary(results: list[Result]) -> str:
+    """The targets, as measured."""
+    by = {(r.scenario, r.implementation): r for r in results}
+
+    def ratio(scenario: str, implementation: str = "this") -> float:
+        return by[(scenario, implementation)].ratio
+
+    lines = ["| measure | this | reference | target |", "|---|---:|---|---|"]
+    raw_share = 1 / ratio("projection_apply")
+    lines.append(f"| projection apply throughput | {raw_share:.0%} of raw | raw batched upserts | >= 20% |")
+    lines.append(f"| rebuild throughput | {1 / ratio('rebuild'):.0%} of raw | raw batched upserts | - |")
+    lines.append(f"| framework tax | {ratio('framework_tax'):.2f}x | the same writes hand-coded | <= 1.10x |")
+    lag50, lag99 = by[("lag_p50", "this")].median_ns / 1e6, by[("lag_p99", "this")].median_ns / 1e6
+    lines.append(f"| background lag p50 / p99 | {lag50:.1f} / {lag99:.1f} ms | - | - |")
+    for q in ("p50", "p99"):
+        lines.append(f"| read-your-writes {q} | {ratio(f'read_your_writes_{q}'):.2f}x | lag + 1 ms | <= 1.5x |")
+    if ("catch_up", "eventsourcing") in by:
+        lines.append(f"| eventsourcing append | {ratio('append', 'eventsourcing'):.1f}x slower | this | - |")
+        lines.append(f"| eventsourcing catch-up | {ratio('catch_up', 'eventsourcing'):.1f}x slower | this | >= 10x |")
+        lines.append(f"| eventsourcing read-your-writes p50 | {ratio('read_your_writes_p50', 'eventsourcing'):.1f}x "
+                     "slower | this | >= 10x |")
+    return "\n".join(lines)
+
