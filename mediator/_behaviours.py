@@ -247,8 +247,7 @@ class _BoundLogging:
         return fields
 
     def _ok(self, message: Any, started: int, **extra: Any) -> None:
-        if self.enabled(self.level):
-            self.log_ok("message handled", outcome="ok", **extra, **self._fields(message, started))
+        self.log_ok("message handled", outcome="ok", **extra, **self._fields(message, started))
 
     def _failed(self, message: Any, started: int, exc: BaseException) -> None:
         if self.enabled(self.error_level):
@@ -262,7 +261,8 @@ class _BoundLogging:
         except BaseException as exc:
             self._failed(message, started, exc)
             raise
-        self._ok(message, started)
+        if self.enabled(self.level):
+            self._ok(message, started)
         return result
 
     async def handle_async(self, message: Any, next: Callable[[Any], Awaitable[Any]]) -> Any:
@@ -272,14 +272,16 @@ class _BoundLogging:
         except BaseException as exc:
             self._failed(message, started, exc)
             raise
-        self._ok(message, started)
+        if self.enabled(self.level):
+            self._ok(message, started)
         return result
 
     def handle_stream(self, message: Any, next: Callable[[Any], Any]) -> Any:
         started = time.perf_counter_ns()
 
         def done(count: int) -> None:
-            self._ok(message, started, items=count)
+            if self.enabled(self.level):
+                self._ok(message, started, items=count)
 
         def failed(exc: BaseException) -> None:
             self._failed(message, started, exc)

@@ -179,6 +179,9 @@ class UnitOfWork:
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         # Anything not committed by SyncReadModels (a failed command, a query that wrote) is discarded.
+        if self._events and exc_type is None:
+            log.error("recorded events discarded: they were recorded outside a command, which alone commits them",
+                      events=[qualname(type(event)) for event, _key in self._events])
         self.rollback()
 
 
@@ -197,7 +200,12 @@ class SyncReadModels:
     def _unit_of_work(self) -> UnitOfWork:
         ctx = _current.get()
         assert ctx is not None
-        uow: UnitOfWork = ctx.scope.get_or_create(UnitOfWork, self.engine._new_unit_of_work)
+        instances = ctx.scope._instances
+        uow: UnitOfWork | None = instances.get(UnitOfWork)
+        if uow is None:
+            # Made here, this unit of work is this behaviour's to commit or roll back, so it skips the
+            # scope's exit bookkeeping; handlers still get this very instance through the container.
+            uow = instances[UnitOfWork] = UnitOfWork(self.engine)
         return uow
 
     def handle(self, message: Any, next: Callable[[Any], Any]) -> Any:
@@ -300,6 +308,11 @@ class ReadModels:
         self.backoff = backoff
         self.poll_interval = poll_interval
         self._tracks: dict[str, _Track] = {}
+        self._inline: tuple[_Track, ...] = ()
+        self.on_applied: list[Callable[[str, int], None]] = []
+        """Called with (projection name, events dealt with) after each committed batch (e.g. for metrics)."""
+        self.lag_log_interval = 60.0
+        self._next_lag_log = 0.0
         self._progress = threading.Condition()
         self._wakeup = threading.Event()
         self._stop = threading.Event()
@@ -320,6 +333,7 @@ class ReadModels:
         for event_type in projection.handlers:
             self.types.entry(event_type)  # raises with the fix if it is not registered
         self._tracks[projection.name] = _Track(projection, delivery)
+        self._inline = tuple(t for t in self._tracks.values() if t.delivery is Delivery.INLINE)
         return self
 
     def install(self, registry: Registry) -> None:
@@ -357,10 +371,8 @@ class ReadModels:
                 new.append(NewEvent(uuid.uuid4().hex, name, version, data, key, now))
             position = session.append(new)
             first = position - len(new) + 1
-            set_up = [
-                self._apply_inline(session, track, recorded, first)
-                for track in self._tracks.values() if track.delivery is Delivery.INLINE
-            ]
+            set_up = [self._apply_inline(session, track, recorded, first) for track in self._inline] if (
+                self._inline) else ()
             session.commit()
         except BaseException:
             session.rollback()
@@ -421,6 +433,8 @@ class ReadModels:
             # An event failed: the whole batch was rolled back; go again, event by event, with savepoints.
             handled = self._batch(track, generation, replaying, careful=True)
         if handled:
+            for listener in self.on_applied:
+                listener(track.name, handled)
             with self._progress:
                 self._progress.notify_all()
         return handled
@@ -569,9 +583,22 @@ class ReadModels:
             self._thread.join(timeout)
             self._thread = None
 
+    def log_lag(self) -> list[Lag]:
+        """Log one structlog line per projection generation with its lag; return the rows."""
+        rows = self.lag()
+        for row in rows:
+            log.info("projection lag", projection=row.projection, generation=row.generation,
+                     rebuilding=row.rebuilding, checkpoint=row.checkpoint, positions_behind=row.positions_behind,
+                     seconds_behind=row.seconds_behind, parked=row.parked)
+        return rows
+
     def _run(self) -> None:
         assert self._runs is not None
         while not self._stop.is_set():
+            if time.monotonic() >= self._next_lag_log:
+                self._next_lag_log = time.monotonic() + self.lag_log_interval
+                with contextlib.suppress(Exception):  # a storage outage is logged by the loop below
+                    self.log_lag()
             try:
                 done = self.catch_up(deliveries=(self._runs,))
             except Exception as exc:  # a storage outage: log, wait, try again; never die silently

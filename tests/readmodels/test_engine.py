@@ -271,3 +271,66 @@ def test_lag_counts_positions_and_seconds_behind(storage: Storage) -> None:
     bank.engine.catch_up()
     (row,) = bank.engine.lag()
     assert (row.positions_behind, row.seconds_behind, row.checkpoint) == (0, 0.0, 2)
+
+
+def test_the_async_mediator_commits_and_reads_its_writes(storage: Storage) -> None:
+    import asyncio
+
+    bank = make_bank(storage)
+    mediator = bank.registry.build_async()
+
+    async def main() -> tuple[int, bool]:
+        await mediator.send(Deposit(account="a", amount=4))
+        with consistent(last_token(), timeout=5) as wanted:
+            balance = await mediator.ask(GetBalance(account="a"))
+        return balance, wanted.stale
+
+    with bank.engine:
+        assert asyncio.run(main()) == (4, False)
+    with pytest.raises(ValueError, match="positive"):
+        asyncio.run(mediator.send(Deposit(account="a", amount=0)))
+    assert storage.head() == 1
+
+
+def test_nested_commands_share_one_transaction(storage: Storage) -> None:
+    from mediator import Command, Mediator
+
+    class Twice(Command[None]):
+        pass
+
+    class TwiceHandler:
+        def __init__(self, mediator: Mediator) -> None:
+            self.mediator = mediator
+
+        def handle(self, command: Twice) -> None:
+            self.mediator.send(Deposit(account="n", amount=1))
+            self.mediator.send(Deposit(account="n", amount=-1))  # fails: the first must roll back too
+
+    bank = make_bank(storage)
+    bank.registry._frozen = False
+    bank.registry.handle(Twice).by(TwiceHandler)
+    mediator = bank.registry.build()
+    with pytest.raises(ValueError, match="positive"):
+        mediator.send(Twice())
+    assert storage.head() == 0  # both sends shared the scoped UnitOfWork, so neither event was stored
+
+
+def test_events_recorded_outside_a_command_are_discarded_loudly(storage: Storage) -> None:
+    from mediator import Query
+    from mediator.readmodels import UnitOfWork
+
+    class Sneak(Query[int]):
+        pass
+
+    def sneak(query: Sneak, uow: UnitOfWork) -> int:
+        uow.record(Deposited(account="q", amount=1))
+        return 0
+
+    bank = make_bank(storage)
+    bank.registry._frozen = False
+    bank.registry.handle(Sneak).by(sneak)
+    with capture_logs() as logs:
+        bank.registry.build().ask(Sneak())
+    assert storage.head() == 0
+    assert [e["event"] for e in logs] == [
+        "recorded events discarded: they were recorded outside a command, which alone commits them"]

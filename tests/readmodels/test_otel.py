@@ -1,0 +1,56 @@
+"""Lag, throughput and parked counts as OpenTelemetry metrics, read with the SDK's in-memory reader."""
+
+from typing import Any
+
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+from adapters.otel import instrument
+from mediator.readmodels import Storage
+
+from .bank import Deposit, make_bank
+
+
+def collect(reader: InMemoryMetricReader) -> dict[str, list[Any]]:
+    data = reader.get_metrics_data()
+    assert data is not None
+    found: dict[str, list[Any]] = {}
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                found[metric.name] = list(metric.data.data_points)
+    return found
+
+
+def test_metrics_follow_the_engine(storage: Storage) -> None:
+    bank = make_bank(storage, max_attempts=1, backoff=0)
+    reader = InMemoryMetricReader()
+    instrument(bank.engine, MeterProvider(metric_readers=[reader]))
+    bank.projection.poison.add("bad")
+    for account in ("a", "bad", "b"):
+        bank.mediator.send(Deposit(account=account, amount=1))
+
+    before = collect(reader)
+    (lag,) = before["mediator.projection.lag.positions"]
+    assert (lag.value, dict(lag.attributes)) == (3, {"projection": "balances", "generation": 1, "rebuilding": False})
+    assert before["mediator.projection.lag.seconds"][0].value >= 0
+
+    bank.engine.catch_up()
+    after = collect(reader)
+    assert after["mediator.projection.lag.positions"][0].value == 0
+    assert after["mediator.projection.parked"][0].value == 1
+    (applied,) = after["mediator.projection.events_applied"]
+    assert applied.value == 3
+    assert dict(applied.attributes) == {"projection": "balances"}
+
+
+def test_lag_is_logged_through_structlog(storage: Storage) -> None:
+    from structlog.testing import capture_logs
+
+    bank = make_bank(storage)
+    bank.mediator.send(Deposit(account="a", amount=1))
+    with capture_logs() as logs:
+        bank.engine.log_lag()
+    (entry,) = logs
+    assert entry["event"] == "projection lag"
+    assert entry["positions_behind"] == 1
