@@ -172,9 +172,9 @@ class SqliteWriteSession(WriteSession):
             if not events:
                 row = self.handle.execute("SELECT COALESCE(MAX(position), 0) FROM events").fetchone()
                 return int(row[0])
-            cursor = self.handle.cursor()
+            execute = self.handle.execute
             for e in events:
-                cursor.execute(_INSERT_EVENT, (e.event_id, e.type_name, e.version, e.data, e.key, e.recorded_at))
+                cursor = execute(_INSERT_EVENT, e)  # NewEvent is a tuple in the column order
             # Positions are handed out under the writer's lock, so the last row id is the last position.
             return int(cursor.lastrowid or 0)
         except sqlite3.Error as exc:

@@ -153,7 +153,7 @@ class UnitOfWork:
 
     def record(self, event: Event, *, key: str | None = None) -> None:
         """Record ``event`` to be appended when the command commits; ``key`` orders it (e.g. an order id)."""
-        if event.__class__ not in self.engine.types:
+        if event.__class__ not in self.engine.types._by_class:
             raise UnregisteredEvent(
                 f"{qualname(type(event))} is not a registered event type; register it with "
                 "event_types.register(...) so it can be stored."
