@@ -208,34 +208,38 @@ class SyncReadModels:
             uow = instances[UnitOfWork] = UnitOfWork(self.engine)
         return uow
 
-    def handle(self, message: Any, next: Callable[[Any], Any]) -> Any:
+    def _enter(self) -> UnitOfWork:
         uow = self._unit_of_work()
         uow.depth += 1
+        return uow
+
+    @staticmethod
+    def _leave(uow: UnitOfWork, succeeded: bool) -> None:
+        uow.depth -= 1
+        if uow.depth == 0:  # only the outermost command commits; nested ones joined its transaction
+            if succeeded:
+                uow.commit()
+            else:
+                uow.rollback()
+
+    def handle(self, message: Any, next: Callable[[Any], Any]) -> Any:
+        uow = self._enter()
         try:
             result = next(message)
         except BaseException:
-            uow.depth -= 1
-            if uow.depth == 0:
-                uow.rollback()
+            self._leave(uow, False)
             raise
-        uow.depth -= 1
-        if uow.depth == 0:
-            uow.commit()
+        self._leave(uow, True)
         return result
 
     async def handle_async(self, message: Any, next: Callable[[Any], Any]) -> Any:
-        uow = self._unit_of_work()
-        uow.depth += 1
+        uow = self._enter()
         try:
             result = await next(message)
         except BaseException:
-            uow.depth -= 1
-            if uow.depth == 0:
-                uow.rollback()
+            self._leave(uow, False)
             raise
-        uow.depth -= 1
-        if uow.depth == 0:
-            uow.commit()
+        self._leave(uow, True)
         return result
 
 
