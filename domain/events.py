@@ -1,0 +1,130 @@
+"""What happened in the shop: the events that feed every read model."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+import attrs
+
+from mediator import Event
+
+
+@attrs.frozen(kw_only=True)
+class CustomerRegistered(Event):
+    customer_id: str
+    name: str
+    email: str
+
+
+@attrs.frozen(kw_only=True)
+class CategoryCreated(Event):
+    category_id: str
+    name: str
+
+
+@attrs.frozen(kw_only=True)
+class ProductCreated(Event):
+    product_id: str
+    category_id: str
+    name: str
+    description: str
+    price: Decimal
+
+
+@attrs.frozen(kw_only=True)
+class PriceChanged(Event):
+    product_id: str
+    old_price: Decimal
+    new_price: Decimal
+    reason: str
+
+
+@attrs.frozen(kw_only=True)
+class ProductDiscontinued(Event):
+    product_id: str
+
+
+@attrs.frozen(kw_only=True)
+class StockAdjusted(Event):
+    """Stock received (positive) or written off (negative)."""
+
+    product_id: str
+    delta: int
+    reason: str
+    on_hand: int
+    reserved: int
+
+
+@attrs.frozen(kw_only=True)
+class StockReserved(Event):
+    product_id: str
+    order_id: str
+    quantity: int
+    on_hand: int
+    reserved: int
+
+
+@attrs.frozen(kw_only=True)
+class StockReleased(Event):
+    product_id: str
+    order_id: str
+    quantity: int
+    on_hand: int
+    reserved: int
+
+
+@attrs.frozen(kw_only=True)
+class StockShipped(Event):
+    product_id: str
+    order_id: str
+    quantity: int
+    on_hand: int
+    reserved: int
+
+
+@attrs.frozen(kw_only=True)
+class OrderLine:
+    product_id: str
+    product_name: str
+    category_id: str
+    quantity: int
+    unit_price: Decimal
+
+    @property
+    def total(self) -> Decimal:
+        return self.unit_price * self.quantity
+
+
+@attrs.frozen(kw_only=True)
+class OrderPlaced(Event):
+    order_id: str
+    customer_id: str
+    lines: tuple[OrderLine, ...]
+    total: Decimal
+    placed_at: dt.datetime
+
+
+@attrs.frozen(kw_only=True)
+class OrderConfirmed(Event):
+    order_id: str
+    customer_id: str
+
+
+@attrs.frozen(kw_only=True)
+class OrderShipped(Event):
+    order_id: str
+    customer_id: str
+
+
+@attrs.frozen(kw_only=True)
+class OrderCancelled(Event):
+    order_id: str
+    customer_id: str
+    reason: str
+
+
+ALL_EVENTS: tuple[type[Event], ...] = (
+    CustomerRegistered, CategoryCreated, ProductCreated, PriceChanged, ProductDiscontinued, StockAdjusted,
+    StockReserved, StockReleased, StockShipped, OrderPlaced, OrderConfirmed, OrderShipped, OrderCancelled,
+)
