@@ -1,0 +1,208 @@
+"""What the shop can be asked to do (commands) and asked about (queries), and the answers' shapes.
+
+Queries read only denormalised read models; each names the projections it
+``reads``, so that inside ``consistent(token)`` it waits for them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+import attrs
+
+from mediator import Command, Query, sensitive
+
+
+@attrs.frozen(kw_only=True)
+class RegisterCustomer(Command[str]):
+    name: str
+    email: str = sensitive()
+
+
+@attrs.frozen(kw_only=True)
+class CreateCategory(Command[str]):
+    name: str
+
+
+@attrs.frozen(kw_only=True)
+class CreateProduct(Command[str]):
+    category_id: str
+    name: str
+    description: str = ""
+    price: Decimal
+
+
+@attrs.frozen(kw_only=True)
+class ChangePrice(Command[None]):
+    product_id: str
+    new_price: Decimal
+    reason: str
+    expected_version: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class DiscontinueProduct(Command[None]):
+    product_id: str
+
+
+@attrs.frozen(kw_only=True)
+class UpdateProductStock(Command[None]):
+    """Receive stock (positive ``delta``) or write it off (negative)."""
+
+    product_id: str
+    delta: int
+    reason: str
+    expected_version: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class OrderItem:
+    product_id: str
+    quantity: int
+
+
+@attrs.frozen(kw_only=True)
+class PlaceOrder(Command[str]):
+    customer_id: str
+    items: tuple[OrderItem, ...]
+
+
+@attrs.frozen(kw_only=True)
+class ReserveStock(Command[None]):
+    """Reserve every line of an order, all or nothing (sent by the inventory when an order is placed)."""
+
+    order_id: str
+
+
+@attrs.frozen(kw_only=True)
+class ConfirmOrder(Command[None]):
+    order_id: str
+    expected_version: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class ShipOrder(Command[None]):
+    order_id: str
+    expected_version: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class CancelOrder(Command[None]):
+    order_id: str
+    reason: str
+    expected_version: int | None = None
+
+
+# -- answers ------------------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class OrderLineView:
+    product_id: str
+    product_name: str
+    quantity: int
+    unit_price: Decimal
+
+
+@attrs.frozen(kw_only=True)
+class OrderDetails:
+    order_id: str
+    customer_id: str
+    customer_name: str
+    status: str
+    total: Decimal
+    placed_at: dt.datetime
+    lines: tuple[OrderLineView, ...]
+
+
+@attrs.frozen(kw_only=True)
+class CustomerOrderSummary:
+    """The seeds' read model: one row per order of a customer, with product names and item counts."""
+
+    order_id: str
+    status: str
+    total: Decimal
+    placed_at: dt.datetime
+    item_count: int
+    product_names: tuple[str, ...]
+
+
+@attrs.frozen(kw_only=True)
+class ProductListing:
+    product_id: str
+    name: str
+    price: Decimal
+    category_name: str
+    available: int
+
+
+@attrs.frozen(kw_only=True)
+class Page:
+    items: tuple[ProductListing, ...]
+    page: int
+    page_size: int
+    total: int
+
+
+@attrs.frozen(kw_only=True)
+class ProductInventory:
+    """The seeds' read model: what can still be sold of a product."""
+
+    product_id: str
+    name: str
+    on_hand: int
+    reserved: int
+    available: int
+
+
+@attrs.frozen(kw_only=True)
+class DailySales:
+    day: dt.date
+    category_id: str
+    category_name: str
+    orders: int
+    units: int
+    revenue: Decimal
+
+
+# -- queries ------------------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class GetOrderDetails(Query[OrderDetails | None]):
+    reads = ("order_details",)
+    order_id: str
+
+
+@attrs.frozen(kw_only=True)
+class GetCustomerOrders(Query[tuple[CustomerOrderSummary, ...]]):
+    reads = ("customer_orders",)
+    customer_id: str
+
+
+@attrs.frozen(kw_only=True)
+class ListProductsByCategory(Query[Page]):
+    reads = ("catalog",)
+    category_id: str
+    page: int = 1
+    page_size: int = 20
+
+
+@attrs.frozen(kw_only=True)
+class GetProductInventory(Query[ProductInventory | None]):
+    reads = ("inventory",)
+    product_id: str
+
+
+@attrs.frozen(kw_only=True)
+class SearchProducts(Query[tuple[ProductListing, ...]]):
+    reads = ("search",)
+    text: str
+    limit: int = 20
+
+
+@attrs.frozen(kw_only=True)
+class GetSalesDashboard(Query[tuple[DailySales, ...]]):
+    reads = ("dashboard",)
+    since: dt.date | None = None
