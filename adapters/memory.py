@@ -21,6 +21,7 @@ from mediator.readmodels import (
     NewEvent,
     ProjectionSession,
     Storage,
+    StorageError,
     StoredEvent,
     WriteSession,
     table_name,
@@ -39,6 +40,14 @@ class _State:
         self.tables: dict[str, Any] = {}
         self.tracking: dict[tuple[str, int], _Tracking] = {}
         self.generations: dict[str, int] = {}
+        self.rebuilds: dict[str, int] = {}
+
+    def finish_rebuild(self, name: str, generation: int, old: int) -> bool:
+        if self.rebuilds.get(name) != generation or self.generations.get(name, 1) != old:
+            return False
+        self.generations[name] = generation
+        del self.rebuilds[name]
+        return True
 
     def working_copy(self) -> _State:
         """A copy to change and later swap in; the log is shared (it is only ever appended to, on commit)."""
@@ -47,6 +56,7 @@ class _State:
         work.tables = copy.deepcopy(self.tables)
         work.tracking = copy.deepcopy(self.tracking)
         work.generations = dict(self.generations)
+        work.rebuilds = dict(self.rebuilds)
         return work
 
 
@@ -104,6 +114,9 @@ class MemoryWriteSession(WriteSession):
     def swap(self, name: str, generation: int) -> None:
         self._work.generations[name] = generation
 
+    def finish_rebuild(self, name: str, generation: int, old: int) -> bool:
+        return self._work.finish_rebuild(name, generation, old)
+
     def commit(self) -> None:
         if not self._done:
             self._work.log.extend(self._pending)
@@ -116,6 +129,7 @@ class MemoryWriteSession(WriteSession):
 
     def _finish(self) -> None:
         self._done = True
+        self._storage._owner = None
         self._storage._writer.release()
 
 
@@ -125,12 +139,20 @@ class MemoryStorage(Storage):
     def __init__(self) -> None:
         self._state = _State()
         self._writer = threading.Lock()
+        self._owner: int | None = None
 
     def begin(self) -> WriteSession:
+        if self._owner == threading.get_ident():
+            raise StorageError(
+                "A write transaction is already open in this thread (two commands interleaved on one event "
+                "loop?); the memory storage serialises writers per thread, so run them one after the other."
+            )
         self._writer.acquire()
+        self._owner = threading.get_ident()
         try:
             return MemoryWriteSession(self)
         except BaseException:
+            self._owner = None
             self._writer.release()
             raise
 
@@ -169,6 +191,21 @@ class MemoryStorage(Storage):
     def swap(self, name: str, generation: int) -> None:
         with self._writer:
             self._state.generations[name] = generation
+
+    def rebuilding(self, name: str) -> int | None:
+        return self._state.rebuilds.get(name)
+
+    def claim_rebuild(self, name: str) -> int:
+        with self._writer:
+            state = self._state
+            if name not in state.rebuilds:
+                known = [g for (n, g) in state.tracking if n == name] + [state.generations.get(name, 1)]
+                state.rebuilds[name] = max(known) + 1
+            return state.rebuilds[name]
+
+    def finish_rebuild(self, name: str, generation: int, old: int) -> bool:
+        with self._writer:
+            return self._state.finish_rebuild(name, generation, old)
 
     def all_dead_letters(self, name: str | None = None) -> list[DeadLetter]:
         found = []

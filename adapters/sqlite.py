@@ -19,6 +19,7 @@ import contextlib
 import os
 import sqlite3
 import threading
+import weakref
 from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,10 @@ CREATE TABLE IF NOT EXISTS projection_generations (
     projection TEXT PRIMARY KEY,
     generation INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS projection_rebuilds (
+    projection TEXT PRIMARY KEY,
+    generation INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS dead_letters (
     projection TEXT NOT NULL,
     generation INTEGER NOT NULL,
@@ -85,6 +90,30 @@ def connect(path: str | Path, *, timeout: float = 30.0) -> sqlite3.Connection:
     connection.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes; WAL checkpoints on fsync
     connection.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
     return connection
+
+
+def _abandon(connection: sqlite3.Connection) -> None:
+    """Roll back whatever is open, so a failed transaction never keeps the file's write lock."""
+    if connection.in_transaction:
+        try:
+            connection.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            raise StorageError(f"SQLite failed to roll back: {exc}") from exc
+
+
+def _finish_rebuild_on(connection: sqlite3.Connection, name: str, generation: int, old: int) -> bool:
+    row = connection.execute(
+        "SELECT r.generation, COALESCE(g.generation, 1) FROM projection_rebuilds r "
+        "LEFT JOIN projection_generations g ON g.projection = r.projection WHERE r.projection = ?", (name,)
+    ).fetchone()
+    if row is None or tuple(row) != (generation, old):
+        return False
+    connection.execute(
+        "INSERT INTO projection_generations (projection, generation) VALUES (?, ?) "
+        "ON CONFLICT (projection) DO UPDATE SET generation = excluded.generation", (name, generation),
+    )
+    connection.execute("DELETE FROM projection_rebuilds WHERE projection = ?", (name,))
+    return True
 
 
 @contextlib.contextmanager
@@ -197,6 +226,10 @@ class SqliteWriteSession(WriteSession):
         self._need_one_file(name)
         self._storage._swap_on(self.handle, name, generation)
 
+    def finish_rebuild(self, name: str, generation: int, old: int) -> bool:
+        self._need_one_file(name)
+        return _finish_rebuild_on(self.handle, name, generation, old)
+
     def commit(self) -> None:
         if self._open:
             self._open = False
@@ -205,22 +238,28 @@ class SqliteWriteSession(WriteSession):
                     session.flush()
                 self.handle.execute("COMMIT")
             except BaseException as exc:
-                self.handle.execute("ROLLBACK")
+                _abandon(self.handle)
                 if isinstance(exc, sqlite3.Error):
                     raise StorageError(f"SQLite failed to commit: {exc}") from exc
                 raise
+            finally:
+                self._storage._give_back(self.handle)
 
     def rollback(self) -> None:
         if self._open:
             self._open = False
-            with _translated("roll back"):
-                self.handle.execute("ROLLBACK")
+            try:
+                _abandon(self.handle)
+            finally:
+                self._storage._give_back(self.handle)
 
 
 class SqliteStorage(Storage):
     """Event log and write model in ``write_path``; read models in ``read_path`` (the same file by default).
 
-    Each thread gets its own connections. Driver errors surface as
+    Each write transaction takes a pooled connection of its own (so commands
+    interleaved on one event loop never share one); reads use one connection per
+    thread, closed when the thread ends. Driver errors surface as
     :class:`~mediator.readmodels.StorageError`.
     """
 
@@ -232,8 +271,9 @@ class SqliteStorage(Storage):
         self.supports_inline = self.single_file
         self.timeout = timeout
         self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
+        self._all: set[sqlite3.Connection] = set()
         self._all_lock = threading.Lock()
+        self._pool: list[sqlite3.Connection] = []
         with _translated("create the schema"):
             self._write().executescript(_WRITE_SCHEMA)
             self._read().executescript(_READ_SCHEMA)
@@ -241,29 +281,50 @@ class SqliteStorage(Storage):
     def _connection(self, attribute: str, path: Path) -> sqlite3.Connection:
         connection: sqlite3.Connection | None = getattr(self._local, attribute, None)
         if connection is None:
-            connection = connect(path, timeout=self.timeout)
+            connection = self._open(path)
             setattr(self._local, attribute, connection)
-            with self._all_lock:
-                self._all.append(connection)
+            # Close it when its thread is gone, so short-lived threads do not pile up connections.
+            weakref.finalize(threading.current_thread(), self._close_one, connection)
         return connection
 
+    def _open(self, path: Path) -> sqlite3.Connection:
+        connection = connect(path, timeout=self.timeout)
+        with self._all_lock:
+            self._all.add(connection)
+        return connection
+
+    def _close_one(self, connection: sqlite3.Connection) -> None:
+        with self._all_lock:
+            self._all.discard(connection)
+        connection.close()
+
+    def _give_back(self, connection: sqlite3.Connection) -> None:
+        with self._all_lock:
+            if connection in self._all:
+                self._pool.append(connection)
+
     def _write(self) -> sqlite3.Connection:
+        """This thread's connection to the write database, for reading the log (never for writing)."""
         return self._connection("write", self.write_path)
 
     def _read(self) -> sqlite3.Connection:
-        if self.single_file:
-            return self._write()
         return self._connection("read", self.read_path)
 
     def read_connection(self) -> sqlite3.Connection:
-        """This thread's connection to the read models, for query handlers."""
+        """This thread's connection to the read models, for query handlers (never inside a transaction)."""
         return self._read()
 
     def begin(self) -> WriteSession:
-        connection = self._write()
+        # Each write session takes a pooled connection of its own, so commands interleaved on one event loop
+        # (one thread) do not share a transaction.
+        with self._all_lock:
+            connection = self._pool.pop() if self._pool else None
+        if connection is None:
+            connection = self._open(self.write_path)
         try:
             connection.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
+            self._give_back(connection)
             raise StorageError(f"SQLite failed to begin a write transaction: {exc}") from exc
         return SqliteWriteSession(self, connection)
 
@@ -298,11 +359,12 @@ class SqliteStorage(Storage):
             session = SqliteProjectionSession(connection, name, generation)
             yield session
             session.flush()
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
-        with _translated("commit a projection transaction"):
             connection.execute("COMMIT")
+        except BaseException as exc:
+            _abandon(connection)
+            if isinstance(exc, sqlite3.Error):
+                raise StorageError(f"SQLite failed in a projection transaction: {exc}") from exc
+            raise
 
     def checkpoint(self, name: str, generation: int) -> int:
         with _translated("read a checkpoint"):
@@ -329,6 +391,45 @@ class SqliteStorage(Storage):
                 (name, generation),
             )
 
+    def rebuilding(self, name: str) -> int | None:
+        with _translated("read a rebuild"):
+            row = self._read().execute(
+                "SELECT generation FROM projection_rebuilds WHERE projection = ?", (name,)
+            ).fetchone()
+        return int(row[0]) if row else None
+
+    def claim_rebuild(self, name: str) -> int:
+        connection = self._read()
+        with _translated("claim a rebuild"):
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                row = connection.execute(
+                    "SELECT generation FROM projection_rebuilds WHERE projection = ?", (name,)).fetchone()
+                if row is None:
+                    highest = connection.execute(
+                        "SELECT MAX(g) FROM (SELECT generation AS g FROM projection_tracking WHERE projection = ? "
+                        "UNION ALL SELECT generation FROM projection_generations WHERE projection = ? "
+                        "UNION ALL SELECT 1)", (name, name)).fetchone()[0]
+                    row = (int(highest) + 1,)
+                    connection.execute("INSERT INTO projection_rebuilds VALUES (?, ?)", (name, row[0]))
+                connection.execute("COMMIT")
+            except BaseException:
+                _abandon(connection)
+                raise
+        return int(row[0])
+
+    def finish_rebuild(self, name: str, generation: int, old: int) -> bool:
+        connection = self._read()
+        with _translated("finish a rebuild"):
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                done = _finish_rebuild_on(connection, name, generation, old)
+                connection.execute("COMMIT")
+            except BaseException:
+                _abandon(connection)
+                raise
+        return done
+
     def all_dead_letters(self, name: str | None = None) -> list[DeadLetter]:
         query = (
             "SELECT d.* FROM dead_letters d LEFT JOIN projection_generations g ON g.projection = d.projection "
@@ -347,4 +448,5 @@ class SqliteStorage(Storage):
             for connection in self._all:
                 connection.close()
             self._all.clear()
+            self._pool.clear()
         self._local = threading.local()

@@ -70,8 +70,7 @@ def rebuild(engine: ReadModels, name: str) -> str:
     if name not in engine.projections:
         raise SystemExit(f"no projection named {name!r}; known: {', '.join(engine.projections)}")
     generation = engine.rebuild(name)
-    engine.retire_after = 0.0  # nothing in this process reads the old generation
-    engine.finish_rebuilds()
+    engine.finish_rebuilds()  # waits retire_after before dropping the old tables: services may still read them
     return f"{name}: rebuilt as generation {generation}, now current"
 
 

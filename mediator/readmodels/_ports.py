@@ -133,6 +133,10 @@ class WriteSession(abc.ABC):
         """Make ``generation`` the one queries read, in this transaction (for inline projections)."""
 
     @abc.abstractmethod
+    def finish_rebuild(self, name: str, generation: int, old: int) -> bool:
+        """Like :meth:`Storage.finish_rebuild`, in this transaction (for inline projections)."""
+
+    @abc.abstractmethod
     def commit(self) -> None:
         """Make the state change and the events visible together."""
 
@@ -174,6 +178,21 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def swap(self, name: str, generation: int) -> None:
         """Make ``generation`` the one queries read, atomically."""
+
+    @abc.abstractmethod
+    def rebuilding(self, name: str) -> int | None:
+        """The generation of ``name`` being rebuilt, if a rebuild is under way (in any process)."""
+
+    @abc.abstractmethod
+    def claim_rebuild(self, name: str) -> int:
+        """Start a rebuild of ``name`` into a new generation, or join the one under way; return its generation."""
+
+    @abc.abstractmethod
+    def finish_rebuild(self, name: str, generation: int, old: int) -> bool:
+        """Atomically swap ``generation`` in and end the rebuild, if it is still the rebuild and ``old`` current.
+
+        Returns ``False`` (changing nothing) when another process finished or replaced it first.
+        """
 
     @abc.abstractmethod
     def all_dead_letters(self, name: str | None = None) -> list[DeadLetter]:

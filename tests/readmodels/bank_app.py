@@ -21,7 +21,8 @@ from .bank import Bank, Deposit, make_bank
 def bank() -> Bank:
     storage = SqliteStorage(os.environ["BANK_DB"])
     delivery = Delivery(os.environ.get("BANK_DELIVERY", "background"))
-    return make_bank(storage, delivery, max_attempts=2, backoff=0.01)
+    # Nothing else reads these test databases while a rebuild retires a generation: no grace period.
+    return make_bank(storage, delivery, max_attempts=2, backoff=0.01, retire_after=0)
 
 
 def engine() -> ReadModels:

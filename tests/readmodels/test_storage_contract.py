@@ -137,3 +137,18 @@ def test_a_second_writer_waits_for_the_first(storage: Storage) -> None:
     thread.join()
     assert order == ["first commits", "second began"]
     assert [e.data for e in storage.read(0, 10)] == ['{"n": 1}', '{"n": 2}']
+
+
+def test_a_rebuild_is_claimed_once_and_finished_only_if_nothing_moved(storage: Storage) -> None:
+    assert storage.rebuilding("p") is None
+    with storage.session("p", 4) as s:  # a generation left behind by an interrupted rebuild
+        s.advance(1)
+    generation = storage.claim_rebuild("p")
+    assert generation == 5
+    assert storage.claim_rebuild("p") == 5  # a second claim joins the first
+    assert storage.rebuilding("p") == 5
+    assert not storage.finish_rebuild("p", 5, old=2)  # the current generation is 1, not 2
+    assert not storage.finish_rebuild("p", 6, old=1)  # not the rebuild under way
+    assert storage.finish_rebuild("p", 5, old=1)
+    assert (storage.current_generation("p"), storage.rebuilding("p")) == (5, None)
+    assert not storage.finish_rebuild("p", 5, old=1)  # already finished, by someone
