@@ -274,6 +274,7 @@ class SqliteStorage(Storage):
         self._all: set[sqlite3.Connection] = set()
         self._all_lock = threading.Lock()
         self._pool: list[sqlite3.Connection] = []
+        self._closed = False
         with _translated("create the schema"):
             self._write().executescript(_WRITE_SCHEMA)
             self._read().executescript(_READ_SCHEMA)
@@ -299,9 +300,8 @@ class SqliteStorage(Storage):
         connection.close()
 
     def _give_back(self, connection: sqlite3.Connection) -> None:
-        with self._all_lock:
-            if connection in self._all:
-                self._pool.append(connection)
+        if not self._closed:
+            self._pool.append(connection)  # list.append and .pop are atomic: no lock on the command path
 
     def _write(self) -> sqlite3.Connection:
         """This thread's connection to the write database, for reading the log (never for writing)."""
@@ -317,9 +317,9 @@ class SqliteStorage(Storage):
     def begin(self) -> WriteSession:
         # Each write session takes a pooled connection of its own, so commands interleaved on one event loop
         # (one thread) do not share a transaction.
-        with self._all_lock:
-            connection = self._pool.pop() if self._pool else None
-        if connection is None:
+        try:
+            connection = self._pool.pop()
+        except IndexError:
             connection = self._open(self.write_path)
         try:
             connection.execute("BEGIN IMMEDIATE")
@@ -444,6 +444,7 @@ class SqliteStorage(Storage):
         return [DeadLetter(*row) for row in rows]
 
     def close(self) -> None:
+        self._closed = True
         with self._all_lock:
             for connection in self._all:
                 connection.close()
