@@ -1,0 +1,81 @@
+"""The composition root of the reference shop: one function builds all of it on the embedded SQLite default.
+
+>>> import tempfile, pathlib
+>>> shop = build_shop(pathlib.Path(tempfile.mkdtemp()) / "shop.db", logging=False)
+>>> from domain.messages import CreateCategory
+>>> category_id = shop.mediator.send(CreateCategory(name="Lamps"))
+>>> len(category_id)
+16
+>>> shop.close()
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from adapters.shop_sqlite import WRITE_SCHEMA, SqliteReadViews, SqliteWriteModel
+from adapters.sqlite import SqliteStorage
+from domain.events import ALL_EVENTS
+from handlers import commands, queries
+from handlers.commands import Clock, ShopCommands
+from handlers.projections import all_projections
+from handlers.queries import ShopQueries
+from mediator import Logging, Mediator, Registry, Validation
+from mediator.readmodels import Delivery, EventTypes, ReadModels
+
+
+@attrs.define
+class Shop:
+    """The built application: its mediator, its read-model engine and storage."""
+
+    mediator: Mediator
+    engine: ReadModels
+    storage: SqliteStorage
+    registry: Registry
+
+    def close(self) -> None:
+        self.engine.stop()
+        self.storage.close()
+
+
+def event_types() -> EventTypes:
+    types = EventTypes()
+    for event_type in ALL_EVENTS:
+        types.register(event_type, name=f"shop.{event_type.__name__}")
+    return types
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def build_shop(
+    write_path: str | os.PathLike[str],
+    read_path: str | os.PathLike[str] | None = None,
+    *,
+    delivery: Delivery = Delivery.BACKGROUND,
+    clock: Clock = utc_now,
+    logging: bool = True,
+    **engine_options: Any,
+) -> Shop:
+    """Build the whole shop on SQLite: write model and log in ``write_path``, read models in ``read_path``."""
+    storage = SqliteStorage(Path(write_path), Path(read_path) if read_path is not None else None)
+    connection = storage._write()
+    connection.executescript(WRITE_SCHEMA)
+    engine = ReadModels(storage, event_types(), **engine_options)
+    views = SqliteReadViews(storage, engine)
+    for projection in all_projections(views):
+        engine.add(projection, delivery=delivery)
+    registry = Registry()
+    if logging:
+        registry.behaviour(Logging())
+    registry.behaviour(Validation())
+    engine.install(registry)
+    commands.register(registry, ShopCommands(SqliteWriteModel(), clock))
+    queries.register(registry, ShopQueries(views))
+    return Shop(registry.build(), engine, storage, registry)

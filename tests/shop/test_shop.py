@@ -1,0 +1,147 @@
+"""The reference shop end to end on SQLite: commands, events, read models, rules."""
+
+import datetime as dt
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from adapters.shop_app import Shop, build_shop
+from domain.errors import ConcurrencyConflict, InsufficientStock, NotFound, RuleViolation
+from domain.messages import (
+    CancelOrder,
+    ChangePrice,
+    ConfirmOrder,
+    CreateCategory,
+    CreateProduct,
+    DiscontinueProduct,
+    GetCustomerOrders,
+    GetOrderDetails,
+    GetProductInventory,
+    GetSalesDashboard,
+    ListProductsByCategory,
+    OrderItem,
+    PlaceOrder,
+    RegisterCustomer,
+    SearchProducts,
+    ShipOrder,
+    UpdateProductStock,
+)
+from mediator.testing import assert_settled, settle
+
+DAY = dt.datetime(2026, 11, 23, 10, 0, tzinfo=dt.UTC)
+
+
+@pytest.fixture
+def shop(tmp_path: Path) -> Iterator[Shop]:
+    built = build_shop(tmp_path / "shop.db", clock=lambda: DAY, logging=False, retire_after=0)
+    yield built
+    built.close()
+
+
+def stocked(shop: Shop) -> tuple[str, str, str, str]:
+    send = shop.mediator.send
+    customer = send(RegisterCustomer(name="Ada", email="ada@example.com"))
+    lamps = send(CreateCategory(name="Lamps"))
+    desk = send(CreateProduct(category_id=lamps, name="Desk lamp", description="brass, adjustable",
+                              price=Decimal("25.00")))
+    floor = send(CreateProduct(category_id=lamps, name="Floor lamp", description="tall paper shade",
+                               price=Decimal("80.00")))
+    send(UpdateProductStock(product_id=desk, delta=10, reason="delivery"))
+    send(UpdateProductStock(product_id=floor, delta=2, reason="delivery"))
+    return customer, lamps, desk, floor
+
+
+def test_placing_an_order_reserves_stock_and_every_read_model_follows(shop: Shop) -> None:
+    customer, lamps, desk, floor = stocked(shop)
+    order = shop.mediator.send(PlaceOrder(customer_id=customer, items=(
+        OrderItem(product_id=desk, quantity=3), OrderItem(product_id=floor, quantity=1))))
+    settle(shop.engine)
+    assert_settled(shop.engine)
+    ask = shop.mediator.ask
+
+    details = ask(GetOrderDetails(order_id=order))
+    assert details is not None
+    assert (details.customer_name, details.status, details.total) == ("Ada", "placed", Decimal("155.00"))
+    assert [(ln.product_name, ln.quantity) for ln in details.lines] == [("Desk lamp", 3), ("Floor lamp", 1)]
+
+    (summary,) = ask(GetCustomerOrders(customer_id=customer))
+    assert (summary.item_count, summary.product_names) == (4, ("Desk lamp", "Floor lamp"))
+
+    inventory = ask(GetProductInventory(product_id=desk))
+    assert inventory is not None
+    assert (inventory.on_hand, inventory.reserved, inventory.available) == (10, 3, 7)
+
+    page = ask(ListProductsByCategory(category_id=lamps, page=1, page_size=1))
+    assert (page.total, [p.name for p in page.items], page.items[0].available) == (2, ["Desk lamp"], 7)
+    assert [p.name for p in ask(ListProductsByCategory(category_id=lamps, page=2, page_size=1)).items] == [
+        "Floor lamp"]
+
+    assert [p.name for p in ask(SearchProducts(text="brass"))] == ["Desk lamp"]
+    assert sorted(p.name for p in ask(SearchProducts(text="lam"))) == ["Desk lamp", "Floor lamp"]
+
+    (day,) = ask(GetSalesDashboard())
+    assert (day.day, day.category_name, day.orders, day.units, day.revenue) == (
+        DAY.date(), "Lamps", 1, 4, Decimal("155.00"))
+
+
+def test_an_order_that_cannot_be_reserved_is_rejected_whole(shop: Shop) -> None:
+    customer, _lamps, desk, floor = stocked(shop)
+    head = shop.storage.head()
+    with pytest.raises(InsufficientStock):
+        shop.mediator.send(PlaceOrder(customer_id=customer, items=(
+            OrderItem(product_id=desk, quantity=1), OrderItem(product_id=floor, quantity=5))))
+    assert shop.storage.head() == head  # no order, no reservation, no event
+    settle(shop.engine)
+    inventory = shop.mediator.ask(GetProductInventory(product_id=desk))
+    assert inventory is not None
+    assert inventory.reserved == 0
+    assert shop.mediator.ask(GetCustomerOrders(customer_id=customer)) == ()
+
+
+def test_shipping_and_cancelling_move_stock_and_statuses(shop: Shop) -> None:
+    customer, _lamps, desk, _floor = stocked(shop)
+    send = shop.mediator.send
+    first = send(PlaceOrder(customer_id=customer, items=(OrderItem(product_id=desk, quantity=2),)))
+    second = send(PlaceOrder(customer_id=customer, items=(OrderItem(product_id=desk, quantity=3),)))
+    send(ConfirmOrder(order_id=first))
+    send(ShipOrder(order_id=first))
+    send(CancelOrder(order_id=second, reason="changed my mind"))
+    settle(shop.engine)
+    inventory = shop.mediator.ask(GetProductInventory(product_id=desk))
+    assert inventory is not None
+    assert (inventory.on_hand, inventory.reserved) == (8, 0)
+    statuses = {s.order_id: s.status for s in shop.mediator.ask(GetCustomerOrders(customer_id=customer))}
+    assert statuses == {first: "shipped", second: "cancelled"}
+    (day,) = shop.mediator.ask(GetSalesDashboard())
+    assert (day.orders, day.units, day.revenue) == (1, 2, Decimal("50.00"))  # the cancelled order left it
+    with pytest.raises(RuleViolation):
+        send(ShipOrder(order_id=second))
+
+
+def test_rules_and_missing_things_are_typed_errors(shop: Shop) -> None:
+    customer, lamps, desk, _floor = stocked(shop)
+    send = shop.mediator.send
+    with pytest.raises(NotFound, match="No category 'nope'"):
+        send(CreateProduct(category_id="nope", name="x", price=Decimal("1")))
+    with pytest.raises(NotFound, match="No customer"):
+        send(PlaceOrder(customer_id="ghost", items=(OrderItem(product_id=desk, quantity=1),)))
+    with pytest.raises(RuleViolation, match="at least one item"):
+        send(PlaceOrder(customer_id=customer, items=()))
+    with pytest.raises(InsufficientStock):
+        send(UpdateProductStock(product_id=desk, delta=-11, reason="lost"))
+    send(DiscontinueProduct(product_id=desk))
+    with pytest.raises(RuleViolation, match="discontinued"):
+        send(PlaceOrder(customer_id=customer, items=(OrderItem(product_id=desk, quantity=1),)))
+    settle(shop.engine)
+    assert [p.name for p in shop.mediator.ask(ListProductsByCategory(category_id=lamps)).items] == ["Floor lamp"]
+
+
+def test_a_stale_version_is_a_concurrency_conflict(shop: Shop) -> None:
+    _customer, _lamps, desk, _floor = stocked(shop)
+    shop.mediator.send(ChangePrice(product_id=desk, new_price=Decimal("30"), reason="costs", expected_version=1))
+    with pytest.raises(ConcurrencyConflict, match="at version 2, not 1"):
+        shop.mediator.send(ChangePrice(product_id=desk, new_price=Decimal("31"), reason="again", expected_version=1))
+    with pytest.raises(ConcurrencyConflict):
+        shop.mediator.send(UpdateProductStock(product_id=desk, delta=1, reason="x", expected_version=5))
