@@ -22,10 +22,11 @@ from adapters.shop_sqlite import WRITE_SCHEMA, SqliteReadViews, SqliteWriteModel
 from adapters.sqlite import SqliteStorage
 from domain.events import ALL_EVENTS
 from handlers import commands, queries
+from handlers.authorization import Authorize
 from handlers.commands import Clock, ShopCommands
 from handlers.projections import all_projections
 from handlers.queries import ShopQueries
-from mediator import Logging, Mediator, Registry, Validation
+from mediator import Kind, Logging, Mediator, Registry, Validation
 from mediator.readmodels import Delivery, EventTypes, ReadModels
 
 
@@ -61,6 +62,7 @@ def build_shop(
     delivery: Delivery = Delivery.BACKGROUND,
     clock: Clock = utc_now,
     logging: bool = True,
+    authorize: bool = True,
     **engine_options: Any,
 ) -> Shop:
     """Build the whole shop on SQLite: write model and log in ``write_path``, read models in ``read_path``."""
@@ -76,6 +78,9 @@ def build_shop(
         registry.behaviour(Logging())
     registry.behaviour(Validation())
     engine.install(registry)
-    commands.register(registry, ShopCommands(SqliteWriteModel(), clock))
+    model = SqliteWriteModel()
+    if authorize:
+        registry.behaviour(Authorize(model), applies_to=Kind.COMMAND)
+    commands.register(registry, ShopCommands(model, clock))
     queries.register(registry, ShopQueries(views))
     return Shop(registry.build(), engine, storage, registry)

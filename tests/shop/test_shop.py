@@ -145,3 +145,27 @@ def test_a_stale_version_is_a_concurrency_conflict(shop: Shop) -> None:
         shop.mediator.send(ChangePrice(product_id=desk, new_price=Decimal("31"), reason="again", expected_version=1))
     with pytest.raises(ConcurrencyConflict):
         shop.mediator.send(UpdateProductStock(product_id=desk, delta=1, reason="x", expected_version=5))
+
+
+def test_customers_act_only_on_their_own_orders_and_staff_on_everything(shop: Shop) -> None:
+    from structlog.testing import capture_logs
+
+    from handlers.authorization import Forbidden, Principal
+
+    customer, _lamps, desk, _floor = stocked(shop)  # no principal in scope: trusted setup code
+    other = shop.mediator.send(RegisterCustomer(name="Bo", email="bo@example.com"))
+    mediator = shop.mediator
+    with mediator.scope(principal=Principal(customer_id=customer)):
+        order = mediator.send(PlaceOrder(customer_id=customer, items=(OrderItem(product_id=desk, quantity=1),)))
+        with pytest.raises(Forbidden, match="may not send PlaceOrder"):
+            mediator.send(PlaceOrder(customer_id=other, items=(OrderItem(product_id=desk, quantity=1),)))
+        with pytest.raises(Forbidden), capture_logs() as logs:
+            mediator.send(UpdateProductStock(product_id=desk, delta=5, reason="mine now"))
+    assert logs[0]["event"] == "command denied"
+    assert "mine now" not in repr(logs)
+    with mediator.scope(principal=Principal(customer_id=other)), pytest.raises(Forbidden):
+        mediator.send(CancelOrder(order_id=order, reason="not mine"))
+    with mediator.scope(principal=Principal(admin=True)):
+        mediator.send(ConfirmOrder(order_id=order))
+    with mediator.scope(principal=Principal(customer_id=customer)):
+        mediator.send(CancelOrder(order_id=order, reason="changed my mind"))

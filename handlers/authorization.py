@@ -1,0 +1,118 @@
+"""Who may do what: the ``Authorize`` behaviour, run before any handler.
+
+Staff (an admin principal) may do anything. A customer may place orders for
+themself and cancel their own orders; everything else is staff work. A denial
+raises :class:`Forbidden` before the handler runs and is logged with the
+message type and the principal, never the message's fields.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import structlog
+
+from domain.errors import DomainError
+from domain.messages import CancelOrder, PlaceOrder, RegisterCustomer, ReserveStock
+from mediator import Build, current_context
+from mediator._messages import qualname
+from mediator.readmodels import UnitOfWork
+
+from .ports import WriteModel
+
+log = structlog.get_logger("shop.authorization")
+
+
+@attrs.frozen
+class Principal:
+    """Who is acting: a customer (``customer_id``), staff (``admin``), or nobody (both empty)."""
+
+    customer_id: str | None = None
+    admin: bool = False
+
+
+ANONYMOUS = Principal()
+SYSTEM = Principal(admin=True)
+
+
+class Forbidden(DomainError, PermissionError):
+    """The acting principal may not send this command."""
+
+    def __init__(self, message_type: type, principal: Principal) -> None:
+        self.message_type = message_type
+        self.principal = principal
+        who = "an anonymous caller" if principal == ANONYMOUS else f"customer {principal.customer_id!r}"
+        super().__init__(f"{who} may not send {message_type.__name__}.")
+
+
+Rule = Callable[[Any, Principal, "Authorize"], bool]
+
+
+def _anyone(message: Any, principal: Principal, auth: Authorize) -> bool:
+    return True
+
+
+def _own_order_placed(message: PlaceOrder, principal: Principal, auth: Authorize) -> bool:
+    return principal.customer_id == message.customer_id
+
+
+def _own_order_cancelled(message: CancelOrder, principal: Principal, auth: Authorize) -> bool:
+    order = auth.model.order(auth.uow().handle, message.order_id)
+    return order is not None and principal.customer_id == order.customer_id
+
+
+def _nested_only(message: Any, principal: Principal, auth: Authorize) -> bool:
+    return current_context().depth > 0  # sent by the shop itself, while handling another message
+
+
+RULES: dict[type, Rule] = {
+    RegisterCustomer: _anyone,
+    PlaceOrder: _own_order_placed,
+    CancelOrder: _own_order_cancelled,
+    ReserveStock: _nested_only,
+}
+
+
+class Authorize:
+    """The behaviour; commands only. Principals come from the dispatch scope (``mediator.scope(principal=...)``)."""
+
+    needs_scope = True
+
+    def __init__(self, model: WriteModel) -> None:
+        self.model = model
+        self.rule: Rule | None = None
+
+    def for_message(self, message_type: type, build: Build) -> Authorize:
+        bound = Authorize(self.model)
+        bound.rule = RULES.get(message_type)
+        return bound
+
+    def uow(self) -> UnitOfWork:
+        """The command's unit of work, which SyncReadModels (registered before this behaviour) has opened."""
+        uow = current_context().scope._instances.get(UnitOfWork)
+        if not isinstance(uow, UnitOfWork):
+            raise LookupError("Authorize runs inside SyncReadModels: register it after engine.install(registry).")
+        return uow
+
+    def _check(self, message: Any) -> None:
+        principal = current_context().principal
+        if principal is None:  # no scope opened with a principal: trusted in-process code (tests, scripts)
+            return
+        if not isinstance(principal, Principal):
+            raise TypeError(f"The dispatch principal must be a Principal, not {qualname(type(principal))}.")
+        if principal.admin or (self.rule is not None and self.rule(message, principal, self)):
+            return
+        log.warning("command denied", message_type=qualname(type(message)), customer_id=principal.customer_id,
+                    admin=principal.admin)
+        raise Forbidden(type(message), principal)
+
+    def handle(self, message: Any, next: Callable[[Any], Any]) -> Any:
+        self._check(message)
+        return next(message)
+
+    async def handle_async(self, message: Any, next: Callable[[Any], Any]) -> Any:
+        self._check(message)
+        return await next(message)
+
