@@ -451,6 +451,10 @@ def build(registry: Registry, is_async: bool) -> Mediator | AsyncMediator:
     compiler.problems.extend(registry.problems)
     mediator: Mediator | AsyncMediator = AsyncMediator() if is_async else Mediator()
     compiler.add_mediator(type(mediator), mediator)
+    if is_async and registry.built_sync is not None:
+        # Sync handlers that dispatch (they depend on Mediator) keep working inside the async twin: their nested
+        # dispatches run inline, in the same scope, through the sync twin of the same registry.
+        compiler.add_mediator(Mediator, registry.built_sync)
     info = Build(registry, compiler, is_async)
     routes = Routes(info, registry.publish_strategy, registry.include_base_event_handlers)
     if registry.publish_strategy is PublishStrategy.CONCURRENT and not is_async:

@@ -186,6 +186,8 @@ class Registry:
         self.lifetimes: dict[Any, Lifetime] = {}
         self.expected: list[type[Message]] = []
         self.problems: list[str] = []
+        self.built_sync: Mediator | None = None
+        """The last sync mediator built, given to sync handlers that dispatch inside the async twin."""
         self._frozen = False
 
     # -- services -----------------------------------------------------------------
@@ -342,6 +344,7 @@ class Registry:
 
         mediator = build(self, is_async=False)
         self._frozen = True
+        self.built_sync = mediator  # type: ignore[assignment]
         return mediator  # type: ignore[return-value]
 
     def build_async(self) -> AsyncMediator:

@@ -1,0 +1,135 @@
+"""Embedding an ``AsyncMediator`` in a FastAPI (or any ASGI) service.
+
+``MediatorMiddleware`` opens one dispatch scope per request (its principal
+and correlation id taken from the request), returns the consistency token of
+the request's last command in the ``X-Consistency-Token`` header, and makes
+queries of a request that sends ``X-Consistent-With: <token>`` wait for their
+read models to reach it, so a client reads its own writes across requests.
+``install_error_handlers`` maps the framework's and the domain's errors to HTTP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from mediator import AsyncMediator, MediatorError, NotAMessageError, ValidationError, current_context
+from mediator.readmodels import ConsistencyTimeout, consistent, last_token
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+TOKEN_HEADER = "x-consistency-token"
+CONSISTENT_HEADER = "x-consistent-with"
+CORRELATION_HEADER = "x-correlation-id"
+
+log = structlog.get_logger("mediator.http")
+
+
+class MediatorMiddleware:
+    """Pure ASGI middleware: a dispatch scope per request, and read-your-writes across requests.
+
+    Args:
+        app: the ASGI application to wrap.
+        mediator: the async mediator the routes dispatch through.
+        principal: turns the request's headers into the principal of its dispatch scope.
+        consistency_timeout: how long a query waits for a requested token before answering 503.
+    """
+
+    def __init__(self, app: ASGIApp, mediator: AsyncMediator,
+                 principal: Callable[[Mapping[str, str]], Any] = lambda headers: None,
+                 consistency_timeout: float = 5.0) -> None:
+        self.app = app
+        self.mediator = mediator
+        self.principal = principal
+        self.consistency_timeout = consistency_timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        correlation_id = headers.get(CORRELATION_HEADER) or uuid.uuid4().hex
+        wanted = _token(headers.get(CONSISTENT_HEADER))
+        before = last_token()
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                extra = [(CORRELATION_HEADER.encode(), correlation_id.encode())]
+                token = last_token()
+                if token is not None and token != before:
+                    extra.append((TOKEN_HEADER.encode(), str(token).encode()))
+                message["headers"] = [*message.get("headers", []), *extra]
+            await send(message)
+
+        waiting = consistent(wanted, timeout=self.consistency_timeout) if wanted else contextlib.nullcontext()
+        async with self.mediator.scope(correlation_id=correlation_id, principal=self.principal(headers)):
+            with waiting:
+                await self.app(scope, receive, send_with_headers)
+
+
+def _token(value: str | None) -> int | None:
+    if value is None or not value.strip().isdigit():
+        return None
+    return int(value)
+
+
+def _mapped(status: int, error: str) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
+    async def handler(request: Request, exc: Exception) -> JSONResponse:
+        return problem(status, error, str(exc))
+
+    return handler
+
+
+def problem(status: int, error: str, detail: str, **extra: Any) -> JSONResponse:
+    """A JSON error body: ``{"error": ..., "detail": ..., ...}``."""
+    return JSONResponse({"error": error, "detail": detail, **extra}, status_code=status)
+
+
+def install_error_handlers(app: FastAPI, status_of: Mapping[type[Exception], tuple[int, str]]) -> None:
+    """Map errors to HTTP: validation 422 with field errors, ``status_of`` for the domain's, anything else 500.
+
+    A 500 carries the correlation id and no detail from the exception, so nothing internal leaks.
+    """
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        fields: dict[str, list[str]] = {}
+        for error in exc.errors():
+            location = ".".join(str(p) for p in error.get("loc", ())[1:]) or str(error.get("loc", ("",))[0])
+            fields.setdefault(location, []).append(str(error.get("msg", "invalid")))
+        return problem(422, "validation", "The request is invalid.", fields=fields)
+
+    @app.exception_handler(ValidationError)
+    async def invalid(request: Request, exc: ValidationError) -> JSONResponse:
+        return problem(422, "validation", "The request is invalid.",
+                       fields={k or "request": list(v) for k, v in exc.errors.items()})
+
+    @app.exception_handler(ConsistencyTimeout)
+    async def stale(request: Request, exc: ConsistencyTimeout) -> JSONResponse:
+        return problem(503, "not_yet_consistent", "The read model has not caught up yet; retry shortly.")
+
+    for error_type, (status, error) in status_of.items():
+        app.add_exception_handler(error_type, _mapped(status, error))
+
+    @app.exception_handler(Exception)
+    async def anything(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, NotAMessageError | MediatorError):
+            log.error("request failed", error_type=type(exc).__name__)
+        else:
+            log.exception("request failed")
+        try:
+            correlation_id = current_context().correlation_id
+        except MediatorError:
+            correlation_id = request.headers.get(CORRELATION_HEADER, "")
+        return problem(500, "internal", "Something went wrong; it has been logged.", correlation_id=correlation_id)

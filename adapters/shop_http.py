@@ -1,0 +1,226 @@
+"""The reference shop over HTTP (FastAPI): every command and query as a route.
+
+Run it with ``uvicorn adapters.shop_http:app`` (``SHOP_DB`` names the SQLite
+file, ``shop.db`` by default). Who is acting comes from headers, a stand-in for
+real authentication: ``X-Customer-Id: <id>`` for a customer, ``X-Admin: 1``
+for staff.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Annotated, Any
+
+import attrs
+from fastapi import Body, FastAPI, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from adapters.fastapi import MediatorMiddleware, install_error_handlers
+from adapters.shop_app import Shop, build_shop
+from domain.errors import ConcurrencyConflict, NotFound, RuleViolation
+from domain.messages import (
+    CancelOrder,
+    ChangePrice,
+    ConfirmOrder,
+    CreateCategory,
+    CreateProduct,
+    DiscontinueProduct,
+    GetCustomerOrders,
+    GetOrderDetails,
+    GetProductInventory,
+    GetSalesDashboard,
+    ListProductsByCategory,
+    OrderItem,
+    PlaceOrder,
+    RegisterCustomer,
+    SearchProducts,
+    ShipOrder,
+    UpdateProductStock,
+)
+from handlers.authorization import ANONYMOUS, Forbidden, Principal
+from mediator import AsyncMediator
+
+Text = Annotated[str, Field(min_length=1, max_length=200)]
+Money = Annotated[Decimal, Field(gt=0, max_digits=12, decimal_places=2)]
+
+
+class NewCustomer(BaseModel):
+    name: Text
+    email: Annotated[str, Field(min_length=3, max_length=254)]
+
+
+class NewCategory(BaseModel):
+    name: Text
+
+
+class NewProduct(BaseModel):
+    category_id: Text
+    name: Text
+    description: Annotated[str, Field(max_length=2000)] = ""
+    price: Money
+
+
+class NewPrice(BaseModel):
+    price: Money
+    reason: Text
+    expected_version: Annotated[int, Field(ge=1)] | None = None
+
+
+class StockChange(BaseModel):
+    delta: Annotated[int, Field(ge=-1_000_000, le=1_000_000)]
+    reason: Text
+    expected_version: Annotated[int, Field(ge=0)] | None = None
+
+
+class Item(BaseModel):
+    product_id: Text
+    quantity: Annotated[int, Field(ge=1, le=1000)]
+
+
+class NewOrder(BaseModel):
+    customer_id: Text
+    items: Annotated[list[Item], Field(min_length=1, max_length=100)]
+
+
+class Transition(BaseModel):
+    reason: Text = "no reason given"
+    expected_version: Annotated[int, Field(ge=1)] | None = None
+
+
+def principal_of(headers: Mapping[str, str]) -> Principal:
+    if headers.get("x-admin") == "1":
+        return Principal(admin=True)
+    customer = headers.get("x-customer-id")
+    return Principal(customer_id=customer) if customer else ANONYMOUS
+
+
+def data(value: Any) -> Any:
+    """Answers (attrs classes, decimals, dates) as JSON-friendly data."""
+    if attrs.has(type(value)):
+        return {f.name: data(getattr(value, f.name)) for f in attrs.fields(type(value))}
+    if isinstance(value, tuple | list):
+        return [data(v) for v in value]
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    return value
+
+
+def create_app(shop: Shop) -> FastAPI:
+    """The shop's FastAPI application around an already built ``Shop``."""
+    mediator: AsyncMediator = shop.registry.build_async()
+    app = FastAPI(title="Reference shop")
+    install_error_handlers(app, {
+        NotFound: (404, "not_found"), Forbidden: (403, "forbidden"), ConcurrencyConflict: (409, "conflict"),
+        RuleViolation: (409, "rule_violation"),
+    })
+
+    def created(key: str, value: str) -> JSONResponse:
+        return JSONResponse({key: value}, status_code=201)
+
+    @app.post("/customers", status_code=201)
+    async def register_customer(body: NewCustomer) -> JSONResponse:
+        return created("customer_id", await mediator.send(RegisterCustomer(name=body.name, email=body.email)))
+
+    @app.post("/categories", status_code=201)
+    async def create_category(body: NewCategory) -> JSONResponse:
+        return created("category_id", await mediator.send(CreateCategory(name=body.name)))
+
+    @app.post("/products", status_code=201)
+    async def create_product(body: NewProduct) -> JSONResponse:
+        return created("product_id", await mediator.send(CreateProduct(
+            category_id=body.category_id, name=body.name, description=body.description, price=body.price)))
+
+    @app.put("/products/{product_id}/price", status_code=204)
+    async def change_price(product_id: str, body: NewPrice) -> None:
+        await mediator.send(ChangePrice(product_id=product_id, new_price=body.price, reason=body.reason,
+                                        expected_version=body.expected_version))
+
+    @app.post("/products/{product_id}/discontinue", status_code=204)
+    async def discontinue(product_id: str) -> None:
+        await mediator.send(DiscontinueProduct(product_id=product_id))
+
+    @app.post("/products/{product_id}/stock", status_code=204)
+    async def update_stock(product_id: str, body: StockChange) -> None:
+        await mediator.send(UpdateProductStock(product_id=product_id, delta=body.delta, reason=body.reason,
+                                               expected_version=body.expected_version))
+
+    @app.post("/orders", status_code=201)
+    async def place_order(body: NewOrder) -> JSONResponse:
+        items = tuple(OrderItem(product_id=i.product_id, quantity=i.quantity) for i in body.items)
+        return created("order_id", await mediator.send(PlaceOrder(customer_id=body.customer_id, items=items)))
+
+    @app.post("/orders/{order_id}/confirm", status_code=204)
+    async def confirm(order_id: str, body: Annotated[Transition | None, Body()] = None) -> None:
+        await mediator.send(ConfirmOrder(order_id=order_id, expected_version=body.expected_version if body else None))
+
+    @app.post("/orders/{order_id}/ship", status_code=204)
+    async def ship(order_id: str, body: Annotated[Transition | None, Body()] = None) -> None:
+        await mediator.send(ShipOrder(order_id=order_id, expected_version=body.expected_version if body else None))
+
+    @app.post("/orders/{order_id}/cancel", status_code=204)
+    async def cancel(order_id: str, body: Transition) -> None:
+        await mediator.send(CancelOrder(order_id=order_id, reason=body.reason, expected_version=body.expected_version))
+
+    @app.get("/orders/{order_id}")
+    async def order_details(order_id: str) -> Any:
+        details = await mediator.ask(GetOrderDetails(order_id=order_id))
+        if details is None:
+            raise NotFound("order", order_id)
+        return data(details)
+
+    @app.get("/customers/{customer_id}/orders")
+    async def customer_orders(customer_id: str, request: Request) -> Any:
+        principal = principal_of({k.lower(): v for k, v in request.headers.items()})
+        if not principal.admin and principal.customer_id != customer_id:
+            raise Forbidden(GetCustomerOrders, principal)
+        return data(await mediator.ask(GetCustomerOrders(customer_id=customer_id)))
+
+    @app.get("/categories/{category_id}/products")
+    async def products(category_id: str, page: Annotated[int, Query(ge=1, le=10_000)] = 1,
+                       page_size: Annotated[int, Query(ge=1, le=100)] = 20) -> Any:
+        return data(await mediator.ask(ListProductsByCategory(category_id=category_id, page=page,
+                                                              page_size=page_size)))
+
+    @app.get("/products/{product_id}/inventory")
+    async def inventory(product_id: str) -> Any:
+        found = await mediator.ask(GetProductInventory(product_id=product_id))
+        if found is None:
+            raise NotFound("product", product_id)
+        return data(found)
+
+    @app.get("/search")
+    async def search(q: Annotated[str, Query(min_length=1, max_length=200)],
+                     limit: Annotated[int, Query(ge=1, le=100)] = 20) -> Any:
+        return data(await mediator.ask(SearchProducts(text=q, limit=limit)))
+
+    @app.get("/dashboard")
+    async def dashboard(since: dt.date | None = None) -> Any:
+        return data(await mediator.ask(GetSalesDashboard(since=since)))
+
+    wrapped = MediatorMiddleware(app, mediator, principal_of)
+    app.state.asgi = wrapped
+    return app
+
+
+def asgi(shop: Shop) -> Any:
+    """The full ASGI application: the FastAPI routes inside the mediator middleware."""
+    app = create_app(shop)
+    return app.state.asgi
+
+
+def _default() -> Any:  # pragma: no cover - for `uvicorn adapters.shop_http:app`
+    shop = build_shop(os.environ.get("SHOP_DB", "shop.db"))
+    shop.engine.start()
+    return asgi(shop)
+
+
+def __getattr__(name: str) -> Any:  # `app` is built on first access, so importing this module builds nothing
+    if name == "app":
+        return _default()
+    raise AttributeError(name)

@@ -1,0 +1,103 @@
+"""The shop through real HTTP requests against uvicorn: routes, errors, read-your-writes across requests."""
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from adapters.shop_app import Shop, build_shop
+from adapters.shop_http import asgi
+
+ADMIN = {"X-Admin": "1"}
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[httpx.Client, Shop]]:
+    shop = build_shop(tmp_path / "shop.db", logging=False)
+    shop.engine.start()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = uvicorn.Config(asgi(shop), host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    running = uvicorn.Server(config)
+    thread = threading.Thread(target=running.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not running.started and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            yield client, shop
+    finally:
+        running.should_exit = True
+        thread.join(10)
+        shop.close()
+
+
+def setup_shop(client: httpx.Client) -> dict[str, str]:
+    customer = client.post("/customers", json={"name": "Ada", "email": "ada@example.com"}).json()["customer_id"]
+    category = client.post("/categories", json={"name": "Lamps"}, headers=ADMIN).json()["category_id"]
+    product = client.post("/products", json={"category_id": category, "name": "Desk lamp", "price": "25.00"},
+                          headers=ADMIN).json()["product_id"]
+    assert client.post(f"/products/{product}/stock", json={"delta": 5, "reason": "delivery"},
+                       headers=ADMIN).status_code == 204
+    return {"customer": customer, "category": category, "product": product}
+
+
+def test_a_client_reads_its_own_write_through_the_token_header(server: tuple[httpx.Client, Shop]) -> None:
+    client, _shop = server
+    ids = setup_shop(client)
+    as_customer = {"X-Customer-Id": ids["customer"]}
+    placed = client.post("/orders", json={"customer_id": ids["customer"],
+                                          "items": [{"product_id": ids["product"], "quantity": 2}]},
+                         headers=as_customer)
+    assert placed.status_code == 201
+    token = placed.headers["x-consistency-token"]
+    assert int(token) > 0
+    assert placed.headers["x-correlation-id"]
+    order_id = placed.json()["order_id"]
+
+    details = client.get(f"/orders/{order_id}", headers={"X-Consistent-With": token})
+    assert details.status_code == 200
+    body: dict[str, Any] = details.json()
+    assert (body["status"], body["total"], body["customer_name"]) == ("placed", "50.00", "Ada")
+    inventory = client.get(f"/products/{ids['product']}/inventory", headers={"X-Consistent-With": token}).json()
+    assert (inventory["on_hand"], inventory["reserved"], inventory["available"]) == (5, 2, 3)
+    orders = client.get(f"/customers/{ids['customer']}/orders", headers={**as_customer, "X-Consistent-With": token})
+    assert [o["order_id"] for o in orders.json()] == [order_id]
+    found = client.get("/search", params={"q": "desk"}, headers={"X-Consistent-With": token}).json()
+    assert [p["name"] for p in found] == ["Desk lamp"]
+    page = client.get(f"/categories/{ids['category']}/products", headers={"X-Consistent-With": token}).json()
+    assert page["total"] == 1
+    assert client.get("/dashboard", headers={"X-Consistent-With": token}).json()[0]["units"] == 2
+
+
+def test_errors_map_to_http(server: tuple[httpx.Client, Shop]) -> None:
+    client, shop = server
+    ids = setup_shop(client)
+    invalid = client.post("/products", json={"category_id": ids["category"], "name": "", "price": "-1"},
+                          headers=ADMIN)
+    assert invalid.status_code == 422
+    assert set(invalid.json()["fields"]) == {"name", "price"}
+    missing = client.get("/orders/nope")
+    assert (missing.status_code, missing.json()["error"]) == (404, "not_found")
+    forbidden = client.post(f"/products/{ids['product']}/stock", json={"delta": 1, "reason": "x"},
+                            headers={"X-Customer-Id": ids["customer"]})
+    assert (forbidden.status_code, forbidden.json()["error"]) == (403, "forbidden")
+    too_many = client.post("/orders", json={"customer_id": ids["customer"],
+                                            "items": [{"product_id": ids["product"], "quantity": 9}]},
+                           headers={"X-Customer-Id": ids["customer"]})
+    assert (too_many.status_code, too_many.json()["error"]) == (409, "rule_violation")
+    stale = client.put(f"/products/{ids['product']}/price",
+                       json={"price": "30", "reason": "costs", "expected_version": 7}, headers=ADMIN)
+    assert (stale.status_code, stale.json()["error"]) == (409, "conflict")
+    head = shop.storage.head()
+    assert client.post("/orders", content=b"{not json", headers={"content-type": "application/json"}).status_code \
+        == 422
+    assert shop.storage.head() == head  # no partial write from any refused request
