@@ -19,6 +19,7 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mediator import AsyncMediator, MediatorError, NotAMessageError, ValidationError, current_context
 from mediator.readmodels import ConsistencyTimeout, consistent, last_token
@@ -109,6 +110,11 @@ def install_error_handlers(app: FastAPI, status_of: Mapping[type[Exception], tup
             location = ".".join(str(p) for p in error.get("loc", ())[1:]) or str(error.get("loc", ("",))[0])
             fields.setdefault(location, []).append(str(error.get("msg", "invalid")))
         return problem(422, "validation", "The request is invalid.", fields=fields)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        names = {404: "not_found", 405: "method_not_allowed"}
+        return problem(exc.status_code, names.get(exc.status_code, "http_error"), str(exc.detail))
 
     @app.exception_handler(ValidationError)
     async def invalid(request: Request, exc: ValidationError) -> JSONResponse:

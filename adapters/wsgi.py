@@ -1,0 +1,80 @@
+"""Embedding the sync ``Mediator`` in a plain WSGI service (no framework needed; Flask works the same way).
+
+``ShopWSGI`` serves a few of the shop's routes. Each request runs in one
+``mediator.scope`` whose principal comes from the headers, returns the
+request's commit position in ``X-Consistency-Token`` and honours
+``X-Consistent-With`` on reads, like the ASGI middleware.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from adapters.shop_http import data, principal_of
+from domain.errors import ConcurrencyConflict, NotFound, RuleViolation
+from domain.messages import GetOrderDetails, OrderItem, PlaceOrder
+from handlers.authorization import Forbidden
+from mediator import Mediator, ValidationError
+from mediator.readmodels import ConsistencyTimeout, consistent, last_token
+
+StartResponse = Callable[[str, list[tuple[str, str]]], Any]
+STATUS = {200: "200 OK", 201: "201 Created", 400: "400 Bad Request", 403: "403 Forbidden", 404: "404 Not Found",
+          409: "409 Conflict", 422: "422 Unprocessable Entity", 503: "503 Service Unavailable"}
+
+
+class ShopWSGI:
+    """``POST /orders`` and ``GET /orders/<id>`` of the shop, on the sync mediator."""
+
+    def __init__(self, mediator: Mediator) -> None:
+        self.mediator = mediator
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        headers = {k[5:].replace("_", "-").lower(): v for k, v in environ.items() if k.startswith("HTTP_")}
+        wanted = headers.get("x-consistent-with", "")
+        before = last_token()
+        waiting = consistent(int(wanted)) if wanted.isdigit() else contextlib.nullcontext()
+        with self.mediator.scope(principal=principal_of(headers)), waiting:
+            status, body = self._route(environ)
+        extra = [("Content-Type", "application/json")]
+        token = last_token()
+        if token is not None and token != before:
+            extra.append(("X-Consistency-Token", str(token)))
+        start_response(STATUS[status], extra)
+        return [json.dumps(body).encode()]
+
+    def _route(self, environ: dict[str, Any]) -> tuple[int, Any]:
+        method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
+        try:
+            if method == "POST" and path == "/orders":
+                body = json.loads(environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0)) or b"{}")
+                items = tuple(OrderItem(product_id=str(i["product_id"]), quantity=int(i["quantity"]))
+                              for i in body["items"])
+                return 201, {"order_id": self.mediator.send(PlaceOrder(customer_id=str(body["customer_id"]),
+                                                                       items=items))}
+            if method == "GET" and path.startswith("/orders/"):
+                order_id = path.removeprefix("/orders/")
+                details = self.mediator.ask(GetOrderDetails(order_id=order_id))
+                if details is None:
+                    raise NotFound("order", order_id)
+                return 200, data(details)
+            return 404, {"error": "not_found", "detail": f"No route {method} {path}."}
+        except Exception as exc:
+            for kinds, status, error in ERRORS:
+                if isinstance(exc, kinds):
+                    return status, {"error": error, "detail": str(exc) or type(exc).__name__}
+            raise
+
+
+# Most specific first: ValidationError and RuleViolation are ValueErrors, which alone mean a malformed body.
+ERRORS: tuple[tuple[type[Exception] | tuple[type[Exception], ...], int, str], ...] = (
+    (ValidationError, 422, "validation"),
+    (NotFound, 404, "not_found"),
+    (Forbidden, 403, "forbidden"),
+    (ConcurrencyConflict, 409, "conflict"),
+    (RuleViolation, 409, "rule_violation"),
+    (ConsistencyTimeout, 503, "not_yet_consistent"),
+    ((KeyError, TypeError, ValueError, AttributeError), 400, "bad_request"),
+)

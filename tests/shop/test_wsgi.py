@@ -1,0 +1,60 @@
+"""The sync embedding: a plain WSGI app on the sync mediator, driven by real HTTP requests."""
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+import httpx
+import pytest
+
+from adapters.shop_app import Shop, build_shop
+from adapters.wsgi import ShopWSGI
+
+from .test_shop import stocked
+
+
+class Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[tuple[httpx.Client, Shop]]:
+    shop = build_shop(tmp_path / "shop.db", logging=False)
+    shop.engine.start()
+    server = make_server("127.0.0.1", 0, ShopWSGI(shop.mediator), handler_class=Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{server.server_port}", timeout=10) as http:
+            yield http, shop
+    finally:
+        server.shutdown()
+        server.server_close()
+        shop.close()
+
+
+def test_a_sync_service_places_an_order_and_reads_it_back(client: tuple[httpx.Client, Shop]) -> None:
+    http, shop = client
+    customer, _lamps, desk, _floor = stocked(shop)
+    placed = http.post("/orders", json={"customer_id": customer, "items": [{"product_id": desk, "quantity": 2}]},
+                       headers={"X-Customer-Id": customer})
+    assert placed.status_code == 201
+    token = placed.headers["x-consistency-token"]
+    details = http.get(f"/orders/{placed.json()['order_id']}", headers={"X-Consistent-With": token})
+    assert details.status_code == 200
+    assert details.json()["total"] == "50.00"
+
+
+def test_the_sync_service_maps_errors(client: tuple[httpx.Client, Shop]) -> None:
+    http, shop = client
+    customer, _lamps, desk, _floor = stocked(shop)
+    assert http.get("/orders/missing").status_code == 404
+    assert http.post("/orders", content=b"nonsense").status_code == 400
+    other = http.post("/orders", json={"customer_id": customer, "items": [{"product_id": desk, "quantity": 1}]},
+                      headers={"X-Customer-Id": "someone-else"})
+    assert (other.status_code, other.json()["error"]) == (403, "forbidden")
+    too_many = http.post("/orders", json={"customer_id": customer, "items": [{"product_id": desk, "quantity": 99}]},
+                         headers={"X-Customer-Id": customer})
+    assert (too_many.status_code, too_many.json()["error"]) == (409, "rule_violation")
