@@ -75,8 +75,23 @@ class MediatorMiddleware:
 
         waiting = consistent(wanted, timeout=self.consistency_timeout) if wanted else contextlib.nullcontext()
         async with self.mediator.scope(correlation_id=correlation_id, principal=self.principal(headers)):
-            with waiting:
+            with waiting, _incoming_trace(headers):
                 await self.app(scope, receive, send_with_headers)
+
+
+@contextlib.contextmanager
+def _incoming_trace(headers: Mapping[str, str]) -> Any:
+    """Join the caller's trace (W3C ``traceparent``) when OpenTelemetry is installed; do nothing otherwise."""
+    try:
+        from opentelemetry import context, propagate
+    except ImportError:
+        yield
+        return
+    token = context.attach(propagate.extract(headers))
+    try:
+        yield
+    finally:
+        context.detach(token)
 
 
 def _token(value: str | None) -> int | None:

@@ -1,4 +1,7 @@
-"""OpenTelemetry metrics for the read-model engine (the optional ``otel`` extra).
+"""OpenTelemetry for the mediator and the read-model engine (the optional ``otel`` extra).
+
+``Tracing`` is a behaviour that opens a span per dispatch; ``trace_projections``
+records projection batches as spans.
 
 ``instrument(engine)`` exports, per projection: lag in positions and in seconds
 (observable gauges read when the exporter collects), the number of parked and
@@ -7,11 +10,15 @@ blocked events, and a counter of events applied (throughput).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
-from opentelemetry import metrics
+from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation
+from opentelemetry.trace import Status, StatusCode
 
+from mediator import current_context
+from mediator._messages import kind_of, qualname
 from mediator.readmodels import ReadModels
 
 METER_NAME = "mediator.readmodels"
@@ -54,3 +61,74 @@ def instrument(engine: ReadModels, meter_provider: MeterProvider | None = None) 
 
 def _attributes(projection: str, generation: int, rebuilding: bool) -> dict[str, str | int | bool]:
     return {"projection": projection, "generation": generation, "rebuilding": rebuilding}
+
+
+class Tracing:
+    """A behaviour that opens an OpenTelemetry span per dispatch: type, kind, correlation id, outcome.
+
+    Nested dispatches become child spans (the span context travels in the same
+    context variables as the dispatch context). Put it outermost, or right after
+    ``Logging``, so the span covers the whole chain.
+    """
+
+    needs_scope = True
+
+    def __init__(self, tracer_provider: Any = None) -> None:
+        provider = tracer_provider or trace.get_tracer_provider()
+        self.tracer = provider.get_tracer("mediator")
+        self.name = ""
+        self.attributes: dict[str, str] = {}
+
+    def for_message(self, message_type: type, build: Any) -> Tracing:
+        kind = kind_of(message_type)
+        bound = Tracing.__new__(Tracing)
+        bound.tracer = self.tracer
+        bound.name = f"{kind.value if kind else 'message'} {message_type.__name__}"
+        bound.attributes = {"mediator.message_type": qualname(message_type),
+                            "mediator.kind": kind.value if kind else "?"}
+        return bound
+
+    def _start(self) -> Any:
+        return self.tracer.start_as_current_span(self.name, attributes=self.attributes)
+
+    @staticmethod
+    def _finish(span: Any, exc: BaseException | None) -> None:
+        span.set_attribute("mediator.correlation_id", current_context().correlation_id)
+        if exc is None:
+            span.set_attribute("mediator.outcome", "ok")
+        else:
+            span.set_attribute("mediator.outcome", "error")
+            span.set_attribute("mediator.error_type", qualname(type(exc)))
+            span.set_status(Status(StatusCode.ERROR, str(exc)))
+
+    def handle(self, message: Any, next: Callable[[Any], Any]) -> Any:
+        with self._start() as span:
+            try:
+                result = next(message)
+            except BaseException as exc:
+                self._finish(span, exc)
+                raise
+            self._finish(span, None)
+            return result
+
+    async def handle_async(self, message: Any, next: Callable[[Any], Awaitable[Any]]) -> Any:
+        with self._start() as span:
+            try:
+                result = await next(message)
+            except BaseException as exc:
+                self._finish(span, exc)
+                raise
+            self._finish(span, None)
+            return result
+
+
+def trace_projections(engine: ReadModels, tracer_provider: Any = None) -> None:
+    """Record a span per projection batch the engine commits (projections run outside any request)."""
+    tracer = (tracer_provider or trace.get_tracer_provider()).get_tracer("mediator.readmodels")
+
+    def record(name: str, events: int) -> None:
+        with tracer.start_as_current_span(f"projection {name}", attributes={"mediator.projection": name,
+                                                                             "mediator.events": events}):
+            pass
+
+    engine.on_applied.append(record)

@@ -63,6 +63,7 @@ def build_shop(
     clock: Clock = utc_now,
     logging: bool = True,
     authorize: bool = True,
+    tracer_provider: Any = None,
     **engine_options: Any,
 ) -> Shop:
     """Build the whole shop on SQLite: write model and log in ``write_path``, read models in ``read_path``."""
@@ -74,6 +75,11 @@ def build_shop(
     for projection in all_projections(views):
         engine.add(projection, delivery=delivery)
     registry = Registry()
+    if tracer_provider is not None:  # the otel extra: a span per dispatch, projections as spans too
+        from adapters.otel import Tracing, trace_projections
+
+        registry.behaviour(Tracing(tracer_provider))
+        trace_projections(engine, tracer_provider)
     if logging:
         registry.behaviour(Logging())
     registry.behaviour(Validation())

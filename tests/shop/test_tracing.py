@@ -1,0 +1,69 @@
+"""OpenTelemetry spans per dispatch, nested as children, joined to an incoming HTTP request's trace."""
+
+from pathlib import Path
+
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from adapters.shop_app import build_shop
+from domain.messages import OrderItem, PlaceOrder
+from mediator.testing import settle
+
+from .test_shop import stocked
+
+
+def provider() -> tuple[TracerProvider, InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return tracer_provider, exporter
+
+
+def test_a_span_per_dispatch_with_nested_dispatches_as_children(tmp_path: Path) -> None:
+    tracer_provider, exporter = provider()
+    shop = build_shop(tmp_path / "shop.db", logging=False, tracer_provider=tracer_provider)
+    mediator = shop.mediator
+    customer, _lamps, desk, _floor = stocked(shop)
+    exporter.clear()
+    mediator.send(PlaceOrder(customer_id=customer, items=(OrderItem(product_id=desk, quantity=1),)))
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    place, publish, reserve = spans["command PlaceOrder"], spans["event OrderPlaced"], spans["command ReserveStock"]
+    assert place.attributes is not None
+    assert place.attributes["mediator.outcome"] == "ok"
+    assert place.attributes["mediator.kind"] == "command"
+    assert publish.parent is not None
+    assert publish.parent.span_id == place.context.span_id
+    assert reserve.parent is not None
+    assert reserve.parent.span_id == publish.context.span_id
+    assert reserve.attributes is not None
+    assert reserve.attributes["mediator.correlation_id"] == place.attributes["mediator.correlation_id"]
+    exporter.clear()
+    settle(shop.engine)
+    assert any(span.name.startswith("projection ") for span in exporter.get_finished_spans())
+    shop.close()
+
+
+def test_dispatch_spans_join_the_incoming_http_trace(tmp_path: Path) -> None:
+    import httpx
+    from opentelemetry import trace
+
+    from adapters.shop_http import asgi
+
+    tracer_provider, exporter = provider()
+    shop = build_shop(tmp_path / "shop.db", logging=False, tracer_provider=tracer_provider)
+    app = asgi(shop)
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    transport = httpx.ASGITransport(app=app)
+
+    async def call() -> httpx.Response:
+        async with httpx.AsyncClient(transport=transport, base_url="http://shop") as client:
+            return await client.post("/categories", json={"name": "Lamps"}, headers={
+                "X-Admin": "1", "traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"})
+
+    import asyncio
+
+    assert asyncio.run(call()).status_code == 201
+    (span,) = [s for s in exporter.get_finished_spans() if s.name == "command CreateCategory"]
+    assert trace.format_trace_id(span.context.trace_id) == trace_id
+    shop.close()
