@@ -26,6 +26,7 @@ from handlers.authorization import Authorize
 from handlers.commands import Clock, ShopCommands
 from handlers.projections import all_projections
 from handlers.queries import ShopQueries
+from handlers.retry import RetryOnConflict
 from mediator import Kind, Logging, Mediator, Registry, Validation
 from mediator.readmodels import Delivery, EventTypes, ReadModels
 
@@ -83,6 +84,7 @@ def build_shop(
     if logging:
         registry.behaviour(Logging())
     registry.behaviour(Validation())
+    registry.behaviour(RetryOnConflict(), applies_to=Kind.COMMAND)  # outside the transaction it reruns
     engine.install(registry)
     model = SqliteWriteModel()
     if authorize:
