@@ -646,6 +646,7 @@ class ReadModels:
             raise RuntimeError("The runner is already started; stop() it first.")
         self._stop.clear()
         self._runs = delivery
+        self._next_lag_log = time.monotonic() + self.lag_log_interval  # first lag line after one interval
         self._thread = threading.Thread(target=self._run, name="mediator-readmodels", daemon=True)
         self._thread.start()
 
