@@ -13,22 +13,28 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 
+from adapters.memory import MemoryStorage
+from adapters.shop_memory import MemoryReadViews, MemoryWriteModel
 from adapters.shop_sqlite import WRITE_SCHEMA, SqliteReadViews, SqliteWriteModel
 from adapters.sqlite import SqliteStorage
 from domain.events import ALL_EVENTS
 from handlers import commands, queries
 from handlers.authorization import Authorize
 from handlers.commands import Clock, ShopCommands
+from handlers.ports import ReadViews, WriteModel
 from handlers.projections import all_projections
 from handlers.queries import ShopQueries
 from handlers.retry import RetryOnConflict
 from mediator import Kind, Logging, Mediator, Registry, Validation
-from mediator.readmodels import Delivery, EventTypes, ReadModels
+from mediator.readmodels import Delivery, EventTypes, ReadModels, Storage
+
+T = TypeVar("T")
 
 
 @attrs.define
@@ -37,8 +43,17 @@ class Shop:
 
     mediator: Mediator
     engine: ReadModels
-    storage: SqliteStorage
+    storage: Storage
     registry: Registry
+    model: WriteModel
+
+    def inspect(self, look: Callable[[WriteModel, Any], T]) -> T:
+        """Read the write model (``look(model, tx)``) in a transaction that is then rolled back."""
+        session = self.storage.begin()
+        try:
+            return look(self.model, session.handle)
+        finally:
+            session.rollback()
 
     def close(self) -> None:
         self.engine.stop()
@@ -57,7 +72,7 @@ def utc_now() -> dt.datetime:
 
 
 def build_shop(
-    write_path: str | os.PathLike[str],
+    write_path: str | os.PathLike[str] | None,
     read_path: str | os.PathLike[str] | None = None,
     *,
     delivery: Delivery = Delivery.BACKGROUND,
@@ -67,12 +82,20 @@ def build_shop(
     tracer_provider: Any = None,
     **engine_options: Any,
 ) -> Shop:
-    """Build the whole shop on SQLite: write model and log in ``write_path``, read models in ``read_path``."""
-    storage = SqliteStorage(Path(write_path), Path(read_path) if read_path is not None else None)
-    connection = storage._write()
-    connection.executescript(WRITE_SCHEMA)
-    engine = ReadModels(storage, event_types(), **engine_options)
-    views = SqliteReadViews(storage, engine)
+    """Build the whole shop: on SQLite (write model and log in ``write_path``, read models in ``read_path``,
+    the same file by default), or entirely in memory for tests when ``write_path`` is ``None``."""
+    storage: Storage
+    views: ReadViews
+    model: WriteModel
+    if write_path is None:
+        storage = MemoryStorage()
+        engine = ReadModels(storage, event_types(), **engine_options)
+        views, model = MemoryReadViews(storage), MemoryWriteModel()
+    else:
+        storage = SqliteStorage(Path(write_path), Path(read_path) if read_path is not None else None)
+        storage._write().executescript(WRITE_SCHEMA)
+        engine = ReadModels(storage, event_types(), **engine_options)
+        views, model = SqliteReadViews(storage, engine), SqliteWriteModel()
     for projection in all_projections(views):
         engine.add(projection, delivery=delivery)
     registry = Registry()
@@ -86,9 +109,8 @@ def build_shop(
     registry.behaviour(Validation())
     registry.behaviour(RetryOnConflict(), applies_to=Kind.COMMAND)  # outside the transaction it reruns
     engine.install(registry)
-    model = SqliteWriteModel()
     if authorize:
         registry.behaviour(Authorize(model), applies_to=Kind.COMMAND)
     commands.register(registry, ShopCommands(model, clock))
     queries.register(registry, ShopQueries(views))
-    return Shop(registry.build(), engine, storage, registry)
+    return Shop(registry.build(), engine, storage, registry, model)

@@ -17,7 +17,7 @@ from mediator import ValidationError
 
 def hammer(db: str, seed: int, count: int) -> None:
     shop = build_shop(db, logging=False, authorize=False)
-    write = shop.storage._write()
+    write = shop.storage._write()  # type: ignore[attr-defined]  # SQLite only here
     customer = write.execute("SELECT customer_id FROM customers").fetchone()[0]
     products = [row[0] for row in write.execute("SELECT product_id FROM products ORDER BY product_id")]
     rng = random.Random(seed)

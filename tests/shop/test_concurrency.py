@@ -31,7 +31,7 @@ def test_two_processes_never_oversell_and_the_read_models_agree(tmp_path: Path) 
                                 env=env, cwd=ROOT) for seed in (1, 2)]
     assert [w.wait(timeout=600) for w in workers] == [0, 0]
 
-    write = shop.storage._write()
+    write = shop.storage._write()  # type: ignore[attr-defined]  # SQLite only here
     adjustments: dict[str, int] = dict.fromkeys(products, 0)
     for stored in shop.storage.events():
         if stored.type_name == "shop.StockAdjusted":

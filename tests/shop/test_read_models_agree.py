@@ -5,9 +5,11 @@ import contextlib
 import datetime as dt
 import tempfile
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -27,6 +29,8 @@ from domain.messages import (
     ShipOrder,
     UpdateProductStock,
 )
+from domain.model import Order, Stock
+from handlers.ports import WriteModel
 from mediator import ValidationError
 from mediator.testing import settle
 
@@ -42,6 +46,14 @@ step = st.one_of(
 )
 
 
+def stock_of(model: WriteModel, tx: Any, product: str) -> Stock:
+    return model.stock(tx, product)
+
+
+def order_of(model: WriteModel, tx: Any, order_id: str) -> Order | None:
+    return model.order(tx, order_id)
+
+
 def snapshot(shop: Shop, customer: str, lamps: str, products: list[str], orders: list[str]) -> object:
     ask = shop.mediator.ask
     return (
@@ -53,11 +65,14 @@ def snapshot(shop: Shop, customer: str, lamps: str, products: list[str], orders:
     )
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.parametrize("backend", ["sqlite", "memory"])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
 @given(st.lists(step, max_size=25))
-def test_read_models_equal_a_rebuild_and_agree_with_the_write_model(steps: list[tuple[Any, ...]]) -> None:
+def test_read_models_equal_a_rebuild_and_agree_with_the_write_model(backend: str, steps: list[tuple[Any, ...]]) -> None:
     with tempfile.TemporaryDirectory() as folder:
-        shop = build_shop(Path(folder) / "shop.db", clock=lambda: DAY, logging=False, retire_after=0)
+        path = Path(folder) / "shop.db" if backend == "sqlite" else None
+        shop = build_shop(path, clock=lambda: DAY, logging=False, retire_after=0)
         try:
             customer, lamps, desk, floor = stocked(shop)
             products, orders = [desk, floor], []
@@ -81,16 +96,17 @@ def test_read_models_equal_a_rebuild_and_agree_with_the_write_model(steps: list[
             before = snapshot(shop, customer, lamps, products, orders)
 
             # the write model agrees with the read models
-            write = shop.storage._write()
             for product in products:
-                on_hand, reserved = write.execute("SELECT on_hand, reserved FROM stock WHERE product_id = ?",
-                                                  (product,)).fetchone()
+                stock = shop.inspect(partial(stock_of, product=product))
+                on_hand, reserved = stock.on_hand, stock.reserved
                 inventory = shop.mediator.ask(GetProductInventory(product_id=product))
                 assert inventory is not None
                 assert (inventory.on_hand, inventory.reserved) == (on_hand, reserved)
                 assert on_hand >= 0
             for order in orders:
-                status = write.execute("SELECT status FROM orders WHERE order_id = ?", (order,)).fetchone()[0]
+                loaded = shop.inspect(partial(order_of, order_id=order))
+                assert loaded is not None
+                status = loaded.status.value
                 details = shop.mediator.ask(GetOrderDetails(order_id=order))
                 assert details is not None
                 assert details.status == status

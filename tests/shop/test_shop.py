@@ -33,9 +33,10 @@ from mediator.testing import assert_settled, settle
 DAY = dt.datetime(2026, 11, 23, 10, 0, tzinfo=dt.UTC)
 
 
-@pytest.fixture
-def shop(tmp_path: Path) -> Iterator[Shop]:
-    built = build_shop(tmp_path / "shop.db", clock=lambda: DAY, logging=False, retire_after=0)
+@pytest.fixture(params=["sqlite", "memory"])
+def shop(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Shop]:
+    path = tmp_path / "shop.db" if request.param == "sqlite" else None
+    built = build_shop(path, clock=lambda: DAY, logging=False, retire_after=0)
     yield built
     built.close()
 
