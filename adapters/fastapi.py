@@ -11,6 +11,8 @@ read models to reach it, so a client reads its own writes across requests.
 from __future__ import annotations
 
 import contextlib
+import json
+import re
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
@@ -43,12 +45,12 @@ class MediatorMiddleware:
     Args:
         app: the ASGI application to wrap.
         mediator: the async mediator the routes dispatch through.
-        principal: turns the request's headers into the principal of its dispatch scope.
+        principal: turns the request's headers into the principal of its dispatch scope; required, so that
+            an unauthenticated request is an anonymous principal, never the trusted "no principal".
         consistency_timeout: how long a query waits for a requested token before answering 503.
     """
 
-    def __init__(self, app: ASGIApp, mediator: AsyncMediator,
-                 principal: Callable[[Mapping[str, str]], Any] = lambda headers: None,
+    def __init__(self, app: ASGIApp, mediator: AsyncMediator, principal: Callable[[Mapping[str, str]], Any],
                  consistency_timeout: float = 5.0) -> None:
         self.app = app
         self.mediator = mediator
@@ -61,7 +63,11 @@ class MediatorMiddleware:
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         correlation_id = headers.get(CORRELATION_HEADER) or uuid.uuid4().hex
-        wanted = _token(headers.get(CONSISTENT_HEADER))
+        try:
+            wanted = parse_token(headers.get(CONSISTENT_HEADER))
+        except ValueError as exc:
+            await _respond(send, 400, {"error": "bad_request", "detail": str(exc)})
+            return
         before = last_token()
 
         async def send_with_headers(message: Message) -> None:
@@ -94,10 +100,32 @@ def _incoming_trace(headers: Mapping[str, str]) -> Any:
         context.detach(token)
 
 
-def _token(value: str | None) -> int | None:
-    if value is None or not value.strip().isdigit():
+def parse_token(value: str | None) -> int | None:
+    """The token of an ``X-Consistent-With`` header; ``ValueError`` naming the fix if it is not one."""
+    if value is None:
         return None
+    if not TOKEN.fullmatch(value.strip()):
+        raise ValueError(f"{CONSISTENT_HEADER} must be a token from {TOKEN_HEADER} (digits), not {value[:40]!r}.")
     return int(value)
+
+
+TOKEN = re.compile(r"[0-9]{1,18}")
+
+
+async def _respond(send: Send, status: int, body: dict[str, Any]) -> None:
+    payload = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+    await send({"type": "http.response.body", "body": payload})
+
+
+def mediator_dependency(mediator: AsyncMediator) -> Callable[[], AsyncMediator]:
+    """A FastAPI dependency that hands routes the mediator: ``mediator: Annotated[AsyncMediator, Depends(dep)]``."""
+
+    def provide() -> AsyncMediator:
+        return mediator
+
+    return provide
 
 
 def _mapped(status: int, error: str) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:

@@ -25,7 +25,7 @@ from adapters.shop_sqlite import WRITE_SCHEMA, SqliteReadViews, SqliteWriteModel
 from adapters.sqlite import SqliteStorage
 from domain.events import ALL_EVENTS
 from handlers import commands, queries
-from handlers.authorization import Authorize
+from handlers.authorization import QUERIES, Authorize, AuthorizeQueries
 from handlers.commands import Clock, ShopCommands
 from handlers.ports import ReadViews, WriteModel
 from handlers.projections import all_projections
@@ -111,6 +111,7 @@ def build_shop(
     engine.install(registry)
     if authorize:
         registry.behaviour(Authorize(model), applies_to=Kind.COMMAND)
+        registry.behaviour(AuthorizeQueries(), applies_to=QUERIES)
     commands.register(registry, ShopCommands(model, clock))
     queries.register(registry, ShopQueries(views))
     return Shop(registry.build(), engine, storage, registry, model)

@@ -15,9 +15,9 @@ from decimal import Decimal
 from typing import Annotated, Any
 
 import attrs
-from fastapi import Body, FastAPI, Query, Request
+from fastapi import Body, FastAPI, Query
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StringConstraints, field_validator
 
 from adapters.fastapi import MediatorMiddleware, install_error_handlers
 from adapters.shop_app import Shop, build_shop
@@ -44,13 +44,14 @@ from domain.messages import (
 from handlers.authorization import ANONYMOUS, Forbidden, Principal
 from mediator import AsyncMediator
 
-Text = Annotated[str, Field(min_length=1, max_length=200)]
+Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Email = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^[^@\s]+@[^@\s]+$", max_length=254)]
 Money = Annotated[Decimal, Field(gt=0, max_digits=12, decimal_places=2)]
 
 
 class NewCustomer(BaseModel):
     name: Text
-    email: Annotated[str, Field(min_length=3, max_length=254)]
+    email: Email
 
 
 class NewCategory(BaseModel):
@@ -72,6 +73,13 @@ class NewPrice(BaseModel):
 
 class StockChange(BaseModel):
     delta: Annotated[int, Field(ge=-1_000_000, le=1_000_000)]
+
+    @field_validator("delta")
+    @classmethod
+    def changes_something(cls, delta: int) -> int:
+        if delta == 0:
+            raise ValueError("a stock change must not be 0")
+        return delta
     reason: Text
     expected_version: Annotated[int, Field(ge=0)] | None = None
 
@@ -175,10 +183,7 @@ def create_app(shop: Shop) -> FastAPI:
         return data(details)
 
     @app.get("/customers/{customer_id}/orders")
-    async def customer_orders(customer_id: str, request: Request) -> Any:
-        principal = principal_of({k.lower(): v for k, v in request.headers.items()})
-        if not principal.admin and principal.customer_id != customer_id:
-            raise Forbidden(GetCustomerOrders, principal)
+    async def customer_orders(customer_id: str) -> Any:
         return data(await mediator.ask(GetCustomerOrders(customer_id=customer_id)))
 
     @app.get("/categories/{category_id}/products")

@@ -35,7 +35,7 @@ CREATE TABLE IF NOT EXISTS stock (
     reserved INTEGER NOT NULL CHECK (reserved >= 0 AND reserved <= on_hand), version INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS orders (
     order_id TEXT PRIMARY KEY, customer_id TEXT NOT NULL REFERENCES customers, status TEXT NOT NULL,
-    total TEXT NOT NULL, placed_at TEXT NOT NULL, version INTEGER NOT NULL);
+    total TEXT NOT NULL, placed_at TEXT NOT NULL, version INTEGER NOT NULL, stock_reserved INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS order_items (
     order_id TEXT NOT NULL REFERENCES orders, product_id TEXT NOT NULL, product_name TEXT NOT NULL,
     category_id TEXT NOT NULL, quantity INTEGER NOT NULL, unit_price TEXT NOT NULL,
@@ -100,20 +100,20 @@ class SqliteWriteModel(WriteModel):
             for r in tx.execute("SELECT * FROM order_items WHERE order_id = ? ORDER BY rowid", (order_id,))
         )
         return Order(row[0], row[1], lines, Decimal(row[3]), dt.datetime.fromisoformat(row[4]),
-                     OrderStatus(row[2]), row[5])
+                     OrderStatus(row[2]), row[5], bool(row[6]))
 
     def save_order(self, tx: sqlite3.Connection, order: Order, expected_version: int) -> None:
         if expected_version == 0:
-            tx.execute("INSERT INTO orders VALUES (?, ?, ?, ?, ?, ?)",
+            tx.execute("INSERT INTO orders VALUES (?, ?, ?, ?, ?, ?, ?)",
                        (order.order_id, order.customer_id, order.status.value, str(order.total),
-                        order.placed_at.isoformat(), order.version))
+                        order.placed_at.isoformat(), order.version, int(order.stock_reserved)))
             tx.executemany("INSERT INTO order_items VALUES (?, ?, ?, ?, ?, ?)", [
                 (order.order_id, line.product_id, line.product_name, line.category_id, line.quantity,
                  str(line.unit_price)) for line in order.lines])
             return
         _updated(tx.execute(
-            "UPDATE orders SET status = ?, version = ? WHERE order_id = ? AND version = ?",
-            (order.status.value, order.version, order.order_id, expected_version),
+            "UPDATE orders SET status = ?, version = ?, stock_reserved = ? WHERE order_id = ? AND version = ?",
+            (order.status.value, order.version, int(order.stock_reserved), order.order_id, expected_version),
         ), tx, "orders", "order", order.order_id, expected_version)
 
 
@@ -252,7 +252,8 @@ class SqliteReadViews(ReadViews):
         return ProductInventory(product_id=r[0], name=r[1], on_hand=r[2], reserved=r[3], available=r[4])
 
     def search_products(self, text: str, limit: int) -> tuple[ProductListing, ...]:
-        terms = " ".join(f'"{word}"*' for word in text.replace('"', " ").split() if word)
+        clean = "".join(c if c.isprintable() else " " for c in text).replace('"', " ")
+        terms = " ".join(f'"{word}"*' for word in clean.split() if word)
         if not terms:
             return ()
         connection = self.storage.read_connection()
@@ -264,10 +265,8 @@ class SqliteReadViews(ReadViews):
                 f"JOIN {products} p ON p.product_id = f.product_id WHERE {found} MATCH ? AND p.discontinued = 0 "
                 "ORDER BY rank LIMIT ?", (terms, min(max(limit, 1), 100)),
             ).fetchall()
-        except sqlite3.OperationalError as exc:
-            if "no such table" in str(exc):
-                return ()
-            raise
+        except sqlite3.OperationalError:  # no index yet, or text FTS5 cannot parse: nothing matches
+            return ()
         return tuple(ProductListing(product_id=r[0], name=r[1], price=Decimal(r[2]), category_name=r[3],
                                     available=r[4]) for r in rows)
 

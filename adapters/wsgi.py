@@ -13,6 +13,7 @@ import json
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from adapters.fastapi import parse_token
 from adapters.shop_http import data, principal_of
 from domain.errors import ConcurrencyConflict, NotFound, RuleViolation
 from domain.messages import GetOrderDetails, OrderItem, PlaceOrder
@@ -33,9 +34,13 @@ class ShopWSGI:
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         headers = {k[5:].replace("_", "-").lower(): v for k, v in environ.items() if k.startswith("HTTP_")}
-        wanted = headers.get("x-consistent-with", "")
+        try:
+            wanted = parse_token(headers.get("x-consistent-with"))
+        except ValueError as exc:
+            start_response(STATUS[400], [("Content-Type", "application/json")])
+            return [json.dumps({"error": "bad_request", "detail": str(exc)}).encode()]
         before = last_token()
-        waiting = consistent(int(wanted)) if wanted.isdigit() else contextlib.nullcontext()
+        waiting = consistent(wanted) if wanted else contextlib.nullcontext()
         with self.mediator.scope(principal=principal_of(headers)), waiting:
             status, body = self._route(environ)
         extra = [("Content-Type", "application/json")]
@@ -50,7 +55,7 @@ class ShopWSGI:
         try:
             if method == "POST" and path == "/orders":
                 body = json.loads(environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0)) or b"{}")
-                items = tuple(OrderItem(product_id=str(i["product_id"]), quantity=int(i["quantity"]))
+                items = tuple(OrderItem(product_id=str(i["product_id"]), quantity=_quantity(i["quantity"]))
                               for i in body["items"])
                 return 201, {"order_id": self.mediator.send(PlaceOrder(customer_id=str(body["customer_id"]),
                                                                        items=items))}
@@ -76,5 +81,11 @@ ERRORS: tuple[tuple[type[Exception] | tuple[type[Exception], ...], int, str], ..
     (ConcurrencyConflict, 409, "conflict"),
     (RuleViolation, 409, "rule_violation"),
     (ConsistencyTimeout, 503, "not_yet_consistent"),
-    ((KeyError, TypeError, ValueError, AttributeError), 400, "bad_request"),
+    ((KeyError, TypeError, ValueError, AttributeError, OverflowError, RecursionError), 400, "bad_request"),
 )
+
+
+def _quantity(value: object) -> int:
+    if type(value) is not int or not 1 <= value <= 1000:
+        raise ValueError(f"A quantity is a whole number from 1 to 1000, not {value!r}.")
+    return value

@@ -105,11 +105,12 @@ class Stock:
         """Receive stock (positive) or write it off (negative); never below what is reserved."""
         if delta == 0:
             raise RuleViolation("A stock adjustment changes the quantity; 0 changes nothing.")
+        reason = _name(reason, "reason")
         if delta < 0 and -delta > self.available:
             raise InsufficientStock(self.product_id, -delta, self.available)
         self.on_hand += delta
         self.version += 1
-        return StockAdjusted(product_id=self.product_id, delta=delta, reason=_name(reason, "reason"),
+        return StockAdjusted(product_id=self.product_id, delta=delta, reason=reason,
                              on_hand=self.on_hand, reserved=self.reserved)
 
     def reserve(self, order_id: str, quantity: int) -> StockReserved:
@@ -169,6 +170,7 @@ class Order:
     placed_at: dt.datetime
     status: OrderStatus = OrderStatus.PLACED
     version: int = 0
+    stock_reserved: bool = False
 
     @classmethod
     def place(cls, order_id: str, customer_id: str, lines: Sequence[OrderLine],
@@ -205,6 +207,15 @@ class Order:
         return OrderShipped(order_id=self.order_id, customer_id=self.customer_id)
 
     def cancel(self, reason: str) -> OrderCancelled:
+        reason = _name(reason, "reason for cancelling")
         self._move(OrderStatus.CANCELLED, "cancelled")
-        return OrderCancelled(order_id=self.order_id, customer_id=self.customer_id,
-                              reason=_name(reason, "reason for cancelling"))
+        return OrderCancelled(order_id=self.order_id, customer_id=self.customer_id, reason=reason)
+
+    def mark_reserved(self) -> None:
+        """Record that the order's stock is reserved; it is reserved once, and only while placed."""
+        if self.status is not OrderStatus.PLACED:
+            raise IllegalTransition(self.order_id, self.status.value, "reserved")
+        if self.stock_reserved:
+            raise RuleViolation(f"Order {self.order_id!r} already has its stock reserved.")
+        self.stock_reserved = True
+        self.version += 1

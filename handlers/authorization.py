@@ -1,9 +1,13 @@
-"""Who may do what: the ``Authorize`` behaviour, run before any handler.
+"""Who may do what: the ``Authorize`` and ``AuthorizeQueries`` behaviours.
 
-Staff (an admin principal) may do anything. A customer may place orders for
-themself and cancel their own orders; everything else is staff work. A denial
-raises :class:`Forbidden` before the handler runs and is logged with the
-message type and the principal, never the message's fields.
+Staff (an admin principal) may do anything. A customer may register, place
+orders for themself, cancel their own orders and read their own orders;
+everything else is staff work. A denied command raises :class:`Forbidden`
+before its handler runs and is logged with the message type and the principal
+(the ``Logging`` behaviour, if outside, logs the failed dispatch too, with the
+message's non-sensitive fields). Dispatches with no principal at all are
+trusted in-process code (tests, scripts); the HTTP adapters always set one,
+anonymous when nobody is signed in.
 """
 
 from __future__ import annotations
@@ -15,7 +19,14 @@ import attrs
 import structlog
 
 from domain.errors import DomainError
-from domain.messages import CancelOrder, PlaceOrder, RegisterCustomer, ReserveStock
+from domain.messages import (
+    CancelOrder,
+    GetCustomerOrders,
+    GetOrderDetails,
+    PlaceOrder,
+    RegisterCustomer,
+    ReserveStock,
+)
 from mediator import Build, current_context
 from mediator._messages import qualname
 from mediator.readmodels import UnitOfWork
@@ -23,6 +34,9 @@ from mediator.readmodels import UnitOfWork
 from .ports import WriteModel
 
 log = structlog.get_logger("shop.authorization")
+
+QUERIES = (GetCustomerOrders, GetOrderDetails)
+"""The queries ``AuthorizeQueries`` guards."""
 
 
 @attrs.frozen
@@ -116,3 +130,39 @@ class Authorize:
         self._check(message)
         return await next(message)
 
+
+
+class AuthorizeQueries:
+    """Reads of a customer's orders: only that customer or staff. Someone else's order reads as missing."""
+
+    needs_scope = True
+
+    def _principal(self) -> Principal | None:
+        principal = current_context().principal
+        if principal is not None and not isinstance(principal, Principal):
+            raise TypeError(f"The dispatch principal must be a Principal, not {qualname(type(principal))}.")
+        return principal
+
+    def _filter(self, message: Any, result: Any) -> Any:
+        principal = self._principal()
+        if principal is None or principal.admin:
+            return result
+        if isinstance(message, GetCustomerOrders):
+            return result
+        owner = getattr(result, "customer_id", None)
+        return result if owner is None or owner == principal.customer_id else None
+
+    def _check(self, message: Any) -> None:
+        principal = self._principal()
+        if (isinstance(message, GetCustomerOrders) and principal is not None and not principal.admin
+                and principal.customer_id != message.customer_id):
+            log.warning("query denied", message_type=qualname(type(message)), customer_id=principal.customer_id)
+            raise Forbidden(type(message), principal)
+
+    def handle(self, message: Any, next: Callable[[Any], Any]) -> Any:
+        self._check(message)
+        return self._filter(message, next(message))
+
+    async def handle_async(self, message: Any, next: Callable[[Any], Any]) -> Any:
+        self._check(message)
+        return self._filter(message, await next(message))

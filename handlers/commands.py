@@ -135,6 +135,9 @@ class ShopCommands:
 
     def reserve_stock(self, command: ReserveStock, uow: UnitOfWork) -> None:
         order = self._order(uow, command.order_id)
+        version = order.version
+        order.mark_reserved()  # once per order, and only while it is placed: a repeat cannot leak stock
+        self.model.save_order(uow.handle, order, version)
         for line in order.lines:
             stock = self.model.stock(uow.handle, line.product_id)
             version = stock.version

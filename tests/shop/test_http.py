@@ -63,7 +63,7 @@ def test_a_client_reads_its_own_write_through_the_token_header(server: tuple[htt
     assert placed.headers["x-correlation-id"]
     order_id = placed.json()["order_id"]
 
-    details = client.get(f"/orders/{order_id}", headers={"X-Consistent-With": token})
+    details = client.get(f"/orders/{order_id}", headers={**as_customer, "X-Consistent-With": token})
     assert details.status_code == 200
     body: dict[str, Any] = details.json()
     assert (body["status"], body["total"], body["customer_name"]) == ("placed", "50.00", "Ada")
@@ -101,3 +101,33 @@ def test_errors_map_to_http(server: tuple[httpx.Client, Shop]) -> None:
     assert client.post("/orders", content=b"{not json", headers={"content-type": "application/json"}).status_code \
         == 422
     assert shop.storage.head() == head  # no partial write from any refused request
+
+
+def test_reads_of_orders_are_the_customers_own(server: tuple[httpx.Client, Shop]) -> None:
+    client, _shop = server
+    ids = setup_shop(client)
+    other = client.post("/customers", json={"name": "Bo", "email": "bo@example.com"}).json()["customer_id"]
+    placed = client.post("/orders", json={"customer_id": ids["customer"],
+                                          "items": [{"product_id": ids["product"], "quantity": 1}]},
+                         headers={"X-Customer-Id": ids["customer"]})
+    token, order_id = placed.headers["x-consistency-token"], placed.json()["order_id"]
+    wait = {"X-Consistent-With": token}
+    assert client.get(f"/orders/{order_id}", headers={**wait, "X-Customer-Id": ids["customer"]}).status_code == 200
+    assert client.get(f"/orders/{order_id}", headers={**wait, "X-Customer-Id": other}).status_code == 404
+    assert client.get(f"/orders/{order_id}", headers=wait).status_code == 404  # anonymous
+    assert client.get(f"/orders/{order_id}", headers={**wait, **ADMIN}).status_code == 200
+    assert client.get(f"/customers/{ids['customer']}/orders", headers={"X-Customer-Id": other}).status_code == 403
+
+
+def test_bad_headers_and_fields_are_4xx_with_reasons(server: tuple[httpx.Client, Shop]) -> None:
+    client, _shop = server
+    ids = setup_shop(client)
+    for token in (b"abc", b"-3", "²".encode("latin-1"), b"1" * 40):
+        answer = client.get("/dashboard", headers={b"X-Consistent-With": token})
+        assert (answer.status_code, answer.json()["error"]) == (400, "bad_request"), token
+    for body in ({"name": "  ", "email": "a@b"}, {"name": "Ada", "email": "no-at-sign"}):
+        assert client.post("/customers", json=body).status_code == 422
+    zero = client.post(f"/products/{ids['product']}/stock", json={"delta": 0, "reason": "x"}, headers=ADMIN)
+    assert zero.status_code == 422
+    assert "delta" in zero.json()["fields"]
+    assert client.get("/search", params={"q": "\x00 lamp"}).status_code == 200

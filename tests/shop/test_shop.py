@@ -170,3 +170,27 @@ def test_customers_act_only_on_their_own_orders_and_staff_on_everything(shop: Sh
         mediator.send(ConfirmOrder(order_id=order))
     with mediator.scope(principal=Principal(customer_id=customer)):
         mediator.send(CancelOrder(order_id=order, reason="changed my mind"))
+
+
+def test_stock_is_reserved_once_per_order_and_never_for_a_cancelled_one(shop: Shop) -> None:
+    from domain.messages import ReserveStock
+
+    customer, _lamps, desk, _floor = stocked(shop)
+    order = shop.mediator.send(PlaceOrder(customer_id=customer, items=(OrderItem(product_id=desk, quantity=2),)))
+    with pytest.raises(RuleViolation, match="already has its stock reserved"):
+        shop.mediator.send(ReserveStock(order_id=order))
+    shop.mediator.send(CancelOrder(order_id=order, reason="no"))
+    with pytest.raises(RuleViolation, match="cancelled"):
+        shop.mediator.send(ReserveStock(order_id=order))
+    stock = shop.inspect(lambda model, tx: model.stock(tx, desk))
+    assert (stock.on_hand, stock.reserved) == (10, 0)
+
+
+def test_a_refused_cancel_changes_nothing(shop: Shop) -> None:
+    customer, _lamps, desk, _floor = stocked(shop)
+    order = shop.mediator.send(PlaceOrder(customer_id=customer, items=(OrderItem(product_id=desk, quantity=1),)))
+    with pytest.raises(RuleViolation, match="reason"):
+        shop.mediator.send(CancelOrder(order_id=order, reason="   "))
+    loaded = shop.inspect(lambda model, tx: model.order(tx, order))
+    assert loaded is not None
+    assert loaded.status.value == "placed"

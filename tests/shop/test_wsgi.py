@@ -42,7 +42,8 @@ def test_a_sync_service_places_an_order_and_reads_it_back(client: tuple[httpx.Cl
                        headers={"X-Customer-Id": customer})
     assert placed.status_code == 201
     token = placed.headers["x-consistency-token"]
-    details = http.get(f"/orders/{placed.json()['order_id']}", headers={"X-Consistent-With": token})
+    details = http.get(f"/orders/{placed.json()['order_id']}",
+                       headers={"X-Consistent-With": token, "X-Customer-Id": customer})
     assert details.status_code == 200
     assert details.json()["total"] == "50.00"
 
@@ -58,3 +59,15 @@ def test_the_sync_service_maps_errors(client: tuple[httpx.Client, Shop]) -> None
     too_many = http.post("/orders", json={"customer_id": customer, "items": [{"product_id": desk, "quantity": 99}]},
                          headers={"X-Customer-Id": customer})
     assert (too_many.status_code, too_many.json()["error"]) == (409, "rule_violation")
+
+
+def test_the_sync_service_refuses_odd_quantities_and_tokens(client: tuple[httpx.Client, Shop]) -> None:
+    http, shop = client
+    customer, _lamps, desk, _floor = stocked(shop)
+    who = {"X-Customer-Id": customer}
+    for quantity in ("1e400", "1.9", "true", '"2"'):
+        body = f'{{"customer_id": "{customer}", "items": [{{"product_id": "{desk}", "quantity": {quantity}}}]}}'
+        assert http.post("/orders", content=body.encode(), headers=who).status_code == 400, quantity
+    nested = b"[" * 5000 + b"]" * 5000
+    assert http.post("/orders", content=nested, headers=who).status_code == 400
+    assert http.get("/orders/x", headers={"X-Consistent-With": "nope"}).status_code == 400
