@@ -15,10 +15,10 @@ import json
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
-from typing import Any
+from typing import Annotated, Any
 
 import structlog
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -119,13 +119,14 @@ async def _respond(send: Send, status: int, body: dict[str, Any]) -> None:
     await send({"type": "http.response.body", "body": payload})
 
 
-def mediator_dependency(mediator: AsyncMediator) -> Callable[[], AsyncMediator]:
-    """A FastAPI dependency that hands routes the mediator: ``mediator: Annotated[AsyncMediator, Depends(dep)]``."""
+def current_mediator(request: Request) -> AsyncMediator:
+    """The FastAPI dependency that hands a route the application's mediator (``app.state.mediator``)."""
+    mediator: AsyncMediator = request.app.state.mediator
+    return mediator
 
-    def provide() -> AsyncMediator:
-        return mediator
 
-    return provide
+Mediated = Annotated[AsyncMediator, Depends(current_mediator)]
+"""Annotate a route parameter with this to receive the mediator: ``async def route(mediator: Mediated)``."""
 
 
 def _mapped(status: int, error: str) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:

@@ -19,7 +19,7 @@ from fastapi import Body, FastAPI, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, StringConstraints, field_validator
 
-from adapters.fastapi import MediatorMiddleware, install_error_handlers
+from adapters.fastapi import Mediated, MediatorMiddleware, install_error_handlers
 from adapters.shop_app import Shop, build_shop
 from domain.errors import ConcurrencyConflict, NotFound, RuleViolation
 from domain.messages import (
@@ -123,6 +123,7 @@ def create_app(shop: Shop) -> FastAPI:
     """The shop's FastAPI application around an already built ``Shop``."""
     mediator: AsyncMediator = shop.registry.build_async()
     app = FastAPI(title="Reference shop")
+    app.state.mediator = mediator  # routes get it through the `Mediated` dependency
     install_error_handlers(app, {
         NotFound: (404, "not_found"), Forbidden: (403, "forbidden"), ConcurrencyConflict: (409, "conflict"),
         RuleViolation: (409, "rule_violation"),
@@ -132,80 +133,80 @@ def create_app(shop: Shop) -> FastAPI:
         return JSONResponse({key: value}, status_code=201)
 
     @app.post("/customers", status_code=201)
-    async def register_customer(body: NewCustomer) -> JSONResponse:
+    async def register_customer(mediator: Mediated, body: NewCustomer) -> JSONResponse:
         return created("customer_id", await mediator.send(RegisterCustomer(name=body.name, email=body.email)))
 
     @app.post("/categories", status_code=201)
-    async def create_category(body: NewCategory) -> JSONResponse:
+    async def create_category(mediator: Mediated, body: NewCategory) -> JSONResponse:
         return created("category_id", await mediator.send(CreateCategory(name=body.name)))
 
     @app.post("/products", status_code=201)
-    async def create_product(body: NewProduct) -> JSONResponse:
+    async def create_product(mediator: Mediated, body: NewProduct) -> JSONResponse:
         return created("product_id", await mediator.send(CreateProduct(
             category_id=body.category_id, name=body.name, description=body.description, price=body.price)))
 
     @app.put("/products/{product_id}/price", status_code=204)
-    async def change_price(product_id: str, body: NewPrice) -> None:
+    async def change_price(mediator: Mediated, product_id: str, body: NewPrice) -> None:
         await mediator.send(ChangePrice(product_id=product_id, new_price=body.price, reason=body.reason,
                                         expected_version=body.expected_version))
 
     @app.post("/products/{product_id}/discontinue", status_code=204)
-    async def discontinue(product_id: str) -> None:
+    async def discontinue(mediator: Mediated, product_id: str) -> None:
         await mediator.send(DiscontinueProduct(product_id=product_id))
 
     @app.post("/products/{product_id}/stock", status_code=204)
-    async def update_stock(product_id: str, body: StockChange) -> None:
+    async def update_stock(mediator: Mediated, product_id: str, body: StockChange) -> None:
         await mediator.send(UpdateProductStock(product_id=product_id, delta=body.delta, reason=body.reason,
                                                expected_version=body.expected_version))
 
     @app.post("/orders", status_code=201)
-    async def place_order(body: NewOrder) -> JSONResponse:
+    async def place_order(mediator: Mediated, body: NewOrder) -> JSONResponse:
         items = tuple(OrderItem(product_id=i.product_id, quantity=i.quantity) for i in body.items)
         return created("order_id", await mediator.send(PlaceOrder(customer_id=body.customer_id, items=items)))
 
     @app.post("/orders/{order_id}/confirm", status_code=204)
-    async def confirm(order_id: str, body: Annotated[Transition | None, Body()] = None) -> None:
+    async def confirm(mediator: Mediated, order_id: str, body: Annotated[Transition | None, Body()] = None) -> None:
         await mediator.send(ConfirmOrder(order_id=order_id, expected_version=body.expected_version if body else None))
 
     @app.post("/orders/{order_id}/ship", status_code=204)
-    async def ship(order_id: str, body: Annotated[Transition | None, Body()] = None) -> None:
+    async def ship(mediator: Mediated, order_id: str, body: Annotated[Transition | None, Body()] = None) -> None:
         await mediator.send(ShipOrder(order_id=order_id, expected_version=body.expected_version if body else None))
 
     @app.post("/orders/{order_id}/cancel", status_code=204)
-    async def cancel(order_id: str, body: Transition) -> None:
+    async def cancel(mediator: Mediated, order_id: str, body: Transition) -> None:
         await mediator.send(CancelOrder(order_id=order_id, reason=body.reason, expected_version=body.expected_version))
 
     @app.get("/orders/{order_id}")
-    async def order_details(order_id: str) -> Any:
+    async def order_details(mediator: Mediated, order_id: str) -> Any:
         details = await mediator.ask(GetOrderDetails(order_id=order_id))
         if details is None:
             raise NotFound("order", order_id)
         return data(details)
 
     @app.get("/customers/{customer_id}/orders")
-    async def customer_orders(customer_id: str) -> Any:
+    async def customer_orders(mediator: Mediated, customer_id: str) -> Any:
         return data(await mediator.ask(GetCustomerOrders(customer_id=customer_id)))
 
     @app.get("/categories/{category_id}/products")
-    async def products(category_id: str, page: Annotated[int, Query(ge=1, le=10_000)] = 1,
+    async def products(mediator: Mediated, category_id: str, page: Annotated[int, Query(ge=1, le=10_000)] = 1,
                        page_size: Annotated[int, Query(ge=1, le=100)] = 20) -> Any:
         return data(await mediator.ask(ListProductsByCategory(category_id=category_id, page=page,
                                                               page_size=page_size)))
 
     @app.get("/products/{product_id}/inventory")
-    async def inventory(product_id: str) -> Any:
+    async def inventory(mediator: Mediated, product_id: str) -> Any:
         found = await mediator.ask(GetProductInventory(product_id=product_id))
         if found is None:
             raise NotFound("product", product_id)
         return data(found)
 
     @app.get("/search")
-    async def search(q: Annotated[str, Query(min_length=1, max_length=200)],
+    async def search(mediator: Mediated, q: Annotated[str, Query(min_length=1, max_length=200)],
                      limit: Annotated[int, Query(ge=1, le=100)] = 20) -> Any:
         return data(await mediator.ask(SearchProducts(text=q, limit=limit)))
 
     @app.get("/dashboard")
-    async def dashboard(since: dt.date | None = None) -> Any:
+    async def dashboard(mediator: Mediated, since: dt.date | None = None) -> Any:
         return data(await mediator.ask(GetSalesDashboard(since=since)))
 
     wrapped = MediatorMiddleware(app, mediator, principal_of)
