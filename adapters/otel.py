@@ -10,16 +10,17 @@ blocked events, and a counter of events applied (throughput).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from opentelemetry import metrics, trace
+from opentelemetry import metrics, propagate, trace
 from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation
-from opentelemetry.trace import Status, StatusCode
+from opentelemetry.trace import Link, Status, StatusCode
 
 from mediator import current_context
 from mediator._messages import kind_of, qualname
-from mediator.readmodels import ReadModels
+from mediator.readmodels import ReadModels, StoredEvent
 
 METER_NAME = "mediator.readmodels"
 
@@ -122,13 +123,38 @@ class Tracing:
             return result
 
 
+MAX_LINKS = 32
+
+
 def trace_projections(engine: ReadModels, tracer_provider: Any = None) -> None:
-    """Record a span per projection batch the engine commits (projections run outside any request)."""
+    """Link projections to the dispatches that caused them.
+
+    Each commit stores the current trace context with its events; each projection
+    batch records a span linked to the spans of the commands whose events it
+    applied (a projection runs later, in another thread or process, so a link
+    rather than a parent).
+    """
     tracer = (tracer_provider or trace.get_tracer_provider()).get_tracer("mediator.readmodels")
 
-    def record(name: str, events: int) -> None:
-        with tracer.start_as_current_span(f"projection {name}", attributes={"mediator.projection": name,
-                                                                             "mediator.events": events}):
-            pass
+    def context_of_commit() -> dict[str, str]:
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        return carrier
 
-    engine.on_applied.append(record)
+    def record(name: str, events: list[StoredEvent]) -> None:
+        links: list[Link] = []
+        seen: set[int] = set()
+        for event in events:
+            meta = json.loads(event.meta or "{}")
+            parent = trace.get_current_span(propagate.extract(meta)).get_span_context()
+            if parent.is_valid and parent.span_id not in seen and len(links) < MAX_LINKS:
+                seen.add(parent.span_id)
+                links.append(Link(parent))
+        span = tracer.start_span(f"projection {name}", links=links,
+                                 attributes={"mediator.projection": name, "mediator.events": len(events),
+                                             "mediator.first_position": events[0].position,
+                                             "mediator.last_position": events[-1].position})
+        span.end()
+
+    engine.event_metadata.append(context_of_commit)
+    engine.on_batch.append(record)

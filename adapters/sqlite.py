@@ -42,7 +42,8 @@ CREATE TABLE IF NOT EXISTS events (
     version INTEGER NOT NULL,
     data TEXT NOT NULL,
     key TEXT,
-    recorded_at REAL NOT NULL
+    recorded_at REAL NOT NULL,
+    meta TEXT NOT NULL DEFAULT '{}'
 );
 """
 
@@ -75,9 +76,9 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 );
 """
 
-_EVENT_COLUMNS = "position, event_id, type_name, version, data, key, recorded_at"
+_EVENT_COLUMNS = "position, event_id, type_name, version, data, key, recorded_at, meta"
 _INSERT_EVENT = (
-    "INSERT INTO events (event_id, type_name, version, data, key, recorded_at) VALUES (?, ?, ?, ?, ?, ?)"
+    "INSERT INTO events (event_id, type_name, version, data, key, recorded_at, meta) VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import json
 import threading
 import time
 import uuid
@@ -343,6 +344,10 @@ class ReadModels:
         self._loop_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
             weakref.WeakKeyDictionary())
         self.on_applied: list[Callable[[str, int], None]] = []
+        self.on_batch: list[Callable[[str, list[StoredEvent]], None]] = []
+        """Called with (projection name, the events of the batch) after each committed batch (e.g. for tracing)."""
+        self.event_metadata: list[Callable[[], dict[str, str]]] = []
+        """Called at each commit; what they return is stored with the events (e.g. the trace context)."""
         """Called with (projection name, events dealt with) after each committed batch (e.g. for metrics)."""
         self.lag_log_interval = 60.0
         self._next_lag_log = 0.0
@@ -406,10 +411,11 @@ class ReadModels:
     def _commit(self, session: WriteSession, recorded: Sequence[tuple[Any, str | None]]) -> int:
         try:
             now = time.time()
+            meta = self._metadata() if self.event_metadata else "{}"
             new = []
             for event, key in recorded:
                 name, version, data = self.types.encode(event)
-                new.append(NewEvent(uuid.uuid4().hex, name, version, data, key, now))
+                new.append(NewEvent(uuid.uuid4().hex, name, version, data, key, now, meta))
             position = session.append(new)
             first = position - len(new) + 1
             set_up = [self._apply_inline(session, track, recorded, first) for track in self._inline] if (
@@ -424,6 +430,12 @@ class ReadModels:
         if new and self._thread is not None:  # a runner in this process: wake it now rather than at its next poll
             self._wakeup.set()
         return position
+
+    def _metadata(self) -> str:
+        found: dict[str, str] = {}
+        for source in self.event_metadata:
+            found.update(source())
+        return json.dumps(found, sort_keys=True)
 
     def _apply_inline(self, session: WriteSession, track: _Track, recorded: Sequence[tuple[Any, str | None]],
                       first: int) -> tuple[_Track, int]:
@@ -521,6 +533,9 @@ class ReadModels:
             else:
                 handled = self._healthy_batch(track, session, events, blocked)
         track.ready.add(generation)
+        if handled and self.on_batch:
+            for listener in self.on_batch:
+                listener(track.name, events[:handled])
         return handled
 
     def _healthy_batch(self, track: _Track, session: ProjectionSession, events: list[StoredEvent],

@@ -24,7 +24,7 @@ class StorageError(MediatorError, RuntimeError):
 
 
 class NewEvent(NamedTuple):
-    """An event about to be appended: encoded, with its id, ordering key and time."""
+    """An event about to be appended: encoded, with its id, ordering key, time and metadata (JSON)."""
 
     event_id: str
     type_name: str
@@ -32,6 +32,7 @@ class NewEvent(NamedTuple):
     data: str
     key: str | None
     recorded_at: float
+    meta: str = "{}"
 
 
 class StoredEvent(NamedTuple):
@@ -49,6 +50,7 @@ class StoredEvent(NamedTuple):
     data: str
     key: str | None
     recorded_at: float
+    meta: str = "{}"
 
 
 PARKED = "parked"

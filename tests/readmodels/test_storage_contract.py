@@ -152,3 +152,11 @@ def test_a_rebuild_is_claimed_once_and_finished_only_if_nothing_moved(storage: S
     assert storage.finish_rebuild("p", 5, old=1)
     assert (storage.current_generation("p"), storage.rebuilding("p")) == (5, None)
     assert not storage.finish_rebuild("p", 5, old=1)  # already finished, by someone
+
+
+def test_event_metadata_is_stored_with_the_event(storage: Storage) -> None:
+    session = storage.begin()
+    session.append([event(1)._replace(meta='{"traceparent": "00-abc-def-01"}')])
+    session.commit()
+    (stored,) = storage.read(0, 1)
+    assert stored.meta == '{"traceparent": "00-abc-def-01"}'

@@ -40,7 +40,10 @@ def test_a_span_per_dispatch_with_nested_dispatches_as_children(tmp_path: Path) 
     assert reserve.attributes["mediator.correlation_id"] == place.attributes["mediator.correlation_id"]
     exporter.clear()
     settle(shop.engine)
-    assert any(span.name.startswith("projection ") for span in exporter.get_finished_spans())
+    projections = [span for span in exporter.get_finished_spans() if span.name.startswith("projection ")]
+    assert projections
+    linked = {link.context.span_id for span in projections for link in span.links}
+    assert place.context.span_id in linked  # the OrderPlaced projections link back to the command's span
     shop.close()
 
 
