@@ -120,6 +120,7 @@ class MemoryReadViews(ReadViews):
             status=row["status"], total=Decimal(row["total"]), placed_at=dt.datetime.fromisoformat(row["placed_at"]),
             lines=tuple(OrderLineView(product_id=p, product_name=n, quantity=q, unit_price=Decimal(u))
                         for p, n, q, u in json.loads(row["lines"])),
+            version=row["version"],
         )
 
     def customer_orders(self, customer_id: str) -> tuple[CustomerOrderSummary, ...]:
@@ -135,7 +136,7 @@ class MemoryReadViews(ReadViews):
 
     def _listing(self, row: dict[str, Any]) -> ProductListing:
         return ProductListing(product_id=row["product_id"], name=row["name"], price=Decimal(row["price"]),
-                              category_name=row["category_name"], available=row["available"])
+                              category_name=row["category_name"], available=row["available"], version=row["version"])
 
     def products_by_category(self, category_id: str, page: int, page_size: int) -> Page:
         page, page_size = max(page, 1), min(max(page_size, 1), 100)
@@ -150,7 +151,7 @@ class MemoryReadViews(ReadViews):
         if row is None:
             return None
         return ProductInventory(product_id=product_id, name=row["name"], on_hand=row["on_hand"],
-                                reserved=row["reserved"], available=row["available"])
+                                reserved=row["reserved"], available=row["available"], version=row["version"])
 
     def search_products(self, text: str, limit: int) -> tuple[ProductListing, ...]:
         words = [w.lower() for w in text.replace('"', " ").split() if w]

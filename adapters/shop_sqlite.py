@@ -131,14 +131,15 @@ TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
     # name: (columns DDL, key columns)
     "customers": ("customer_id TEXT PRIMARY KEY, name TEXT", ("customer_id",)),
     "orders": ("order_id TEXT PRIMARY KEY, customer_id TEXT, customer_name TEXT, status TEXT, total TEXT, "
-               "placed_at TEXT, lines TEXT", ("order_id",)),
+               "placed_at TEXT, lines TEXT, version INTEGER", ("order_id",)),
     "summaries": ("customer_id TEXT, order_id TEXT, status TEXT, total TEXT, placed_at TEXT, item_count INTEGER, "
                   "product_names TEXT, PRIMARY KEY (customer_id, order_id)", ("customer_id", "order_id")),
     "categories": ("category_id TEXT PRIMARY KEY, name TEXT", ("category_id",)),
     "products": ("product_id TEXT PRIMARY KEY, category_id TEXT, category_name TEXT, name TEXT, "
-                 "description TEXT, price TEXT, available INTEGER, discontinued INTEGER", ("product_id",)),
-    "inventory": ("product_id TEXT PRIMARY KEY, name TEXT, on_hand INTEGER, reserved INTEGER, available INTEGER",
-                  ("product_id",)),
+                 "description TEXT, price TEXT, available INTEGER, discontinued INTEGER, version INTEGER",
+                 ("product_id",)),
+    "inventory": ("product_id TEXT PRIMARY KEY, name TEXT, on_hand INTEGER, reserved INTEGER, available INTEGER, "
+                  "version INTEGER", ("product_id",)),
     "order_lines": ("order_id TEXT PRIMARY KEY, day TEXT, lines TEXT", ("order_id",)),
     "daily": ("day TEXT, category_id TEXT, category_name TEXT, orders INTEGER, units INTEGER, revenue TEXT, "
               "PRIMARY KEY (day, category_id)", ("day", "category_id")),
@@ -208,12 +209,13 @@ class SqliteReadViews(ReadViews):
         rows = self._query("order_details", "orders", "SELECT * FROM {t} WHERE order_id = ?", (order_id,))
         if not rows:
             return None
-        _id, customer_id, customer_name, status, total, placed_at, lines = rows[0]
+        _id, customer_id, customer_name, status, total, placed_at, lines, version = rows[0]
         return OrderDetails(
             order_id=order_id, customer_id=customer_id, customer_name=customer_name, status=status,
             total=Decimal(total), placed_at=dt.datetime.fromisoformat(placed_at),
             lines=tuple(OrderLineView(product_id=p, product_name=n, quantity=q, unit_price=Decimal(u))
                         for p, n, q, u in json.loads(lines)),
+            version=version,
         )
 
     def customer_orders(self, customer_id: str) -> tuple[CustomerOrderSummary, ...]:
@@ -230,13 +232,13 @@ class SqliteReadViews(ReadViews):
         page, page_size = max(page, 1), min(max(page_size, 1), 100)
         rows = self._query(
             "catalog", "products",
-            "SELECT product_id, name, price, category_name, available, COUNT(*) OVER () FROM {t} "
+            "SELECT product_id, name, price, category_name, available, version, COUNT(*) OVER () FROM {t} "
             "WHERE category_id = ? AND discontinued = 0 ORDER BY name, product_id LIMIT ? OFFSET ?",
             (category_id, page_size, (page - 1) * page_size),
         )
         items = tuple(ProductListing(product_id=r[0], name=r[1], price=Decimal(r[2]), category_name=r[3],
-                                     available=r[4]) for r in rows)
-        total = rows[0][5] if rows else self._count(category_id)
+                                     available=r[4], version=r[5]) for r in rows)
+        total = rows[0][6] if rows else self._count(category_id)
         return Page(items=items, page=page, page_size=page_size, total=total)
 
     def _count(self, category_id: str) -> int:
@@ -249,7 +251,8 @@ class SqliteReadViews(ReadViews):
         if not rows:
             return None
         r = rows[0]
-        return ProductInventory(product_id=r[0], name=r[1], on_hand=r[2], reserved=r[3], available=r[4])
+        return ProductInventory(product_id=r[0], name=r[1], on_hand=r[2], reserved=r[3], available=r[4],
+                                version=r[5])
 
     def search_products(self, text: str, limit: int) -> tuple[ProductListing, ...]:
         clean = "".join(c if c.isprintable() else " " for c in text).replace('"', " ")
@@ -261,14 +264,14 @@ class SqliteReadViews(ReadViews):
         products = self.engine.table("search", "products")
         try:
             rows = connection.execute(
-                f"SELECT p.product_id, p.name, p.price, p.category_name, p.available FROM {found} f "
+                f"SELECT p.product_id, p.name, p.price, p.category_name, p.available, p.version FROM {found} f "
                 f"JOIN {products} p ON p.product_id = f.product_id WHERE {found} MATCH ? AND p.discontinued = 0 "
                 "ORDER BY rank LIMIT ?", (terms, min(max(limit, 1), 100)),
             ).fetchall()
         except sqlite3.OperationalError:  # no index yet, or text FTS5 cannot parse: nothing matches
             return ()
         return tuple(ProductListing(product_id=r[0], name=r[1], price=Decimal(r[2]), category_name=r[3],
-                                    available=r[4]) for r in rows)
+                                    available=r[4], version=r[5]) for r in rows)
 
     def sales_dashboard(self, since: dt.date | None) -> tuple[DailySales, ...]:
         rows = self._query("dashboard", "daily", "SELECT * FROM {t} WHERE day >= ? ORDER BY day, category_id",

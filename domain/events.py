@@ -9,6 +9,9 @@ import attrs
 
 from mediator import Event
 
+# Events about a versioned aggregate carry its version after the change (0 in events stored before they did),
+# so read models can show it and clients can send it back as ``expected_version``.
+
 
 @attrs.frozen(kw_only=True)
 class CustomerRegistered(Event):
@@ -38,11 +41,13 @@ class PriceChanged(Event):
     old_price: Decimal
     new_price: Decimal
     reason: str
+    version: int = 0
 
 
 @attrs.frozen(kw_only=True)
 class ProductDiscontinued(Event):
     product_id: str
+    version: int = 0
 
 
 @attrs.frozen(kw_only=True)
@@ -54,6 +59,7 @@ class StockAdjusted(Event):
     reason: str
     on_hand: int
     reserved: int
+    version: int = 0
 
 
 @attrs.frozen(kw_only=True)
@@ -63,6 +69,7 @@ class StockReserved(Event):
     quantity: int
     on_hand: int
     reserved: int
+    version: int = 0
 
 
 @attrs.frozen(kw_only=True)
@@ -72,6 +79,7 @@ class StockReleased(Event):
     quantity: int
     on_hand: int
     reserved: int
+    version: int = 0
 
 
 @attrs.frozen(kw_only=True)
@@ -81,6 +89,7 @@ class StockShipped(Event):
     quantity: int
     on_hand: int
     reserved: int
+    version: int = 0
 
 
 @attrs.frozen(kw_only=True)
@@ -109,12 +118,14 @@ class OrderPlaced(Event):
 class OrderConfirmed(Event):
     order_id: str
     customer_id: str
+    version: int = 0
 
 
 @attrs.frozen(kw_only=True)
 class OrderShipped(Event):
     order_id: str
     customer_id: str
+    version: int = 0
 
 
 @attrs.frozen(kw_only=True)
@@ -122,6 +133,7 @@ class OrderCancelled(Event):
     order_id: str
     customer_id: str
     reason: str
+    version: int = 0
 
 
 ALL_EVENTS: tuple[type[Event], ...] = (

@@ -114,6 +114,8 @@ class OrderDetails:
     total: Decimal
     placed_at: dt.datetime
     lines: tuple[OrderLineView, ...]
+    version: int
+    """Send it back as ``expected_version`` to change the order only if nobody else did meanwhile."""
 
 
 @attrs.frozen(kw_only=True)
@@ -135,6 +137,7 @@ class ProductListing:
     price: Decimal
     category_name: str
     available: int
+    version: int
 
 
 @attrs.frozen(kw_only=True)
@@ -154,6 +157,7 @@ class ProductInventory:
     on_hand: int
     reserved: int
     available: int
+    version: int
 
 
 @attrs.frozen(kw_only=True)

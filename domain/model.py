@@ -75,9 +75,10 @@ class Product:
         if price == self.price:
             raise RuleViolation(f"Product {self.product_id!r} already costs {price}.")
         reason = _name(reason, "reason for a price change")
-        event = PriceChanged(product_id=self.product_id, old_price=self.price, new_price=price, reason=reason)
-        self.price = price
         self.version += 1
+        event = PriceChanged(product_id=self.product_id, old_price=self.price, new_price=price, reason=reason,
+                             version=self.version)
+        self.price = price
         return event
 
     def discontinue(self) -> ProductDiscontinued:
@@ -85,7 +86,7 @@ class Product:
             raise RuleViolation(f"Product {self.product_id!r} is already discontinued.")
         self.discontinued = True
         self.version += 1
-        return ProductDiscontinued(product_id=self.product_id)
+        return ProductDiscontinued(product_id=self.product_id, version=self.version)
 
 
 @attrs.define
@@ -111,7 +112,7 @@ class Stock:
         self.on_hand += delta
         self.version += 1
         return StockAdjusted(product_id=self.product_id, delta=delta, reason=reason,
-                             on_hand=self.on_hand, reserved=self.reserved)
+                             on_hand=self.on_hand, reserved=self.reserved, version=self.version)
 
     def reserve(self, order_id: str, quantity: int) -> StockReserved:
         _positive(quantity)
@@ -120,7 +121,7 @@ class Stock:
         self.reserved += quantity
         self.version += 1
         return StockReserved(product_id=self.product_id, order_id=order_id, quantity=quantity,
-                             on_hand=self.on_hand, reserved=self.reserved)
+                             on_hand=self.on_hand, reserved=self.reserved, version=self.version)
 
     def release(self, order_id: str, quantity: int) -> StockReleased:
         _positive(quantity)
@@ -129,7 +130,7 @@ class Stock:
         self.reserved -= quantity
         self.version += 1
         return StockReleased(product_id=self.product_id, order_id=order_id, quantity=quantity,
-                             on_hand=self.on_hand, reserved=self.reserved)
+                             on_hand=self.on_hand, reserved=self.reserved, version=self.version)
 
     def ship(self, order_id: str, quantity: int) -> StockShipped:
         _positive(quantity)
@@ -139,7 +140,7 @@ class Stock:
         self.on_hand -= quantity
         self.version += 1
         return StockShipped(product_id=self.product_id, order_id=order_id, quantity=quantity,
-                            on_hand=self.on_hand, reserved=self.reserved)
+                            on_hand=self.on_hand, reserved=self.reserved, version=self.version)
 
 
 def _positive(quantity: int) -> None:
@@ -200,16 +201,16 @@ class Order:
 
     def confirm(self) -> OrderConfirmed:
         self._move(OrderStatus.CONFIRMED, "confirmed")
-        return OrderConfirmed(order_id=self.order_id, customer_id=self.customer_id)
+        return OrderConfirmed(order_id=self.order_id, customer_id=self.customer_id, version=self.version)
 
     def ship(self) -> OrderShipped:
         self._move(OrderStatus.SHIPPED, "shipped")
-        return OrderShipped(order_id=self.order_id, customer_id=self.customer_id)
+        return OrderShipped(order_id=self.order_id, customer_id=self.customer_id, version=self.version)
 
     def cancel(self, reason: str) -> OrderCancelled:
         reason = _name(reason, "reason for cancelling")
         self._move(OrderStatus.CANCELLED, "cancelled")
-        return OrderCancelled(order_id=self.order_id, customer_id=self.customer_id, reason=reason)
+        return OrderCancelled(order_id=self.order_id, customer_id=self.customer_id, reason=reason, version=self.version)
 
     def mark_reserved(self) -> None:
         """Record that the order's stock is reserved; it is reserved once, and only while placed."""
@@ -217,5 +218,4 @@ class Order:
             raise IllegalTransition(self.order_id, self.status.value, "reserved")
         if self.stock_reserved:
             raise RuleViolation(f"Order {self.order_id!r} already has its stock reserved.")
-        self.stock_reserved = True
-        self.version += 1
+        self.stock_reserved = True  # bookkeeping, not a change a client sees: the version stays

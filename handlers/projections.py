@@ -67,11 +67,12 @@ class OrderDetailsProjection(ShopProjection):
             "customer_id": event.customer_id, "customer_name": customer["name"] if customer else "",
             "status": "placed", "total": event.total, "placed_at": event.placed_at.isoformat(),
             "lines": [(ln.product_id, ln.product_name, ln.quantity, ln.unit_price) for ln in event.lines],
+            "version": 1,
         })
 
     @on(OrderConfirmed, OrderShipped, OrderCancelled)
     def moved(self, event: OrderConfirmed | OrderShipped | OrderCancelled, session: ProjectionSession) -> None:
-        self._update(session, "orders", {"order_id": event.order_id}, status=_status(event))
+        self._update(session, "orders", {"order_id": event.order_id}, status=_status(event), version=event.version)
 
 
 class CustomerOrdersProjection(ShopProjection):
@@ -108,16 +109,17 @@ class CatalogProjection(ShopProjection):
         self.views.write(session, "products", {"product_id": event.product_id}, {
             "category_id": event.category_id, "category_name": category["name"] if category else "",
             "name": event.name, "description": event.description, "price": event.price, "available": 0,
-            "discontinued": 0,
+            "discontinued": 0, "version": 1,
         })
 
     @on(PriceChanged)
     def price(self, event: PriceChanged, session: ProjectionSession) -> None:
-        self._update(session, "products", {"product_id": event.product_id}, price=str(event.new_price))
+        self._update(session, "products", {"product_id": event.product_id}, price=str(event.new_price),
+                     version=event.version)
 
     @on(ProductDiscontinued)
     def discontinued(self, event: ProductDiscontinued, session: ProjectionSession) -> None:
-        self._update(session, "products", {"product_id": event.product_id}, discontinued=1)
+        self._update(session, "products", {"product_id": event.product_id}, discontinued=1, version=event.version)
 
     @on(*STOCK_EVENTS)
     def stock(self, event: StockEvent, session: ProjectionSession) -> None:
@@ -145,12 +147,12 @@ class InventoryProjection(ShopProjection):
     @on(ProductCreated)
     def product(self, event: ProductCreated, session: ProjectionSession) -> None:
         self.views.write(session, "inventory", {"product_id": event.product_id},
-                         {"name": event.name, "on_hand": 0, "reserved": 0, "available": 0})
+                         {"name": event.name, "on_hand": 0, "reserved": 0, "available": 0, "version": 0})
 
     @on(*STOCK_EVENTS)
     def stock(self, event: StockEvent, session: ProjectionSession) -> None:
         self._update(session, "inventory", {"product_id": event.product_id}, on_hand=event.on_hand,
-                     reserved=event.reserved, available=event.on_hand - event.reserved)
+                     reserved=event.reserved, available=event.on_hand - event.reserved, version=event.version)
 
 
 class DashboardProjection(ShopProjection):

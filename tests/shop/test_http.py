@@ -131,3 +131,22 @@ def test_bad_headers_and_fields_are_4xx_with_reasons(server: tuple[httpx.Client,
     assert zero.status_code == 422
     assert "delta" in zero.json()["fields"]
     assert client.get("/search", params={"q": "\x00 lamp"}).status_code == 200
+
+
+def test_a_client_can_send_back_the_version_it_read(server: tuple[httpx.Client, Shop]) -> None:
+    client, _shop = server
+    ids = setup_shop(client)
+    placed = client.post("/orders", json={"customer_id": ids["customer"],
+                                          "items": [{"product_id": ids["product"], "quantity": 1}]},
+                         headers={"X-Customer-Id": ids["customer"]})
+    wait = {"X-Consistent-With": placed.headers["x-consistency-token"], **ADMIN}
+    order = client.get(f"/orders/{placed.json()['order_id']}", headers=wait).json()
+    assert order["version"] == 1
+    confirm = client.post(f"/orders/{order['order_id']}/confirm", json={"expected_version": order["version"]},
+                          headers=ADMIN)
+    assert confirm.status_code == 204
+    again = client.post(f"/orders/{order['order_id']}/ship", json={"expected_version": order["version"]},
+                        headers=ADMIN)
+    assert (again.status_code, again.json()["error"]) == (409, "conflict")  # it moved on to version 2
+    inventory = client.get(f"/products/{ids['product']}/inventory", headers=wait).json()
+    assert inventory["version"] >= 1
