@@ -85,17 +85,23 @@ def test_fuzzed_requests_never_fail_the_server(method: str, path: str,
     @given(body=json_values, segment=st.text(min_size=1, max_size=20).filter(lambda s: "/" not in s and s != ".."),
            params=st.dictionaries(st.sampled_from(["q", "page", "page_size", "limit", "since"]), st.text(max_size=8)),
            who=st.sampled_from([{}, {"X-Admin": "1"}, {"X-Customer-Id": ids["customer"]}, {"X-Customer-Id": "x"}]),
+           token=st.one_of(st.none(), st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=255),
+                                              max_size=25)),
            raw=st.booleans())
-    def run(body: Any, segment: str, params: dict[str, str], who: dict[str, str], raw: bool) -> None:
+    def run(body: Any, segment: str, params: dict[str, str], who: dict[str, str], raw: bool,
+            token: str | None) -> None:
         url = path.format(product=ids["product"], customer=ids["customer"], any=quote(segment, safe=""))
+        headers = {k.encode(): v.encode() for k, v in who.items()}
+        if token is not None:  # any byte a header can carry: httpx needs bytes for those beyond ASCII
+            headers[b"X-Consistent-With"] = token.encode("latin-1")
         head = shop.storage.head()
         if method == "GET":
-            response = client.request(method, url, params=params, headers=who)
+            response = client.request(method, url, params=params, headers=headers)
         elif raw:
-            response = client.request(method, url, content=repr(body).encode(), headers={
-                **who, "content-type": "application/json"})
+            response = client.request(method, url, content=repr(body).encode(),
+                                      headers={**headers, b"content-type": b"application/json"})
         else:
-            response = client.request(method, url, json=body, headers=who)
+            response = client.request(method, url, json=body, headers=headers)
         check(response)
         if response.status_code >= 400:
             assert shop.storage.head() == head, "a refused request wrote something"

@@ -24,6 +24,7 @@ from domain.messages import (
     GetProductInventory,
     GetSalesDashboard,
     ListProductsByCategory,
+    SearchProducts,
     OrderItem,
     PlaceOrder,
     ShipOrder,
@@ -62,6 +63,7 @@ def snapshot(shop: Shop, customer: str, lamps: str, products: list[str], orders:
         ask(ListProductsByCategory(category_id=lamps)),
         [ask(GetProductInventory(product_id=p)) for p in products],
         ask(GetSalesDashboard()),
+        ask(SearchProducts(text="lamp")),
     )
 
 
