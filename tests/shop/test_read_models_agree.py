@@ -24,9 +24,9 @@ from domain.messages import (
     GetProductInventory,
     GetSalesDashboard,
     ListProductsByCategory,
-    SearchProducts,
     OrderItem,
     PlaceOrder,
+    SearchProducts,
     ShipOrder,
     UpdateProductStock,
 )
