@@ -17,7 +17,16 @@ import uuid
 from collections.abc import Callable
 
 from domain.errors import NotFound, RuleViolation
-from domain.events import CategoryCreated, CustomerRegistered, OrderLine, OrderPlaced, StockAdjusted
+from domain.events import (
+    CategoryCreated,
+    CustomerRegistered,
+    OrderLine,
+    OrderPlaced,
+    StockAdjusted,
+    StockReleased,
+    StockReserved,
+    StockShipped,
+)
 from domain.messages import (
     CancelOrder,
     ChangePrice,
@@ -31,13 +40,14 @@ from domain.messages import (
     ShipOrder,
     UpdateProductStock,
 )
-from domain.model import Order, Product
+from domain.model import Order, Product, Stock
 from mediator import Mediator, Registry
 from mediator.readmodels import UnitOfWork
 
 from .ports import WriteModel
 
 Clock = Callable[[], dt.datetime]
+StockEvent = StockReserved | StockReleased | StockShipped
 
 
 def new_id() -> str:
@@ -138,10 +148,14 @@ class ShopCommands:
         version = order.version
         order.mark_reserved()  # once per order, and only while it is placed: a repeat cannot leak stock
         self.model.save_order(uow.handle, order, version)
+        self._each_line(uow, order, Stock.reserve)
+
+    def _each_line(self, uow: UnitOfWork, order: Order, move: Callable[[Stock, str, int], StockEvent]) -> None:
+        """Apply ``move`` (reserve, release or ship) to the stock of every line of ``order``, and record it."""
         for line in order.lines:
             stock = self.model.stock(uow.handle, line.product_id)
             version = stock.version
-            event = stock.reserve(order.order_id, line.quantity)
+            event = move(stock, order.order_id, line.quantity)
             self.model.save_stock(uow.handle, stock, version)
             uow.record(event, key=stock.product_id)
 
@@ -166,12 +180,7 @@ class ShopCommands:
         event = order.ship()
         self.model.save_order(uow.handle, order, version)
         uow.record(event, key=order.order_id)
-        for line in order.lines:
-            stock = self.model.stock(uow.handle, line.product_id)
-            stock_version = stock.version
-            shipped = stock.ship(order.order_id, line.quantity)
-            self.model.save_stock(uow.handle, stock, stock_version)
-            uow.record(shipped, key=stock.product_id)
+        self._each_line(uow, order, Stock.ship)
 
     def cancel_order(self, command: CancelOrder, uow: UnitOfWork) -> None:
         order = self._order(uow, command.order_id)
@@ -180,12 +189,7 @@ class ShopCommands:
         event = order.cancel(command.reason)
         self.model.save_order(uow.handle, order, version)
         uow.record(event, key=order.order_id)
-        for line in order.lines:  # the stock it held goes back on sale
-            stock = self.model.stock(uow.handle, line.product_id)
-            stock_version = stock.version
-            released = stock.release(order.order_id, line.quantity)
-            self.model.save_stock(uow.handle, stock, stock_version)
-            uow.record(released, key=stock.product_id)
+        self._each_line(uow, order, Stock.release)  # the stock it held goes back on sale
 
 
 def reserve_on_order_placed(event: OrderPlaced, mediator: Mediator) -> None:
