@@ -63,7 +63,9 @@ class StockAdjusted(Event):
 
 
 @attrs.frozen(kw_only=True)
-class StockReserved(Event):
+class StockMovedForOrder(Event):
+    """Stock of one product moved for one order's line; the subclasses say which way."""
+
     product_id: str
     order_id: str
     quantity: int
@@ -73,23 +75,18 @@ class StockReserved(Event):
 
 
 @attrs.frozen(kw_only=True)
-class StockReleased(Event):
-    product_id: str
-    order_id: str
-    quantity: int
-    on_hand: int
-    reserved: int
-    version: int = 0
+class StockReserved(StockMovedForOrder):
+    """Set aside for an order placed."""
 
 
 @attrs.frozen(kw_only=True)
-class StockShipped(Event):
-    product_id: str
-    order_id: str
-    quantity: int
-    on_hand: int
-    reserved: int
-    version: int = 0
+class StockReleased(StockMovedForOrder):
+    """Put back on sale when an order was cancelled."""
+
+
+@attrs.frozen(kw_only=True)
+class StockShipped(StockMovedForOrder):
+    """Gone out with an order shipped."""
 
 
 @attrs.frozen(kw_only=True)
