@@ -42,8 +42,14 @@ class _State:
         self.generations: dict[str, int] = {}
         self.rebuilds: dict[str, int] = {}
 
-    def finish_rebuild(self, name: str, generation: int, old: int) -> bool:
+    def _position(self, name: str, generation: int) -> int:
+        tracking = self.tracking.get((name, generation))
+        return 0 if tracking is None else tracking.position
+
+    def finish_rebuild(self, name: str, generation: int, old: int, *, live: bool) -> bool:
         if self.rebuilds.get(name) != generation or self.generations.get(name, 1) != old:
+            return False
+        if live and self._position(name, old) < self._position(name, generation):  # see SqliteStorage.finish_rebuild
             return False
         self.generations[name] = generation
         del self.rebuilds[name]
@@ -115,7 +121,7 @@ class MemoryWriteSession(WriteSession):
         self._work.generations[name] = generation
 
     def finish_rebuild(self, name: str, generation: int, old: int) -> bool:
-        return self._work.finish_rebuild(name, generation, old)
+        return self._work.finish_rebuild(name, generation, old, live=False)
 
     def commit(self) -> None:
         if not self._done:
@@ -205,7 +211,7 @@ class MemoryStorage(Storage):
 
     def finish_rebuild(self, name: str, generation: int, old: int) -> bool:
         with self._writer:
-            return self._state.finish_rebuild(name, generation, old)
+            return self._state.finish_rebuild(name, generation, old, live=True)
 
     def all_dead_letters(self, name: str | None = None) -> list[DeadLetter]:
         found = []

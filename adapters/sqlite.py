@@ -102,13 +102,27 @@ def _abandon(connection: sqlite3.Connection) -> None:
             raise StorageError(f"SQLite failed to roll back: {exc}") from exc
 
 
-def _finish_rebuild_on(connection: sqlite3.Connection, name: str, generation: int, old: int) -> bool:
+def _finish_rebuild_on(connection: sqlite3.Connection, name: str, generation: int, old: int, *, live: bool) -> bool:
     row = connection.execute(
         "SELECT r.generation, COALESCE(g.generation, 1) FROM projection_rebuilds r "
         "LEFT JOIN projection_generations g ON g.projection = r.projection WHERE r.projection = ?", (name,)
     ).fetchone()
     if row is None or tuple(row) != (generation, old):
         return False
+    if not live:  # inline: the command's transaction holds the writer lock; the live generation is never behind
+        return _swap(connection, name, generation)
+    # The replay treats what it applies as replayed; an event it reached before the live generation did would
+    # never get its side effects. Swap only once the live generation has dealt with everything the new one has.
+    positions = dict(connection.execute(
+        "SELECT generation, position FROM projection_tracking WHERE projection = ? AND generation IN (?, ?)",
+        (name, generation, old),
+    ).fetchall())
+    if positions.get(old, 0) < positions.get(generation, 0):
+        return False
+    return _swap(connection, name, generation)
+
+
+def _swap(connection: sqlite3.Connection, name: str, generation: int) -> bool:
     connection.execute(
         "INSERT INTO projection_generations (projection, generation) VALUES (?, ?) "
         "ON CONFLICT (projection) DO UPDATE SET generation = excluded.generation", (name, generation),
@@ -229,7 +243,7 @@ class SqliteWriteSession(WriteSession):
 
     def finish_rebuild(self, name: str, generation: int, old: int) -> bool:
         self._need_one_file(name)
-        return _finish_rebuild_on(self.handle, name, generation, old)
+        return _finish_rebuild_on(self.handle, name, generation, old, live=False)
 
     def commit(self) -> None:
         if self._open:
@@ -424,7 +438,7 @@ class SqliteStorage(Storage):
         with _translated("finish a rebuild"):
             connection.execute("BEGIN IMMEDIATE")
             try:
-                done = _finish_rebuild_on(connection, name, generation, old)
+                done = _finish_rebuild_on(connection, name, generation, old, live=True)
                 connection.execute("COMMIT")
             except BaseException:
                 _abandon(connection)

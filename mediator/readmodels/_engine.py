@@ -630,8 +630,12 @@ class ReadModels:
         log.error("event parked", projection=session.name, position=stored.position, status=status, reason=reason)
 
     def catch_up(self, *, deliveries: Iterable[Delivery] = (Delivery.BACKGROUND, Delivery.WORKER),
-                 ignore_backoff: bool = False) -> int:
-        """Run every selected projection (and rebuild) until none has more to do now; return events dealt with."""
+                 ignore_backoff: bool = False, finishing: bool = False) -> int:
+        """Run every selected projection (and rebuild) until none has more to do now; return events dealt with.
+
+        ``finishing`` also runs the live generation of each projection being rebuilt, whatever its delivery:
+        a rebuild is swapped in only once the live generation has caught up with it.
+        """
         wanted = set(deliveries)
         total = 0
         progressed = True
@@ -643,8 +647,9 @@ class ReadModels:
                 generations = self._generations(track)
                 if track.delivery not in wanted and not any(replaying for _g, replaying in generations):
                     continue
+                rebuilding = len(generations) > 1
                 for generation, replaying in generations:
-                    if not replaying and track.delivery not in wanted:
+                    if not replaying and track.delivery not in wanted and not (finishing and rebuilding):
                         continue
                     done = self.run_batch(track, generation, replaying, ignore_backoff=ignore_backoff)
                     total += done
@@ -799,7 +804,7 @@ class ReadModels:
         The teardown waits ``retire_after`` seconds, for queries that looked the old generation up.
         """
         while self.rebuilding:
-            self.catch_up(deliveries=())
+            self.catch_up(deliveries=(), finishing=True)
         while any(track.retired for track in self._tracks.values()):
             due = min(d for track in self._tracks.values() for _g, d in track.retired)
             time.sleep(max(0.0, due - time.monotonic()))
@@ -810,7 +815,10 @@ class ReadModels:
         if new is None:
             return
         old = self.storage.current_generation(track.name)
-        behind = self.storage.head() - self.storage.checkpoint(track.name, new)
+        replayed = self.storage.checkpoint(track.name, new)
+        behind = self.storage.head() - replayed
+        if track.delivery is not Delivery.INLINE and self.storage.checkpoint(track.name, old) < replayed:
+            return  # the live generation still owes those events their side effects (storage checks it too)
         if track.delivery is Delivery.INLINE:
             # Commands write the current generation inline, under the writer's lock: catch the rest of the
             # log up and swap under that lock too, once the background replay has left only a batch or so.

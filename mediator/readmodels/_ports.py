@@ -136,7 +136,11 @@ class WriteSession(abc.ABC):
 
     @abc.abstractmethod
     def finish_rebuild(self, name: str, generation: int, old: int) -> bool:
-        """Like :meth:`Storage.finish_rebuild`, in this transaction (for inline projections)."""
+        """Like :meth:`Storage.finish_rebuild`, in this transaction (for inline projections).
+
+        The live generation is not checked here: the transaction holds the writer lock, so every command's
+        events have been applied inline already.
+        """
 
     @abc.abstractmethod
     def commit(self) -> None:
@@ -193,7 +197,9 @@ class Storage(abc.ABC):
     def finish_rebuild(self, name: str, generation: int, old: int) -> bool:
         """Atomically swap ``generation`` in and end the rebuild, if it is still the rebuild and ``old`` current.
 
-        Returns ``False`` (changing nothing) when another process finished or replaced it first.
+        Returns ``False`` (changing nothing) when another process finished or replaced it first, or when
+        ``old`` has not yet reached the checkpoint of ``generation``: events the replay applied before the live
+        generation did have had no side effects yet, and the live generation must still deliver them.
         """
 
     @abc.abstractmethod

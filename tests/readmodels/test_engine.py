@@ -213,6 +213,27 @@ def test_rebuild_replays_into_a_new_generation_then_swaps(storage: Storage) -> N
     assert [row.generation for row in bank.engine.lag()] == [2]
 
 
+def test_an_event_the_rebuild_replays_first_still_gets_its_side_effect_once(storage: Storage) -> None:
+    # The replaying generation may read an event the live one has not reached yet; swapping then would hand
+    # the event to a generation that treats it as replayed, and its side effect would never happen.
+    bank = make_bank(storage)
+    for amount in (1, 2, 3):
+        bank.mediator.send(Deposit(account="a", amount=amount))
+    bank.engine.catch_up()
+    bank.projection.side_effects.clear()
+    new = bank.engine.rebuild("balances")
+    bank.mediator.send(Deposit(account="b", amount=4))  # the live generation has not seen this one yet
+    track = bank.engine._tracks["balances"]
+    bank.engine.run_batch(track, new, replaying=True)
+    bank.engine._maybe_swap(track)
+    assert storage.current_generation("balances") == 1  # not swapped while the live generation lags behind
+    assert not storage.finish_rebuild("balances", new, old=1)  # and storage refuses it too
+    bank.engine.catch_up()
+    assert storage.current_generation("balances") == 2
+    assert bank.projection.side_effects == [("b", False)]  # once, by the live generation
+    assert bank.mediator.ask(GetBalance(account="b")) == 4
+
+
 def test_queries_keep_answering_while_a_rebuild_runs(storage: Storage) -> None:
     bank = make_bank(storage, batch_size=5)
     for _ in range(100):
