@@ -141,9 +141,10 @@ class Balances(Projection):
 
 
 def deposit(command: Deposit, uow: UnitOfWork) -> None:
+    # Recorded first, refused after: a refused deposit's event is in the unit of work and must be rolled back.
+    uow.record(Deposited(account=command.account, amount=command.amount), key=command.account)
     if command.amount <= 0:
         raise ValueError("deposits must be positive")
-    uow.record(Deposited(account=command.account, amount=command.amount), key=command.account)
 
 
 @attrs.define

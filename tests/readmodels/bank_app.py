@@ -50,7 +50,7 @@ def crash_loop(ack_path: str) -> None:
         sequence += 1
         account = f"acct-{sequence % 5}"
         if sequence % 7 == 0:
-            with contextlib.suppress(ValueError):  # the handler refuses it
+            with contextlib.suppress(ValueError):  # the handler records its event, then refuses it
                 app.mediator.send(Deposit(account=account, amount=-sequence))
             continue
         app.mediator.send(Deposit(account=account, amount=sequence))
