@@ -325,14 +325,19 @@ class ReadModels:
         batch_size: events a background projection applies per transaction.
         max_attempts: tries of a failing event before it is parked.
         backoff: seconds before the first retry; doubled per attempt, capped at 30 s.
-        poll_interval: how often runners look for events committed by other processes.
+        poll_interval: how often an idle runner runs its projections anyway (for retries, and rebuilds started
+            by other processes).
+        watch_interval: how often an idle runner looks at the head of the log for events committed by other
+            processes (one cheap query); commits in this process wake it at once.
         retire_after: seconds a replaced generation is kept after a rebuild swaps in its successor,
             for queries that looked up the old one just before the swap.
     """
 
     def __init__(self, storage: Storage, types: EventTypes, *, batch_size: int = 500, max_attempts: int = 5,
-                 backoff: float = 0.05, poll_interval: float = 0.2, retire_after: float = 5.0) -> None:
+                 backoff: float = 0.05, poll_interval: float = 0.2, watch_interval: float = 0.002,
+                 retire_after: float = 5.0) -> None:
         self.retire_after = retire_after
+        self.watch_interval = watch_interval
         self.storage = storage
         self.types = types
         self.batch_size = batch_size
@@ -695,14 +700,28 @@ class ReadModels:
                 with contextlib.suppress(Exception):  # a storage outage is logged by the loop below
                     self.log_lag()
             try:
+                head = self.storage.head()  # before the catch-up: a commit after this read wakes the idle wait
                 done = self.catch_up(deliveries=(self._runs,))
             except Exception as exc:  # a storage outage: log, wait, try again; never die silently
                 log.error("projection runner failed, retrying", error_type=qualname(type(exc)), error=str(exc))
                 done = 0
                 self._stop.wait(self.poll_interval)
+                continue
             if not done:
-                self._wakeup.wait(self._idle_wait())
-                self._wakeup.clear()
+                self._idle(head, self._idle_wait())
+
+    def _idle(self, head: int, longest: float) -> None:
+        """Wait for a commit in this process (a wake-up), a new head of the log from another, or ``longest`` s."""
+        deadline = time.monotonic() + longest
+        while not self._wakeup.wait(min(self.watch_interval, max(0.0, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline or self._stop.is_set():
+                break
+            try:
+                if self.storage.head() != head:
+                    break
+            except Exception:  # an outage is the catch-up's to report
+                break
+        self._wakeup.clear()
 
     def _idle_wait(self) -> float:
         now = time.monotonic()
@@ -734,18 +753,21 @@ class ReadModels:
         """Wait until the projections ``names`` (default: all) have reached ``token``; ``False`` on timeout.
 
         Runner threads in this process wake the waiter as soon as they commit a
-        batch; progress made by a worker process is seen by polling.
+        batch; progress made by a worker process is seen by polling the
+        checkpoints, every 0.25 ms at first, backing off to every 5 ms.
         """
         names = list(self._tracks) if names is None else list(names)
         deadline = time.monotonic() + timeout
         local = self._thread is not None and self._thread.is_alive()
         remote = any(not local or self._tracks[n].delivery is not self._runs for n in names)
+        pause = 0.00025
         with self._progress:
             while self.reached(token, names):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
-                self._progress.wait(min(left, 0.005) if remote else left)
+                self._progress.wait(min(left, pause) if remote else left)
+                pause = min(pause * 2, 0.005)
         return True
 
     # -- operations: lag, rebuild, dead letters ---------------------------------------------------

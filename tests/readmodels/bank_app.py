@@ -22,7 +22,8 @@ def bank() -> Bank:
     storage = SqliteStorage(os.environ["BANK_DB"])
     delivery = Delivery(os.environ.get("BANK_DELIVERY", "background"))
     # Nothing else reads these test databases while a rebuild retires a generation: no grace period.
-    return make_bank(storage, delivery, max_attempts=2, backoff=0.01, retire_after=0)
+    poll = float(os.environ.get("BANK_POLL", "0.2"))
+    return make_bank(storage, delivery, max_attempts=2, backoff=0.01, retire_after=0, poll_interval=poll)
 
 
 def engine() -> ReadModels:

@@ -71,6 +71,27 @@ def test_a_worker_process_projects_and_a_query_here_reads_its_own_write(db: Path
     assert bank.engine.lag()[0].positions_behind == 0
 
 
+def test_an_idle_worker_sees_another_process_commit_without_waiting_for_its_poll(db: Path) -> None:
+    # The worker polls only once an hour: each round's answer proves it watched the head of the log instead.
+    bank = make_bank(SqliteStorage(db), Delivery.WORKER)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "mediator.readmodels", "--app", "tests.readmodels.bank_app:engine", "worker"],
+        env={**env(db, "worker"), "BANK_POLL": "3600"}, cwd=ROOT, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert worker.stdout is not None
+        assert "worker running" in worker.stdout.readline()
+        for amount in range(1, 6):
+            bank.mediator.send(Deposit(account="a", amount=amount))
+            assert bank.engine.wait(last_token(), timeout=30), f"round {amount}: the worker did not wake"
+        assert bank.mediator.ask(GetBalance(account="a")) == 15
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=20) == 0
+        assert worker.stdout is not None
+        worker.stdout.close()
+
+
 def test_the_command_line_shows_status_and_handles_dead_letters_and_rebuilds(db: Path) -> None:
     bank = make_bank(SqliteStorage(db))
     bank.mediator.send(Deposit(account="a", amount=5))
@@ -88,10 +109,17 @@ def test_the_command_line_shows_status_and_handles_dead_letters_and_rebuilds(db:
     assert "cannot project account a" in listing
     assert "skip: balances position 1; 0 event(s) applied" in cli(db, "dead-letters", "skip", "balances", "1")
     assert cli(db, "dead-letters", "list").strip() == "no dead letters"
+    bank.mediator.send(Deposit(account="a", amount=7))
+    settle(bank.engine)
+    assert [letter.position for letter in bank.engine.dead_letters()] == [3]
+    # The command line runs the fixed code (its projection has no poison): the retry applies the event.
+    assert "retry: balances position 3; 1 event(s) applied" in cli(db, "dead-letters", "retry", "balances", "3")
+    assert bank.engine.dead_letters() == []
+    assert bank.balances() == {"a": 7, "b": 1}  # position 1 was skipped, position 3 retried
 
     assert "balances: rebuilt as generation 2, now current" in cli(db, "rebuild", "balances")
     bank.projection.poison.clear()
-    assert bank.balances() == {"a": 5, "b": 1}  # the rebuild replayed everything, including the skipped event
+    assert bank.balances() == {"a": 12, "b": 1}  # the rebuild replayed everything, including the skipped event
     assert_settled(bank.engine)
 
 
