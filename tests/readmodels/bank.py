@@ -124,6 +124,7 @@ class Balances(Projection):
         self.view = view
         self.poison: set[str] = set()
         self.side_effects: list[tuple[str, bool]] = []
+        self.applied: list[int] = []  # amounts, in the order this projection applied them (any generation)
 
     def setup(self, session: ProjectionSession) -> None:
         self.view.create(session)
@@ -136,6 +137,7 @@ class Balances(Projection):
         if event.account in self.poison:
             raise ValueError(f"cannot project account {event.account}")
         self.view.add(session, event.account, event.amount)
+        self.applied.append(event.amount)
         if not session.replaying:
             self.side_effects.append((event.account, session.replaying))
 
@@ -172,9 +174,10 @@ def event_types() -> EventTypes:
     return types
 
 
-def make_bank(storage: Storage, delivery: Delivery = Delivery.BACKGROUND, **engine_options: Any) -> Bank:
+def make_bank(storage: Storage, delivery: Delivery = Delivery.BACKGROUND, types: EventTypes | None = None,
+              **engine_options: Any) -> Bank:
     view: BalancesView = MemoryBalances(storage) if isinstance(storage, MemoryStorage) else SqliteBalances(storage)  # type: ignore[arg-type]
-    engine = ReadModels(storage, event_types(), **engine_options)
+    engine = ReadModels(storage, types or event_types(), **engine_options)
     projection = Balances(view)
     engine.add(projection, delivery=delivery)
     registry = Registry()

@@ -7,7 +7,8 @@ import attrs
 import pytest
 
 from mediator import Command, Event, Query
-from mediator.readmodels import PARKED, Delivery, NewEvent, Storage, UnitOfWork
+from mediator.readmodels import PARKED, Delivery, EventTypes, NewEvent, Storage, UnitOfWork
+from mediator.testing import assert_settled, settle
 
 from .bank import Deposit, Deposited, event_types, make_bank
 
@@ -202,3 +203,30 @@ def test_wait_notices_progress_made_by_another_engine(storage: Storage) -> None:
 
 def test_event_types_used_here_are_registered() -> None:
     assert Deposited in event_types()
+
+
+def test_assert_settled_names_what_is_behind_and_what_is_parked(storage: Storage) -> None:
+    bank = make_bank(storage, max_attempts=1)
+    bank.projection.poison.add("bad")
+    bank.mediator.send(Deposit(account="bad", amount=1))
+    with pytest.raises(AssertionError, match="balances g1 is 1 behind"):
+        assert_settled(bank.engine)
+    settle(bank.engine)
+    with pytest.raises(AssertionError, match=r"balances parked position 1 \(parked\): ValueError: cannot project"):
+        assert_settled(bank.engine)
+    bank.engine.skip("balances", 1)
+    assert_settled(bank.engine)
+
+
+def test_an_old_version_in_the_log_is_upcast_before_the_projection_sees_it(storage: Storage) -> None:
+    types = EventTypes()
+    types.register(Deposited, name="bank.deposited", version=2, upcasters={
+        1: lambda old: {"account": old["account"], "amount": old["cents"] // 100},  # v1 stored cents
+    })
+    bank = make_bank(storage, types=types)
+    append_raw(storage, NewEvent("old-1", "bank.deposited", 1, '{"account": "a", "cents": 500}', "a", time.time()))
+    bank.mediator.send(Deposit(account="a", amount=2))  # stored as version 2
+    assert [e.version for e in storage.read(0, 10)] == [1, 2]
+    settle(bank.engine)
+    assert bank.balances() == {"a": 7}
+    assert bank.engine.dead_letters() == []

@@ -14,6 +14,7 @@ from mediator.readmodels import (
     NewEvent,
     Storage,
     UnregisteredEvent,
+    _engine,
     consistent,
     last_token,
 )
@@ -144,6 +145,35 @@ def test_a_poison_event_is_retried_then_parked_and_only_its_key_waits(storage: S
     bank.mediator.send(Deposit(account="bad", amount=1))
     bank.engine.catch_up()
     assert bank.balances() == {"good": 3, "bad": 31}
+
+
+def test_a_parked_key_is_applied_in_log_order_once_released(storage: Storage) -> None:
+    bank = make_bank(storage, max_attempts=1, backoff=0)
+    bank.projection.poison.add("bad")
+    for account, amount in [("bad", 1), ("good", 2), ("bad", 3), ("bad", 4), ("good", 5)]:
+        bank.mediator.send(Deposit(account=account, amount=amount))
+    bank.engine.catch_up()
+    assert bank.projection.applied == [2, 5]  # the other key went on
+    bank.projection.poison.clear()
+    assert bank.engine.retry("balances", 1) == 3
+    assert bank.projection.applied == [2, 5, 1, 3, 4]  # the parked key, in the order of the log
+
+
+def test_a_failing_event_waits_out_a_doubling_backoff(storage: Storage, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(_engine.time, "monotonic", lambda: clock[0])
+    bank = make_bank(storage, max_attempts=4, backoff=5)
+    bank.projection.poison.add("bad")
+    bank.mediator.send(Deposit(account="bad", amount=1))
+    attempts = []
+    for now in (1000.0, 1004.9, 1005.0, 1014.9, 1015.0, 1034.9, 1035.0):
+        clock[0] = now
+        with capture_logs() as logs:
+            bank.engine.catch_up()
+        attempts += [(now, e.get("attempt", "parked")) for e in logs if e["log_level"] in ("warning", "error")]
+    # retried after 5 s, then 10 s, then 20 s; the fourth try parks it
+    assert attempts == [(1000.0, 1), (1005.0, 2), (1015.0, 3), (1035.0, "parked")]
+    assert [letter.attempts for letter in bank.engine.dead_letters()] == [4]
 
 
 def test_retrying_while_still_broken_keeps_the_order(storage: Storage) -> None:
