@@ -83,7 +83,9 @@ def test_an_idle_worker_sees_another_process_commit_without_waiting_for_its_poll
         assert "worker running" in worker.stdout.readline()
         for amount in range(1, 6):
             bank.mediator.send(Deposit(account="a", amount=amount))
-            assert bank.engine.wait(last_token(), timeout=30), f"round {amount}: the worker did not wake"
+            token = last_token()
+            assert token is not None
+            assert bank.engine.wait(token, timeout=30), f"round {amount}: the worker did not wake"
         assert bank.mediator.ask(GetBalance(account="a")) == 15
     finally:
         worker.send_signal(signal.SIGTERM)
