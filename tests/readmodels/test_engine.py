@@ -14,7 +14,6 @@ from mediator.readmodels import (
     NewEvent,
     Storage,
     UnregisteredEvent,
-    _engine,
     consistent,
     last_token,
 )
