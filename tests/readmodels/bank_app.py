@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 
 from adapters.sqlite import SqliteStorage
 from mediator.readmodels import Delivery, ReadModels
@@ -31,8 +32,12 @@ def engine() -> ReadModels:
 
 
 def writer(count: int) -> None:
-    """Send ``count`` deposits of 1 to account ``writer-<pid>``."""
+    """Send ``count`` deposits of 1 to account ``writer-<pid>``, once the file ``BANK_GO`` (if set) exists."""
     app = bank()
+    go = os.environ.get("BANK_GO")
+    print("ready", flush=True)
+    while go and not os.path.exists(go):
+        time.sleep(0.001)
     for _ in range(count):
         app.mediator.send(Deposit(account=f"writer-{os.getpid()}", amount=1))
 

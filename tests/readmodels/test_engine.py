@@ -276,6 +276,10 @@ def test_queries_keep_answering_while_a_rebuild_runs(storage: Storage) -> None:
         while not stop.is_set():
             answers.append(bank.mediator.ask(GetBalance(account="a")))
 
+    # Between the replay's batches, deterministically, and from a thread, at whatever moments it gets.
+    between_batches: list[int] = []
+    bank.engine.on_batch.append(lambda _name, _events: between_batches.append(
+        bank.mediator.ask(GetBalance(account="a"))) if storage.rebuilding("balances") is not None else None)
     reader = threading.Thread(target=ask)
     reader.start()
     try:
@@ -283,6 +287,8 @@ def test_queries_keep_answering_while_a_rebuild_runs(storage: Storage) -> None:
     finally:
         stop.set()
         reader.join()
+    assert len(between_batches) >= 19  # 100 events in batches of 5, the last one swapped in
+    assert set(between_batches) == {100}
     assert answers
     assert set(answers) == {100}  # never a half-rebuilt answer
     assert storage.current_generation("balances") == 2

@@ -1,5 +1,6 @@
 """The engine across processes on one SQLite database: writers, workers, the command line."""
 
+import itertools
 import os
 import signal
 import subprocess
@@ -37,13 +38,25 @@ def db(tmp_path: Path) -> Path:
 
 def test_two_writer_processes_share_one_database_without_gaps(db: Path) -> None:
     SqliteStorage(db).close()
+    go = db.parent / "go"
     writers = [
-        subprocess.Popen([sys.executable, "-m", "tests.readmodels.bank_app", "writer", "300"], env=env(db), cwd=ROOT)
+        subprocess.Popen([sys.executable, "-m", "tests.readmodels.bank_app", "writer", "300"],
+                         env={**env(db), "BANK_GO": str(go)}, cwd=ROOT, stdout=subprocess.PIPE, text=True)
         for _ in range(2)
     ]
+    for w in writers:  # both started up, then both released at once
+        assert w.stdout is not None
+        assert w.stdout.readline().strip() == "ready"
+    go.touch()
     assert [w.wait(timeout=120) for w in writers] == [0, 0]
+    for w in writers:
+        assert w.stdout is not None
+        w.stdout.close()
     storage = SqliteStorage(db)
     assert [e.position for e in storage.events()] == list(range(1, 601))
+    keys = [e.key for e in storage.events()]
+    switches = sum(1 for a, b in itertools.pairwise(keys) if a != b)
+    assert switches >= 2, "the two writers did not overlap"
     bank = make_bank(storage)
     settle(bank.engine)
     assert sorted(bank.balances().values()) == [300, 300]
