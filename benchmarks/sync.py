@@ -11,9 +11,9 @@ for times per event or per command, so lower is better):
   unit of work and the outbox, against the same validation, log line and SQL
   hand-coded (target ratio <= 1.10).
 - ``lag_p50`` / ``lag_p99``: how long after its command commits a background
-  projection has applied the event, under a steady command load (reference: itself).
+  projection has committed the event's effect, under a steady command load (reference: itself).
 - ``read_your_writes_p50`` / ``_p99``: from a command's return to a token-consistent
-  query answering, against the measured lag plus 1 ms (target ratio <= 1.5).
+  query answering, against 1.5 times the measured lag plus 1 ms (target ratio <= 1).
 - with the ``peers`` extra, ``eventsourcing``'s SQLite persistence doing the append,
   catch-up and read-your-writes work, as the peer.
 """
@@ -82,6 +82,7 @@ class Balances(Projection):
         super().__init__()
         self.applied_at: dict[float, float] = {}
         self.track_lag = False
+        self._pending: list[float] = []  # sent_at of events applied in the batch being committed
 
     def setup(self, session: ProjectionSession) -> None:
         session.handle.execute(
@@ -95,7 +96,14 @@ class Balances(Projection):
     def deposited(self, event: Deposited, session: ProjectionSession) -> None:
         session.handle.execute(UPSERT.format(table=session.table("balance")), (event.account, event.amount))
         if self.track_lag:
-            self.applied_at[event.sent_at] = time.time()
+            self._pending.append(event.sent_at)
+
+    def committed(self, _name: str, _events: object) -> None:
+        """An ``on_batch`` listener: the batch is committed, so its events are visible to queries now."""
+        now = time.time()
+        for sent_at in self._pending:
+            self.applied_at[sent_at] = now
+        self._pending.clear()
 
 
 def types() -> EventTypes:
@@ -132,6 +140,7 @@ def app(path: Path, *, batch_size: int = 500) -> App:
     engine = ReadModels(storage, types(), batch_size=batch_size, poll_interval=0.05)
     projection = Balances()
     engine.add(projection, delivery=Delivery.BACKGROUND)
+    engine.on_batch.append(projection.committed)
     registry = Registry()
     registry.behaviour(Logging())
     registry.behaviour(Validation())
@@ -380,8 +389,8 @@ def run(settings: Settings, *, with_peers: bool = True, progress: Callable[[str]
         lag = lag_and_read_your_writes(folder, size)
         for q in ("p50", "p99"):
             add(f"lag_{q}", "this", lag[f"lag_{q}"], lag[f"lag_{q}"])
-            reference = lag[f"lag_{q}"] + 0.001
-            add(f"read_your_writes_{q}", "lag + 1 ms", reference, reference)
+            reference = 1.5 * lag[f"lag_{q}"] + 0.001
+            add(f"read_your_writes_{q}", "1.5 x lag + 1 ms", reference, reference)
             add(f"read_your_writes_{q}", "this", lag[f"ryw_{q}"], reference)
         if with_peers:
             progress("sync: eventsourcing (peer)")
@@ -415,7 +424,7 @@ def summary(results: list[Result]) -> str:
     lag50, lag99 = by[("lag_p50", "this")].median_ns / 1e6, by[("lag_p99", "this")].median_ns / 1e6
     lines.append(f"| background lag p50 / p99 | {lag50:.1f} / {lag99:.1f} ms | - | - |")
     for q in ("p50", "p99"):
-        lines.append(f"| read-your-writes {q} | {ratio(f'read_your_writes_{q}'):.2f}x | lag + 1 ms | <= 1.5x |")
+        lines.append(f"| read-your-writes {q} | {ratio(f'read_your_writes_{q}'):.2f}x | 1.5 x lag + 1 ms | <= 1x |")
     if ("catch_up", "eventsourcing") in by:
         lines.append(f"| eventsourcing append | {ratio('append', 'eventsourcing'):.1f}x slower | this | - |")
         lines.append(f"| eventsourcing catch-up | {ratio('catch_up', 'eventsourcing'):.1f}x slower | this | >= 10x |")
