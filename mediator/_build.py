@@ -31,9 +31,10 @@ from ._di import (
 )
 from ._errors import WiringError
 from ._mediator import AsyncMediator, Mediator
-from ._messages import Kind, declared_result, qualname
+from ._messages import Command, Event, Kind, Query, StreamQuery, declared_result, kind_of, qualname
 from ._notify import ASYNC_RUNNERS, SYNC_RUNNERS, PublishStrategy
 from ._registry import (
+    AppliesTo,
     BehaviourRegistration,
     HandlerRegistration,
     HookRegistration,
@@ -291,6 +292,34 @@ def compile_steps(registrations: list[BehaviourRegistration], message_type: type
     return steps
 
 
+_KIND_BASES: dict[Kind, type] = {Kind.COMMAND: Command, Kind.QUERY: Query, Kind.STREAM: StreamQuery, Kind.EVENT: Event}
+
+
+def _reach(applies_to: AppliesTo) -> list[tuple[Kind, type]]:
+    """Each kind a behaviour registered with ``applies_to`` can run for, with a message class to specialise it to."""
+    targets = applies_to if isinstance(applies_to, tuple) else (applies_to,)
+    reach: list[tuple[Kind, type]] = []
+    for target in targets:
+        kind = target if isinstance(target, Kind) else kind_of(target)
+        if kind is None:  # everything, Message itself, or a mixin that messages of any kind may share
+            reach += _KIND_BASES.items()
+        else:
+            reach.append((kind, target if isinstance(target, type) else _KIND_BASES[kind]))
+    return list(dict.fromkeys(reach))
+
+
+def check_behaviours(registrations: list[BehaviourRegistration], build: Build) -> None:
+    """Compile every behaviour for every kind it applies to, whether or not a message of that kind is handled.
+
+    Chains are compiled only for handled message types, and an event class the
+    build did not see only on its first publish; this check makes the build, not
+    that publish, report a behaviour of the wrong shape.
+    """
+    for reg in registrations:
+        for kind, message_type in _reach(reg.applies_to):
+            _compile_step(reg, message_type, kind, build)
+
+
 def _compile_step(reg: BehaviourRegistration, message_type: type, kind: Kind, build: Build) -> Step | None:
     behaviour = reg.behaviour
     name = qualname(behaviour if isinstance(behaviour, type) else type(behaviour))
@@ -363,7 +392,8 @@ class Routes:
     handlers, so a validator or a log line runs once per publish. Entries for
     every registered event type and strategy are compiled at build; an event
     class the build did not see (one with no handlers, or a subclass) is
-    compiled on its first publish, from the same frozen registrations.
+    compiled on its first publish, from the same frozen registrations, whose
+    behaviours :func:`check_behaviours` has already checked for every kind.
     """
 
     def __init__(self, info: Build, publish_strategy: PublishStrategy, include_bases: bool) -> None:
@@ -465,6 +495,7 @@ def build(registry: Registry, is_async: bool) -> Mediator | AsyncMediator:
         by_type.setdefault(reg.message_type, []).append(reg)
     for message_type, regs in by_type.items():
         _compile_route(message_type, regs, registry, info, routes)
+    check_behaviours(registry.behaviours, info)
     if not compiler.problems:
         for message_type in routes.event_handlers:
             for strategy in routes.strategies:
@@ -553,5 +584,5 @@ def _check_orphans(registry: Registry, by_type: dict[type, list[HandlerRegistrat
             build.problem(f"A validator is registered for {qualname(reg.message_type)}, which has no handler.")
 
 
-__all__ = ["Build", "Explanation", "Invoker", "Routes", "Step", "build", "compile_call", "compile_steps",
-           "parameters_needed"]
+__all__ = ["Build", "Explanation", "Invoker", "Routes", "Step", "build", "check_behaviours", "compile_call",
+           "compile_steps", "parameters_needed"]

@@ -88,6 +88,7 @@ class UnitOfWork:
     def __init__(self) -> None:
         self.entered = False
         self.outcome: str | None = None
+        self.error: BaseException | None = None
         UnitOfWork.instances.append(self)
 
     def __enter__(self) -> UnitOfWork:
@@ -96,6 +97,17 @@ class UnitOfWork:
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         self.outcome = "rollback" if exc_type is not None else "commit"
+        self.error = exc
+
+
+class Unreachable:
+    """A scoped connection that cannot be opened: whatever depends on it cannot be made."""
+
+    def __enter__(self) -> Unreachable:
+        raise ConnectionError("database is down")
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        raise AssertionError("a connection that was never opened is never closed")
 
 
 class Trace:

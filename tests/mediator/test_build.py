@@ -385,6 +385,70 @@ def test_a_per_dispatch_behaviour_of_the_wrong_shape_is_reported() -> None:
     assert "Wrong.handle must accept (message, next)" in problem
 
 
+class OneArgBehaviour:
+    def handle(self, message: Any) -> Any:
+        return message
+
+
+def test_a_behaviour_of_the_wrong_shape_fails_the_build_even_with_nothing_handled() -> None:
+    reg = Registry()
+    reg.behaviour(OneArgBehaviour())
+    (problem,) = problems(reg)
+    assert "OneArgBehaviour.handle must accept (message, next)" in problem
+
+
+@pytest.mark.parametrize("applies_to", [Kind.EVENT, Happened, Kind.QUERY, (Kind.STREAM, Happened)])
+def test_a_behaviour_is_checked_for_every_kind_it_applies_to_not_only_the_handled_ones(applies_to: Any) -> None:
+    reg = Registry()
+    reg.handle(Add).by(add)
+    reg.behaviour(OneArgBehaviour(), applies_to=applies_to)
+    (problem,) = problems(reg)
+    assert "OneArgBehaviour.handle must accept (message, next)" in problem
+
+
+def test_an_event_behaviour_problem_is_reported_with_every_other_problem() -> None:
+    class NeedsOffset:
+        def __init__(self, offset: Offset) -> None:
+            self.offset = offset
+
+        def handle(self, message: Any, next: Any) -> Any:
+            return next(message)
+
+    reg = Registry()
+    reg.handle(Add).by(AddWithOffset)
+    reg.handle(Happened).by(lambda event: None)
+    reg.behaviour(NeedsOffset, applies_to=sample.SpecialHappened, lifetime=Lifetime.TRANSIENT)
+    reg.behaviour(OneArgBehaviour(), applies_to=Kind.EVENT)
+    found = "\n".join(problems(reg))
+    assert "AddWithOffset needs tests.mediator.sample.Offset, which is not registered" in found
+    assert "NeedsOffset needs tests.mediator.sample.Offset, which is not registered" in found
+    assert "OneArgBehaviour.handle must accept (message, next)" in found
+
+
+def test_a_sync_only_event_behaviour_fails_the_async_build_with_no_event_handled() -> None:
+    class SyncOnly:
+        def handle(self, message: Any, next: Any) -> Any:
+            return next(message)
+
+    reg = Registry()
+    reg.handle(Add).by(add)
+    reg.behaviour(SyncOnly(), applies_to=Kind.EVENT)
+    (problem,) = problems(reg, is_async=True)
+    assert "SyncOnly has no async handle_async()" in problem
+
+
+def test_publishing_an_event_the_build_did_not_see_runs_behaviours_checked_at_build() -> None:
+    trace = Trace()
+    reg = Registry()
+    reg.handle(Add).by(add)
+    reg.behaviour(Tag("any", trace))
+    reg.behaviour(Tag("special", trace), applies_to=sample.SpecialHappened)
+    mediator = reg.build()
+    mediator.publish(Happened(what="x"))
+    mediator.publish(sample.SpecialHappened(what="y"))
+    assert trace.events == ["any>", "<any", "any>", "special>", "<special", "<any"]
+
+
 class NeedsUnitOfWork:
     def __init__(self, uow: UnitOfWork) -> None:
         self.uow = uow

@@ -5,7 +5,8 @@ from typing import Any
 
 import pytest
 
-from mediator import Command, Kind, Lifetime, Message, Query, Registry
+from mediator import Command, Kind, Lifetime, Message, Query, Registry, Scope, current_context
+from mediator._context import _current
 
 from .sample import Add, Count, Fail, GetName, Happened, Tag, Trace, UnitOfWork, add, count, fail
 
@@ -78,11 +79,14 @@ def test_behaviour_can_replace_the_message_passed_along() -> None:
 
 def test_a_raising_behaviour_stops_the_chain_and_closes_the_scope() -> None:
     UnitOfWork.instances.clear()
+    scopes: list[Scope] = []
 
     class Guard:
-        needs_scope = True
+        def __init__(self, uow: UnitOfWork) -> None:
+            self.uow = uow
 
         def handle(self, message: Any, next: Any) -> Any:
+            scopes.append(current_context().scope)
             raise PermissionError("denied")
 
     def handler(command: Add, uow: UnitOfWork) -> int:
@@ -91,10 +95,14 @@ def test_a_raising_behaviour_stops_the_chain_and_closes_the_scope() -> None:
     reg = Registry()
     reg.scoped(UnitOfWork)
     reg.handle(Add).by(handler)
-    reg.behaviour(Guard())
-    with pytest.raises(PermissionError, match="denied"):
+    reg.behaviour(Guard, lifetime=Lifetime.TRANSIENT)
+    with pytest.raises(PermissionError, match="denied") as info:
         reg.build().send(Add(value=1))
-    assert UnitOfWork.instances == []  # the handler (and its unit of work) never came to be
+    (scope,) = scopes
+    assert scope.closed
+    assert _current.get() is None
+    (uow,) = UnitOfWork.instances
+    assert (uow.outcome, uow.error) == ("rollback", info.value)
 
 
 def test_behaviour_sees_handler_errors_and_may_rethrow() -> None:

@@ -2,12 +2,14 @@
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 
 from mediator import Registry, Validation, ValidationError, ValidatorError
+from mediator._context import _current
 
-from .sample import Add, Pay
+from .sample import Add, Pay, UnitOfWork, Unreachable
 
 
 class Customers:
@@ -94,6 +96,67 @@ def test_a_validator_whose_dependency_fails_raises_validator_error() -> None:
     assert isinstance(info.value.__cause__, TimeoutError)
     assert "Flaky" in info.value.validator
     assert ran == []
+
+
+class Unconstructible:
+    """A transient client whose construction fails."""
+
+    def __init__(self) -> None:
+        raise LookupError("no customer service is configured")
+
+
+def needs_the_database(command: Add, uow: UnitOfWork, db: Unreachable) -> list[tuple[str, str]]:
+    raise AssertionError("the validator cannot run without its connection")
+
+
+def needs_the_service(command: Add, uow: UnitOfWork, service: Unconstructible) -> list[tuple[str, str]]:
+    raise AssertionError("the validator cannot run without its client")
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+@pytest.mark.parametrize(
+    ("validator", "cause"),
+    [(needs_the_database, ConnectionError), (needs_the_service, LookupError)],
+    ids=["scoped dependency cannot be entered", "transient dependency cannot be built"],
+)
+def test_a_validator_whose_dependency_cannot_be_made_raises_validator_error(
+    validator: Any, cause: type[Exception], is_async: bool
+) -> None:
+    UnitOfWork.instances.clear()
+    ran: list[int] = []
+
+    def handler(command: Add) -> int:
+        ran.append(command.value)
+        return command.value
+
+    reg = Registry()
+    reg.scoped(UnitOfWork)
+    reg.scoped(Unreachable)
+    reg.transient(Unconstructible)
+    reg.behaviour(Validation())
+    reg.validate(Add, validator)
+    reg.handle(Add).by(handler)
+
+    def check(error: ValidatorError) -> None:
+        assert type(error.__cause__) is cause
+        assert validator.__name__ in error.validator
+        assert ran == []
+        assert _current.get() is None
+        (uow,) = UnitOfWork.instances
+        assert (uow.outcome, uow.error) == ("rollback", error)
+
+    if not is_async:
+        with pytest.raises(ValidatorError) as info:
+            reg.build().send(Add(value=1))
+        check(info.value)
+        return
+
+    async def main() -> None:
+        with pytest.raises(ValidatorError) as info:
+            await reg.build_async().send(Add(value=1))
+        check(info.value)
+
+    asyncio.run(main())
 
 
 def test_validators_of_a_base_class_apply_to_subclasses() -> None:

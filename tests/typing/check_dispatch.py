@@ -45,6 +45,7 @@ def sync_dispatch(mediator: Mediator) -> None:
 
 async def async_dispatch(mediator: AsyncMediator) -> None:
     assert_type(await mediator.send(PlaceOrder(customer="c")), OrderId)
+    assert_type(await mediator.send(Subclassed(customer="c")), OrderId)
     assert_type(await mediator.ask(GetTotal(order=OrderId(1))), float | None)
     assert_type(mediator.stream(ListOrders(customer="c")), AsyncIterator[OrderId])
     assert_type(await mediator.publish(OrderPlaced(order=OrderId(1))), None)

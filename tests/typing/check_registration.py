@@ -69,6 +69,15 @@ class WrongResultHandler:
         return b""
 
 
+class WrongMessageHandler:
+    def handle(self, query: GetName) -> int:
+        return 1
+
+
+async def place_async_wrong_result(command: PlaceOrder) -> str:
+    return ""
+
+
 def count(query: Count) -> Iterator[int]:
     yield 1
 
@@ -100,6 +109,9 @@ def accepted(registry: Registry) -> None:
 def rejected(registry: Registry) -> None:
     registry.handle(PlaceOrder).by(place_wrong_result)  # type: ignore[arg-type]
     registry.handle(PlaceOrder).by(WrongResultHandler)  # type: ignore[arg-type]
+    registry.handle(PlaceOrder).by(WrongMessageHandler)  # type: ignore[arg-type]
+    registry.handle(PlaceOrder).by(place_async_wrong_result)  # type: ignore[arg-type]
+    registry.handle(PlaceOrder).by(lambda command: "x")  # type: ignore[arg-type]
     registry.handle(GetName).by(name_for_wrong_message)  # type: ignore[arg-type]
     registry.handle(Count).by(count_wrong_items)  # type: ignore[arg-type]
     registry.handle(Placed).by(place)  # type: ignore[arg-type]
