@@ -25,6 +25,7 @@ from mediator._context import Scope
 
 from . import peers
 from ._harness import Result, Settings, run_once, time_async, time_async0, time_sync, time_sync0
+from ._progress import phase, tick
 
 VALUE = peers.VALUE
 
@@ -370,8 +371,11 @@ def run(settings: Settings, *, with_peers: bool = True, progress: Callable[[str]
             for impl in impls:
                 if not impl.check():
                     raise CheckFailed(f"{impl.name} computed the wrong result for {scenario} ({family})")
-            progress(f"dispatch: {scenario} ({family}): {', '.join(i.name for i in impls)}")
-            timed = [(impl.name, impl.time(settings)) for impl in impls]
+            phase(progress, f"dispatch: {scenario} ({family}): {', '.join(i.name for i in impls)}", len(impls))
+            timed = []
+            for impl in impls:
+                timed.append((impl.name, impl.time(settings)))
+                tick(progress)
             floor = timed[0][1]
             results += [Result("dispatch", scenario, family, name, ns, ns / floor) for name, ns in timed]
     return results

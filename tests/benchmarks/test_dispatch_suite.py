@@ -46,12 +46,15 @@ def test_each_peer_computes_the_right_result(name: str) -> None:
 
 def test_command_line_writes_the_shared_json_format(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "results.json"
-    assert main(["dispatch", "--tiny", "--no-peers", "--json", str(out)]) == 0
+    assert main(["dispatch", "--tiny", "--no-peers", "--json", str(out), "--out", str(tmp_path / "report")]) == 0
     rows = json.loads(out.read_text())
     assert {tuple(sorted(row)) for row in rows} == {
         ("family", "implementation", "median_ns", "ratio", "scenario", "suite")
     }
     assert {row["suite"] for row in rows} == {"dispatch"}
     printed = capsys.readouterr().out
-    assert "| send | sync | this |" in printed
     assert "this / floor" in printed
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "| send | sync | this |" in report
+    assert "- command: `python -m benchmarks dispatch --tiny --no-peers" in report
+    assert json.loads((tmp_path / "report" / "results.json").read_text()) == rows
