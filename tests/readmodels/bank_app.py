@@ -38,8 +38,10 @@ def writer(count: int) -> None:
     print("ready", flush=True)
     while go and not os.path.exists(go):
         time.sleep(0.001)
+    started = time.time()
     for _ in range(count):
         app.mediator.send(Deposit(account=f"writer-{os.getpid()}", amount=1))
+    print(f"span {started} {time.time()}", flush=True)
 
 
 def crash_loop(ack_path: str) -> None:

@@ -1,6 +1,5 @@
 """The engine across processes on one SQLite database: writers, workers, the command line."""
 
-import itertools
 import os
 import signal
 import subprocess
@@ -49,14 +48,16 @@ def test_two_writer_processes_share_one_database_without_gaps(db: Path) -> None:
         assert w.stdout.readline().strip() == "ready"
     go.touch()
     assert [w.wait(timeout=120) for w in writers] == [0, 0]
+    spans = []
     for w in writers:
         assert w.stdout is not None
+        _, start, end = w.stdout.read().split()
+        spans.append((float(start), float(end)))
         w.stdout.close()
+    # Both were writing at once (SQLite's busy handler may still let one take the lock for a long stretch).
+    assert max(start for start, _ in spans) < min(end for _, end in spans), "the two writers did not overlap"
     storage = SqliteStorage(db)
     assert [e.position for e in storage.events()] == list(range(1, 601))
-    keys = [e.key for e in storage.events()]
-    switches = sum(1 for a, b in itertools.pairwise(keys) if a != b)
-    assert switches >= 2, "the two writers did not overlap"
     bank = make_bank(storage)
     settle(bank.engine)
     assert sorted(bank.balances().values()) == [300, 300]
