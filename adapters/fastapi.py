@@ -48,14 +48,18 @@ class MediatorMiddleware:
         principal: turns the request's headers into the principal of its dispatch scope; required, so that
             an unauthenticated request is an anonymous principal, never the trusted "no principal".
         consistency_timeout: how long a query waits for a requested token before answering 503.
+        head: the position of the last write in the log (``storage.head``); given it, a token beyond that
+            position, which this service never issued and no read model can reach, is refused with 400
+            instead of waiting for the timeout.
     """
 
     def __init__(self, app: ASGIApp, mediator: AsyncMediator, principal: Callable[[Mapping[str, str]], Any],
-                 consistency_timeout: float = 5.0) -> None:
+                 consistency_timeout: float = 5.0, head: Callable[[], int] | None = None) -> None:
         self.app = app
         self.mediator = mediator
         self.principal = principal
         self.consistency_timeout = consistency_timeout
+        self.head = head
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -64,7 +68,7 @@ class MediatorMiddleware:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         correlation_id = headers.get(CORRELATION_HEADER) or uuid.uuid4().hex
         try:
-            wanted = parse_token(headers.get(CONSISTENT_HEADER))
+            wanted = parse_token(headers.get(CONSISTENT_HEADER), self.head)
         except ValueError as exc:
             await _respond(send, 400, {"error": "bad_request", "detail": str(exc)})
             return
@@ -100,13 +104,20 @@ def _incoming_trace(headers: Mapping[str, str]) -> Any:
         context.detach(token)
 
 
-def parse_token(value: str | None) -> int | None:
-    """The token of an ``X-Consistent-With`` header; ``ValueError`` naming the fix if it is not one."""
+def parse_token(value: str | None, head: Callable[[], int] | None = None) -> int | None:
+    """The token of an ``X-Consistent-With`` header; ``ValueError`` naming the fix if it is not one.
+
+    With ``head`` (the log's last position), a token beyond it is not one either: nothing could reach it.
+    """
     if value is None:
         return None
     if not TOKEN.fullmatch(value.strip()):
         raise ValueError(f"{CONSISTENT_HEADER} must be a token from {TOKEN_HEADER} (digits), not {value[:40]!r}.")
-    return int(value)
+    token = int(value)
+    if head is not None and token > (last := head()):
+        raise ValueError(f"{CONSISTENT_HEADER} {token} is beyond the last write ({last}); send back a token from "
+                         f"{TOKEN_HEADER}.")
+    return token
 
 
 TOKEN = re.compile(r"[0-9]{1,18}")

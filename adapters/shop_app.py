@@ -21,7 +21,7 @@ import attrs
 
 from adapters.memory import MemoryStorage
 from adapters.shop_memory import MemoryReadViews, MemoryWriteModel
-from adapters.shop_sqlite import WRITE_SCHEMA, SqliteReadViews, SqliteWriteModel
+from adapters.shop_sqlite import SqliteReadViews, SqliteWriteModel, create_write_schema
 from adapters.sqlite import SqliteStorage
 from domain.events import ALL_EVENTS
 from handlers import commands, queries
@@ -39,13 +39,14 @@ T = TypeVar("T")
 
 @attrs.define
 class Shop:
-    """The built application: its mediator, its read-model engine and storage."""
+    """The built application: its mediator, its read-model engine and storage, and the ports its handlers use."""
 
     mediator: Mediator
     engine: ReadModels
     storage: Storage
     registry: Registry
     model: WriteModel
+    views: ReadViews
 
     def inspect(self, look: Callable[[WriteModel, Any], T]) -> T:
         """Read the write model (``look(model, tx)``) in a transaction that is then rolled back."""
@@ -93,7 +94,7 @@ def build_shop(
         views, model = MemoryReadViews(storage), MemoryWriteModel()
     else:
         storage = SqliteStorage(Path(write_path), Path(read_path) if read_path is not None else None)
-        storage._write().executescript(WRITE_SCHEMA)
+        create_write_schema(storage._write())
         engine = ReadModels(storage, event_types(), **engine_options)
         views, model = SqliteReadViews(storage, engine), SqliteWriteModel()
     for projection in all_projections(views):
@@ -114,4 +115,4 @@ def build_shop(
         registry.behaviour(AuthorizeQueries(), applies_to=QUERIES)
     commands.register(registry, ShopCommands(model, clock))
     queries.register(registry, ShopQueries(views))
-    return Shop(registry.build(), engine, storage, registry, model)
+    return Shop(registry.build(), engine, storage, registry, model, views)

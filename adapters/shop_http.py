@@ -92,6 +92,7 @@ class Item(BaseModel):
 class NewOrder(BaseModel):
     customer_id: Text
     items: Annotated[list[Item], Field(min_length=1, max_length=100)]
+    shipping_address: Annotated[str, Field(max_length=500)] = ""
 
 
 class Transition(BaseModel):
@@ -119,8 +120,11 @@ def data(value: Any) -> Any:
     return value
 
 
-def create_app(shop: Shop) -> FastAPI:
-    """The shop's FastAPI application around an already built ``Shop``."""
+def create_app(shop: Shop, *, consistency_timeout: float = 5.0) -> FastAPI:
+    """The shop's FastAPI application around an already built ``Shop``.
+
+    ``consistency_timeout`` is how long a read sent with ``X-Consistent-With`` waits before answering 503.
+    """
     mediator: AsyncMediator = shop.registry.build_async()
     app = FastAPI(title="Reference shop")
     app.state.mediator = mediator  # routes get it through the `Mediated` dependency
@@ -162,7 +166,8 @@ def create_app(shop: Shop) -> FastAPI:
     @app.post("/orders", status_code=201)
     async def place_order(mediator: Mediated, body: NewOrder) -> JSONResponse:
         items = tuple(OrderItem(product_id=i.product_id, quantity=i.quantity) for i in body.items)
-        return created("order_id", await mediator.send(PlaceOrder(customer_id=body.customer_id, items=items)))
+        return created("order_id", await mediator.send(PlaceOrder(customer_id=body.customer_id, items=items,
+                                                                  shipping_address=body.shipping_address)))
 
     @app.post("/orders/{order_id}/confirm", status_code=204)
     async def confirm(mediator: Mediated, order_id: str, body: Annotated[Transition | None, Body()] = None) -> None:
@@ -209,14 +214,15 @@ def create_app(shop: Shop) -> FastAPI:
     async def dashboard(mediator: Mediated, since: dt.date | None = None) -> Any:
         return data(await mediator.ask(GetSalesDashboard(since=since)))
 
-    wrapped = MediatorMiddleware(app, mediator, principal_of)
+    wrapped = MediatorMiddleware(app, mediator, principal_of, consistency_timeout=consistency_timeout,
+                                 head=shop.storage.head)
     app.state.asgi = wrapped
     return app
 
 
-def asgi(shop: Shop) -> Any:
+def asgi(shop: Shop, *, consistency_timeout: float = 5.0) -> Any:
     """The full ASGI application: the FastAPI routes inside the mediator middleware."""
-    app = create_app(shop)
+    app = create_app(shop, consistency_timeout=consistency_timeout)
     return app.state.asgi
 
 

@@ -35,13 +35,26 @@ CREATE TABLE IF NOT EXISTS stock (
     reserved INTEGER NOT NULL CHECK (reserved >= 0 AND reserved <= on_hand), version INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS orders (
     order_id TEXT PRIMARY KEY, customer_id TEXT NOT NULL REFERENCES customers, status TEXT NOT NULL,
-    total TEXT NOT NULL, placed_at TEXT NOT NULL, version INTEGER NOT NULL, stock_reserved INTEGER NOT NULL);
+    total TEXT NOT NULL, placed_at TEXT NOT NULL, version INTEGER NOT NULL, stock_reserved INTEGER NOT NULL,
+    shipping_address TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS order_items (
     order_id TEXT NOT NULL REFERENCES orders, product_id TEXT NOT NULL, product_name TEXT NOT NULL,
     category_id TEXT NOT NULL, quantity INTEGER NOT NULL, unit_price TEXT NOT NULL,
     PRIMARY KEY (order_id, product_id));
 CREATE INDEX IF NOT EXISTS orders_by_customer ON orders (customer_id);
 """
+
+
+def create_write_schema(connection: sqlite3.Connection) -> None:
+    """Create the write tables, and add the columns a database made by an older shop lacks."""
+    connection.executescript(WRITE_SCHEMA)
+    columns = {row[1] for row in connection.execute("PRAGMA table_info(orders)")}
+    if "shipping_address" not in columns:
+        try:
+            connection.execute("ALTER TABLE orders ADD COLUMN shipping_address TEXT NOT NULL DEFAULT ''")
+        except sqlite3.OperationalError as exc:  # another process added it just now
+            if "duplicate column" not in str(exc):
+                raise
 
 
 class SqliteWriteModel(WriteModel):
@@ -68,9 +81,11 @@ class SqliteWriteModel(WriteModel):
 
     def save_product(self, tx: sqlite3.Connection, product: Product, expected_version: int) -> None:
         if expected_version == 0:
-            tx.execute("INSERT INTO products VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       (product.product_id, product.category_id, product.name, product.description,
-                        str(product.price), int(product.discontinued), product.version))
+            _updated(tx.execute(
+                "INSERT INTO products VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (product.product_id, product.category_id, product.name, product.description, str(product.price),
+                 int(product.discontinued), product.version),
+            ), tx, "products", "product", product.product_id, expected_version)
             return
         _updated(tx.execute(
             "UPDATE products SET price = ?, discontinued = ?, version = ? WHERE product_id = ? AND version = ?",
@@ -82,9 +97,10 @@ class SqliteWriteModel(WriteModel):
         return Stock(product_id, *row) if row else Stock(product_id)
 
     def save_stock(self, tx: sqlite3.Connection, stock: Stock, expected_version: int) -> None:
-        if expected_version == 0:
-            tx.execute("INSERT INTO stock VALUES (?, ?, ?, ?)",
-                       (stock.product_id, stock.on_hand, stock.reserved, stock.version))
+        if expected_version == 0:  # someone else may have created the row since it was read: a conflict too
+            _updated(tx.execute("INSERT INTO stock VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                                (stock.product_id, stock.on_hand, stock.reserved, stock.version)),
+                     tx, "stock", "stock", stock.product_id, expected_version)
             return
         _updated(tx.execute(
             "UPDATE stock SET on_hand = ?, reserved = ?, version = ? WHERE product_id = ? AND version = ?",
@@ -92,7 +108,8 @@ class SqliteWriteModel(WriteModel):
         ), tx, "stock", "stock", stock.product_id, expected_version)
 
     def order(self, tx: sqlite3.Connection, order_id: str) -> Order | None:
-        row = tx.execute("SELECT * FROM orders WHERE order_id = ?", (order_id,)).fetchone()
+        row = tx.execute("SELECT order_id, customer_id, status, total, placed_at, version, stock_reserved, "
+                         "shipping_address FROM orders WHERE order_id = ?", (order_id,)).fetchone()
         if row is None:
             return None
         lines = tuple(
@@ -100,13 +117,16 @@ class SqliteWriteModel(WriteModel):
             for r in tx.execute("SELECT * FROM order_items WHERE order_id = ? ORDER BY rowid", (order_id,))
         )
         return Order(row[0], row[1], lines, Decimal(row[3]), dt.datetime.fromisoformat(row[4]),
-                     OrderStatus(row[2]), row[5], bool(row[6]))
+                     OrderStatus(row[2]), row[5], bool(row[6]), row[7])
 
     def save_order(self, tx: sqlite3.Connection, order: Order, expected_version: int) -> None:
         if expected_version == 0:
-            tx.execute("INSERT INTO orders VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       (order.order_id, order.customer_id, order.status.value, str(order.total),
-                        order.placed_at.isoformat(), order.version, int(order.stock_reserved)))
+            _updated(tx.execute(
+                "INSERT INTO orders (order_id, customer_id, status, total, placed_at, version, stock_reserved, "
+                "shipping_address) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (order.order_id, order.customer_id, order.status.value, str(order.total), order.placed_at.isoformat(),
+                 order.version, int(order.stock_reserved), order.shipping_address),
+            ), tx, "orders", "order", order.order_id, expected_version)
             tx.executemany("INSERT INTO order_items VALUES (?, ?, ?, ?, ?, ?)", [
                 (order.order_id, line.product_id, line.product_name, line.category_id, line.quantity,
                  str(line.unit_price)) for line in order.lines])

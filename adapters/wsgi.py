@@ -27,15 +27,19 @@ STATUS = {200: "200 OK", 201: "201 Created", 400: "400 Bad Request", 403: "403 F
 
 
 class ShopWSGI:
-    """``POST /orders`` and ``GET /orders/<id>`` of the shop, on the sync mediator."""
+    """``POST /orders`` and ``GET /orders/<id>`` of the shop, on the sync mediator.
 
-    def __init__(self, mediator: Mediator) -> None:
+    ``head`` (the log's last position, ``storage.head``) lets it refuse a token no read model could reach.
+    """
+
+    def __init__(self, mediator: Mediator, head: Callable[[], int] | None = None) -> None:
         self.mediator = mediator
+        self.head = head
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         headers = {k[5:].replace("_", "-").lower(): v for k, v in environ.items() if k.startswith("HTTP_")}
         try:
-            wanted = parse_token(headers.get("x-consistent-with"))
+            wanted = parse_token(headers.get("x-consistent-with"), self.head)
         except ValueError as exc:
             start_response(STATUS[400], [("Content-Type", "application/json")])
             return [json.dumps({"error": "bad_request", "detail": str(exc)}).encode()]
@@ -57,8 +61,11 @@ class ShopWSGI:
                 body = json.loads(environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0)) or b"{}")
                 items = tuple(OrderItem(product_id=str(i["product_id"]), quantity=_quantity(i["quantity"]))
                               for i in body["items"])
+                address = body.get("shipping_address", "")
+                if not isinstance(address, str):
+                    raise TypeError("A shipping_address is text.")
                 return 201, {"order_id": self.mediator.send(PlaceOrder(customer_id=str(body["customer_id"]),
-                                                                       items=items))}
+                                                                       items=items, shipping_address=address))}
             if method == "GET" and path.startswith("/orders/"):
                 order_id = path.removeprefix("/orders/")
                 details = self.mediator.ask(GetOrderDetails(order_id=order_id))

@@ -66,6 +66,8 @@ class OrderItem:
 class PlaceOrder(Command[str]):
     customer_id: str
     items: tuple[OrderItem, ...]
+    shipping_address: str = sensitive(default="")
+    """Where the order goes: personal data, so never logged nor shown in ``repr``."""
 
 
 @attrs.frozen(kw_only=True)

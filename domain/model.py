@@ -16,6 +16,8 @@ import attrs
 
 from .errors import IllegalTransition, InsufficientStock, RuleViolation
 from .events import (
+    CategoryCreated,
+    CustomerRegistered,
     OrderCancelled,
     OrderConfirmed,
     OrderLine,
@@ -48,6 +50,38 @@ def _name(value: str, what: str) -> str:
     if not value or len(value) > 200:
         raise RuleViolation(f"A {what} needs 1 to 200 characters.")
     return value
+
+
+@attrs.frozen
+class Customer:
+    """Someone who buys: a name, and an e-mail address that is personal data (kept out of ``repr``)."""
+
+    customer_id: str
+    name: str
+    email: str = attrs.field(repr=False)
+
+    @classmethod
+    def register(cls, customer_id: str, name: str, email: str) -> tuple[Customer, CustomerRegistered]:
+        name, email = name.strip(), email.strip()
+        if not name or len(name) > 200:
+            raise RuleViolation("A customer's name needs 1 to 200 characters.")
+        if "@" not in email or len(email) > 254:
+            raise RuleViolation("A customer's e-mail address needs an @ and at most 254 characters.")
+        customer = cls(customer_id, name, email)
+        return customer, CustomerRegistered(customer_id=customer_id, name=name, email=email)
+
+
+@attrs.frozen
+class Category:
+    """A named group of products in the catalogue."""
+
+    category_id: str
+    name: str
+
+    @classmethod
+    def create(cls, category_id: str, name: str) -> tuple[Category, CategoryCreated]:
+        category = cls(category_id, _name(name, "category's name"))
+        return category, CategoryCreated(category_id=category_id, name=category.name)
 
 
 @attrs.define
@@ -172,10 +206,15 @@ class Order:
     status: OrderStatus = OrderStatus.PLACED
     version: int = 0
     stock_reserved: bool = False
+    shipping_address: str = attrs.field(default="", repr=False)
+    """Personal data: kept with the order for shipping, never put in an event (so never in a read model)."""
 
     @classmethod
     def place(cls, order_id: str, customer_id: str, lines: Sequence[OrderLine],
-              placed_at: dt.datetime) -> tuple[Order, OrderPlaced]:
+              placed_at: dt.datetime, shipping_address: str = "") -> tuple[Order, OrderPlaced]:
+        shipping_address = shipping_address.strip()
+        if len(shipping_address) > 500:
+            raise RuleViolation("A shipping address has at most 500 characters.")
         if not lines:
             raise RuleViolation("An order needs at least one item.")
         if len(lines) > 100:
@@ -189,7 +228,8 @@ class Order:
                 raise RuleViolation(f"Product {line.product_id!r} appears twice; give it once with its quantity.")
             seen.add(line.product_id)
         total = sum((line.total for line in lines), Decimal("0.00")).quantize(CENT)
-        order = cls(order_id, customer_id, tuple(lines), total, placed_at, version=1)
+        order = cls(order_id, customer_id, tuple(lines), total, placed_at, version=1,
+                    shipping_address=shipping_address)
         return order, OrderPlaced(order_id=order_id, customer_id=customer_id, lines=order.lines, total=total,
                                   placed_at=placed_at)
 

@@ -18,8 +18,6 @@ from collections.abc import Callable
 
 from domain.errors import NotFound, RuleViolation
 from domain.events import (
-    CategoryCreated,
-    CustomerRegistered,
     OrderLine,
     OrderPlaced,
     StockAdjusted,
@@ -40,7 +38,7 @@ from domain.messages import (
     ShipOrder,
     UpdateProductStock,
 )
-from domain.model import Order, Product, Stock
+from domain.model import Category, Customer, Order, Product, Stock
 from mediator import Mediator, Registry
 from mediator.readmodels import UnitOfWork
 
@@ -69,24 +67,16 @@ class ShopCommands:
         self.clock = clock
 
     def register_customer(self, command: RegisterCustomer, uow: UnitOfWork) -> str:
-        name, email = command.name.strip(), command.email.strip()
-        if not name or len(name) > 200:
-            raise RuleViolation("A customer's name needs 1 to 200 characters.")
-        if "@" not in email or len(email) > 254:
-            raise RuleViolation("A customer's e-mail address needs an @.")
-        customer_id = new_id()
-        self.model.add_customer(uow.handle, customer_id, name, email)
-        uow.record(CustomerRegistered(customer_id=customer_id, name=name, email=email), key=customer_id)
-        return customer_id
+        customer, registered = Customer.register(new_id(), command.name, command.email)
+        self.model.add_customer(uow.handle, customer.customer_id, customer.name, customer.email)
+        uow.record(registered, key=customer.customer_id)
+        return customer.customer_id
 
     def create_category(self, command: CreateCategory, uow: UnitOfWork) -> str:
-        name = command.name.strip()
-        if not name or len(name) > 200:
-            raise RuleViolation("A category's name needs 1 to 200 characters.")
-        category_id = new_id()
-        self.model.add_category(uow.handle, category_id, name)
-        uow.record(CategoryCreated(category_id=category_id, name=name), key=category_id)
-        return category_id
+        category, created = Category.create(new_id(), command.name)
+        self.model.add_category(uow.handle, category.category_id, category.name)
+        uow.record(created, key=category.category_id)
+        return category.category_id
 
     def create_product(self, command: CreateProduct, uow: UnitOfWork) -> str:
         if not self.model.category_exists(uow.handle, command.category_id):
@@ -137,7 +127,7 @@ class ShopCommands:
                 raise RuleViolation(f"Product {product.product_id!r} is discontinued.")
             lines.append(OrderLine(product_id=product.product_id, product_name=product.name,
                                    category_id=product.category_id, quantity=item.quantity, unit_price=product.price))
-        order, placed = Order.place(new_id(), command.customer_id, lines, self.clock())
+        order, placed = Order.place(new_id(), command.customer_id, lines, self.clock(), command.shipping_address)
         self.model.save_order(uow.handle, order, 0)
         uow.record(placed, key=order.order_id)
         mediator.publish(placed)  # the inventory reacts in this same transaction (see the module docstring)

@@ -3,6 +3,7 @@
 import datetime as dt
 from decimal import Decimal
 
+import attrs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -10,7 +11,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from domain.errors import IllegalTransition, InsufficientStock, RuleViolation
 from domain.events import OrderLine
-from domain.model import Order, OrderStatus, Product, Stock, money
+from domain.model import Category, Customer, Order, OrderStatus, Product, Stock, money
 
 NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
 
@@ -60,6 +61,87 @@ def test_stock_never_goes_negative_nor_below_what_is_reserved() -> None:
     assert (stock.on_hand, stock.reserved, stock.available) == (2, 0, 2)
     with pytest.raises(RuleViolation, match="only 0 reserved"):
         stock.release("o1", 1)
+
+
+def test_a_stock_adjustment_changes_something_and_gives_a_reason() -> None:
+    stock = Stock("p1", on_hand=4, version=1)
+    with pytest.raises(RuleViolation, match="0 changes nothing"):
+        stock.adjust(0, "recount")
+    for blank in ("", "   ", "\t\n"):
+        with pytest.raises(RuleViolation, match="reason"):
+            stock.adjust(2, blank)
+    with pytest.raises(RuleViolation, match="reason"):
+        stock.adjust(2, "x" * 201)
+    assert (stock.on_hand, stock.version) == (4, 1)  # a refused adjustment changes nothing
+    adjusted = stock.adjust(-4, "  written off  ")
+    assert (adjusted.reason, adjusted.on_hand, stock.version) == ("written off", 0, 2)
+
+
+@pytest.mark.parametrize("move", ["reserve", "release", "ship"])
+@pytest.mark.parametrize("quantity", [0, -1, -50])
+def test_stock_moves_for_an_order_need_a_positive_quantity(move: str, quantity: int) -> None:
+    stock = Stock("p1", on_hand=10, reserved=5, version=3)
+    with pytest.raises(RuleViolation, match="must be positive"):
+        getattr(stock, move)("o1", quantity)
+    assert (stock.on_hand, stock.reserved, stock.version) == (10, 5, 3)
+
+
+@pytest.mark.parametrize("move", ["release", "ship"])
+def test_no_more_can_be_shipped_or_released_than_is_reserved(move: str) -> None:
+    stock = Stock("p1", on_hand=10, reserved=2, version=3)
+    with pytest.raises(RuleViolation, match="only 2 reserved, not 3"):
+        getattr(stock, move)("o1", 3)
+    assert (stock.on_hand, stock.reserved, stock.version) == (10, 2, 3)
+    getattr(stock, move)("o1", 2)
+    assert stock.reserved == 0
+
+
+def test_an_order_has_at_most_100_lines_of_at_most_1000_each() -> None:
+    hundred = [line(f"p{n}") for n in range(100)]
+    assert len(Order.place("o1", "c1", hundred, NOW)[0].lines) == 100
+    with pytest.raises(RuleViolation, match="at most 100 different items"):
+        Order.place("o2", "c1", [*hundred, line("p100")], NOW)
+    assert Order.place("o3", "c1", [line("a", 1000)], NOW)[0].total == Decimal("2500.00")
+    with pytest.raises(RuleViolation, match="At most 1000 of one product"):
+        Order.place("o4", "c1", [line("a", 1001)], NOW)
+
+
+def test_an_order_keeps_its_shipping_address_out_of_its_event_and_repr() -> None:
+    order, placed = Order.place("o1", "c1", [line()], NOW, shipping_address=" 1 Main St, Springfield ")
+    assert order.shipping_address == "1 Main St, Springfield"
+    assert "Main St" not in repr(order)
+    assert "Main St" not in repr(placed)
+    assert "shipping_address" not in attrs.fields_dict(type(placed))
+    with pytest.raises(RuleViolation, match="at most 500"):
+        Order.place("o2", "c1", [line()], NOW, shipping_address="x" * 501)
+
+
+@pytest.mark.parametrize("name", ["", "   ", "x" * 201])
+def test_a_product_needs_a_name_of_1_to_200_characters(name: str) -> None:
+    with pytest.raises(RuleViolation, match="product name needs 1 to 200"):
+        Product.create("p1", "c1", name, "", "10")
+
+
+def test_a_customer_needs_a_name_and_an_email_address() -> None:
+    customer, registered = Customer.register("c1", "  Ada  ", " ada@example.com ")
+    assert (customer.name, customer.email) == ("Ada", "ada@example.com")
+    assert (registered.customer_id, registered.name, registered.email) == ("c1", "Ada", "ada@example.com")
+    assert "ada@example.com" not in repr(customer)
+    for name in ("", "  ", "x" * 201):
+        with pytest.raises(RuleViolation, match="customer's name needs 1 to 200"):
+            Customer.register("c1", name, "ada@example.com")
+    for email in ("", "ada.example.com", "  ", "a@" + "b" * 253):
+        with pytest.raises(RuleViolation, match="e-mail address needs an @"):
+            Customer.register("c1", "Ada", email)
+    assert Customer.register("c1", "Ada", "a@" + "b" * 252)[0].email.endswith("b")
+
+
+def test_a_category_needs_a_name_of_1_to_200_characters() -> None:
+    category, created = Category.create("k1", " Lamps ")
+    assert (category.name, created.category_id, created.name) == ("Lamps", "k1", "Lamps")
+    for name in ("", " \t ", "x" * 201):
+        with pytest.raises(RuleViolation, match="category's name needs 1 to 200"):
+            Category.create("k1", name)
 
 
 def test_orders_total_their_lines_and_refuse_bad_items() -> None:

@@ -1,6 +1,8 @@
 """The shop through real HTTP requests against uvicorn: routes, errors, read-your-writes across requests."""
 
+import contextlib
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -10,21 +12,22 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from structlog.testing import capture_logs
 
 from adapters.shop_app import Shop, build_shop
 from adapters.shop_http import asgi
+from mediator.testing import settle
 
 ADMIN = {"X-Admin": "1"}
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[httpx.Client, Shop]]:
-    shop = build_shop(tmp_path / "shop.db", logging=False)
-    shop.engine.start()
+@contextlib.contextmanager
+def serving(app: Any, log_level: str = "warning") -> Iterator[httpx.Client]:
+    """Serve ``app`` with uvicorn on a free local port, and a client for it."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    config = uvicorn.Config(asgi(shop), host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level=log_level, lifespan="off")
     running = uvicorn.Server(config)
     thread = threading.Thread(target=running.run, daemon=True)
     thread.start()
@@ -33,10 +36,31 @@ def server(tmp_path: Path) -> Iterator[tuple[httpx.Client, Shop]]:
         time.sleep(0.01)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            yield client, shop
+            yield client
     finally:
         running.should_exit = True
         thread.join(10)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[httpx.Client, Shop]]:
+    shop = build_shop(tmp_path / "shop.db", logging=False)
+    shop.engine.start()
+    try:
+        with serving(asgi(shop)) as client:
+            yield client, shop
+    finally:
+        shop.close()
+
+
+@pytest.fixture
+def paused(tmp_path: Path) -> Iterator[tuple[httpx.Client, Shop]]:
+    """The shop served with its projection runner not started: read models move on only when the test says."""
+    shop = build_shop(tmp_path / "shop.db", logging=False)
+    try:
+        with serving(asgi(shop, consistency_timeout=0.1)) as client:
+            yield client, shop
+    finally:
         shop.close()
 
 
@@ -120,9 +144,10 @@ def test_reads_of_orders_are_the_customers_own(server: tuple[httpx.Client, Shop]
 
 
 def test_bad_headers_and_fields_are_4xx_with_reasons(server: tuple[httpx.Client, Shop]) -> None:
-    client, _shop = server
+    client, shop = server
     ids = setup_shop(client)
-    for token in (b"abc", b"-3", "²".encode("latin-1"), b"1" * 40):
+    beyond = str(shop.storage.head() + 1).encode()  # no read model can reach it: it is not a token we issued
+    for token in (b"abc", b"-3", "²".encode("latin-1"), b"1" * 40, beyond, b"9" * 18):
         answer = client.get("/dashboard", headers={b"X-Consistent-With": token})
         assert (answer.status_code, answer.json()["error"]) == (400, "bad_request"), token
     for body in ({"name": "  ", "email": "a@b"}, {"name": "Ada", "email": "no-at-sign"}):
@@ -150,3 +175,98 @@ def test_a_client_can_send_back_the_version_it_read(server: tuple[httpx.Client, 
     assert (again.status_code, again.json()["error"]) == (409, "conflict")  # it moved on to version 2
     inventory = client.get(f"/products/{ids['product']}/inventory", headers=wait).json()
     assert inventory["version"] >= 1
+
+
+def test_a_read_without_the_token_may_be_stale_and_one_with_it_waits_for_the_write(
+        paused: tuple[httpx.Client, Shop]) -> None:
+    client, shop = paused
+    ids = setup_shop(client)
+    settle(shop.engine)  # the read models show the stock; nothing moves them on until the runner starts
+    as_customer = {"X-Customer-Id": ids["customer"]}
+    placed = client.post("/orders", json={"customer_id": ids["customer"],
+                                          "items": [{"product_id": ids["product"], "quantity": 2}]},
+                         headers=as_customer)
+    token, order_id = placed.headers["x-consistency-token"], placed.json()["order_id"]
+    inventory = f"/products/{ids['product']}/inventory"
+
+    stale = client.get(inventory)
+    assert (stale.status_code, stale.json()["reserved"], stale.json()["available"]) == (200, 0, 5)
+    assert client.get(f"/orders/{order_id}", headers=as_customer).status_code == 404  # not projected yet
+    waited = client.get(inventory, headers={"X-Consistent-With": token})
+    assert (waited.status_code, waited.json()["error"]) == (503, "not_yet_consistent")
+
+    shop.engine.start()
+    fresh = client.get(inventory, headers={"X-Consistent-With": token})
+    assert (fresh.status_code, fresh.json()["reserved"], fresh.json()["available"]) == (200, 2, 3)
+    details = client.get(f"/orders/{order_id}", headers={**as_customer, "X-Consistent-With": token})
+    assert (details.status_code, details.json()["status"]) == (200, "placed")
+
+
+def test_every_read_that_cannot_catch_up_in_time_is_a_503(paused: tuple[httpx.Client, Shop]) -> None:
+    client, shop = paused
+    ids = setup_shop(client)
+    token = client.post("/categories", json={"name": "Shades"}, headers=ADMIN).headers["x-consistency-token"]
+    wait = {"X-Consistent-With": token, **ADMIN}
+    for url in (f"/orders/{ids['product']}", f"/customers/{ids['customer']}/orders",
+                f"/categories/{ids['category']}/products", f"/products/{ids['product']}/inventory",
+                "/search?q=lamp", "/dashboard"):
+        answer = client.get(url, headers=wait)
+        assert answer.status_code == 503, url
+        assert answer.json() == {"error": "not_yet_consistent",
+                                 "detail": "The read model has not caught up yet; retry shortly."}
+    assert shop.engine.lag()[0].checkpoint == 0  # nothing was projected meanwhile: each answer really timed out
+
+
+def test_an_unexpected_failure_is_a_500_with_a_correlation_id_and_nothing_internal(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shop = build_shop(tmp_path / "shop.db", logging=False)
+
+    def broken_read(product_id: str) -> object:
+        raise sqlite3.DatabaseError("database disk image is malformed: /srv/shop/secret-read.db")
+
+    def broken_write(tx: object, category_id: str, name: str) -> None:
+        raise RuntimeError("constraint xyz_secret failed in /srv/shop/handlers.py")
+
+    monkeypatch.setattr(shop.views, "product_inventory", broken_read)
+    monkeypatch.setattr(shop.model, "add_category", broken_write)
+    head = shop.storage.head()
+    try:
+        # Starlette re-raises to the server once the 500 is sent, and uvicorn then drops the connection: one each.
+        with serving(asgi(shop), log_level="critical") as client, capture_logs() as logs:
+            read = client.get("/products/p1/inventory", headers={"X-Correlation-Id": "req-42", "Connection": "close"})
+            write = client.post("/categories", json={"name": "Lamps"}, headers={**ADMIN, "Connection": "close"})
+    finally:
+        shop.close()
+    assert read.status_code == write.status_code == 500
+    assert read.json() == {"error": "internal", "detail": "Something went wrong; it has been logged.",
+                           "correlation_id": "req-42"}
+    assert read.headers["x-correlation-id"] == "req-42"
+    assert write.json()["correlation_id"] == write.headers["x-correlation-id"]  # made up for the request
+    assert len(write.json()["correlation_id"]) == 32
+    for answer in (read, write):
+        for leak in ("secret", "malformed", "srv", "Error", "Traceback", "File "):
+            assert leak not in answer.text
+    assert [e["event"] for e in logs].count("request failed") == 2  # the details go to the log instead
+    assert shop.storage.head() == head  # the failed command wrote nothing
+
+
+def test_an_order_keeps_its_shipping_address_for_shipping_only(server: tuple[httpx.Client, Shop]) -> None:
+    client, shop = server
+    ids = setup_shop(client)
+    address = "221B Baker Street, London"
+    placed = client.post("/orders", json={"customer_id": ids["customer"], "shipping_address": address,
+                                          "items": [{"product_id": ids["product"], "quantity": 1}]},
+                         headers={"X-Customer-Id": ids["customer"]})
+    assert placed.status_code == 201
+    order_id = placed.json()["order_id"]
+    stored = shop.inspect(lambda model, tx: model.order(tx, order_id))
+    assert stored is not None
+    assert stored.shipping_address == address
+    details = client.get(f"/orders/{order_id}", headers={"X-Consistent-With": placed.headers["x-consistency-token"],
+                                                         **ADMIN})
+    assert details.status_code == 200
+    assert "Baker" not in details.text  # personal data stays out of the events and so out of the read models
+    too_long = client.post("/orders", json={"customer_id": ids["customer"], "shipping_address": "x" * 501,
+                                            "items": [{"product_id": ids["product"], "quantity": 1}]},
+                           headers={"X-Customer-Id": ids["customer"]})
+    assert (too_long.status_code, list(too_long.json()["fields"])) == (422, ["shipping_address"])

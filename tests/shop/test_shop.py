@@ -1,6 +1,8 @@
 """The reference shop end to end on SQLite: commands, events, read models, rules."""
 
+import contextlib
 import datetime as dt
+import sqlite3
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -194,3 +196,105 @@ def test_a_refused_cancel_changes_nothing(shop: Shop) -> None:
     loaded = shop.inspect(lambda model, tx: model.order(tx, order))
     assert loaded is not None
     assert loaded.status.value == "placed"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "memory"])
+def test_a_denied_order_is_logged_without_its_shipping_address(backend: str, tmp_path: Path) -> None:
+    from structlog.testing import capture_logs
+
+    from handlers.authorization import Forbidden, Principal
+
+    shop = build_shop(tmp_path / "shop.db" if backend == "sqlite" else None, clock=lambda: DAY, logging=True)
+    try:
+        customer, _lamps, desk, _floor = stocked(shop)
+        other = shop.mediator.send(RegisterCustomer(name="Bo", email="bo@example.com"))
+        head, before = shop.storage.head(), write_model(shop, desk)
+        address = "221B Baker Street, London NW1 6XE"
+        with (capture_logs() as logs, shop.mediator.scope(principal=Principal(customer_id=customer)),
+              pytest.raises(Forbidden)):
+            shop.mediator.send(PlaceOrder(customer_id=other, items=(OrderItem(product_id=desk, quantity=1),),
+                                          shipping_address=address))
+        denied = [e for e in logs if e["event"] == "command denied"]
+        failed = [e for e in logs if e["event"] == "message failed"]
+        assert [(e["message_type"], e["customer_id"]) for e in denied] == [("domain.messages.PlaceOrder", customer)]
+        assert [e["fields"]["shipping_address"] for e in failed] == ["***"]  # the Logging behaviour masks it
+        assert failed[0]["fields"]["customer_id"] == other
+        assert "Baker" not in repr(logs)
+        assert (shop.storage.head(), write_model(shop, desk)) == (head, before)
+    finally:
+        shop.close()
+
+
+def write_model(shop: Shop, product_id: str, order_id: str | None = None) -> tuple[object, ...]:
+    """What the write model holds about a product, its stock, and an order."""
+    return shop.inspect(lambda model, tx: (model.product(tx, product_id), model.stock(tx, product_id),
+                                           model.order(tx, order_id) if order_id else None))
+
+
+def test_a_denied_command_writes_nothing(shop: Shop) -> None:
+    from domain.messages import ReserveStock
+    from handlers.authorization import ANONYMOUS, Forbidden, Principal
+
+    customer, lamps, desk, _floor = stocked(shop)
+    other = shop.mediator.send(RegisterCustomer(name="Bo", email="bo@example.com"))
+    order = shop.mediator.send(PlaceOrder(customer_id=customer, items=(OrderItem(product_id=desk, quantity=1),)))
+    denied = [
+        (Principal(customer_id=other), PlaceOrder(customer_id=customer, items=(OrderItem(product_id=desk,
+                                                                                          quantity=1),))),
+        (Principal(customer_id=other), CancelOrder(order_id=order, reason="not mine")),
+        (Principal(customer_id=customer), ConfirmOrder(order_id=order)),
+        (Principal(customer_id=customer), ShipOrder(order_id=order)),
+        (Principal(customer_id=customer), ReserveStock(order_id=order)),
+        (Principal(customer_id=customer), UpdateProductStock(product_id=desk, delta=5, reason="mine now")),
+        (Principal(customer_id=customer), ChangePrice(product_id=desk, new_price=Decimal("1"), reason="cheap")),
+        (Principal(customer_id=customer), DiscontinueProduct(product_id=desk)),
+        (Principal(customer_id=customer), CreateProduct(category_id=lamps, name="Mine", price=Decimal("1"))),
+        (ANONYMOUS, CreateCategory(name="Mine")),
+        (ANONYMOUS, PlaceOrder(customer_id=customer, items=(OrderItem(product_id=desk, quantity=1),))),
+    ]
+    for principal, command in denied:
+        head, before = shop.storage.head(), write_model(shop, desk, order)
+        with shop.mediator.scope(principal=principal), pytest.raises(Forbidden):
+            shop.mediator.send(command)
+        assert (shop.storage.head(), write_model(shop, desk, order)) == (head, before), command
+
+
+def test_every_query_answers_from_the_read_database_alone(tmp_path: Path) -> None:
+    shop = build_shop(tmp_path / "write.db", read_path=tmp_path / "read.db", clock=lambda: DAY, logging=False,
+                      retire_after=0)
+    try:
+        customer, lamps, desk, floor = stocked(shop)
+        send = shop.mediator.send
+        order = send(PlaceOrder(customer_id=customer, items=(OrderItem(product_id=desk, quantity=3),
+                                                             OrderItem(product_id=floor, quantity=1))))
+        dropped = send(PlaceOrder(customer_id=customer, items=(OrderItem(product_id=desk, quantity=1),)))
+        send(CancelOrder(order_id=dropped, reason="changed my mind"))
+        send(ChangePrice(product_id=floor, new_price=Decimal("75.00"), reason="sale"))
+        settle(shop.engine)
+        # Empty every write table behind the shop's back: whatever the queries answer now, they read elsewhere.
+        with contextlib.closing(sqlite3.connect(tmp_path / "write.db")) as write:
+            for table in ("order_items", "orders", "stock", "products", "categories", "customers"):
+                write.execute(f"DELETE FROM {table}")
+            write.commit()
+        assert shop.inspect(lambda model, tx: (model.product(tx, desk), model.order(tx, order))) == (None, None)
+
+        ask = shop.mediator.ask
+        details = ask(GetOrderDetails(order_id=order))
+        assert details is not None
+        assert (details.customer_name, details.status, details.total, details.version) == (
+            "Ada", "placed", Decimal("155.00"), 1)
+        assert [(ln.product_name, ln.quantity, ln.unit_price) for ln in details.lines] == [
+            ("Desk lamp", 3, Decimal("25.00")), ("Floor lamp", 1, Decimal("80.00"))]
+        assert {(s.order_id, s.status, s.item_count) for s in ask(GetCustomerOrders(customer_id=customer))} == {
+            (order, "placed", 4), (dropped, "cancelled", 1)}
+        page = ask(ListProductsByCategory(category_id=lamps))
+        assert [(p.name, p.price, p.available, p.category_name) for p in page.items] == [
+            ("Desk lamp", Decimal("25.00"), 7, "Lamps"), ("Floor lamp", Decimal("75.00"), 1, "Lamps")]
+        inventory = ask(GetProductInventory(product_id=desk))
+        assert inventory is not None
+        assert (inventory.on_hand, inventory.reserved, inventory.available) == (10, 3, 7)
+        assert [p.name for p in ask(SearchProducts(text="paper shade"))] == ["Floor lamp"]
+        (day,) = ask(GetSalesDashboard(since=DAY.date()))
+        assert (day.category_name, day.orders, day.units, day.revenue) == ("Lamps", 1, 4, Decimal("155.00"))
+    finally:
+        shop.close()

@@ -23,7 +23,7 @@ class Quiet(WSGIRequestHandler):
 def client(tmp_path: Path) -> Iterator[tuple[httpx.Client, Shop]]:
     shop = build_shop(tmp_path / "shop.db", logging=False)
     shop.engine.start()
-    server = make_server("127.0.0.1", 0, ShopWSGI(shop.mediator), handler_class=Quiet)
+    server = make_server("127.0.0.1", 0, ShopWSGI(shop.mediator, head=shop.storage.head), handler_class=Quiet)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -71,3 +71,5 @@ def test_the_sync_service_refuses_odd_quantities_and_tokens(client: tuple[httpx.
     nested = b"[" * 5000 + b"]" * 5000
     assert http.post("/orders", content=nested, headers=who).status_code == 400
     assert http.get("/orders/x", headers={"X-Consistent-With": "nope"}).status_code == 400
+    beyond = http.get("/orders/x", headers={"X-Consistent-With": str(shop.storage.head() + 1)})
+    assert (beyond.status_code, beyond.json()["error"]) == (400, "bad_request")
