@@ -30,11 +30,35 @@ def _pyplot() -> Any:
     return plt
 
 
-def dispatch_chart(results: Sequence[Result], path: Path) -> bool:
-    """Bars of time per dispatch as a ratio to the direct call: this, the hand-written baseline, the fastest peer."""
-    rows = [r for r in results if r.suite == "dispatch"]
+def _bars(path: Path, labels: Sequence[str], series: Mapping[str, Sequence[float]], *, ylabel: str, title: str,
+          log: bool, size: tuple[float, float] = (9, 4.5)) -> bool:
+    """Draw one group of bars per label, one bar per series, into ``path``; ``False`` without matplotlib."""
     plt = _pyplot()
-    if not rows or plt is None:
+    if plt is None:
+        return False
+    figure, axes = plt.subplots(figsize=size)
+    width = 0.8 / len(series)
+    middle = (len(series) - 1) / 2
+    for offset, (name, values) in enumerate(series.items()):
+        axes.bar([i + (offset - middle) * width for i in range(len(labels))], values, width, label=name)
+    if log:
+        axes.set_yscale("log")
+    rotate = len(labels) > 6
+    axes.set_xticks(range(len(labels)), labels, fontsize=7 if rotate else 9, rotation=25 if rotate else 0,
+                    ha="right" if rotate else "center")
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True
+
+
+def dispatch_chart(results: Sequence[Result], path: Path) -> bool:
+    """Time per dispatch as a ratio to the direct call: this, the hand-written baseline, the fastest peer."""
+    rows = [r for r in results if r.suite == "dispatch"]
+    if not rows:
         return False
     groups = list(dict.fromkeys((r.scenario, r.family) for r in rows))
     series: dict[str, list[float]] = {"this": [], "baseline": [], "fastest peer": []}
@@ -44,68 +68,41 @@ def dispatch_chart(results: Sequence[Result], path: Path) -> bool:
         series["this"].append(cell["this"].ratio)
         series["baseline"].append(cell["baseline"].ratio)
         series["fastest peer"].append(min(peers) if peers else math.nan)
-    figure, axes = plt.subplots(figsize=(11, 4.8))
-    width = 0.27
-    for offset, (name, values) in enumerate(series.items()):
-        axes.bar([i + (offset - 1) * width for i in range(len(groups))], values, width, label=name)
-    axes.set_yscale("log")
-    axes.axhline(1.0, color="black", linewidth=0.8)
-    axes.set_xticks(range(len(groups)), [f"{s.replace('_', ' ')}\n({f})" for s, f in groups], fontsize=7,
-                    rotation=25, ha="right")
-    axes.set_ylabel("time per dispatch / direct call (log)")
-    axes.set_title("Dispatch overhead against the direct call, this run")
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return True
+    labels = [f"{scenario.replace('_', ' ')}\n({family})" for scenario, family in groups]
+    return _bars(path, labels, series, ylabel="time per dispatch / direct call (log)", log=True, size=(11, 4.8),
+                 title="Dispatch overhead against the direct call (1 = the direct call), this run")
+
+
+def _orders(family: str) -> int:
+    digits = "".join(c for c in family if c.isdigit())
+    return int(digits) if digits else -1
 
 
 def reads_chart(results: Sequence[Result], path: Path) -> bool:
-    """Bars of p50 latency per read, CRUD beside CQRS, on a log scale."""
-    rows = [r for r in results if r.suite == "scenario" and r.scenario.startswith("read_") and
-            r.scenario.endswith("_p50")]
-    plt = _pyplot()
-    if not rows or plt is None:
+    """p50 latency per read, CRUD beside CQRS, at the run's largest size, on a log scale."""
+    rows = [r for r in results if r.suite == "scenario" and r.scenario.endswith("_p50")
+            and r.implementation in ("crud", "cqrs") and not r.scenario.startswith("projection_lag")]
+    if not rows:
         return False
-    reads = list(dict.fromkeys(r.scenario.removeprefix("read_").removesuffix("_p50") for r in rows))
-    figure, axes = plt.subplots(figsize=(9, 4.5))
-    width = 0.38
-    for offset, implementation in enumerate(("crud", "cqrs")):
-        values = [next((r.median_ns / 1e3 for r in rows if r.implementation == implementation
-                        and r.scenario == f"read_{read}_p50"), math.nan) for read in reads]
-        axes.bar([i + (offset - 0.5) * width for i in range(len(reads))], values, width, label=implementation.upper())
-    axes.set_yscale("log")
-    axes.set_xticks(range(len(reads)), [read.replace("_", " ") for read in reads])
-    axes.set_ylabel("p50 latency, microseconds (log)")
-    axes.set_title("Reads: CRUD joins and aggregates against CQRS read models, same data, same run")
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return True
+    family = max((r.family for r in rows), key=_orders)
+    reads = list(dict.fromkeys(r.scenario.removesuffix("_p50") for r in rows if r.family == family))
+    cell = {(r.scenario, r.implementation): r.median_ns / 1e3 for r in rows if r.family == family}
+    series = {kind.upper(): [cell.get((f"{read}_p50", kind), math.nan) for read in reads] for kind in ("crud", "cqrs")}
+    return _bars(path, [read.replace("_", " ") for read in reads], series, log=True,
+                 ylabel="p50 latency, microseconds (log)", title=f"Reads at {family}: CRUD against CQRS, this run")
 
 
 def throughput_chart(results: Sequence[Result], path: Path) -> bool:
-    """Checkout throughput alone and under dashboard load, CRUD beside CQRS."""
-    rows = {(r.scenario, r.implementation): r for r in results if r.suite == "scenario"}
-    wanted = [(scenario, impl) for scenario in ("checkout_alone", "checkout_loaded") for impl in ("crud", "cqrs")]
-    plt = _pyplot()
-    if plt is None or any(key not in rows for key in wanted):
+    """Checkout throughput alone and while another process reads the dashboard, CRUD beside CQRS."""
+    cell = {(r.scenario, r.family, r.implementation): r for r in results if r.suite == "scenario"}
+    phases = (("checkout", "alone"), ("checkout_loaded", "under dashboard load"))
+    wanted = [(scenario, family, kind) for scenario, family in phases for kind in ("crud", "cqrs")]
+    if any(key not in cell for key in wanted):
         return False
-    figure, axes = plt.subplots(figsize=(7, 4.5))
-    width = 0.38
-    for offset, impl in enumerate(("crud", "cqrs")):
-        values = [1e9 / rows[(scenario, impl)].median_ns for scenario in ("checkout_alone", "checkout_loaded")]
-        axes.bar([i + (offset - 0.5) * width for i in range(2)], values, width, label=impl.upper())
-    axes.set_xticks(range(2), ["alone", "with dashboard readers"])
-    axes.set_ylabel("PlaceOrder per second")
-    axes.set_title("Checkout throughput, and what dashboard readers cost it")
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return True
+    series = {kind.upper(): [1e9 / cell[scenario, family, kind].median_ns for scenario, family in phases]
+              for kind in ("crud", "cqrs")}
+    return _bars(path, ["alone", "with a dashboard reader process"], series, log=False, size=(7, 4.5),
+                 ylabel="PlaceOrder per second", title="Checkout throughput, and what dashboard readers cost it")
 
 
 CHARTS: dict[str, Chart] = {
