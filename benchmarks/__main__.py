@@ -20,7 +20,7 @@ from . import _report
 from ._harness import FULL, QUICK, TINY, Result, machine, write_json
 from ._progress import Progress
 
-SUITES = ("dispatch", "sync")
+SUITES = ("dispatch", "sync", "scenario")
 
 
 def parse(argv: Sequence[str]) -> argparse.Namespace:

@@ -1,0 +1,553 @@
+"""The scenario suite (seed 001, "your analytics dashboard is crawling"): one shop, built twice, measured side by side.
+
+Both implementations hold the same generated data (:mod:`benchmarks._shopdata`:
+seeded, 20 categories, 2,000 products, one customer per ten orders, orders of one
+to three lines spread over 90 days):
+
+- **crud**, the reference (:mod:`benchmarks._crudshop`): one normalised SQLite
+  database in WAL mode serving writes and reads, with the indexes its reads need;
+  every read is computed at query time with joins and aggregates, and a checkout
+  is one transaction inserting the order and its items and reserving each line's
+  stock with a check.
+- **cqrs**: the reference shop from ``adapters.shop_app.build_shop`` on one SQLite
+  file, read through ``mediator.ask`` (``GetOrderDetails``, ``GetCustomerOrders``,
+  ``ListProductsByCategory``, ``GetSalesDashboard``) and written through
+  ``mediator.send(PlaceOrder(...))``. It is built as it ships, with every
+  behaviour (validation, retry on conflict, the unit of work, authorisation)
+  except ``Logging``, because the baseline logs nothing either. Dispatches carry
+  no principal: that is trusted in-process code, which ``Authorize`` and
+  ``AuthorizeQueries`` check for and let through (the light option, with the
+  checks still in the pipeline); no scope is opened per call.
+
+Loading. The baseline is bulk-inserted with ``executemany``. The shop is loaded
+by :class:`benchmarks._shopdata.CqrsLoader`: write-model rows through the shop's
+``WriteModel`` port plus exactly the events its command handlers record (built by
+the same domain methods, encoded with the shop's registered event types), then
+the six real projections build every read model from the log (``catch_up``).
+Both load times are reported, per order: the projections' share is the write cost
+CQRS pays for its reads. Before anything is timed, the two must agree: the same
+answers for a sample of orders and customers, every category's first and last
+page, and the whole dashboard, whose units must also add up to the generated data.
+
+Scenarios (``ratio`` is this / reference, times, so lower is better):
+
+- ``<read>_p50`` / ``<read>_p99`` for ``order_details``, ``customer_orders``,
+  ``products_by_category`` and ``dashboard``: latency of one call, in the family
+  ``"<N> orders"``; reference: crud. The lookups and the catalogue page are timed
+  in alternation, one call of each side in turn; the crud dashboard (a full
+  aggregate) is timed fewer times than the cqrs one, so its p99 is of few samples.
+- ``<read>_growth``: p50 at the run's size; reference: the same implementation's
+  p50 at a quarter of it. The growth step is measured on one database per side,
+  loaded with the first quarter of the orders, read, then loaded with the rest and
+  read again: ``quick`` reads at 50,000 and 200,000 orders, ``full`` at 200,000 and
+  800,000, ``TINY`` at 100 and 400 (so the run is never loaded past its size).
+- ``load`` (crud, cqrs), ``load_write`` and ``load_projections`` (cqrs's two parts):
+  seconds per order to load; reference: crud.
+- ``checkout`` (family ``"alone"``; crud, cqrs): time per checkout, sending them
+  back to back for a few seconds; reference: crud. For cqrs the background runner
+  (``engine.start()``) keeps the read models up meanwhile, in the same process, as
+  the shop runs; family ``"runner stopped"`` is the same with the runner stopped
+  (the command path alone; the projections catch up afterwards, untimed).
+- ``checkout_loaded``: the same while another *process* hammers the dashboard
+  read in a loop; reference: the same implementation alone, so ``1 / ratio`` is
+  the throughput kept under load (the degradation ratio).
+- ``dashboard_reader``: time per dashboard read in that reader process; reference: crud.
+- ``projection_lag_p50`` / ``_p99`` (cqrs; families ``"alone"``, ``"under dashboard load"``):
+  from a checkout's events being stamped, just before its commit, to the last of
+  the six projections committing them (``engine.on_batch`` runs after each batch
+  commits); reference: itself.
+
+Targets (in :func:`summary`): the cqrs dashboard at least 1000x faster than the
+crud aggregate at the run's size, and cqrs keeping at least 0.9x of its checkout
+throughput under dashboard load, beside crud's figure; the lookups a well-indexed
+schema serves fast are reported as they come.
+
+Run time. Loading dominates: the six projections apply about a millisecond of work
+per order, so on the 2-core development machine the quick run (200,000 orders)
+takes about six minutes, nearly five of them loading, and ``full`` roughly four
+times that. Lower ``SIZES[QUICK].orders`` to trade the size for time; every
+other phase lasts about a minute whatever the size.
+
+``with_peers`` is accepted for the common runner and ignored: there is no peer here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from adapters.shop_app import Shop, build_shop
+from domain.messages import (
+    GetCustomerOrders,
+    GetOrderDetails,
+    GetSalesDashboard,
+    ListProductsByCategory,
+    OrderItem,
+    PlaceOrder,
+)
+from mediator.readmodels import ReadModels, StoredEvent
+from mediator.testing import settle
+
+from . import _shopdata as shopdata
+from ._crudshop import CrudShop
+from ._harness import FULL, QUICK, TINY, Result, Settings
+from .sync import quiet_logging
+
+SEED = 1
+READS = ("order_details", "customer_orders", "products_by_category", "dashboard")
+Cart = tuple[str, tuple[tuple[str, int], ...]]
+"""A checkout: the customer, and ``(product_id, quantity)`` per line."""
+Place = Callable[[str, tuple[tuple[str, int], ...]], object]
+
+
+@attrs.frozen
+class Size:
+    orders: int
+    """The run's size; the reads are measured at a quarter of it too."""
+    lookups: int
+    """Calls timed per side of each lookup read and of the catalogue page."""
+    crud_dashboards: int
+    """Calls timed of the crud dashboard, a whole aggregate each."""
+    cqrs_dashboards: int
+    """Calls timed of the cqrs dashboard."""
+    checkout_seconds: float
+    """How long each checkout run lasts."""
+
+
+SIZES = {QUICK: Size(200_000, 2_000, 7, 200, 4.0), FULL: Size(800_000, 5_000, 11, 500, 10.0),
+         TINY: Size(400, 40, 3, 10, 0.2)}
+QUICK_SIZE = SIZES[QUICK]
+
+
+class Disagreement(AssertionError):
+    """The two implementations answered a read differently: nothing they would time is comparable."""
+
+
+@attrs.define
+class Both:
+    """The two shops over the same data, and what loading them has cost so far."""
+
+    data: shopdata.Catalog
+    crud: CrudShop
+    shop: Shop
+    loader: shopdata.CqrsLoader
+    orders: list[shopdata.Order] = attrs.Factory(list)
+    customers: list[str] = attrs.Factory(list)
+    seconds: dict[str, float] = attrs.Factory(lambda: {"crud": 0.0, "write": 0.0, "projections": 0.0})
+
+    def load(self, part: shopdata.Block, first: bool) -> None:
+        """Load one block into both, timing each side and the cqrs projections apart."""
+        started = time.perf_counter()
+        if first:
+            self.crud.load_catalog(self.data)
+        self.crud.load(self.data, part)
+        self.seconds["crud"] += time.perf_counter() - started
+        started = time.perf_counter()
+        if first:
+            self.loader.load_catalog()
+        self.loader.load(part)
+        self.seconds["write"] += time.perf_counter() - started
+        started = time.perf_counter()
+        settle(self.shop.engine)
+        self.seconds["projections"] += time.perf_counter() - started
+        self.orders += part.orders
+        self.customers += [c.customer_id for c in part.customers]
+
+
+# -- reads --------------------------------------------------------------------------------------------------
+
+
+def read_calls(both: Both) -> dict[str, tuple[Callable[[Any], object], Callable[[Any], object]]]:
+    """For each read: (crud, cqrs), each taking the read's argument."""
+    crud, ask = both.crud, both.shop.mediator.ask
+    return {
+        "order_details": (crud.order_details, lambda order_id: ask(GetOrderDetails(order_id=order_id))),
+        "customer_orders": (crud.customer_orders,
+                            lambda customer_id: ask(GetCustomerOrders(customer_id=customer_id))),
+        "products_by_category": (lambda page: crud.products_by_category(*page),
+                                 lambda page: ask(ListProductsByCategory(category_id=page[0], page=page[1]))),
+        "dashboard": (lambda _: crud.sales_dashboard(), lambda _: ask(GetSalesDashboard())),
+    }
+
+
+def arguments(both: Both, count: int, rng: random.Random) -> dict[str, list[Any]]:
+    """``count`` arguments per read, drawn from what is loaded."""
+    categories = [c.category_id for c in both.data.categories]
+    pages = len(both.data.products) // len(categories) // 20
+    return {
+        "order_details": [rng.choice(both.orders).order_id for _ in range(count)],
+        "customer_orders": [rng.choice(both.customers) for _ in range(count)],
+        "products_by_category": [(rng.choice(categories), rng.randint(1, pages)) for _ in range(count)],
+        "dashboard": [None] * count,
+    }
+
+
+def check_agreement(both: Both, rng: random.Random, samples: int = 50) -> None:
+    """Raise :class:`Disagreement` unless both shops answer every sampled read alike, and the dashboard adds up."""
+    sampled = arguments(both, samples, rng)
+    pages = len(both.data.products) // len(both.data.categories) // 20
+    sampled["products_by_category"] = [(c.category_id, p) for c in both.data.categories for p in (1, pages, pages + 1)]
+    for read, (crud, cqrs) in read_calls(both).items():
+        for argument in sampled[read] if read != "dashboard" else ():
+            if crud(argument) != cqrs(argument):
+                raise Disagreement(f"{read}({argument!r}) differs between crud and cqrs")
+    dashboard = both.crud.sales_dashboard()
+    if dashboard != both.shop.mediator.ask(GetSalesDashboard()):
+        raise Disagreement("the dashboard differs between crud and cqrs")
+    units = sum(quantity for order in both.orders for _product, quantity in order.items)
+    if sum(row.units for row in dashboard) != units or sum(row.orders for row in dashboard) < len(both.orders):
+        raise Disagreement(f"the dashboard does not add up to the {len(both.orders):,} orders loaded")
+    if both.shop.engine.dead_letters():
+        raise Disagreement(f"the projections parked events: {both.shop.engine.dead_letters()}")
+
+
+def timed(call: Callable[[Any], object], args: Sequence[Any]) -> list[float]:
+    """Seconds per call, one per argument."""
+    clock, out = time.perf_counter, []
+    for argument in args:
+        started = clock()
+        call(argument)
+        out.append(clock() - started)
+    return out
+
+
+def alternating(first: Callable[[Any], object], second: Callable[[Any], object],
+                args: Sequence[Any]) -> tuple[list[float], list[float]]:
+    """Seconds per call of each, called in turn on each argument, so drift on a shared machine hits both alike."""
+    ones: list[float] = []
+    twos: list[float] = []
+    for argument in args:
+        ones += timed(first, (argument,))
+        twos += timed(second, (argument,))
+    return ones, twos
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def measure_reads(both: Both, size: Size, rng: random.Random) -> dict[tuple[str, str], list[float]]:
+    """Latencies of every read, by (read, implementation), after one warm-up call of each."""
+    calls, args = read_calls(both), arguments(both, size.lookups, rng)
+    out: dict[tuple[str, str], list[float]] = {}
+    for read, (crud, cqrs) in calls.items():
+        crud(args[read][0])
+        cqrs(args[read][0])
+        if read == "dashboard":
+            out[read, "crud"] = timed(crud, args[read][:size.crud_dashboards])
+            out[read, "cqrs"] = timed(cqrs, args[read][:size.cqrs_dashboards])
+        else:
+            out[read, "crud"], out[read, "cqrs"] = alternating(crud, cqrs, args[read])
+    return out
+
+
+# -- checkouts ----------------------------------------------------------------------------------------------
+
+
+def carts(both: Both, count: int, rng: random.Random) -> list[Cart]:
+    """Checkouts to send: a customer and one to three distinct products, one of each."""
+    ids = [p.product_id for p in both.data.products]
+    return [(rng.choice(both.customers), tuple((p, 1) for p in rng.sample(ids, rng.randint(1, 3))))
+            for _ in range(count)]
+
+
+def checkout_calls(both: Both) -> dict[str, Place]:
+    send = both.shop.mediator.send
+
+    def place(customer_id: str, items: tuple[tuple[str, int], ...]) -> object:
+        return send(PlaceOrder(customer_id=customer_id, items=tuple(OrderItem(product_id=p, quantity=q)
+                                                                    for p, q in items)))
+
+    return {"crud": both.crud.checkout, "cqrs": place}
+
+
+def throughput(place: Place, orders: Sequence[Cart], seconds: float) -> float:
+    """Seconds per checkout, sending ``orders`` (round and round) back to back for ``seconds``."""
+    clock = time.perf_counter
+    started = clock()
+    deadline, done = started + seconds, 0
+    while clock() < deadline:
+        customer_id, items = orders[done % len(orders)]
+        place(customer_id, items)
+        done += 1
+    return (clock() - started) / done
+
+
+class LagProbe:
+    """An ``on_batch`` listener: when the last projection committed each event stamped since :meth:`arm`."""
+
+    def __init__(self) -> None:
+        self.since = float("inf")
+        self.recorded: dict[int, float] = {}
+        self.committed: dict[int, float] = {}
+
+    def arm(self) -> None:
+        self.recorded, self.committed, self.since = {}, {}, time.time()
+
+    def __call__(self, _name: str, events: list[StoredEvent]) -> None:
+        now = time.time()
+        for event in events:
+            if event.recorded_at >= self.since:
+                self.recorded[event.position] = event.recorded_at
+                self.committed[event.position] = now  # the last projection's batch overwrites the others'
+
+    def lags(self) -> list[float]:
+        return [self.committed[p] - self.recorded[p] for p in self.committed]
+
+
+READER = "import sys; from benchmarks.scenario import reader; reader(sys.argv[1], sys.argv[2])"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def reader(kind: str, path: str) -> None:
+    """The reader process: say ``ready``, read the dashboard in a loop until a line (or EOF) comes on stdin,
+    then print the seconds per read."""
+    stop = threading.Event()
+
+    def wait_for_stop() -> None:
+        sys.stdin.readline()
+        stop.set()
+
+    threading.Thread(target=wait_for_stop, daemon=True).start()
+    closing: Callable[[], None]
+    read: Callable[[], object]
+    with quiet_logging():
+        if kind == "crud":
+            crud = CrudShop(Path(path))
+            read, closing = crud.sales_dashboard, crud.close
+        else:
+            shop = build_shop(path, logging=False)
+            ask = shop.mediator.ask
+            read, closing = (lambda: ask(GetSalesDashboard())), shop.close
+        try:
+            read()
+            print("ready", flush=True)
+            began, done = time.perf_counter(), 0
+            while not stop.is_set():
+                read()
+                done += 1
+            print((time.perf_counter() - began) / max(done, 1), flush=True)
+        finally:
+            closing()
+
+
+def under_load(kind: str, path: Path, run: Callable[[], float]) -> tuple[float, float]:
+    """``run()`` while another process hammers the dashboard: its result, and the seconds per dashboard read."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    with subprocess.Popen([sys.executable, "-c", READER, kind, str(path)], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True, env=env) as child:
+        assert child.stdout is not None
+        try:
+            if child.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"The {kind} dashboard reader did not start (see its error above).")
+            result = run()
+            said, _ = child.communicate("stop\n", timeout=120)
+        finally:
+            if child.poll() is None:
+                child.kill()
+    if child.returncode != 0:
+        raise RuntimeError(f"The {kind} dashboard reader failed (exit code {child.returncode}).")
+    return result, float(said.split()[-1])
+
+
+def measure_checkouts(both: Both, folder: Path, size: Size, rng: random.Random,
+                      progress: Callable[[str], None]) -> dict[str, float]:
+    """Seconds per checkout alone and under load for each side, the reader's seconds per read, cqrs lag."""
+    orders, engine, probe = carts(both, 5_000, rng), both.shop.engine, LagProbe()
+    out: dict[str, float] = {}
+    for kind, place in checkout_calls(both).items():
+        for customer_id, items in orders[:20]:  # warm up
+            place(customer_id, items)
+        if kind == "cqrs":
+            progress(f"scenario: cqrs checkout with the projection runner stopped, {size.checkout_seconds:g} s")
+            out["cqrs runner stopped"] = throughput(place, orders, size.checkout_seconds)
+            settle(engine)
+            engine.on_batch.append(probe)
+            engine.start()
+        for family in ("alone", "under dashboard load"):
+            progress(f"scenario: {kind} checkout {family}, {size.checkout_seconds:g} s")
+            probe.arm()
+            run = functools.partial(throughput, place, orders, size.checkout_seconds)
+            if family == "alone":
+                out[f"{kind} alone"] = run()
+            else:
+                out[f"{kind} loaded"], out[f"{kind} reader"] = under_load(kind, folder / f"{kind}.db", run)
+            if kind == "cqrs":
+                out.update(lag_of(engine, probe, family))
+    engine.stop()
+    return out
+
+
+def lag_of(engine: ReadModels, probe: LagProbe, family: str) -> dict[str, float]:
+    """Once every projection has caught up: the p50 and p99 lag of the events the probe saw."""
+    if not engine.wait(engine.storage.head(), timeout=120):
+        raise RuntimeError("The projections did not catch up within 120 s of the checkouts.")
+    lags = probe.lags()
+    return {f"lag p50 {family}": percentile(lags, 0.5), f"lag p99 {family}": percentile(lags, 0.99)}
+
+
+# -- the run ------------------------------------------------------------------------------------------------
+
+
+def read_results(results: list[Result], family: str, latencies: dict[tuple[str, str], list[float]]) -> None:
+    for read in READS:
+        for name, q in (("p50", 0.5), ("p99", 0.99)):
+            reference = percentile(latencies[read, "crud"], q)
+            for kind in ("crud", "cqrs"):
+                seconds = percentile(latencies[read, kind], q)
+                results.append(Result("scenario", f"{read}_{name}", family, kind, seconds * 1e9, seconds / reference))
+
+
+def growth_results(results: list[Result], small: dict[tuple[str, str], list[float]],
+                   big: dict[tuple[str, str], list[float]]) -> None:
+    for read in READS:
+        for kind in ("crud", "cqrs"):
+            before, after = percentile(small[read, kind], 0.5), percentile(big[read, kind], 0.5)
+            results.append(Result("scenario", f"{read}_growth", "x4 orders", kind, after * 1e9, after / before))
+
+
+def load_results(results: list[Result], both: Both) -> None:
+    family, orders, seconds = f"{len(both.orders):,} orders", len(both.orders), both.seconds
+    crud = seconds["crud"] / orders
+    for scenario, kind, spent in (("load", "crud", seconds["crud"]),
+                                  ("load", "cqrs", seconds["write"] + seconds["projections"]),
+                                  ("load_write", "cqrs", seconds["write"]),
+                                  ("load_projections", "cqrs", seconds["projections"])):
+        results.append(Result("scenario", scenario, family, kind, spent / orders * 1e9, spent / orders / crud))
+
+
+def checkout_results(results: list[Result], measured: dict[str, float]) -> None:
+    crud = measured["crud alone"]
+    stopped = measured["cqrs runner stopped"]
+    results.append(Result("scenario", "checkout", "runner stopped", "cqrs", stopped * 1e9, stopped / crud))
+    for kind in ("crud", "cqrs"):
+        alone, loaded, reader = (measured[f"{kind} {what}"] for what in ("alone", "loaded", "reader"))
+        results.append(Result("scenario", "checkout", "alone", kind, alone * 1e9, alone / crud))
+        results.append(Result("scenario", "checkout_loaded", "under dashboard load", kind, loaded * 1e9,
+                              loaded / alone))
+        results.append(Result("scenario", "dashboard_reader", "during checkouts", kind, reader * 1e9,
+                              reader / measured["crud reader"]))
+    for family in ("alone", "under dashboard load"):
+        for q in ("p50", "p99"):
+            lag = measured[f"lag {q} {family}"]
+            results.append(Result("scenario", f"projection_lag_{q}", family, "cqrs", lag * 1e9, 1.0))
+
+
+@contextlib.contextmanager
+def shops(folder: Path, data: shopdata.Catalog) -> Iterator[Both]:
+    """Both shops, empty, in ``folder``; closed at the end."""
+    shop = build_shop(folder / "cqrs.db", logging=False)
+    try:
+        crud = CrudShop(folder / "crud.db")
+        try:
+            yield Both(data, crud, shop, shopdata.CqrsLoader(shop, data))
+        finally:
+            crud.close()
+    finally:
+        shop.close()
+
+
+def run(settings: Settings, *, with_peers: bool = True, progress: Callable[[str], None] = print) -> list[Result]:
+    """Load both shops, check they agree, and measure every scenario at the size that matches ``settings``."""
+    size = SIZES.get(settings, QUICK_SIZE)
+    rng = random.Random(SEED)
+    results: list[Result] = []
+    progress(f"scenario: generating {size.orders:,} orders (seed {SEED})")
+    data = shopdata.catalog(SEED)
+    blocks = shopdata.history(data, SEED, orders=size.orders, parts=(1, 3))
+    with tempfile.TemporaryDirectory(prefix="mediator-scenario-") as tmp, quiet_logging(), \
+            shops(Path(tmp), data) as both:
+        latencies = []
+        for index, part in enumerate(blocks):
+            total = len(both.orders) + len(part.orders)
+            progress(f"scenario: loading {len(part.orders):,} orders into both shops (to {total:,})")
+            both.load(part, first=index == 0)
+            progress(f"scenario: checking both shops agree, then timing the reads at {total:,} orders")
+            check_agreement(both, rng)
+            latencies.append(measure_reads(both, size, rng))
+            read_results(results, f"{total:,} orders", latencies[-1])
+        growth_results(results, latencies[0], latencies[-1])
+        load_results(results, both)
+        checkout_results(results, measure_checkouts(both, Path(tmp), size, rng, progress))
+    return results
+
+
+Found = dict[tuple[str, str, str], Result]
+
+
+def summary(results: list[Result]) -> str:
+    """The targets, as measured: cqrs beside crud at the run's size, how reads grow, checkouts, lag and loading."""
+    by = {(r.scenario, r.family, r.implementation): r for r in results}
+    sizes = list(dict.fromkeys(r.family for r in results if r.scenario == "dashboard_p50"))
+    lines = ["| measure | crud | cqrs | cqrs vs crud | target |", "|---|---:|---:|---|---|"]
+    lines += _read_rows(by, sizes[0], sizes[-1])
+    lines += _checkout_rows(by)
+    load = {k: by[("load", sizes[-1], k)].median_ns / 1e3 for k in ("crud", "cqrs")}
+    write, project = (by[(s, sizes[-1], "cqrs")].median_ns / 1e3 for s in ("load_write", "load_projections"))
+    lines.append(f"| bulk load per order, {sizes[-1]} | {load['crud']:,.0f} µs | {load['cqrs']:,.0f} µs "
+                 f"({write:,.0f} rows and log + {project:,.0f} projections) | "
+                 f"{load['cqrs'] / load['crud']:,.1f}x the time | - |")
+    return "\n".join(lines)
+
+
+def _read_rows(by: Found, small: str, big: str) -> list[str]:
+    lines = []
+    for read in READS:
+        for q in ("p50", "p99"):
+            crud, cqrs = (by[(f"{read}_{q}", big, kind)].median_ns / 1e6 for kind in ("crud", "cqrs"))
+            target = f">= 1000x faster ({_verdict(crud / cqrs >= 1000)})" if read == "dashboard" else "as measured"
+            lines.append(f"| {read.replace('_', ' ')} {q}, {big} | {crud:,.3f} ms | {cqrs:,.3f} ms | "
+                         f"{_versus(crud / cqrs)} | {target} |")
+    for read in READS:
+        crud, cqrs = (by[(f"{read}_growth", "x4 orders", kind)].ratio for kind in ("crud", "cqrs"))
+        lines.append(f"| {read.replace('_', ' ')} p50 growth, {small} to {big} | {crud:.2f}x | {cqrs:.2f}x | - | - |")
+    return lines
+
+
+def _checkout_rows(by: Found) -> list[str]:
+    def per_second(scenario: str, family: str, kind: str) -> float:
+        return 1e9 / by[(scenario, family, kind)].median_ns
+
+    alone = {k: per_second("checkout", "alone", k) for k in ("crud", "cqrs")}
+    loaded = {k: per_second("checkout_loaded", "under dashboard load", k) for k in ("crud", "cqrs")}
+    stopped = per_second("checkout", "runner stopped", "cqrs")
+    reads = {k: per_second("dashboard_reader", "during checkouts", k) for k in ("crud", "cqrs")}
+    kept = {k: loaded[k] / alone[k] for k in ("crud", "cqrs")}
+    lines = [
+        f"| checkout alone | {alone['crud']:,.0f}/s | {alone['cqrs']:,.0f}/s | "
+        f"{_versus(alone['cqrs'] / alone['crud'], 'more', 'fewer')} | - |",
+        f"| checkout alone, cqrs projection runner stopped | - | {stopped:,.0f}/s | "
+        f"{_versus(stopped / alone['crud'], 'more', 'fewer')} | - |",
+        f"| checkout under dashboard load | {loaded['crud']:,.0f}/s | {loaded['cqrs']:,.0f}/s | "
+        f"{_versus(loaded['cqrs'] / loaded['crud'], 'more', 'fewer')} | - |",
+        f"| throughput kept under dashboard load | {kept['crud']:.2f}x | {kept['cqrs']:.2f}x | - | "
+        f"cqrs >= 0.9x ({_verdict(kept['cqrs'] >= 0.9)}) |",
+        f"| dashboard reads served meanwhile | {reads['crud']:,.1f}/s | {reads['cqrs']:,.1f}/s | "
+        f"{_versus(reads['cqrs'] / reads['crud'], 'more', 'fewer')} | - |",
+    ]
+    for family in ("alone", "under dashboard load"):
+        lag50, lag99 = (by[(f"projection_lag_{q}", family, "cqrs")].median_ns / 1e6 for q in ("p50", "p99"))
+        lines.append(f"| projection lag p50 / p99, checkout {family} | - | {lag50:,.1f} / {lag99:,.1f} ms | - | - |")
+    return lines
+
+
+def _versus(factor: float, better: str = "faster", worse: str = "slower") -> str:
+    """``factor`` (cqrs's advantage; below 1 a disadvantage) in words."""
+    return f"{factor:,.1f}x {better}" if factor >= 1 else f"{1 / factor:,.2f}x {worse}"
+
+
+def _verdict(met: bool) -> str:
+    return "met" if met else "missed"

@@ -1,0 +1,58 @@
+"""The scenario suite's runner works at a tiny size, and its correctness check catches shops that disagree.
+
+Timings are never asserted here.
+"""
+
+import random
+from pathlib import Path
+
+import pytest
+
+from benchmarks import _shopdata as shopdata
+from benchmarks import scenario
+from benchmarks._harness import TINY
+
+READS = ("order_details", "customer_orders", "products_by_category", "dashboard")
+
+
+def test_scenario_suite_measures_every_scenario_beside_its_reference() -> None:
+    lines: list[str] = []
+    results = scenario.run(TINY, progress=lines.append)
+    found = {(r.scenario, r.family, r.implementation) for r in results}
+    expected = {(f"{read}_{q}", f"{size} orders", kind) for read in READS for q in ("p50", "p99")
+                for size in ("100", "400") for kind in ("crud", "cqrs")}
+    expected |= {(f"{read}_growth", "x4 orders", kind) for read in READS for kind in ("crud", "cqrs")}
+    expected |= {("load", "400 orders", "crud"), ("load", "400 orders", "cqrs"), ("load_write", "400 orders", "cqrs"),
+                 ("load_projections", "400 orders", "cqrs"), ("checkout", "runner stopped", "cqrs")}
+    for kind in ("crud", "cqrs"):
+        expected |= {("checkout", "alone", kind), ("checkout_loaded", "under dashboard load", kind),
+                     ("dashboard_reader", "during checkouts", kind)}
+    expected |= {(f"projection_lag_{q}", family, "cqrs") for q in ("p50", "p99")
+                 for family in ("alone", "under dashboard load")}
+    assert found == expected
+    assert len(results) == len(found)  # no scenario measured twice
+    assert all(r.suite == "scenario" and r.median_ns > 0 and r.ratio > 0 for r in results)
+    assert all(r.ratio == 1.0 for r in results if r.implementation == "crud" and r.scenario.endswith(("_p50", "_p99")))
+    assert sum("checking both shops agree" in line for line in lines) == 2
+    table = scenario.summary(results)
+    assert "| dashboard p50, 400 orders |" in table
+    assert "| throughput kept under dashboard load |" in table
+
+
+def test_generated_data_is_the_same_for_the_same_seed() -> None:
+    data = shopdata.catalog(7)
+    assert data == shopdata.catalog(7)
+    assert shopdata.history(data, 7, orders=80, parts=(1, 3)) == shopdata.history(data, 7, orders=80, parts=(1, 3))
+    first, rest = shopdata.history(data, 7, orders=80, parts=(1, 3))
+    assert (len(first.orders), len(rest.orders)) == (20, 60)
+    assert not {o.order_id for o in first.orders} & {o.order_id for o in rest.orders}
+
+
+def test_the_check_agrees_on_a_fresh_load_and_catches_a_read_that_differs(tmp_path: Path) -> None:
+    data = shopdata.catalog(3, categories=3, per_category=40)
+    with scenario.shops(tmp_path, data) as both:
+        both.load(shopdata.block(data, 3, orders=60), first=True)
+        scenario.check_agreement(both, random.Random(3))  # the bulk-loaded read models answer as the joins do
+        both.crud.db.execute("UPDATE order_items SET quantity = quantity + 1 WHERE rowid = 1")
+        with pytest.raises(scenario.Disagreement, match="differs"):
+            scenario.check_agreement(both, random.Random(3))
