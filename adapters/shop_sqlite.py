@@ -176,6 +176,10 @@ class SqliteReadViews(ReadViews):
     def __init__(self, storage: SqliteStorage, engine: ReadModels) -> None:
         self.storage = storage
         self.engine = engine
+        # SQL text and column names, made once per table and shape: projections write thousands of rows a second.
+        self._upserts: dict[tuple[str, tuple[str, ...]], str] = {}
+        self._selects: dict[tuple[str, tuple[str, ...]], str] = {}
+        self._columns: dict[str, list[str]] = {}
 
     def create(self, session: ProjectionSession) -> None:
         for name in _tables_of(session.name):
@@ -196,18 +200,30 @@ class SqliteReadViews(ReadViews):
 
     def write(self, session: ProjectionSession, table: str, key: dict[str, Any], values: dict[str, Any]) -> None:
         row = {**key, **values}
+        name = session.table(table)
         if table == "text":
-            session.handle.execute(f"DELETE FROM {session.table('text')} WHERE product_id = ?", (key["product_id"],))
-        columns = ", ".join(row)
-        marks = ", ".join("?" * len(row))
-        session.handle.execute(f"INSERT OR REPLACE INTO {session.table(table)} ({columns}) VALUES ({marks})",
-                               [_db(v) for v in row.values()])
+            session.handle.execute(f"DELETE FROM {name} WHERE product_id = ?", (key["product_id"],))
+        shape = (name, tuple(row))
+        sql = self._upserts.get(shape)
+        if sql is None:
+            sql = self._upserts[shape] = (f"INSERT OR REPLACE INTO {name} ({', '.join(row)}) "
+                                          f"VALUES ({', '.join('?' * len(row))})")
+        session.handle.execute(sql, [v if type(v) in _PLAIN else _db(v) for v in row.values()])
 
     def read(self, session: ProjectionSession, table: str, key: dict[str, Any]) -> dict[str, Any] | None:
-        where = " AND ".join(f"{k} = ?" for k in key)
-        cursor = session.handle.execute(f"SELECT * FROM {session.table(table)} WHERE {where}", list(key.values()))
+        name = session.table(table)
+        shape = (name, tuple(key))
+        sql = self._selects.get(shape)
+        if sql is None:
+            sql = self._selects[shape] = f"SELECT * FROM {name} WHERE {' AND '.join(f'{k} = ?' for k in key)}"
+        cursor = session.handle.execute(sql, tuple(key.values()))
         row = cursor.fetchone()
-        return dict(zip([c[0] for c in cursor.description], row, strict=True)) if row else None
+        if row is None:
+            return None
+        columns = self._columns.get(name)
+        if columns is None:
+            columns = self._columns[name] = [c[0] for c in cursor.description]
+        return dict(zip(columns, row, strict=True))
 
     def delete(self, session: ProjectionSession, table: str, key: dict[str, Any]) -> None:
         where = " AND ".join(f"{k} = ?" for k in key)
@@ -298,6 +314,10 @@ class SqliteReadViews(ReadViews):
                            ((since or dt.date.min).isoformat(),))
         return tuple(DailySales(day=dt.date.fromisoformat(r[0]), category_id=r[1], category_name=r[2], orders=r[3],
                                 units=r[4], revenue=Decimal(r[5])) for r in rows if r[3] or r[4])
+
+
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+"""Types SQLite stores as they are: the common case of a column value, checked by one set lookup."""
 
 
 def _db(value: Any) -> Any:
