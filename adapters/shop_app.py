@@ -21,7 +21,7 @@ import attrs
 
 from adapters.memory import MemoryStorage
 from adapters.shop_memory import MemoryReadViews, MemoryWriteModel
-from adapters.shop_sqlite import SqliteReadViews, SqliteWriteModel, create_write_schema
+from adapters.shop_sqlite import WRITE_SCHEMA, SqliteReadViews, SqliteWriteModel
 from adapters.sqlite import SqliteStorage
 from domain.events import ALL_EVENTS
 from handlers import commands, queries
@@ -94,7 +94,7 @@ def build_shop(
         views, model = MemoryReadViews(storage), MemoryWriteModel()
     else:
         storage = SqliteStorage(Path(write_path), Path(read_path) if read_path is not None else None)
-        create_write_schema(storage._write())
+        storage._write().executescript(WRITE_SCHEMA)
         engine = ReadModels(storage, event_types(), **engine_options)
         views, model = SqliteReadViews(storage, engine), SqliteWriteModel()
     for projection in all_projections(views):

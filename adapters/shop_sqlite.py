@@ -45,18 +45,6 @@ CREATE INDEX IF NOT EXISTS orders_by_customer ON orders (customer_id);
 """
 
 
-def create_write_schema(connection: sqlite3.Connection) -> None:
-    """Create the write tables, and add the columns a database made by an older shop lacks."""
-    connection.executescript(WRITE_SCHEMA)
-    columns = {row[1] for row in connection.execute("PRAGMA table_info(orders)")}
-    if "shipping_address" not in columns:
-        try:
-            connection.execute("ALTER TABLE orders ADD COLUMN shipping_address TEXT NOT NULL DEFAULT ''")
-        except sqlite3.OperationalError as exc:  # another process added it just now
-            if "duplicate column" not in str(exc):
-                raise
-
-
 class SqliteWriteModel(WriteModel):
     """Aggregates to and from the write tables; ``tx`` is the command's ``sqlite3.Connection``."""
 

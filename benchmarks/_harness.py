@@ -137,6 +137,12 @@ def run_once(call: Callable[[], Any], is_async: bool) -> Any:
     return asyncio.run(once())
 
 
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile of ``values`` (nearest rank)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
 def machine() -> dict[str, str]:
     """Describe where the figures came from."""
     return {

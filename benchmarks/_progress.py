@@ -45,8 +45,8 @@ class Progress:
             return
         self._done = max(self._done, self._total, 1)
         elapsed = time.perf_counter() - self._started
-        self.stream.write(f"{self._render()} {elapsed:6.1f} s\n" if not self.live else f"\r{self._render()} "
-                          f"{elapsed:6.1f} s\n")
+        start = "\r" if self.live else ""  # on a terminal, over the bar drawn so far
+        self.stream.write(f"{start}{self._render()} {elapsed:6.1f} s\n")
         self.stream.flush()
         self._phase = None
 

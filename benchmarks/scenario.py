@@ -102,7 +102,7 @@ from mediator.testing import settle
 
 from . import _shopdata as shopdata
 from ._crudshop import CrudShop
-from ._harness import FULL, QUICK, TINY, Result, Settings
+from ._harness import FULL, QUICK, TINY, Result, Settings, percentile
 from .sync import quiet_logging
 
 SEED = 1
@@ -232,11 +232,6 @@ def alternating(first: Callable[[Any], object], second: Callable[[Any], object],
         ones += timed(first, (argument,))
         twos += timed(second, (argument,))
     return ones, twos
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def measure_reads(both: Both, size: Size, rng: random.Random) -> dict[tuple[str, str], list[float]]:

@@ -47,7 +47,7 @@ from mediator.readmodels import (
     on,
 )
 
-from ._harness import FULL, QUICK, TINY, Result, Settings
+from ._harness import FULL, QUICK, TINY, Result, Settings, percentile
 
 
 @attrs.frozen(kw_only=True)
@@ -300,11 +300,6 @@ def framework_tax(folder: Path, size: Size) -> dict[str, float]:
     return {"mediator": statistics.median(mediated), "hand": statistics.median(handmade)}
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 def lag_and_read_your_writes(folder: Path, size: Size) -> dict[str, float]:
     """Lag of a background projection under steady load, then read-your-writes latency."""
     bench = app(folder / "lag.db", batch_size=100)
@@ -334,8 +329,8 @@ def lag_and_read_your_writes(folder: Path, size: Size) -> dict[str, float]:
                 bench.mediator.ask(GetBalance(account=f"r{i}"))
             waits.append(time.perf_counter() - returned)
     bench.storage.close()
-    return {"lag_p50": _percentile(lags, 0.5), "lag_p99": _percentile(lags, 0.99),
-            "ryw_p50": _percentile(waits, 0.5), "ryw_p99": _percentile(waits, 0.99)}
+    return {"lag_p50": percentile(lags, 0.5), "lag_p99": percentile(lags, 0.99),
+            "ryw_p50": percentile(waits, 0.5), "ryw_p99": percentile(waits, 0.99)}
 
 
 def peer(folder: Path, size: Size) -> dict[str, float] | None:
@@ -361,8 +356,8 @@ def peer(folder: Path, size: Size) -> dict[str, float] | None:
         waits = [ryw() for _ in range(max(size.ryw_commands // 10, 5))]
     finally:
         getattr(ryw, "close", lambda: None)()
-    return {"append": append, "catch_up": catch_up, "ryw_p50": _percentile(waits, 0.5),
-            "ryw_p99": _percentile(waits, 0.99)}
+    return {"append": append, "catch_up": catch_up, "ryw_p50": percentile(waits, 0.5),
+            "ryw_p99": percentile(waits, 0.99)}
 
 
 def run(settings: Settings, *, with_peers: bool = True, progress: Callable[[str], None] = print) -> list[Result]:

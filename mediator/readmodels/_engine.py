@@ -839,14 +839,14 @@ class ReadModels:
         old = self.storage.current_generation(track.name)
         replayed = self.storage.checkpoint(track.name, new)
         behind = self.storage.head() - replayed
-        if track.delivery is not Delivery.INLINE and self.storage.checkpoint(track.name, old) < replayed:
-            return  # the live generation still owes those events their side effects (storage checks it too)
         if track.delivery is Delivery.INLINE:
             # Commands write the current generation inline, under the writer's lock: catch the rest of the
             # log up and swap under that lock too, once the background replay has left only a batch or so.
             if behind > self.batch_size or not self._finish_inline_rebuild(track, new, old):
                 return
-        elif behind > 0 or not self.storage.finish_rebuild(track.name, new, old):
+        elif behind > 0 or self.storage.checkpoint(track.name, old) < replayed:
+            return  # not caught up; or the live generation still owes the replayed events their side effects
+        elif not self.storage.finish_rebuild(track.name, new, old):  # checks the live generation again, atomically
             return
         # A query may have looked up the old generation a moment ago: tear it down after a grace period.
         track.retired.append((old, time.monotonic() + self.retire_after))

@@ -11,7 +11,7 @@ import pytest
 
 from adapters.memory import MemoryStorage
 from adapters.shop_memory import MemoryWriteModel
-from adapters.shop_sqlite import SqliteWriteModel, create_write_schema
+from adapters.shop_sqlite import WRITE_SCHEMA, SqliteWriteModel
 from adapters.sqlite import SqliteStorage
 from domain.errors import ConcurrencyConflict
 from domain.events import OrderLine
@@ -26,7 +26,7 @@ def model(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Writ
     """A write model and an open write transaction's handle, rolled back afterwards."""
     if request.param == "sqlite":
         storage: Any = SqliteStorage(tmp_path / "shop.db")
-        create_write_schema(storage._write())
+        storage._write().executescript(WRITE_SCHEMA)
         port: WriteModel = SqliteWriteModel()
     else:
         storage, port = MemoryStorage(), MemoryWriteModel()
