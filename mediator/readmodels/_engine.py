@@ -635,11 +635,14 @@ class ReadModels:
         log.error("event parked", projection=session.name, position=stored.position, status=status, reason=reason)
 
     def catch_up(self, *, deliveries: Iterable[Delivery] = (Delivery.BACKGROUND, Delivery.WORKER),
-                 ignore_backoff: bool = False, finishing: bool = False) -> int:
+                 ignore_backoff: bool = False, finishing: bool = False, leased: bool = False) -> int:
         """Run every selected projection (and rebuild) until none has more to do now; return events dealt with.
 
         ``finishing`` also runs the live generation of each projection being rebuilt, whatever its delivery:
-        a rebuild is swapped in only once the live generation has caught up with it.
+        a rebuild is swapped in only once the live generation has caught up with it. ``leased`` runs only the
+        projections this process holds (or can take) the storage's lock on, as runners do: with several
+        runner processes, each projection is run by one at a time. Without it, projection transactions of
+        different processes still take turns, so nothing is applied twice.
         """
         wanted = set(deliveries)
         total = 0
@@ -647,6 +650,8 @@ class ReadModels:
         while progressed:
             progressed = False
             for track in list(self._tracks.values()):
+                if leased and not self.storage.acquire(track.name):
+                    continue  # another process runs it
                 if track.retired:
                     self._retire(track)
                 generations = self._generations(track)
@@ -682,6 +687,8 @@ class ReadModels:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+            with contextlib.suppress(Exception):  # a storage that is down has freed its locks already
+                self.storage.release_all()
 
     def log_lag(self) -> list[Lag]:
         """Log one structlog line per projection generation with its lag; return the rows."""
@@ -701,7 +708,7 @@ class ReadModels:
                     self.log_lag()
             try:
                 head = self.storage.head()  # before the catch-up: a commit after this read wakes the idle wait
-                done = self.catch_up(deliveries=(self._runs,))
+                done = self.catch_up(deliveries=(self._runs,), leased=True)
             except Exception as exc:  # a storage outage: log, wait, try again; never die silently
                 log.error("projection runner failed, retrying", error_type=qualname(type(exc)), error=str(exc))
                 done = 0
@@ -713,6 +720,13 @@ class ReadModels:
     def _idle(self, head: int, longest: float) -> None:
         """Wait for a commit in this process (a wake-up), a new head of the log from another, or ``longest`` s."""
         deadline = time.monotonic() + longest
+        if self.storage.notifies:  # LISTEN: blocks until some process appends; our own commits notify too
+            while not self._wakeup.is_set() and not self._stop.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0 or self.storage.wait_for_append(min(left, 0.05)):
+                    break
+            self._wakeup.clear()
+            return
         while not self._wakeup.wait(min(self.watch_interval, max(0.0, deadline - time.monotonic()))):
             if time.monotonic() >= deadline or self._stop.is_set():
                 break

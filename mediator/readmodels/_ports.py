@@ -4,12 +4,13 @@ A backend keeps four things: the event log (the outbox: events appended in
 the same transaction as a command's state change), each projection's
 checkpoint (stored in the same transaction as the projection's read-model
 change), dead letters, and which generation of each read model queries see.
-The in-memory and SQLite adapters pass the same contract tests.
+The in-memory, SQLite and PostgreSQL adapters pass the same contract tests.
 """
 
 from __future__ import annotations
 
 import abc
+import time
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, NamedTuple
@@ -206,8 +207,31 @@ class Storage(abc.ABC):
     def all_dead_letters(self, name: str | None = None) -> list[DeadLetter]:
         """Dead letters of current generations, of one projection or all."""
 
+    notifies: bool = False
+    """Whether :meth:`wait_for_append` blocks until an append (PostgreSQL's LISTEN) rather than sleeping."""
+
     def close(self) -> None:  # noqa: B027  # optional for backends with nothing to release
         """Release connections or files."""
+
+    def acquire(self, name: str) -> bool:
+        """Try to become the one runner of projection ``name``, across processes; ``True`` while this one is.
+
+        Runners call it before each batch. Backends whose projection transactions
+        already run one at a time (SQLite's single writer, memory) need no lock and
+        always say yes; PostgreSQL holds an advisory lock, freed when the process dies.
+        """
+        return True
+
+    def release_all(self) -> None:  # noqa: B027  # only backends with locks have anything to give up
+        """Give up every projection this process runs, so other runners can take them."""
+
+    def wait_for_append(self, timeout: float) -> bool:
+        """Block until an append may have happened in any process, or ``timeout`` s; ``True`` if one did.
+
+        The default sleeps and answers ``False``: the caller polls :meth:`head`.
+        """
+        time.sleep(timeout)
+        return False
 
     def events(self, after: int = 0, batch: int = 500) -> Iterator[StoredEvent]:
         """Every committed event after ``after``, read in batches."""

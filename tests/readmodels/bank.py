@@ -116,6 +116,50 @@ class SqliteBalances(BalancesView):
         return self.all(engine).get(account, 0)
 
 
+class PostgresBalances(BalancesView):
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+
+    def create(self, session: ProjectionSession) -> None:
+        session.handle.execute(
+            f"CREATE TABLE IF NOT EXISTS {session.table('balance')} (account TEXT PRIMARY KEY, amount BIGINT)"
+        )
+
+    def drop(self, session: ProjectionSession) -> None:
+        session.handle.execute(f"DROP TABLE IF EXISTS {session.table('balance')}")
+
+    def add(self, session: ProjectionSession, account: str, amount: int) -> None:
+        table = session.table("balance")
+        session.handle.execute(
+            f"INSERT INTO {table} (account, amount) VALUES (%s, %s) "
+            f"ON CONFLICT (account) DO UPDATE SET amount = {table}.amount + excluded.amount",
+            (account, amount),
+        )
+
+    def all(self, engine: ReadModels) -> dict[str, int]:
+        import psycopg
+
+        connection = self.storage.read_connection()  # type: ignore[attr-defined]
+        try:
+            rows = connection.execute(f"SELECT account, amount FROM {engine.table('balances', 'balance')}")
+            return dict(rows.fetchall())
+        except psycopg.errors.UndefinedTable:  # no table yet: nothing projected
+            return {}
+
+
+    def balance(self, engine: ReadModels, account: str) -> int:
+        return self.all(engine).get(account, 0)
+
+
+def view_for(storage: Storage) -> BalancesView:
+    """The balances view for ``storage``'s backend."""
+    if isinstance(storage, MemoryStorage):
+        return MemoryBalances(storage)
+    if isinstance(storage, SqliteStorage):
+        return SqliteBalances(storage)
+    return PostgresBalances(storage)
+
+
 class Balances(Projection):
     name = "balances"
 
@@ -176,7 +220,7 @@ def event_types() -> EventTypes:
 
 def make_bank(storage: Storage, delivery: Delivery = Delivery.BACKGROUND, types: EventTypes | None = None,
               **engine_options: Any) -> Bank:
-    view: BalancesView = MemoryBalances(storage) if isinstance(storage, MemoryStorage) else SqliteBalances(storage)  # type: ignore[arg-type]
+    view = view_for(storage)
     engine = ReadModels(storage, types or event_types(), **engine_options)
     projection = Balances(view)
     engine.add(projection, delivery=delivery)

@@ -119,14 +119,16 @@ def test_the_write_session_can_swap_in_its_own_transaction(storage: Storage) -> 
 
 
 def test_a_second_writer_waits_for_the_first(storage: Storage) -> None:
+    # SQLite makes the second writer wait in begin(), PostgreSQL in append(): either way its events cannot take
+    # positions until the first writer's are committed, so commit order is log order.
     first = storage.begin()
     first.append([event(1)])
     order: list[str] = []
 
     def second_writer() -> None:
         session = storage.begin()
-        order.append("second began")
         session.append([event(2)])
+        order.append("second appended")
         session.commit()
 
     thread = threading.Thread(target=second_writer)
@@ -135,7 +137,7 @@ def test_a_second_writer_waits_for_the_first(storage: Storage) -> None:
     order.append("first commits")
     first.commit()
     thread.join()
-    assert order == ["first commits", "second began"]
+    assert order == ["first commits", "second appended"]
     assert [e.data for e in storage.read(0, 10)] == ['{"n": 1}', '{"n": 2}']
 
 

@@ -1,0 +1,629 @@
+"""PostgreSQL storage for the read-model engine: many service processes and projection workers on one database.
+
+Needs the ``postgres`` extra (psycopg 3). Everything lives in one database and
+``schema``: the write model, the event log, checkpoints, dead letters, the
+generation table and the read models, so inline projections work as on SQLite.
+
+**Ordering.** Positions are handed out by a serialised append: a command's
+transaction takes the row lock on ``log_head`` (one row, the last position)
+when it appends, and keeps it until it commits or rolls back. The next writer's
+``UPDATE`` waits on that lock and then reads the committed head. So positions
+are gapless (a rollback gives its positions back) and are committed in order:
+a position is never visible while a lower one is still uncommitted, and a
+projection that reads "after my checkpoint" can never skip an event -- the way
+a sequence-per-row design can, when a transaction that took a lower number
+commits after one that took a higher number. Only the append-to-commit window
+is serialised: the command's own reads and writes run concurrently with other
+commands'. The alternatives, and why not: reading by transaction-id high-water
+mark (``pg_snapshot_xmin``) keeps writers fully parallel but makes every reader
+hold back behind the oldest open transaction, including ones that never
+append, and positions get gaps; commit-order visibility through a separate
+"publisher" needs a process of its own. The serialised append costs one row
+lock per command, and the benchmark ``python -m benchmarks postgres`` measures
+what that leaves of two writers' throughput.
+
+**Workers.** Each projection is run by one runner at a time: a runner holds a
+session-level advisory lock per projection (:meth:`PostgresStorage.acquire`) on
+a connection of its own. When its process dies, PostgreSQL ends that
+connection and frees the lock, and another runner takes the projection at its
+next poll. A batch also locks its checkpoint row (``FOR UPDATE``), so even two
+sessions that both believe they own a projection apply each event once.
+
+**Wake-ups.** Each append notifies the channel ``<schema>_log``; an idle
+runner blocks on ``LISTEN`` and still reads the head now and then, in case a
+notification was lost with a dropped connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+import weakref
+import zlib
+from collections.abc import Collection, Iterator, Sequence
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from mediator.readmodels import (
+    DeadLetter,
+    NewEvent,
+    ProjectionSession,
+    Storage,
+    StorageError,
+    StoredEvent,
+    WriteSession,
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    position BIGINT PRIMARY KEY,
+    event_id TEXT NOT NULL UNIQUE,
+    type_name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    data TEXT NOT NULL,
+    key TEXT,
+    recorded_at DOUBLE PRECISION NOT NULL,
+    meta TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS log_head (
+    only_row BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (only_row),
+    position BIGINT NOT NULL
+);
+INSERT INTO log_head (only_row, position) VALUES (TRUE, 0) ON CONFLICT DO NOTHING;
+CREATE TABLE IF NOT EXISTS projection_tracking (
+    projection TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    position BIGINT NOT NULL,
+    PRIMARY KEY (projection, generation)
+);
+CREATE TABLE IF NOT EXISTS projection_generations (
+    projection TEXT PRIMARY KEY,
+    generation INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS projection_rebuilds (
+    projection TEXT PRIMARY KEY,
+    generation INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    projection TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    position BIGINT NOT NULL,
+    event_id TEXT NOT NULL,
+    type_name TEXT NOT NULL,
+    key TEXT,
+    reason TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    PRIMARY KEY (projection, generation, position)
+);
+"""
+
+_EVENT_COLUMNS = "position, event_id, type_name, version, data, key, recorded_at, meta"
+_INSERT_EVENT = (
+    "INSERT INTO events (position, event_id, type_name, version, data, key, recorded_at, meta) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+)
+_DEAD_LETTER_COLUMNS = "projection, generation, position, event_id, type_name, key, reason, attempts, status"
+
+
+def connect(dsn: str, schema: str, **options: Any) -> psycopg.Connection[Any]:
+    """A connection the way the engine uses them: autocommit (we BEGIN ourselves), on ``schema``, with keepalives.
+
+    Keepalives make a connection to a vanished peer fail within about 15 s instead of hanging, so a worker on a
+    dead network path loses its advisory locks (and the server frees them) in bounded time.
+    """
+    return psycopg.connect(
+        dsn, autocommit=True, options=f"-c search_path={schema}", keepalives=1, keepalives_idle=5,
+        keepalives_interval=2, keepalives_count=3, **options,
+    )
+
+
+@contextlib.contextmanager
+def _translated(action: str) -> Iterator[None]:
+    try:
+        yield
+    except psycopg.Error as exc:
+        raise StorageError(f"PostgreSQL failed to {action}: {exc}") from exc
+
+
+def _abandon(connection: psycopg.Connection[Any]) -> None:
+    """Roll back whatever is open; a broken connection has nothing open and is dropped by the caller."""
+    if connection.closed or connection.broken:
+        return
+    if connection.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        try:
+            connection.execute("ROLLBACK")
+        except psycopg.Error as exc:
+            raise StorageError(f"PostgreSQL failed to roll back: {exc}") from exc
+
+
+def lock_key(schema: str, projection: str) -> int:
+    """The advisory lock key of a projection: a stable 63-bit number from schema and name."""
+    high = zlib.crc32(schema.encode())
+    low = zlib.crc32(projection.encode())
+    return ((high & 0x7FFFFFFF) << 32) | low
+
+
+class PostgresProjectionSession(ProjectionSession):
+    def __init__(self, connection: psycopg.Connection[Any], name: str, generation: int) -> None:
+        self.name = name
+        self.generation = generation
+        self.handle = connection
+        # Locks the checkpoint row until this transaction ends: two sessions of one generation run one after the
+        # other, and the second reads the checkpoint the first committed.
+        row = connection.execute(
+            "INSERT INTO projection_tracking (projection, generation, position) VALUES (%s, %s, 0) "
+            "ON CONFLICT (projection, generation) DO UPDATE SET position = projection_tracking.position "
+            "RETURNING position", (name, generation),
+        ).fetchone()
+        assert row is not None
+        self._position: int = row[0]
+        self._moved = False
+        self._savepoints = 0
+
+    @property
+    def position(self) -> int:
+        return self._position
+
+    def advance(self, position: int) -> None:
+        self._position = position
+        self._moved = True
+
+    def flush(self) -> None:
+        if self._moved:
+            self.handle.execute(
+                "UPDATE projection_tracking SET position = %s WHERE projection = %s AND generation = %s",
+                (self._position, self.name, self.generation),
+            )
+            self._moved = False
+
+    @contextlib.contextmanager
+    def savepoint(self) -> Iterator[None]:
+        self._savepoints += 1
+        name = f"sp{self._savepoints}"
+        self.handle.execute(f"SAVEPOINT {name}")
+        try:
+            yield
+        except BaseException:
+            self.handle.execute(f"ROLLBACK TO SAVEPOINT {name}")
+            self.handle.execute(f"RELEASE SAVEPOINT {name}")
+            raise
+        self.handle.execute(f"RELEASE SAVEPOINT {name}")
+
+    def park(self, letter: DeadLetter) -> None:
+        self.handle.execute(
+            f"INSERT INTO dead_letters ({_DEAD_LETTER_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
+            "ON CONFLICT (projection, generation, position) DO UPDATE SET event_id = excluded.event_id, "
+            "type_name = excluded.type_name, key = excluded.key, reason = excluded.reason, "
+            "attempts = excluded.attempts, status = excluded.status",
+            (letter.projection, letter.generation, letter.position, letter.event_id, letter.type_name, letter.key,
+             letter.reason, letter.attempts, letter.status),
+        )
+
+    def dead_letters(self) -> list[DeadLetter]:
+        rows = self.handle.execute(
+            f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters WHERE projection = %s AND generation = %s "
+            "ORDER BY position", (self.name, self.generation),
+        ).fetchall()
+        return [DeadLetter(*row) for row in rows]
+
+    def release(self, position: int) -> None:
+        self.handle.execute(
+            "DELETE FROM dead_letters WHERE projection = %s AND generation = %s AND position = %s",
+            (self.name, self.generation, position),
+        )
+
+
+def _swap(connection: psycopg.Connection[Any], name: str, generation: int) -> None:
+    connection.execute(
+        "INSERT INTO projection_generations (projection, generation) VALUES (%s, %s) "
+        "ON CONFLICT (projection) DO UPDATE SET generation = excluded.generation", (name, generation),
+    )
+
+
+def _finish_rebuild_on(connection: psycopg.Connection[Any], name: str, generation: int, old: int, *,
+                       live: bool) -> bool:
+    # FOR UPDATE on the rebuild row: two processes finishing the same rebuild take turns, and the second sees
+    # it gone.
+    row = connection.execute(
+        "SELECT r.generation, COALESCE(g.generation, 1) FROM projection_rebuilds r "
+        "LEFT JOIN projection_generations g ON g.projection = r.projection WHERE r.projection = %s "
+        "FOR UPDATE OF r", (name,),
+    ).fetchone()
+    if row is None or tuple(row) != (generation, old):
+        return False
+    if live:
+        # Swap only once the live generation has dealt with everything the replay has (see the port).
+        positions = dict(connection.execute(
+            "SELECT generation, position FROM projection_tracking WHERE projection = %s AND generation IN (%s, %s)",
+            (name, generation, old),
+        ).fetchall())
+        if positions.get(old, 0) < positions.get(generation, 0):
+            return False
+    _swap(connection, name, generation)
+    connection.execute("DELETE FROM projection_rebuilds WHERE projection = %s", (name,))
+    return True
+
+
+class PostgresWriteSession(WriteSession):
+    def __init__(self, storage: PostgresStorage, connection: psycopg.Connection[Any]) -> None:
+        self._storage = storage
+        self.handle = connection
+        self._projections: list[PostgresProjectionSession] = []
+        self._open = True
+        self._appended = False
+
+    def _lock_head(self, count: int) -> int:
+        """Take the log's row lock (held to commit) and move the head by ``count``; return the new head."""
+        row = self.handle.execute(self._storage._advance_head, (count,)).fetchone()
+        assert row is not None
+        self._appended = True
+        return int(row[0])
+
+    def append(self, events: Sequence[NewEvent]) -> int:
+        try:
+            if not events:
+                if self._projections or self._appended:
+                    return self._lock_head(0)
+                row = self.handle.execute("SELECT position FROM log_head").fetchone()
+                assert row is not None
+                return int(row[0])
+            last = self._lock_head(len(events))
+            first = last - len(events) + 1
+            cursor = self.handle.cursor()
+            cursor.executemany(_INSERT_EVENT, [(first + i, *e) for i, e in enumerate(events)])
+            return last
+        except psycopg.Error as exc:
+            raise StorageError(f"PostgreSQL failed to append events: {exc}") from exc
+
+    def projection(self, name: str, generation: int) -> ProjectionSession:
+        # Inline projections write under the log's lock, as on SQLite: commands apply them in log order.
+        with _translated("start an inline projection"):
+            if not self._appended:
+                self._lock_head(0)
+            session = PostgresProjectionSession(self.handle, name, generation)
+        self._projections.append(session)
+        return session
+
+    def swap(self, name: str, generation: int) -> None:
+        with _translated("swap a generation"):
+            _swap(self.handle, name, generation)
+
+    def finish_rebuild(self, name: str, generation: int, old: int) -> bool:
+        with _translated("finish a rebuild"):
+            if not self._appended:
+                self._lock_head(0)
+            return _finish_rebuild_on(self.handle, name, generation, old, live=False)
+
+    def commit(self) -> None:
+        if self._open:
+            self._open = False
+            try:
+                for session in self._projections:
+                    session.flush()
+                self.handle.execute("COMMIT")
+            except BaseException as exc:
+                with contextlib.suppress(StorageError):
+                    _abandon(self.handle)
+                if isinstance(exc, psycopg.Error):
+                    raise StorageError(f"PostgreSQL failed to commit: {exc}") from exc
+                raise
+            finally:
+                self._storage._give_back(self.handle)
+
+    def rollback(self) -> None:
+        if self._open:
+            self._open = False
+            try:
+                _abandon(self.handle)
+            finally:
+                self._storage._give_back(self.handle)
+
+
+class PostgresStorage(Storage):
+    """Event log, write model and read models in one PostgreSQL database, under ``schema``.
+
+    ``dsn`` is a libpq connection string (``"host=127.0.0.1 dbname=test"``). Each write transaction takes a
+    pooled connection of its own; reads use one connection per thread. The schema is created if missing.
+    Driver errors, a server that is down included, surface as :class:`~mediator.readmodels.StorageError`;
+    a broken connection is dropped and the next call opens a new one.
+    """
+
+    notifies = True
+
+    def __init__(self, dsn: str, *, schema: str = "public", connect_timeout: float = 5.0,
+                 lock_recheck: float = 1.0) -> None:
+        self.dsn = dsn
+        self.schema = schema
+        self.connect_timeout = connect_timeout
+        self.lock_recheck = lock_recheck
+        self.channel = f"{schema}_log"
+        self._advance_head = (
+            f"UPDATE log_head SET position = position + %s RETURNING position, pg_notify('{self.channel}', '')"
+        )
+        self._local = threading.local()
+        self._all: set[psycopg.Connection[Any]] = set()
+        self._all_lock = threading.Lock()
+        self._pool: list[psycopg.Connection[Any]] = []
+        self._closed = False
+        self._locks_connection: psycopg.Connection[Any] | None = None
+        self._held: set[str] = set()
+        self._locks_checked = 0.0
+        self._locks_lock = threading.Lock()
+        self._listener: psycopg.Connection[Any] | None = None
+        with _translated("create the schema"), self._open() as setup:
+            # Two processes creating the schema at once would race on the catalogue: take turns.
+            setup.execute("BEGIN")
+            setup.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(schema, "__schema__"),))
+            setup.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+            setup.execute(_SCHEMA)
+            setup.execute("COMMIT")
+
+    # -- connections -----------------------------------------------------------------------
+
+    def _open(self) -> psycopg.Connection[Any]:
+        if self._closed:
+            raise StorageError("This PostgresStorage is closed.")
+        connection = connect(self.dsn, self.schema, connect_timeout=max(1, round(self.connect_timeout)))
+        with self._all_lock:
+            self._all.add(connection)
+        return connection
+
+    def _forget(self, connection: psycopg.Connection[Any]) -> None:
+        with self._all_lock:
+            self._all.discard(connection)
+        with contextlib.suppress(Exception):
+            connection.close()
+
+    def _give_back(self, connection: psycopg.Connection[Any]) -> None:
+        if self._closed or connection.closed or connection.broken:
+            self._forget(connection)
+        else:
+            self._pool.append(connection)
+
+    def _read(self) -> psycopg.Connection[Any]:
+        connection: psycopg.Connection[Any] | None = getattr(self._local, "read", None)
+        if connection is not None and (connection.closed or connection.broken):
+            self._forget(connection)
+            connection = None
+        if connection is None:
+            connection = self._open()
+            self._local.read = connection
+            weakref.finalize(threading.current_thread(), self._forget, connection)
+        return connection
+
+    def read_connection(self) -> psycopg.Connection[Any]:
+        """This thread's connection, for query handlers (autocommit: every statement sees the latest commit)."""
+        with _translated("connect"):
+            return self._read()
+
+    # -- write side ------------------------------------------------------------------------
+
+    def begin(self) -> WriteSession:
+        connection: psycopg.Connection[Any] | None = None
+        try:
+            while self._pool:
+                try:
+                    candidate = self._pool.pop()
+                except IndexError:
+                    break
+                if candidate.closed or candidate.broken:
+                    self._forget(candidate)
+                    continue
+                connection = candidate
+                break
+            if connection is None:
+                connection = self._open()
+            connection.execute("BEGIN")
+        except psycopg.Error as exc:
+            if connection is not None:
+                self._give_back(connection)
+            raise StorageError(f"PostgreSQL failed to begin a write transaction: {exc}") from exc
+        return PostgresWriteSession(self, connection)
+
+    # -- the log -----------------------------------------------------------------------------
+
+    def read(self, after: int, limit: int, type_names: Collection[str] | None = None) -> list[StoredEvent]:
+        with _translated("read the event log"):
+            if type_names is None:
+                rows = self._read().execute(
+                    f"SELECT {_EVENT_COLUMNS} FROM events WHERE position > %s ORDER BY position LIMIT %s",
+                    (after, limit),
+                ).fetchall()
+            else:
+                rows = self._read().execute(
+                    f"SELECT {_EVENT_COLUMNS} FROM events WHERE position > %s AND type_name = ANY(%s) "
+                    "ORDER BY position LIMIT %s",
+                    (after, sorted(type_names), limit),
+                ).fetchall()
+        return list(map(StoredEvent._make, rows))
+
+    def head(self) -> int:
+        with _translated("read the head of the log"):
+            row = self._read().execute("SELECT position FROM log_head").fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def wait_for_append(self, timeout: float) -> bool:
+        """Block until some process appends (a notification), or ``timeout`` s; ``True`` if notified."""
+        try:
+            if self._listener is None or self._listener.closed or self._listener.broken:
+                if self._listener is not None:
+                    self._forget(self._listener)
+                self._listener = self._open()
+                self._listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+                return True  # appends made while nobody listened are unknown: look at the head
+            notified = False
+            for _notice in self._listener.notifies(timeout=timeout, stop_after=1):
+                notified = True
+            if notified:  # drain the rest without waiting, one wake-up for a burst of commits
+                for _notice in self._listener.notifies(timeout=0):
+                    pass
+            return notified
+        except psycopg.Error:
+            if self._listener is not None:
+                self._forget(self._listener)
+                self._listener = None
+            time.sleep(min(timeout, 0.1))
+            return True
+
+    # -- projections -------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def session(self, name: str, generation: int) -> Iterator[ProjectionSession]:
+        with _translated("begin a projection transaction"):
+            connection = self._read()
+            connection.execute("BEGIN")
+        try:
+            session = PostgresProjectionSession(connection, name, generation)
+            yield session
+            session.flush()
+            connection.execute("COMMIT")
+        except BaseException as exc:
+            with contextlib.suppress(StorageError):
+                _abandon(connection)
+            if isinstance(exc, psycopg.Error):
+                raise StorageError(f"PostgreSQL failed in a projection transaction: {exc}") from exc
+            raise
+
+    def acquire(self, name: str) -> bool:
+        """Try to become the one runner of projection ``name``; ``True`` while this storage holds it.
+
+        The lock is PostgreSQL's session-level advisory lock on a connection kept for it: it is held until
+        :meth:`release_all`, :meth:`close`, or this process's death, when the server frees it. Held locks are
+        re-checked every ``lock_recheck`` s; if that connection broke, they were lost and are taken again.
+        """
+        with self._locks_lock:
+            try:
+                now = time.monotonic()
+                connection = self._locks_connection
+                if connection is not None and now - self._locks_checked >= self.lock_recheck:
+                    connection.execute("SELECT 1")
+                    self._locks_checked = now
+                if connection is None or connection.closed or connection.broken:
+                    raise psycopg.OperationalError("no lock connection")
+                if name in self._held:
+                    return True
+                row = connection.execute("SELECT pg_try_advisory_lock(%s)", (lock_key(self.schema, name),)).fetchone()
+            except psycopg.Error:
+                self._held.clear()  # a broken connection took its locks with it
+                if self._locks_connection is not None:
+                    self._forget(self._locks_connection)
+                    self._locks_connection = None
+                try:
+                    self._locks_connection = connection = self._open()
+                    self._locks_checked = time.monotonic()
+                    row = connection.execute(
+                        "SELECT pg_try_advisory_lock(%s)", (lock_key(self.schema, name),)).fetchone()
+                except psycopg.Error:
+                    return False
+            if row is not None and row[0]:
+                self._held.add(name)
+                return True
+            return False
+
+    def release_all(self) -> None:
+        """Give up every projection this storage runs (another runner takes them at its next poll)."""
+        with self._locks_lock:
+            self._held.clear()
+            if self._locks_connection is not None:
+                with contextlib.suppress(psycopg.Error):
+                    self._locks_connection.execute("SELECT pg_advisory_unlock_all()")
+
+    def checkpoint(self, name: str, generation: int) -> int:
+        with _translated("read a checkpoint"):
+            row = self._read().execute(
+                "SELECT position FROM projection_tracking WHERE projection = %s AND generation = %s",
+                (name, generation),
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    def current_generation(self, name: str) -> int:
+        with _translated("read a generation"):
+            row = self._read().execute(
+                "SELECT generation FROM projection_generations WHERE projection = %s", (name,)
+            ).fetchone()
+        return int(row[0]) if row else 1
+
+    def swap(self, name: str, generation: int) -> None:
+        with _translated("swap a generation"):
+            _swap(self._read(), name, generation)
+
+    def rebuilding(self, name: str) -> int | None:
+        with _translated("read a rebuild"):
+            row = self._read().execute(
+                "SELECT generation FROM projection_rebuilds WHERE projection = %s", (name,)
+            ).fetchone()
+        return int(row[0]) if row else None
+
+    def claim_rebuild(self, name: str) -> int:
+        connection = self._read()
+        with _translated("claim a rebuild"):
+            connection.execute("BEGIN")
+            try:
+                # One claim at a time per projection, across processes.
+                connection.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(self.schema, f"rebuild:{name}"),))
+                row = connection.execute(
+                    "SELECT generation FROM projection_rebuilds WHERE projection = %s", (name,)).fetchone()
+                if row is None:
+                    highest = connection.execute(
+                        "SELECT MAX(g) FROM (SELECT generation AS g FROM projection_tracking WHERE projection = %s "
+                        "UNION ALL SELECT generation FROM projection_generations WHERE projection = %s "
+                        "UNION ALL SELECT 1) AS known", (name, name)).fetchone()
+                    assert highest is not None
+                    row = (int(highest[0]) + 1,)
+                    connection.execute("INSERT INTO projection_rebuilds VALUES (%s, %s)", (name, row[0]))
+                connection.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(StorageError):
+                    _abandon(connection)
+                raise
+        return int(row[0])
+
+    def finish_rebuild(self, name: str, generation: int, old: int) -> bool:
+        connection = self._read()
+        with _translated("finish a rebuild"):
+            connection.execute("BEGIN")
+            try:
+                done = _finish_rebuild_on(connection, name, generation, old, live=True)
+                connection.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(StorageError):
+                    _abandon(connection)
+                raise
+        return done
+
+    def all_dead_letters(self, name: str | None = None) -> list[DeadLetter]:
+        query = (
+            "SELECT d.projection, d.generation, d.position, d.event_id, d.type_name, d.key, d.reason, d.attempts, "
+            "d.status FROM dead_letters d LEFT JOIN projection_generations g ON g.projection = d.projection "
+            "WHERE d.generation = COALESCE(g.generation, 1)"
+        )
+        params: tuple[Any, ...] = ()
+        if name is not None:
+            query += " AND d.projection = %s"
+            params = (name,)
+        with _translated("read dead letters"):
+            rows = self._read().execute(query + " ORDER BY d.projection, d.position", params).fetchall()
+        return [DeadLetter(*row) for row in rows]
+
+    def drop_schema(self) -> None:
+        """Drop ``schema`` and everything in it (for tests and benchmarks)."""
+        with _translated("drop the schema"), connect(self.dsn, self.schema) as connection:
+            connection.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(self.schema)))
+
+    def close(self) -> None:
+        self._closed = True
+        with self._all_lock:
+            for connection in self._all:
+                with contextlib.suppress(Exception):
+                    connection.close()
+            self._all.clear()
+            self._pool.clear()
+        self._held.clear()
+        self._locks_connection = None
+        self._listener = None
+        self._local = threading.local()

@@ -1,0 +1,55 @@
+"""The PostgreSQL the tests use: ``MEDIATOR_TEST_POSTGRES`` (a libpq DSN), by default the machine's own.
+
+Each test gets a schema of its own, dropped afterwards, so tests never see each
+other's rows and can run against a database that holds anything else.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import skip_or_fail
+
+DSN = os.environ.get("MEDIATOR_TEST_POSTGRES", "host=127.0.0.1 port=5432 user=postgres dbname=test connect_timeout=3")
+
+
+def available() -> str | None:
+    """``None`` if PostgreSQL answers at DSN, else why not."""
+    try:
+        import psycopg
+    except ImportError:
+        return "psycopg is not installed (pip install -e '.[postgres]')"
+    try:
+        with psycopg.connect(DSN) as connection:
+            connection.execute("SELECT 1")
+    except psycopg.Error as exc:
+        return f"PostgreSQL is not reachable at {DSN!r}: {exc}"
+    return None
+
+
+def require() -> None:
+    """Skip (or, in CI, fail) the calling test when PostgreSQL is not there."""
+    why = available()
+    if why is not None:
+        skip_or_fail(why)
+
+
+def new_schema() -> str:
+    return f"t_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def pg_schema() -> Iterator[str]:
+    """A fresh schema name; the schema (if anything created it) is dropped after the test."""
+    require()
+    import psycopg
+    from psycopg import sql
+
+    schema = new_schema()
+    yield schema
+    with psycopg.connect(DSN, autocommit=True) as connection:
+        connection.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
