@@ -37,6 +37,7 @@ notification was lost with a dropped connection.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 import weakref
@@ -115,6 +116,7 @@ def connect(dsn: str, schema: str, **options: Any) -> psycopg.Connection[Any]:
     Keepalives make a connection to a vanished peer fail within about 15 s instead of hanging, so a worker on a
     dead network path loses its advisory locks (and the server frees them) in bounded time.
     """
+    options.setdefault("application_name", f"mediator:{os.getpid()}")  # pg_stat_activity shows whose it is
     return psycopg.connect(
         dsn, autocommit=True, options=f"-c search_path={schema}", keepalives=1, keepalives_idle=5,
         keepalives_interval=2, keepalives_count=3, **options,

@@ -5,6 +5,7 @@ X is not available" into a failure, so CI always exercises the real thing.
 """
 
 import os
+from collections.abc import Iterator
 
 import pytest
 
@@ -16,3 +17,11 @@ def skip_or_fail(reason: str) -> None:
     if REQUIRE_SERVICES:
         pytest.fail(f"{reason} (MEDIATOR_REQUIRE_SERVICES=1: required here)")
     pytest.skip(reason)
+
+
+@pytest.fixture
+def pg_schema() -> Iterator[str]:
+    """A fresh PostgreSQL schema name (skips, or in CI fails, without PostgreSQL); dropped after the test."""
+    from tests import postgres
+
+    yield from postgres.schema_for_a_test()

@@ -42,9 +42,8 @@ def new_schema() -> str:
     return f"t_{uuid.uuid4().hex[:12]}"
 
 
-@pytest.fixture
-def pg_schema() -> Iterator[str]:
-    """A fresh schema name; the schema (if anything created it) is dropped after the test."""
+def schema_for_a_test() -> Iterator[str]:
+    """A fresh schema name; the schema (if anything created it) is dropped after the test (``pg_schema``)."""
     require()
     import psycopg
     from psycopg import sql
@@ -53,3 +52,9 @@ def pg_schema() -> Iterator[str]:
     yield schema
     with psycopg.connect(DSN, autocommit=True) as connection:
         connection.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
+@pytest.fixture(name="pg_schema")
+def _pg_schema() -> Iterator[str]:
+    """The same as the ``pg_schema`` fixture of ``tests/conftest.py``, for modules that import it from here."""
+    yield from schema_for_a_test()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 import sqlite3
+import time
 from typing import Any
 
 import attrs
@@ -169,6 +170,7 @@ class Balances(Projection):
         self.poison: set[str] = set()
         self.side_effects: list[tuple[str, bool]] = []
         self.applied: list[int] = []  # amounts, in the order this projection applied them (any generation)
+        self.pause = 0.0  # seconds to sleep per event: a slow projection, to be killed mid-batch
 
     def setup(self, session: ProjectionSession) -> None:
         self.view.create(session)
@@ -180,6 +182,8 @@ class Balances(Projection):
     def deposited(self, event: Deposited, session: ProjectionSession) -> None:
         if event.account in self.poison:
             raise ValueError(f"cannot project account {event.account}")
+        if self.pause:
+            time.sleep(self.pause)
         self.view.add(session, event.account, event.amount)
         self.applied.append(event.amount)
         if not session.replaying:

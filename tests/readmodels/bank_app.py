@@ -1,6 +1,8 @@
-"""The bank wired on SQLite from environment variables, for tests that run it in other processes.
+"""The bank wired from environment variables, for tests that run it in other processes.
 
-``BANK_DB`` is the database file; ``BANK_DELIVERY`` the balances projection's delivery
+``BANK_DB`` is the SQLite database file, or ``BANK_POSTGRES`` a PostgreSQL DSN with
+``BANK_SCHEMA`` its schema; ``BANK_SLOW`` makes the projection sleep that many seconds
+per event (to kill a worker mid-batch); ``BANK_DELIVERY`` the balances projection's delivery
 (``background`` by default). ``python -m mediator.readmodels --app tests.readmodels.bank_app:engine``
 operates it; ``python -m tests.readmodels.bank_app writer N`` sends N deposits;
 ``python -m tests.readmodels.bank_app crash-loop ACK_FILE`` runs commands and projections until killed.
@@ -14,17 +16,29 @@ import sys
 import time
 
 from adapters.sqlite import SqliteStorage
-from mediator.readmodels import Delivery, ReadModels
+from mediator.readmodels import Delivery, ReadModels, Storage
 
 from .bank import Bank, Deposit, make_bank
 
 
+def storage() -> Storage:
+    if "BANK_POSTGRES" in os.environ:
+        from adapters.postgres import PostgresStorage
+
+        return PostgresStorage(os.environ["BANK_POSTGRES"], schema=os.environ["BANK_SCHEMA"])
+    return SqliteStorage(os.environ["BANK_DB"])
+
+
 def bank() -> Bank:
-    storage = SqliteStorage(os.environ["BANK_DB"])
     delivery = Delivery(os.environ.get("BANK_DELIVERY", "background"))
     # Nothing else reads these test databases while a rebuild retires a generation: no grace period.
     poll = float(os.environ.get("BANK_POLL", "0.2"))
-    return make_bank(storage, delivery, max_attempts=2, backoff=0.01, retire_after=0, poll_interval=poll)
+    app = make_bank(storage(), delivery, max_attempts=2, backoff=0.01, retire_after=0, poll_interval=poll,
+                    batch_size=int(os.environ.get("BANK_BATCH", "500")))
+    slow = float(os.environ.get("BANK_SLOW", "0"))
+    if slow:
+        app.projection.pause = slow
+    return app
 
 
 def engine() -> ReadModels:

@@ -1,4 +1,4 @@
-"""Crash safety: a process sending commands and projecting them is SIGKILLed at random moments.
+"""Crash safety, on SQLite and PostgreSQL: a process sending commands and projecting them is SIGKILLed at random.
 
 Each kill lands once the child has acknowledged a command in that round, a
 random few milliseconds later. After every kill: each acknowledged (committed)
@@ -9,6 +9,7 @@ applied twice or lost) and a full rebuild of it from position 0. ``MEDIATOR_CRAS
 default, and in CI).
 """
 
+import functools
 import os
 import random
 import signal
@@ -16,10 +17,15 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from adapters.sqlite import SqliteStorage
+from mediator.readmodels import Storage
 from mediator.testing import settle
+from tests import postgres
 
 from .bank import Deposited, event_types, make_bank
 
@@ -27,10 +33,23 @@ ROOT = Path(__file__).resolve().parents[2]
 ROUNDS = int(os.environ.get("MEDIATOR_CRASH_ROUNDS", "50"))
 
 
-def test_sigkill_at_random_points_loses_nothing_and_applies_nothing_twice(tmp_path: Path) -> None:
-    db, ack = tmp_path / "bank.db", tmp_path / "acks.txt"
-    SqliteStorage(db).close()
-    env = {**os.environ, "BANK_DB": str(db), "PYTHONPATH": str(ROOT)}
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_sigkill_at_random_points_loses_nothing_and_applies_nothing_twice(
+        backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    ack = tmp_path / "acks.txt"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    make_storage: Callable[[], Storage]
+    if backend == "sqlite":
+        db = tmp_path / "bank.db"
+        env["BANK_DB"] = str(db)
+        make_storage = functools.partial(SqliteStorage, db)
+    else:
+        schema = request.getfixturevalue("pg_schema")
+        from adapters.postgres import PostgresStorage
+
+        env.update(BANK_POSTGRES=postgres.DSN, BANK_SCHEMA=schema)
+        make_storage = functools.partial(PostgresStorage, postgres.DSN, schema=schema)
+    make_storage().close()
     rng = random.Random(1234)
     types = event_types()
     seen: set[int] = set()
@@ -45,7 +64,7 @@ def test_sigkill_at_random_points_loses_nothing_and_applies_nothing_twice(tmp_pa
         child.send_signal(signal.SIGKILL)
         assert child.wait(timeout=30) == -signal.SIGKILL
 
-        storage = SqliteStorage(db)
+        storage = make_storage()
         for stored in storage.events(after=checked_up_to):  # committed events never change: check the new ones
             assert stored.position == checked_up_to + 1, "a gap in the log"
             checked_up_to = stored.position

@@ -1,46 +1,76 @@
-"""The engine across processes on one SQLite database: writers, workers, the command line."""
+"""The engine across processes on one database (SQLite and PostgreSQL): writers, workers, the command line."""
 
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import attrs
 import pytest
 
 from adapters.sqlite import SqliteStorage
-from mediator.readmodels import Delivery, consistent, last_token
+from mediator.readmodels import Delivery, Storage, consistent, last_token
 from mediator.testing import assert_settled, settle
+from tests import postgres
 
 from .bank import Deposit, GetBalance, make_bank
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def env(db: Path, delivery: str = "background") -> dict[str, str]:
-    return {**os.environ, "BANK_DB": str(db), "BANK_DELIVERY": delivery, "PYTHONPATH": str(ROOT)}
+@attrs.define
+class Target:
+    """Where the processes of a test meet: the environment that names the database, and a storage on it."""
+
+    env: dict[str, str]
+    storage: Callable[[], Storage]
+    tmp: Path
 
 
-def cli(db: Path, *args: str, delivery: str = "background") -> str:
+@pytest.fixture(params=["sqlite", "postgres"])
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
+    base = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if request.param == "sqlite":
+        db = tmp_path / "bank.db"
+        yield Target({**base, "BANK_DB": str(db)}, lambda: SqliteStorage(db), tmp_path)
+        return
+    postgres.require()
+    from adapters.postgres import PostgresStorage
+
+    schema = postgres.new_schema()
+    made: list[PostgresStorage] = []
+
+    def storage() -> Storage:
+        made.append(PostgresStorage(postgres.DSN, schema=schema))
+        return made[-1]
+
+    yield Target({**base, "BANK_POSTGRES": postgres.DSN, "BANK_SCHEMA": schema}, storage, tmp_path)
+    for each in made:
+        each.close()
+    PostgresStorage(postgres.DSN, schema=schema).drop_schema()
+
+
+def env(target: Target, delivery: str = "background") -> dict[str, str]:
+    return {**target.env, "BANK_DELIVERY": delivery}
+
+
+def cli(target: Target, *args: str, delivery: str = "background") -> str:
     done = subprocess.run(
         [sys.executable, "-m", "mediator.readmodels", "--app", "tests.readmodels.bank_app:engine", *args],
-        env=env(db, delivery), cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+        env=env(target, delivery), cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
     )
     assert done.returncode == 0, done.stderr
     return done.stdout
 
 
-@pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "bank.db"
-
-
-def test_two_writer_processes_share_one_database_without_gaps(db: Path) -> None:
-    SqliteStorage(db).close()
-    go = db.parent / "go"
+def test_two_writer_processes_share_one_database_without_gaps(target: Target) -> None:
+    target.storage().close()
+    go = target.tmp / "go"
     writers = [
         subprocess.Popen([sys.executable, "-m", "tests.readmodels.bank_app", "writer", "300"],
-                         env={**env(db), "BANK_GO": str(go)}, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+                         env={**env(target), "BANK_GO": str(go)}, cwd=ROOT, stdout=subprocess.PIPE, text=True)
         for _ in range(2)
     ]
     for w in writers:  # both started up, then both released at once
@@ -56,18 +86,18 @@ def test_two_writer_processes_share_one_database_without_gaps(db: Path) -> None:
         w.stdout.close()
     # Both were writing at once (SQLite's busy handler may still let one take the lock for a long stretch).
     assert max(start for start, _ in spans) < min(end for _, end in spans), "the two writers did not overlap"
-    storage = SqliteStorage(db)
+    storage = target.storage()
     assert [e.position for e in storage.events()] == list(range(1, 601))
     bank = make_bank(storage)
     settle(bank.engine)
     assert sorted(bank.balances().values()) == [300, 300]
 
 
-def test_a_worker_process_projects_and_a_query_here_reads_its_own_write(db: Path) -> None:
-    bank = make_bank(SqliteStorage(db), Delivery.WORKER)
+def test_a_worker_process_projects_and_a_query_here_reads_its_own_write(target: Target) -> None:
+    bank = make_bank(target.storage(), Delivery.WORKER)
     worker = subprocess.Popen(
         [sys.executable, "-m", "mediator.readmodels", "--app", "tests.readmodels.bank_app:engine", "worker"],
-        env=env(db, "worker"), cwd=ROOT, stdout=subprocess.PIPE, text=True,
+        env=env(target, "worker"), cwd=ROOT, stdout=subprocess.PIPE, text=True,
     )
     try:
         assert worker.stdout is not None
@@ -85,12 +115,12 @@ def test_a_worker_process_projects_and_a_query_here_reads_its_own_write(db: Path
     assert bank.engine.lag()[0].positions_behind == 0
 
 
-def test_an_idle_worker_sees_another_process_commit_without_waiting_for_its_poll(db: Path) -> None:
+def test_an_idle_worker_sees_another_process_commit_without_waiting_for_its_poll(target: Target) -> None:
     # The worker polls only once an hour: each round's answer proves it watched the head of the log instead.
-    bank = make_bank(SqliteStorage(db), Delivery.WORKER)
+    bank = make_bank(target.storage(), Delivery.WORKER)
     worker = subprocess.Popen(
         [sys.executable, "-m", "mediator.readmodels", "--app", "tests.readmodels.bank_app:engine", "worker"],
-        env={**env(db, "worker"), "BANK_POLL": "3600"}, cwd=ROOT, stdout=subprocess.PIPE, text=True,
+        env={**env(target, "worker"), "BANK_POLL": "3600"}, cwd=ROOT, stdout=subprocess.PIPE, text=True,
     )
     try:
         assert worker.stdout is not None
@@ -108,11 +138,11 @@ def test_an_idle_worker_sees_another_process_commit_without_waiting_for_its_poll
         worker.stdout.close()
 
 
-def test_the_command_line_shows_status_and_handles_dead_letters_and_rebuilds(db: Path) -> None:
-    bank = make_bank(SqliteStorage(db))
+def test_the_command_line_shows_status_and_handles_dead_letters_and_rebuilds(target: Target) -> None:
+    bank = make_bank(target.storage())
     bank.mediator.send(Deposit(account="a", amount=5))
     bank.mediator.send(Deposit(account="b", amount=1))
-    status = cli(db, "status")
+    status = cli(target, "status")
     assert "head of the log: 2" in status
     assert "balances" in status
     assert status.splitlines()[-1].split()[:6] == ["balances", "1", "current", "background", "0", "2"]
@@ -120,25 +150,25 @@ def test_the_command_line_shows_status_and_handles_dead_letters_and_rebuilds(db:
     bank.projection.poison.add("a")
     bank.engine.max_attempts = 1
     settle(bank.engine)
-    listing = cli(db, "dead-letters", "list")
+    listing = cli(target, "dead-letters", "list")
     assert "parked" in listing
     assert "cannot project account a" in listing
-    assert "skip: balances position 1; 0 event(s) applied" in cli(db, "dead-letters", "skip", "balances", "1")
-    assert cli(db, "dead-letters", "list").strip() == "no dead letters"
+    assert "skip: balances position 1; 0 event(s) applied" in cli(target, "dead-letters", "skip", "balances", "1")
+    assert cli(target, "dead-letters", "list").strip() == "no dead letters"
     bank.mediator.send(Deposit(account="a", amount=7))
     settle(bank.engine)
     assert [letter.position for letter in bank.engine.dead_letters()] == [3]
     # The command line runs the fixed code (its projection has no poison): the retry applies the event.
-    assert "retry: balances position 3; 1 event(s) applied" in cli(db, "dead-letters", "retry", "balances", "3")
+    assert "retry: balances position 3; 1 event(s) applied" in cli(target, "dead-letters", "retry", "balances", "3")
     assert bank.engine.dead_letters() == []
     assert bank.balances() == {"a": 7, "b": 1}  # position 1 was skipped, position 3 retried
 
-    assert "balances: rebuilt as generation 2, now current" in cli(db, "rebuild", "balances")
+    assert "balances: rebuilt as generation 2, now current" in cli(target, "rebuild", "balances")
     bank.projection.poison.clear()
     assert bank.balances() == {"a": 12, "b": 1}  # the rebuild replayed everything, including the skipped event
     assert_settled(bank.engine)
 
 
-def test_status_of_an_empty_log(db: Path) -> None:
-    make_bank(SqliteStorage(db))
-    assert "head of the log: 0" in cli(db, "status")
+def test_status_of_an_empty_log(target: Target) -> None:
+    make_bank(target.storage())
+    assert "head of the log: 0" in cli(target, "status")
