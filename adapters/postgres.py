@@ -397,6 +397,22 @@ class PostgresStorage(Storage):
             weakref.finalize(threading.current_thread(), self._forget, connection)
         return connection
 
+    def _rows(self, query: Any, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """Run a read-only statement on this thread's connection; once more on a new one if that one broke.
+
+        A restart of the server breaks every open connection; without the retry the first read after it
+        would fail although the server is back. Outside a transaction, reading again is always safe.
+        """
+        connection = self._read()
+        try:
+            return connection.execute(query, params).fetchall()
+        except psycopg.OperationalError:
+            if not connection.broken:
+                raise
+            self._forget(connection)
+            self._local.read = None
+            return self._read().execute(query, params).fetchall()
+
     def read_connection(self) -> psycopg.Connection[Any]:
         """This thread's connection, for query handlers (autocommit: every statement sees the latest commit)."""
         with _translated("connect"):
@@ -405,24 +421,26 @@ class PostgresStorage(Storage):
     # -- write side ------------------------------------------------------------------------
 
     def begin(self) -> WriteSession:
-        connection: psycopg.Connection[Any] | None = None
-        try:
-            while self._pool:
-                try:
-                    candidate = self._pool.pop()
-                except IndexError:
-                    break
-                if candidate.closed or candidate.broken:
-                    self._forget(candidate)
-                    continue
-                connection = candidate
+        while True:
+            try:
+                connection = self._pool.pop()
+            except IndexError:
                 break
-            if connection is None:
-                connection = self._open()
+            try:
+                connection.execute("BEGIN")
+            except psycopg.Error:
+                # Pooled connections die with a server restart; nothing was done on this one: drop it, go on.
+                self._forget(connection)
+                continue
+            return PostgresWriteSession(self, connection)
+        try:
+            connection = self._open()
+        except psycopg.Error as exc:
+            raise StorageError(f"PostgreSQL failed to begin a write transaction: {exc}") from exc
+        try:
             connection.execute("BEGIN")
         except psycopg.Error as exc:
-            if connection is not None:
-                self._give_back(connection)
+            self._forget(connection)
             raise StorageError(f"PostgreSQL failed to begin a write transaction: {exc}") from exc
         return PostgresWriteSession(self, connection)
 
@@ -431,22 +449,21 @@ class PostgresStorage(Storage):
     def read(self, after: int, limit: int, type_names: Collection[str] | None = None) -> list[StoredEvent]:
         with _translated("read the event log"):
             if type_names is None:
-                rows = self._read().execute(
+                rows = self._rows(
                     f"SELECT {_EVENT_COLUMNS} FROM events WHERE position > %s ORDER BY position LIMIT %s",
                     (after, limit),
-                ).fetchall()
+                )
             else:
-                rows = self._read().execute(
+                rows = self._rows(
                     f"SELECT {_EVENT_COLUMNS} FROM events WHERE position > %s AND type_name = ANY(%s) "
                     "ORDER BY position LIMIT %s",
                     (after, sorted(type_names), limit),
-                ).fetchall()
+                )
         return list(map(StoredEvent._make, rows))
 
     def head(self) -> int:
         with _translated("read the head of the log"):
-            row = self._read().execute("SELECT position FROM log_head").fetchone()
-        assert row is not None
+            (row,) = self._rows("SELECT position FROM log_head", ())
         return int(row[0])
 
     def wait_for_append(self, timeout: float) -> bool:
@@ -537,18 +554,16 @@ class PostgresStorage(Storage):
 
     def checkpoint(self, name: str, generation: int) -> int:
         with _translated("read a checkpoint"):
-            row = self._read().execute(
+            rows = self._rows(
                 "SELECT position FROM projection_tracking WHERE projection = %s AND generation = %s",
                 (name, generation),
-            ).fetchone()
-        return int(row[0]) if row else 0
+            )
+        return int(rows[0][0]) if rows else 0
 
     def current_generation(self, name: str) -> int:
         with _translated("read a generation"):
-            row = self._read().execute(
-                "SELECT generation FROM projection_generations WHERE projection = %s", (name,)
-            ).fetchone()
-        return int(row[0]) if row else 1
+            rows = self._rows("SELECT generation FROM projection_generations WHERE projection = %s", (name,))
+        return int(rows[0][0]) if rows else 1
 
     def swap(self, name: str, generation: int) -> None:
         with _translated("swap a generation"):
@@ -556,10 +571,8 @@ class PostgresStorage(Storage):
 
     def rebuilding(self, name: str) -> int | None:
         with _translated("read a rebuild"):
-            row = self._read().execute(
-                "SELECT generation FROM projection_rebuilds WHERE projection = %s", (name,)
-            ).fetchone()
-        return int(row[0]) if row else None
+            rows = self._rows("SELECT generation FROM projection_rebuilds WHERE projection = %s", (name,))
+        return int(rows[0][0]) if rows else None
 
     def claim_rebuild(self, name: str) -> int:
         connection = self._read()
@@ -609,7 +622,7 @@ class PostgresStorage(Storage):
             query += " AND d.projection = %s"
             params = (name,)
         with _translated("read dead letters"):
-            rows = self._read().execute(query + " ORDER BY d.projection, d.position", params).fetchall()
+            rows = self._rows(query + " ORDER BY d.projection, d.position", params)
         return [DeadLetter(*row) for row in rows]
 
     def drop_schema(self) -> None:
