@@ -110,17 +110,20 @@ _INSERT_EVENT = (
 _DEAD_LETTER_COLUMNS = "projection, generation, position, event_id, type_name, key, reason, attempts, status"
 
 
-def connect(dsn: str, schema: str, **options: Any) -> psycopg.Connection[Any]:
-    """A connection the way the engine uses them: autocommit (we BEGIN ourselves), on ``schema``, with keepalives.
+def connection_options(schema: str) -> dict[str, Any]:
+    """The libpq options of every engine connection: autocommit, ``schema`` first on the path, keepalives.
 
     Keepalives make a connection to a vanished peer fail within about 15 s instead of hanging, so a worker on a
-    dead network path loses its advisory locks (and the server frees them) in bounded time.
+    dead network path loses its advisory locks (and the server frees them) in bounded time. The application
+    name ``mediator:<pid>`` shows in ``pg_stat_activity`` which process holds what.
     """
-    options.setdefault("application_name", f"mediator:{os.getpid()}")  # pg_stat_activity shows whose it is
-    return psycopg.connect(
-        dsn, autocommit=True, options=f"-c search_path={schema}", keepalives=1, keepalives_idle=5,
-        keepalives_interval=2, keepalives_count=3, **options,
-    )
+    return {"autocommit": True, "options": f"-c search_path={schema}", "keepalives": 1, "keepalives_idle": 5,
+            "keepalives_interval": 2, "keepalives_count": 3, "application_name": f"mediator:{os.getpid()}"}
+
+
+def connect(dsn: str, schema: str, **options: Any) -> psycopg.Connection[Any]:
+    """A connection the way the engine uses them (see :func:`connection_options`); we BEGIN ourselves."""
+    return psycopg.connect(dsn, **{**connection_options(schema), **options})
 
 
 @contextlib.contextmanager
@@ -412,6 +415,19 @@ class PostgresStorage(Storage):
             self._forget(connection)
             self._local.read = None
             return self._read().execute(query, params).fetchall()
+
+    async def async_connect(self) -> psycopg.AsyncConnection[Any]:
+        """A new asyncio connection to this storage's database and schema, for ``async`` query handlers.
+
+        Autocommit, so each statement reads the latest commit; the caller closes it (``async with``). For a
+        pool, give ``psycopg_pool.AsyncConnectionPool(storage.dsn, kwargs=connection_options(storage.schema))``.
+        The engine itself (commands' transactions, projections) uses the sync driver: an async command holds
+        its event loop's turn for its transaction, as on SQLite.
+        """
+        try:
+            return await psycopg.AsyncConnection.connect(self.dsn, **connection_options(self.schema))
+        except psycopg.Error as exc:
+            raise StorageError(f"PostgreSQL failed to connect: {exc}") from exc
 
     def read_connection(self) -> psycopg.Connection[Any]:
         """This thread's connection, for query handlers (autocommit: every statement sees the latest commit)."""

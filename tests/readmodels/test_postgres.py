@@ -15,10 +15,11 @@ from typing import Any
 
 import pytest
 
-from mediator.readmodels import Delivery, NewEvent, StoredEvent
+from mediator import Registry
+from mediator.readmodels import Delivery, NewEvent, ReadModels, StoredEvent, consistent, last_token
 from tests import postgres
 
-from .bank import Deposit, make_bank
+from .bank import Balances, Deposit, GetBalance, PostgresBalances, deposit, event_types, make_bank
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -164,8 +165,11 @@ def test_one_runner_holds_a_projection_and_another_takes_it_when_released(pg: An
         pg.release_all()
         assert other.acquire("balances")
         assert not pg.acquire("balances")
-        other.close()  # a closed (or dead) session frees its locks on the server
-        assert pg.acquire("balances")
+        other.close()  # a closed (or dead) session frees its locks, once the server has ended that session
+        deadline = time.monotonic() + 10
+        while not pg.acquire("balances"):  # as a runner's next poll would: a moment later
+            assert time.monotonic() < deadline, "the lock of a closed session was never freed"
+            time.sleep(0.01)
     finally:
         other.close()
 
@@ -173,12 +177,21 @@ def test_one_runner_holds_a_projection_and_another_takes_it_when_released(pg: An
 def test_a_runner_whose_lock_connection_broke_takes_its_locks_again(pg: Any, pg_schema: str) -> None:
     import psycopg
 
+    from adapters.postgres import lock_key
+
     pg.lock_recheck = 0.0
     assert pg.acquire("balances")
+    key = lock_key(pg_schema, "balances")
     with psycopg.connect(postgres.DSN, autocommit=True) as admin:  # the server ends the lock connection
-        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted "
-                      "AND pid <> pg_backend_pid()")
-    assert pg.acquire("balances")  # noticed on its next check, and taken again on a new connection
+        ended = admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+            "AND classid = %s AND objid = %s", ((key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF)).fetchall()
+    assert ended == [(True,)]
+    deadline = time.monotonic() + 10
+    while not pg.acquire("balances"):  # noticed on its next check, and taken again on a new connection
+        assert time.monotonic() < deadline, "the lock was not taken again"
+        time.sleep(0.01)
+    assert pg._locks_connection is not None and pg._locks_connection.info.backend_pid not in {0}
 
 
 def test_two_engines_with_runners_apply_each_event_once(pg: Any, pg_schema: str) -> None:
@@ -261,3 +274,32 @@ def test_stored_events_come_back_as_written(pg: Any) -> None:
     session.append([NewEvent("x1", "t.a", 2, '{"a": 1}', "k", 12.5, '{"m": "1"}')])
     session.commit()
     assert pg.read(0, 10) == [StoredEvent(1, "x1", "t.a", 2, '{"a": 1}', "k", 12.5, '{"m": "1"}')]
+
+
+def test_async_query_handlers_read_through_the_async_driver(pg: Any) -> None:
+    import asyncio
+
+    engine = ReadModels(pg, event_types())
+    engine.add(Balances(PostgresBalances(pg)))
+    registry = Registry()
+    engine.install(registry)
+    registry.handle(Deposit).by(deposit)
+
+    async def get_balance(query: GetBalance, engine: ReadModels) -> int:
+        async with await pg.async_connect() as connection:
+            cursor = await connection.execute(
+                f"SELECT amount FROM {engine.table('balances', 'balance')} WHERE account = %s", (query.account,))
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
+    registry.handle(GetBalance).by(get_balance)
+    mediator = registry.build_async()
+
+    async def main() -> int:
+        await mediator.send(Deposit(account="a", amount=3))
+        await mediator.send(Deposit(account="a", amount=4))
+        with consistent(last_token(), timeout=10):
+            return await mediator.ask(GetBalance(account="a"))
+
+    with engine:  # the background runner
+        assert asyncio.run(main()) == 7
