@@ -560,6 +560,9 @@ class PostgresStorage(Storage):
                 return True
             return False
 
+    def holds(self, name: str) -> bool:
+        return name in self._held
+
     def release_all(self) -> None:
         """Give up every projection this storage runs (another runner takes them at its next poll)."""
         with self._locks_lock:

@@ -773,7 +773,10 @@ class ReadModels:
         names = list(self._tracks) if names is None else list(names)
         deadline = time.monotonic() + timeout
         local = self._thread is not None and self._thread.is_alive()
-        remote = any(not local or self._tracks[n].delivery is not self._runs for n in names)
+        # Progress made elsewhere (a worker, or another process's runner holding the projection's lock) is
+        # not announced here: poll for it.
+        remote = any(not local or self._tracks[n].delivery is not self._runs or not self.storage.holds(n)
+                     for n in names)
         pause = 0.00025
         with self._progress:
             while self.reached(token, names):

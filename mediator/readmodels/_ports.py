@@ -222,6 +222,10 @@ class Storage(abc.ABC):
         """
         return True
 
+    def holds(self, name: str) -> bool:
+        """Whether this process holds projection ``name`` (see :meth:`acquire`); without locks, always."""
+        return True
+
     def release_all(self) -> None:  # noqa: B027  # only backends with locks have anything to give up
         """Give up every projection this process runs, so other runners can take them."""
 

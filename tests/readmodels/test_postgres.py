@@ -215,6 +215,43 @@ def test_two_engines_with_runners_apply_each_event_once(pg: Any, pg_schema: str)
         second_storage.close()
 
 
+def test_read_your_writes_through_a_process_whose_runner_does_not_hold_the_projection(
+        pg: Any, pg_schema: str) -> None:
+    from adapters.postgres import PostgresStorage
+
+    second_storage = PostgresStorage(postgres.DSN, schema=pg_schema)
+    holder, other = make_bank(pg), make_bank(second_storage)
+    holder.engine.start()
+    deadline = time.monotonic() + 10
+    while not pg.holds("balances"):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    other.engine.start()  # its runner finds the projection taken: the holder's runner applies what it sends
+    try:
+        for amount in (1, 2, 3):
+            other.mediator.send(Deposit(account="a", amount=amount))
+            token = last_token()
+            # Nothing in this process announces the holder's progress, so the wait must poll for it. It is
+            # allowed an hour, as a waiter that only listened for its own runner would take; it gets 30 s.
+            answered: list[int] = []
+
+            def ask(token: int | None = token, answered: list[int] = answered) -> None:
+                with consistent(token, timeout=3600):
+                    answered.append(other.mediator.ask(GetBalance(account="a")))
+
+            waiter = threading.Thread(target=ask, daemon=True)
+            waiter.start()
+            waiter.join(30)
+            assert answered, f"round {amount}: the query waited for a wake-up that never comes"
+        assert answered == [6]
+        assert not second_storage.holds("balances")
+        assert other.projection.applied == []
+    finally:
+        other.engine.stop()
+        holder.engine.stop()
+        second_storage.close()
+
+
 def _lease_holder(pg_schema: str) -> int | None:
     """The OS process id of the runner holding the balances projection's lock, from its application_name."""
     import psycopg
