@@ -29,7 +29,7 @@ connection and frees the lock, and another runner takes the projection at its
 next poll. A batch also locks its checkpoint row (``FOR UPDATE``), so even two
 sessions that both believe they own a projection apply each event once.
 
-**Wake-ups.** Each append notifies the channel ``<schema>_log``; an idle
+**Wake-ups.** Each append notifies the schema's channel (``mediator_log_<hash of the schema>``); an idle
 runner blocks on ``LISTEN`` and still reads the head now and then, in case a
 notification was lost with a dropped connection.
 """
@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import threading
 import time
 import weakref
@@ -47,6 +48,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 from mediator.readmodels import (
     DeadLetter,
@@ -122,8 +124,25 @@ def connection_options(schema: str) -> dict[str, Any]:
 
 
 def connect(dsn: str, schema: str, **options: Any) -> psycopg.Connection[Any]:
-    """A connection the way the engine uses them (see :func:`connection_options`); we BEGIN ourselves."""
-    return psycopg.connect(dsn, **{**connection_options(schema), **options})
+    """A connection the way the engine uses them (see :func:`connection_options`); we BEGIN ourselves.
+
+    An ``application_name`` given in ``dsn`` is kept.
+    """
+    settings = connection_options(schema)
+    if "application_name" in conninfo_to_dict(dsn):
+        del settings["application_name"]
+    return psycopg.connect(dsn, **{**settings, **options})
+
+
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def _checked_schema(schema: str) -> str:
+    # Unquoted in search_path and in SQL: lower case only, so the name means the same everywhere.
+    if not _SCHEMA_NAME.fullmatch(schema):
+        raise ValueError(f"Schema name {schema!r}: use lower-case letters, digits and _ (at most 63, not first a "
+                         "digit), so it needs no quoting.")
+    return schema
 
 
 @contextlib.contextmanager
@@ -342,10 +361,10 @@ class PostgresStorage(Storage):
     def __init__(self, dsn: str, *, schema: str = "public", connect_timeout: float = 5.0,
                  lock_recheck: float = 1.0) -> None:
         self.dsn = dsn
-        self.schema = schema
+        self.schema = _checked_schema(schema)
         self.connect_timeout = connect_timeout
         self.lock_recheck = lock_recheck
-        self.channel = f"{schema}_log"
+        self.channel = f"mediator_log_{lock_key(schema, 'log'):x}"  # short whatever the schema's length
         self._advance_head = (
             f"UPDATE log_head SET position = position + %s RETURNING position, pg_notify('{self.channel}', '')"
         )

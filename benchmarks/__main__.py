@@ -1,6 +1,7 @@
 """Command line: ``python -m benchmarks [SUITE ...] [--full | --tiny] [--json PATH] [--out DIR] [--no-peers]``.
 
-With no suite named, every suite runs (dispatch, sync, scenario), in its quick
+With no suite named, the embedded suites run (dispatch, sync, scenario; `postgres`
+runs only when named, against MEDIATOR_BENCH_POSTGRES or the local server), in its quick
 form unless ``--full``. The output folder gets ``results.json``, ``report.md``
 and PNG charts; the summary tables are printed too.
 """
@@ -21,14 +22,17 @@ from ._harness import FULL, QUICK, TINY, Result, machine, write_json
 from ._progress import Progress
 
 SUITES = ("dispatch", "sync", "scenario")
+"""The default run: everything embedded, on SQLite."""
+OPTIONAL = ("postgres",)
+"""Suites run only when named: they need a server."""
 
 
 def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("suites", nargs="*", choices=[*SUITES, []], metavar="SUITE",
-                        help=f"suites to run (default: all): {', '.join(SUITES)}")
-    parser.add_argument("--suite", action="append", choices=SUITES, default=[], dest="also",
+    parser.add_argument("suites", nargs="*", choices=[*SUITES, *OPTIONAL, []], metavar="SUITE",
+                        help=f"suites to run (default: {', '.join(SUITES)}); also: {', '.join(OPTIONAL)}")
+    parser.add_argument("--suite", action="append", choices=[*SUITES, *OPTIONAL], default=[], dest="also",
                         help="a suite to run; may be repeated (the same as naming it)")
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="the quick form (the default): a few minutes for all")

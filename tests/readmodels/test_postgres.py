@@ -339,3 +339,34 @@ def test_async_query_handlers_read_through_the_async_driver(pg: Any) -> None:
 
     with engine:  # the background runner
         assert asyncio.run(main()) == 7
+
+
+def test_a_schema_name_that_would_need_quoting_is_refused() -> None:
+    from adapters.postgres import PostgresStorage
+
+    for bad in ("MixedCase", "has space", "1starts_with_digit", "x" * 64, 'quote"d'):
+        with pytest.raises(ValueError, match="lower-case letters"):
+            PostgresStorage(postgres.DSN, schema=bad)
+
+
+def test_a_long_schema_name_still_appends_and_notifies(pg_schema: str) -> None:
+    from adapters.postgres import PostgresStorage
+
+    storage = PostgresStorage(postgres.DSN, schema=(pg_schema + "_" + "x" * 63)[:63])
+    try:
+        assert storage.wait_for_append(0.01)  # the first call starts listening
+        session = storage.begin()
+        session.append([new_event(1)])
+        session.commit()
+        assert storage.wait_for_append(5)
+    finally:
+        storage.close()
+        storage.drop_schema()
+
+
+def test_an_application_name_in_the_dsn_is_kept(pg: Any) -> None:
+    from adapters.postgres import connect
+
+    with connect(postgres.DSN + " application_name=orders-api", pg.schema) as connection:
+        assert connection.execute("SHOW application_name").fetchone() == ("orders-api",)
+    assert pg.read_connection().execute("SHOW application_name").fetchone() == (f"mediator:{os.getpid()}",)
