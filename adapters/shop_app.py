@@ -1,4 +1,5 @@
-"""The composition root of the reference shop: one function builds all of it on the embedded SQLite default.
+"""The composition root of the reference shop: one function builds all of it on the embedded SQLite default,
+in memory, or on PostgreSQL (``build_shop(postgres="host=... dbname=...", schema="shop")``).
 
 >>> import tempfile, pathlib
 >>> shop = build_shop(pathlib.Path(tempfile.mkdtemp()) / "shop.db", logging=False)
@@ -15,7 +16,7 @@ import datetime as dt
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
@@ -33,6 +34,9 @@ from handlers.queries import ShopQueries
 from handlers.retry import RetryOnConflict
 from mediator import Kind, Logging, Mediator, Registry, Validation
 from mediator.readmodels import Delivery, EventTypes, ReadModels, Storage
+
+if TYPE_CHECKING:
+    from adapters.postgres import PostgresStorage
 
 T = TypeVar("T")
 
@@ -73,9 +77,11 @@ def utc_now() -> dt.datetime:
 
 
 def build_shop(
-    write_path: str | os.PathLike[str] | None,
+    write_path: str | os.PathLike[str] | None = None,
     read_path: str | os.PathLike[str] | None = None,
     *,
+    postgres: str | None = None,
+    schema: str = "public",
     delivery: Delivery = Delivery.BACKGROUND,
     clock: Clock = utc_now,
     logging: bool = True,
@@ -84,11 +90,24 @@ def build_shop(
     **engine_options: Any,
 ) -> Shop:
     """Build the whole shop: on SQLite (write model and log in ``write_path``, read models in ``read_path``,
-    the same file by default), or entirely in memory for tests when ``write_path`` is ``None``."""
+    the same file by default); on PostgreSQL when ``postgres`` is a libpq DSN (everything in ``schema``, which
+    is created with the shop's tables if missing); or entirely in memory for tests when neither is given.
+
+    Raises:
+        ValueError: if both a SQLite path and a PostgreSQL DSN are given.
+    """
     storage: Storage
     views: ReadViews
     model: WriteModel
-    if write_path is None:
+    if postgres is not None:
+        if write_path is not None or read_path is not None:
+            raise ValueError("build_shop takes a SQLite path or a PostgreSQL DSN (postgres=...), not both.")
+        from adapters.shop_postgres import PostgresReadViews, PostgresWriteModel  # psycopg: an optional extra
+
+        storage = on_postgres = _postgres_storage(postgres, schema)
+        engine = ReadModels(storage, event_types(), **engine_options)
+        views, model = PostgresReadViews(on_postgres, engine), PostgresWriteModel()
+    elif write_path is None:
         storage = MemoryStorage()
         engine = ReadModels(storage, event_types(), **engine_options)
         views, model = MemoryReadViews(storage), MemoryWriteModel()
@@ -116,3 +135,25 @@ def build_shop(
     commands.register(registry, ShopCommands(model, clock))
     queries.register(registry, ShopQueries(views))
     return Shop(registry.build(), engine, storage, registry, model, views)
+
+
+def _postgres_storage(dsn: str, schema: str) -> PostgresStorage:
+    """A :class:`~adapters.postgres.PostgresStorage` on ``schema`` with the shop's write tables in it."""
+    from adapters.postgres import PostgresStorage, lock_key
+    from adapters.shop_postgres import WRITE_SCHEMA as POSTGRES_WRITE_SCHEMA
+
+    storage = PostgresStorage(dsn, schema=schema)
+    try:
+        session = storage.begin()
+        try:
+            # Two processes starting at once would race on the catalogue with CREATE ... IF NOT EXISTS: take turns.
+            session.handle.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(schema, "__shop_schema__"),))
+            session.handle.execute(POSTGRES_WRITE_SCHEMA)
+        except BaseException:
+            session.rollback()
+            raise
+        session.commit()
+    except BaseException:
+        storage.close()
+        raise
+    return storage

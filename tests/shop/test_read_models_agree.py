@@ -10,11 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adapters.shop_app import Shop, build_shop
+from adapters.shop_app import Shop
 from domain.errors import DomainError
 from domain.messages import (
     CancelOrder,
@@ -39,6 +38,7 @@ from domain.model import Order, OrderStatus, Product, Stock
 from mediator import Command, ValidationError
 from mediator.testing import settle
 
+from .backends import shop_on
 from .test_shop import stocked
 
 DAY = dt.datetime(2026, 11, 23, 10, 0, tzinfo=dt.UTC)
@@ -199,27 +199,22 @@ def snapshot(world: World) -> object:
     )
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "memory"])
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                  HealthCheck.function_scoped_fixture])
 @given(st.lists(step, max_size=30))
 def test_read_models_agree_with_the_write_model_and_equal_a_rebuild(backend: str, steps: list[tuple[Any, ...]]) -> None:
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "shop.db" if backend == "sqlite" else None
-        shop = build_shop(path, clock=lambda: DAY, logging=False, retire_after=0)
-        try:
-            customer, lamps, desk, floor = stocked(shop)
-            shades = shop.mediator.send(CreateCategory(name="Shades"))
-            world = World(shop, [customer], [lamps, shades], [desk, floor])
-            for kind, *args in steps:
-                run(world, kind, args)
-            settle(shop.engine)
-            assert_agrees_with_the_write_model(world)
+    with (tempfile.TemporaryDirectory() as folder,
+          shop_on(backend, Path(folder), clock=lambda: DAY, logging=False, retire_after=0) as shop):
+        customer, lamps, desk, floor = stocked(shop)
+        shades = shop.mediator.send(CreateCategory(name="Shades"))
+        world = World(shop, [customer], [lamps, shades], [desk, floor])
+        for kind, *args in steps:
+            run(world, kind, args)
+        settle(shop.engine)
+        assert_agrees_with_the_write_model(world)
 
-            before = snapshot(world)
-            for name in shop.engine.projections:
-                shop.engine.rebuild(name)
-            shop.engine.finish_rebuilds()
-            assert snapshot(world) == before
-        finally:
-            shop.close()
+        before = snapshot(world)
+        for name in shop.engine.projections:
+            shop.engine.rebuild(name)
+        shop.engine.finish_rebuilds()
+        assert snapshot(world) == before

@@ -9,7 +9,7 @@ import attrs
 import pytest
 from structlog.testing import capture_logs
 
-from adapters.shop_app import Shop, build_shop
+from adapters.shop_app import Shop
 from domain.errors import ConcurrencyConflict
 from domain.messages import GetCustomerOrders, OrderItem, PlaceOrder, UpdateProductStock
 from domain.model import Stock
@@ -18,6 +18,7 @@ from mediator import DispatchContext, Registry
 from mediator.testing import settle
 from tests.mediator.sample import Add
 
+from .backends import shop_on
 from .test_shop import stocked
 
 
@@ -79,11 +80,10 @@ def test_a_command_naming_its_expected_version_is_never_retried() -> None:
 # -- inside the built shop ----------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", "memory"])
-def shop(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Shop]:
-    built = build_shop(tmp_path / "shop.db" if request.param == "sqlite" else None, logging=False)
-    yield built
-    built.close()
+@pytest.fixture
+def shop(backend: str, tmp_path: Path) -> Iterator[Shop]:
+    with shop_on(backend, tmp_path, logging=False) as built:
+        yield built
 
 
 class Racing:

@@ -1,4 +1,4 @@
-"""The reference shop end to end on SQLite: commands, events, read models, rules."""
+"""The reference shop end to end on every backend: commands, events, read models, rules."""
 
 import contextlib
 import datetime as dt
@@ -32,15 +32,15 @@ from domain.messages import (
 )
 from mediator.testing import assert_settled, settle
 
+from .backends import shop_on
+
 DAY = dt.datetime(2026, 11, 23, 10, 0, tzinfo=dt.UTC)
 
 
-@pytest.fixture(params=["sqlite", "memory"])
-def shop(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Shop]:
-    path = tmp_path / "shop.db" if request.param == "sqlite" else None
-    built = build_shop(path, clock=lambda: DAY, logging=False, retire_after=0)
-    yield built
-    built.close()
+@pytest.fixture
+def shop(backend: str, tmp_path: Path) -> Iterator[Shop]:
+    with shop_on(backend, tmp_path, clock=lambda: DAY, logging=False, retire_after=0) as built:
+        yield built
 
 
 def stocked(shop: Shop) -> tuple[str, str, str, str]:
@@ -198,14 +198,12 @@ def test_a_refused_cancel_changes_nothing(shop: Shop) -> None:
     assert loaded.status.value == "placed"
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "memory"])
 def test_a_denied_order_is_logged_without_its_shipping_address(backend: str, tmp_path: Path) -> None:
     from structlog.testing import capture_logs
 
     from handlers.authorization import Forbidden, Principal
 
-    shop = build_shop(tmp_path / "shop.db" if backend == "sqlite" else None, clock=lambda: DAY, logging=True)
-    try:
+    with shop_on(backend, tmp_path, clock=lambda: DAY, logging=True) as shop:
         customer, _lamps, desk, _floor = stocked(shop)
         other = shop.mediator.send(RegisterCustomer(name="Bo", email="bo@example.com"))
         head, before = shop.storage.head(), write_model(shop, desk)
@@ -221,8 +219,6 @@ def test_a_denied_order_is_logged_without_its_shipping_address(backend: str, tmp
         assert failed[0]["fields"]["customer_id"] == other
         assert "Baker" not in repr(logs)
         assert (shop.storage.head(), write_model(shop, desk)) == (head, before)
-    finally:
-        shop.close()
 
 
 def write_model(shop: Shop, product_id: str, order_id: str | None = None) -> tuple[object, ...]:

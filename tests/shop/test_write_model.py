@@ -18,16 +18,22 @@ from domain.events import OrderLine
 from domain.model import Order, Product, Stock
 from handlers.ports import WriteModel
 
+from .backends import postgres_write_storage
+
 NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+@pytest.fixture(params=["sqlite", "memory", "postgres"])
 def model(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[WriteModel, Any]]:
     """A write model and an open write transaction's handle, rolled back afterwards."""
     if request.param == "sqlite":
         storage: Any = SqliteStorage(tmp_path / "shop.db")
         storage._write().executescript(WRITE_SCHEMA)
         port: WriteModel = SqliteWriteModel()
+    elif request.param == "postgres":
+        from adapters.shop_postgres import PostgresWriteModel
+
+        storage, port = postgres_write_storage(), PostgresWriteModel()
     else:
         storage, port = MemoryStorage(), MemoryWriteModel()
     session = storage.begin()
@@ -37,8 +43,10 @@ def model(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Writ
         yield port, session.handle
     finally:
         session.rollback()
-        if request.param == "sqlite":
+        if request.param != "memory":
             storage.close()
+        if request.param == "postgres":
+            storage.drop_schema()
 
 
 @attrs.frozen
