@@ -582,6 +582,15 @@ class PostgresStorage(Storage):
     def holds(self, name: str) -> bool:
         return name in self._held
 
+    def release(self, name: str) -> None:
+        with self._locks_lock:
+            if name in self._held:
+                self._held.discard(name)
+                if self._locks_connection is not None:
+                    with contextlib.suppress(psycopg.Error):
+                        self._locks_connection.execute(
+                            "SELECT pg_advisory_unlock(%s)", (lock_key(self.schema, name),))
+
     def release_all(self) -> None:
         """Give up every projection this storage runs (another runner takes them at its next poll)."""
         with self._locks_lock:

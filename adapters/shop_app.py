@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -135,6 +135,27 @@ def build_shop(
     commands.register(registry, ShopCommands(model, clock))
     queries.register(registry, ShopQueries(views))
     return Shop(registry.build(), engine, storage, registry, model, views)
+
+
+def shop_from_env(environ: Mapping[str, str] = os.environ, **options: Any) -> Shop:
+    """The shop configured by environment variables, for service and worker processes.
+
+    ``SHOP_POSTGRES`` (a libpq DSN) with ``SHOP_SCHEMA`` (default ``public``) builds it on PostgreSQL;
+    otherwise ``SHOP_DB`` names the SQLite file (default ``shop.db``). ``SHOP_DELIVERY`` is how projections
+    are delivered: ``background`` (the default: each service process's runner takes its share), ``worker``
+    (only ``python -m mediator.readmodels --app adapters.shop_app:engine_from_env worker`` processes run
+    them) or ``inline``. ``options`` go to :func:`build_shop`.
+    """
+    delivery = Delivery(environ.get("SHOP_DELIVERY", "background"))
+    if environ.get("SHOP_POSTGRES"):
+        return build_shop(postgres=environ["SHOP_POSTGRES"], schema=environ.get("SHOP_SCHEMA", "public"),
+                          delivery=delivery, **options)
+    return build_shop(environ.get("SHOP_DB", "shop.db"), delivery=delivery, **options)
+
+
+def engine_from_env() -> ReadModels:
+    """The read-model engine of :func:`shop_from_env`, for ``python -m mediator.readmodels --app``."""
+    return shop_from_env().engine
 
 
 def _postgres_storage(dsn: str, schema: str) -> PostgresStorage:

@@ -9,7 +9,6 @@ for staff.
 from __future__ import annotations
 
 import datetime as dt
-import os
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import Annotated, Any
@@ -20,7 +19,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, StringConstraints, field_validator
 
 from adapters.fastapi import Mediated, MediatorMiddleware, install_error_handlers
-from adapters.shop_app import Shop, build_shop
+from adapters.shop_app import Shop, shop_from_env
 from domain.errors import ConcurrencyConflict, NotFound, RuleViolation
 from domain.messages import (
     CancelOrder,
@@ -226,9 +225,9 @@ def asgi(shop: Shop, *, consistency_timeout: float = 5.0) -> Any:
     return app.state.asgi
 
 
-def _default() -> Any:  # pragma: no cover - for `uvicorn adapters.shop_http:app`
-    shop = build_shop(os.environ.get("SHOP_DB", "shop.db"))
-    shop.engine.start()
+def _default() -> Any:  # for `uvicorn adapters.shop_http:app`, configured as adapters.shop_app.shop_from_env says
+    shop = shop_from_env()
+    shop.engine.start()  # runs the background-delivered projections this process holds, and helps with rebuilds
     return asgi(shop)
 
 

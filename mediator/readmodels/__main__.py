@@ -5,11 +5,14 @@
     python -m mediator.readmodels --app myapp.wiring:engine dead-letters list [NAME]
     python -m mediator.readmodels --app myapp.wiring:engine dead-letters retry NAME POSITION
     python -m mediator.readmodels --app myapp.wiring:engine dead-letters skip NAME POSITION
-    python -m mediator.readmodels --app myapp.wiring:engine worker [--once]
+    python -m mediator.readmodels --app myapp.wiring:engine worker [--once] [--only NAME,NAME...]
 
 ``--app`` names a ``ReadModels`` object, or a function returning one, as
 ``module:attribute``. ``worker`` runs the projections delivered as
-``Delivery.WORKER`` (and rebuilds) until stopped with SIGTERM or Ctrl-C.
+``Delivery.WORKER`` (and rebuilds) until stopped with SIGTERM or Ctrl-C; ``--only``
+limits it to some of them. Several workers may run at once: on PostgreSQL each
+projection is run by one of them at a time, and another takes it over when that
+one dies.
 """
 
 from __future__ import annotations
@@ -74,13 +77,17 @@ def rebuild(engine: ReadModels, name: str) -> str:
     return f"{name}: rebuilt as generation {generation}, now current"
 
 
-def worker(engine: ReadModels, once: bool) -> str:
+def worker(engine: ReadModels, once: bool, only: list[str] | None = None) -> str:
+    if only is not None:
+        unknown = sorted(set(only) - set(engine.projections))
+        if unknown:
+            raise SystemExit(f"no projection named {', '.join(unknown)}; known: {', '.join(engine.projections)}")
     if once:
-        return f"applied {engine.catch_up(deliveries=(Delivery.WORKER,))} events"
+        return f"applied {engine.catch_up(deliveries=(Delivery.WORKER,), only=only)} events"
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    engine.start(Delivery.WORKER)
+    engine.start(Delivery.WORKER, only=only)
     print("worker running; SIGTERM or Ctrl-C stops it", flush=True)
     stop.wait()
     engine.stop()
@@ -105,6 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sub.add_argument("position", type=int)
     worker_parser = commands.add_parser("worker", help="run the worker-delivered projections")
     worker_parser.add_argument("--once", action="store_true", help="catch up once and exit")
+    worker_parser.add_argument("--only", metavar="NAMES", type=lambda v: [n for n in v.split(",") if n],
+                               help="comma-separated projections this worker may run (default: all)")
     args = parser.parse_args(argv)
 
     engine = load(args.app)
@@ -114,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "rebuild":
             out = rebuild(engine, args.name)
         elif args.command == "worker":
-            out = worker(engine, args.once)
+            out = worker(engine, args.once, args.only)
         elif args.action == "list":
             out = dead_letters(engine, args.name)
         else:

@@ -22,7 +22,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -361,6 +361,7 @@ class ReadModels:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._runs: Delivery | None = None
+        self._only: frozenset[str] | None = None
 
     # -- set-up -------------------------------------------------------------------------
 
@@ -635,14 +636,15 @@ class ReadModels:
         log.error("event parked", projection=session.name, position=stored.position, status=status, reason=reason)
 
     def catch_up(self, *, deliveries: Iterable[Delivery] = (Delivery.BACKGROUND, Delivery.WORKER),
-                 ignore_backoff: bool = False, finishing: bool = False, leased: bool = False) -> int:
+                 ignore_backoff: bool = False, finishing: bool = False, leased: bool = False,
+                 only: Collection[str] | None = None) -> int:
         """Run every selected projection (and rebuild) until none has more to do now; return events dealt with.
 
         ``finishing`` also runs the live generation of each projection being rebuilt, whatever its delivery:
         a rebuild is swapped in only once the live generation has caught up with it. ``leased`` runs only the
         projections this process holds (or can take) the storage's lock on, as runners do: with several
         runner processes, each projection is run by one at a time. Without it, projection transactions of
-        different processes still take turns, so nothing is applied twice.
+        different processes still take turns, so nothing is applied twice. ``only`` limits it to those names.
         """
         wanted = set(deliveries)
         total = 0
@@ -650,13 +652,17 @@ class ReadModels:
         while progressed:
             progressed = False
             for track in list(self._tracks.values()):
-                if leased and not self.storage.acquire(track.name):
-                    continue  # another process runs it
+                if only is not None and track.name not in only:
+                    continue
                 if track.retired:
                     self._retire(track)
                 generations = self._generations(track)
                 if track.delivery not in wanted and not any(replaying for _g, replaying in generations):
+                    if leased and self.storage.holds(track.name):
+                        self.storage.release(track.name)  # taken to help with a rebuild, now over
                     continue
+                if leased and not self.storage.acquire(track.name):
+                    continue  # another process runs it (a lease is taken only on what this runner would run)
                 rebuilding = len(generations) > 1
                 for generation, replaying in generations:
                     if not replaying and track.delivery not in wanted and not (finishing and rebuilding):
@@ -670,10 +676,22 @@ class ReadModels:
 
     # -- background runner ---------------------------------------------------------------------
 
-    def start(self, delivery: Delivery = Delivery.BACKGROUND) -> None:
-        """Start a runner thread for the projections delivered as ``delivery`` (and any rebuild)."""
+    def start(self, delivery: Delivery = Delivery.BACKGROUND, *, only: Collection[str] | None = None) -> None:
+        """Start a runner thread for the projections delivered as ``delivery`` (and any rebuild).
+
+        ``only`` names the projections this runner may take (default: all): several worker processes can
+        split the projections between them, and a second worker given the same names stands by for the first.
+        """
         if self._thread is not None:
             raise RuntimeError("The runner is already started; stop() it first.")
+        if only is not None:
+            unknown = sorted(set(only) - set(self._tracks))
+            if unknown:
+                raise LookupError(f"No projection named {', '.join(map(repr, unknown))}; "
+                                  f"known: {', '.join(self._tracks)}.")
+            self._only = frozenset(only)
+        else:
+            self._only = None
         self._stop.clear()
         self._runs = delivery
         self._next_lag_log = time.monotonic() + self.lag_log_interval  # first lag line after one interval
@@ -708,7 +726,7 @@ class ReadModels:
                     self.log_lag()
             try:
                 head = self.storage.head()  # before the catch-up: a commit after this read wakes the idle wait
-                done = self.catch_up(deliveries=(self._runs,), leased=True)
+                done = self.catch_up(deliveries=(self._runs,), leased=True, only=self._only)
             except Exception as exc:  # a storage outage: log, wait, try again; never die silently
                 log.error("projection runner failed, retrying", error_type=qualname(type(exc)), error=str(exc))
                 done = 0
@@ -776,7 +794,7 @@ class ReadModels:
         # Progress made elsewhere (a worker, or another process's runner holding the projection's lock) is
         # not announced here: poll for it.
         remote = any(not local or self._tracks[n].delivery is not self._runs or not self.storage.holds(n)
-                     for n in names)
+                     or (self._only is not None and n not in self._only) for n in names)
         pause = 0.00025
         with self._progress:
             while self.reached(token, names):

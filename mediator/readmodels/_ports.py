@@ -226,6 +226,9 @@ class Storage(abc.ABC):
         """Whether this process holds projection ``name`` (see :meth:`acquire`); without locks, always."""
         return True
 
+    def release(self, name: str) -> None:  # noqa: B027  # only backends with locks have anything to give up
+        """Give up projection ``name``, if this process holds it."""
+
     def release_all(self) -> None:  # noqa: B027  # only backends with locks have anything to give up
         """Give up every projection this process runs, so other runners can take them."""
 

@@ -390,3 +390,23 @@ def test_events_recorded_outside_a_command_are_discarded_loudly(storage: Storage
     assert storage.head() == 0
     assert [e["event"] for e in logs] == [
         "recorded events discarded: they were recorded outside a command, which alone commits them"]
+
+
+def test_a_runner_limited_to_some_projections_runs_only_those(storage: Storage) -> None:
+    from .bank import Balances, view_for
+
+    bank = make_bank(storage)
+    other = Balances(view_for(storage))
+    other.name = "balances_copy"  # type: ignore[misc]  # the same projection under a second storage name
+    bank.engine.add(other)
+    with pytest.raises(LookupError, match="No projection named 'nope'"):
+        bank.engine.start(only=["nope"])
+    bank.mediator.send(Deposit(account="a", amount=2))
+    bank.engine.start(only=["balances_copy"])
+    try:
+        assert bank.engine.wait(storage.head(), ["balances_copy"], timeout=10)
+        assert not bank.engine.wait(storage.head(), ["balances"], timeout=0.3)  # never run by this runner
+    finally:
+        bank.engine.stop()
+    assert other.applied == [2]
+    assert bank.projection.applied == []

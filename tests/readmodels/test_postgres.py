@@ -370,3 +370,17 @@ def test_an_application_name_in_the_dsn_is_kept(pg: Any) -> None:
     with connect(postgres.DSN + " application_name=orders-api", pg.schema) as connection:
         assert connection.execute("SHOW application_name").fetchone() == ("orders-api",)
     assert pg.read_connection().execute("SHOW application_name").fetchone() == (f"mediator:{os.getpid()}",)
+
+
+def test_a_runner_takes_no_lease_on_what_it_does_not_run_and_gives_back_a_rebuilds(pg: Any) -> None:
+    # A service process's background runner beside worker-delivered projections: holding their leases would
+    # keep the workers from them for good.
+    bank = make_bank(pg, Delivery.WORKER)
+    bank.mediator.send(Deposit(account="a", amount=1))
+    bank.engine.catch_up(deliveries=(Delivery.BACKGROUND,), leased=True)
+    assert not pg.holds("balances")
+    bank.engine.catch_up(deliveries=(Delivery.WORKER,))  # what a worker does: the live generation is at the head
+    bank.engine.rebuild("balances")  # a rebuild is helped by every runner: it takes the lease for that
+    bank.engine.catch_up(deliveries=(Delivery.BACKGROUND,), leased=True)
+    assert bank.engine.rebuilding == []  # replayed and swapped in by this runner, under the lease
+    assert not pg.holds("balances")  # given back once the rebuild was over
