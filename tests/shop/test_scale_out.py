@@ -26,7 +26,8 @@ from tests import postgres
 from .test_http import ADMIN, setup_shop
 
 ROOT = Path(__file__).resolve().parents[2]
-SPLIT: tuple[list[str], ...] = (["--only", "order_details,customer_orders,inventory"], ["--only", "catalog,search,dashboard"], [])
+SPLIT: tuple[list[str], ...] = (
+    ["--only", "order_details,customer_orders,inventory"], ["--only", "catalog,search,dashboard"], [])
 
 
 def free_port() -> int:

@@ -1,0 +1,350 @@
+"""Relay selected events from the outbox (the event log) to a message broker, at least once; and take them in.
+
+A command's events are appended to the log in the command's own transaction
+(the outbox). The :class:`Relay` reads the log after its own checkpoint,
+publishes the events it selects through a :class:`Publisher`, waits for the
+broker to acknowledge every one, and only then moves its checkpoint. The
+checkpoint is an ordinary projection checkpoint (``storage.session(f"relay:{name}", 1)``),
+kept in the same tracking table as the projections', on every backend.
+
+**At least once.** A crash (or a broker failure) after publishing and before
+the checkpoint commits publishes those events again when the relay resumes;
+nothing is ever skipped or parked. A broker that is down is retried with a
+capped exponential backoff, logged with structlog; the events wait in the log.
+Each message carries the event's id, so consumers drop the repeats: the
+:class:`Inbox` appends received events to the consuming service's own log,
+whose ``event_id`` is unique, and its read models project them from there.
+
+Broker-neutral: ``adapters.nats`` implements :class:`Publisher` on NATS
+JetStream; :class:`MemoryPublisher` is the in-memory double for tests.
+
+>>> from adapters.memory import MemoryStorage
+>>> from mediator.readmodels import NewEvent
+>>> storage = MemoryStorage()
+>>> session = storage.begin()
+>>> _ = session.append([NewEvent("e1", "shop.OrderPlaced", 1, "{}", "o-1", 0.0),
+...                     NewEvent("e2", "shop.CustomerRegistered", 1, "{}", None, 0.0)])
+>>> session.commit()
+>>> broker = MemoryPublisher()
+>>> relay = Relay(storage, broker, select={"shop.OrderPlaced"})
+>>> relay.catch_up()
+1
+>>> [event.event_id for event in broker.published], relay.position
+(['e1'], 2)
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Collection, Sequence
+from typing import Protocol
+
+import structlog
+
+from mediator import MediatorError
+from mediator._messages import qualname
+from mediator.readmodels import NewEvent, Storage, StorageError, StoredEvent
+
+log = structlog.get_logger("adapters.relay")
+
+Selection = Collection[str] | Callable[[StoredEvent], bool] | None
+"""Which events a relay publishes: type names, a predicate on the stored event, or ``None`` for all."""
+
+
+class PublishError(MediatorError, ConnectionError):
+    """The broker did not acknowledge a batch; the first ``acked`` events of it were acknowledged."""
+
+    def __init__(self, message: str, *, acked: int = 0) -> None:
+        super().__init__(message)
+        self.acked = acked
+
+
+class Publisher(Protocol):
+    """Where a relay sends events: a broker's client."""
+
+    def publish(self, events: Sequence[StoredEvent]) -> None:
+        """Publish ``events`` in order; return once the broker has acknowledged all of them.
+
+        Raises:
+            PublishError: some were not acknowledged (``acked`` says how many leading ones were).
+        """
+
+    def close(self) -> None:
+        """Release the connection."""
+
+
+class MemoryPublisher:
+    """An in-memory broker for tests: keeps what was published; ``down = True`` makes it fail."""
+
+    def __init__(self) -> None:
+        self.published: list[StoredEvent] = []
+        self.down = False
+        self.attempts = 0
+
+    def publish(self, events: Sequence[StoredEvent]) -> None:
+        self.attempts += 1
+        if self.down:
+            raise PublishError("The memory broker is down; set down = False to bring it back.")
+        self.published.extend(events)
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class Relay:
+    """Publish the selected events of ``storage``'s log through ``publisher``, in log order, at least once.
+
+    Args:
+        storage: the service's storage; its log is the outbox, and the checkpoint ``relay:<name>`` lives in it.
+        publisher: the broker's client (:class:`adapters.nats.JetStreamPublisher`, :class:`MemoryPublisher`).
+        name: the relay's stable name; a second relay of another name publishes the log independently.
+        select: type names to publish, a predicate on the :class:`StoredEvent`, or ``None`` for every event.
+        batch: events read (and published, then checkpointed) at a time.
+        poll_interval: the longest an idle relay waits before looking at the log again.
+        watch_interval: how often an idle relay reads the head of the log (one cheap query) for new events.
+        backoff: seconds before the first retry after a failure; doubled per failure, up to ``max_backoff``.
+        leased: take the storage's lease on the checkpoint name before each batch (PostgreSQL's advisory lock),
+            so of several relay processes of one name one publishes at a time. The lease is held until the
+            storage is closed or the process ends: ``stop`` leaves it, since ``Storage.release_all`` would free
+            the leases of this process's projection runners as well.
+    """
+
+    def __init__(self, storage: Storage, publisher: Publisher, *, name: str = "relay", select: Selection = None,
+                 batch: int = 100, poll_interval: float = 0.5, watch_interval: float = 0.02, backoff: float = 0.1,
+                 max_backoff: float = 10.0, leased: bool = True) -> None:
+        if isinstance(select, str):
+            raise TypeError(f"select={select!r} is one string; pass a collection of type names, e.g. {{{select!r}}}.")
+        if batch < 1:
+            raise ValueError(f"batch={batch} must be at least 1.")
+        self.storage = storage
+        self.publisher = publisher
+        self.name = name
+        self.checkpoint_name = f"relay:{name}"
+        self.batch = batch
+        self.poll_interval = poll_interval
+        self.watch_interval = watch_interval
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.leased = leased
+        self._names: frozenset[str] | None = None
+        self._predicate: Callable[[StoredEvent], bool] | None = None
+        if callable(select):
+            self._predicate = select
+        elif select is not None:
+            self._names = frozenset(select)
+        self.published = 0
+        """Events this relay has published and checkpointed since it was made."""
+        self.failures = 0
+        """Failed attempts in a row (0 while the broker is healthy)."""
+        self._stop = threading.Event()
+        self._wakeup = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- one batch -------------------------------------------------------------------------------
+
+    @property
+    def position(self) -> int:
+        """The committed checkpoint: every selected event up to here has been acknowledged by the broker."""
+        return self.storage.checkpoint(self.checkpoint_name, 1)
+
+    def behind(self) -> int:
+        """Positions of the log after the checkpoint (selected or not)."""
+        return self.storage.head() - self.position
+
+    def run_once(self) -> int:
+        """Publish the next batch and move the checkpoint past it; return how many events were published.
+
+        Raises:
+            PublishError: the broker did not acknowledge them (the checkpoint stays, so they are published again).
+            StorageError: the storage failed.
+        """
+        return self._step()[0]
+
+    def catch_up(self) -> int:
+        """Run batches until the checkpoint reaches the head of the log; return how many events were published."""
+        total = 0
+        while True:
+            published, moved = self._step()
+            total += published
+            if not moved:
+                return total
+
+    def _step(self) -> tuple[int, bool]:
+        """One batch: ``(events published, whether the checkpoint moved)``."""
+        if self.leased and not self.storage.acquire(self.checkpoint_name):
+            return 0, False  # another process relays under this name
+        start = self.position
+        if self._names is not None:
+            head = self.storage.head()  # before the read: everything up to it is visible to the read
+            selected = self.storage.read(start, self.batch, self._names)
+            last = selected[-1].position if selected else start
+            # A short batch holds every selected event up to the head read above: the rest of it is not selected.
+            end = last if len(selected) == self.batch else max(last, head)
+        else:
+            events = self.storage.read(start, self.batch)
+            predicate = self._predicate
+            selected = events if predicate is None else [event for event in events if predicate(event)]
+            end = events[-1].position if events else start
+        if selected:
+            try:
+                self.publisher.publish(selected)
+            except PublishError as exc:
+                if exc.acked > 0:  # keep what the broker did take: fewer events to publish again
+                    self._commit(selected[min(exc.acked, len(selected)) - 1].position)
+                    self.published += min(exc.acked, len(selected))
+                raise
+        if end > start:
+            self._commit(end)
+            self.published += len(selected)
+        return len(selected), end > start
+
+    def _commit(self, position: int) -> None:
+        with self.storage.session(self.checkpoint_name, 1) as session:
+            if position > session.position:  # never backwards, should another relay have moved it meanwhile
+                session.advance(position)
+
+    # -- running ---------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event | None = None) -> None:
+        """Relay until ``stop`` is set (this relay's own stop event by default), retrying failures forever.
+
+        A failure (broker down, storage down) is logged and retried after a capped
+        exponential backoff; the checkpoint does not move until the broker acknowledges.
+        """
+        stop = self._stop if stop is None else stop
+        while not stop.is_set():
+            head = 0
+            try:
+                head = self.storage.head()
+                _published, moved = self._step()
+            except Exception as exc:  # broker or storage down: wait and try again; never skip, never die
+                self.failures += 1
+                delay = min(self.backoff * 2 ** (self.failures - 1), self.max_backoff)
+                log.error("relay failed, will retry", relay=self.name, attempt=self.failures, retry_in=delay,
+                          error_type=qualname(type(exc)), error=str(exc))
+                stop.wait(delay)
+                continue
+            if self.failures:
+                log.info("relay recovered", relay=self.name, failed_attempts=self.failures)
+                self.failures = 0
+            if not moved:
+                self._idle(stop, head)
+
+    def _idle(self, stop: threading.Event, head: int) -> None:
+        """Wait for a wake-up, a new head of the log, a stop, or ``poll_interval`` s."""
+        deadline = time.monotonic() + self.poll_interval
+        while not stop.is_set() and not self._wakeup.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            stop.wait(min(left, self.watch_interval))
+            try:
+                if self.storage.head() != head:
+                    break
+            except StorageError:
+                break  # the next batch reports it
+        self._wakeup.clear()
+
+    def wake(self) -> None:
+        """Look at the log now rather than at the next poll (e.g. after a commit in this process)."""
+        self._wakeup.set()
+
+    def start(self) -> None:
+        """Run the relay in a background thread."""
+        if self._thread is not None:
+            raise RuntimeError("The relay is already started; stop() it first.")
+        self._stop.clear()
+        self._thread = threading.Thread(target=self.run, name=f"mediator-relay-{self.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the background thread after its current batch."""
+        self._stop.set()
+        self._wakeup.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def __enter__(self) -> Relay:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class Inbox:
+    """Append received events to this service's own log, once each: the log's ``event_id`` is unique.
+
+    The service's own :class:`~mediator.readmodels.ReadModels` then project them
+    (delivered in the background or by a worker: inline projections run only in
+    commands' transactions). ``accept`` keeps only those type names; the rest are
+    dropped (a consumer should filter by subject rather than receive them at all).
+
+    The storage must refuse a second event with the same id (SQLite and
+    PostgreSQL do, with a UNIQUE column); the in-memory storage does not.
+    """
+
+    def __init__(self, storage: Storage, *, accept: Collection[str] | None = None) -> None:
+        from adapters.memory import MemoryStorage
+
+        if isinstance(storage, MemoryStorage):
+            raise TypeError("MemoryStorage does not refuse duplicate event ids; give the Inbox a SQLite or "
+                            "PostgreSQL storage.")
+        self.storage = storage
+        self.accept = None if accept is None else frozenset(accept)
+        self.received = 0
+        """New events appended since this inbox was made."""
+        self.duplicates = 0
+        """Events dropped because their id was already in the log."""
+
+    def receive(self, events: Sequence[NewEvent]) -> int:
+        """Append the events of ``events`` not yet in the log, in order, and commit; return how many were new.
+
+        When this returns, they are committed: the caller may acknowledge them to the broker.
+        """
+        accepted = [e for e in events if self.accept is None or e.type_name in self.accept]
+        unique: dict[str, NewEvent] = {}
+        for event in accepted:
+            unique.setdefault(event.event_id, event)  # a broker may deliver one message twice in a batch
+        self.duplicates += len(accepted) - len(unique)
+        batch = list(unique.values())
+        if not batch:
+            return 0
+        if self._append(batch):  # the usual case: none of them seen before, one transaction
+            self.received += len(batch)
+            return len(batch)
+        new = sum(self._append([event]) for event in batch)  # a repeat among them: one at a time
+        self.received += new
+        self.duplicates += len(batch) - new
+        return new
+
+    def _append(self, events: Sequence[NewEvent]) -> bool:
+        """Append ``events`` in one transaction; ``False`` (nothing appended) if one of their ids is in the log."""
+        session = self.storage.begin()
+        try:
+            session.append(events)
+            session.commit()
+        except StorageError as exc:
+            session.rollback()
+            if _is_duplicate(exc):
+                return False
+            raise
+        except BaseException:
+            session.rollback()
+            raise
+        return True
+
+
+def _is_duplicate(error: BaseException) -> bool:
+    """Whether a storage error was the driver refusing a repeated event id (DB-API ``IntegrityError``).
+
+    Appending to the log can break no other constraint: positions are handed out under the writer's lock.
+    """
+    cause = error.__cause__
+    while cause is not None:
+        if any(klass.__name__ == "IntegrityError" for klass in type(cause).__mro__):
+            return True
+        cause = cause.__cause__
+    return False
