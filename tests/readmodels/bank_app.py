@@ -79,8 +79,42 @@ def crash_loop(ack_path: str) -> None:
         os.write(ack, f"{sequence}\n".encode())
 
 
+def load(out_path: str) -> None:
+    """Send deposits of unique amounts until SIGTERM, projecting in the background; log each outcome.
+
+    Each line of ``out_path`` is ``ok AMOUNT`` or ``err AMOUNT ERROR-TYPE: MESSAGE`` (an error at commit
+    leaves it unknown whether the command committed).
+    """
+    import signal
+
+    app = bank()
+    app.engine.start()
+    stop = False
+
+    def stopping(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, stopping)
+    with open(out_path, "a", buffering=1) as out:
+        amount = 0
+        while not stop:
+            amount += 1
+            try:
+                app.mediator.send(Deposit(account=f"acct-{amount % 5}", amount=amount))
+            except Exception as exc:
+                out.write(f"err {amount} {type(exc).__name__}: {' '.join(str(exc).split())}\n")
+                time.sleep(0.05)
+                continue
+            out.write(f"ok {amount}\n")
+            time.sleep(0.002)
+    app.engine.stop()
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "writer":
         writer(int(sys.argv[2]))
     elif sys.argv[1] == "crash-loop":
         crash_loop(sys.argv[2])
+    elif sys.argv[1] == "load":
+        load(sys.argv[2])
