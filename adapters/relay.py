@@ -35,6 +35,7 @@ JetStream; :class:`MemoryPublisher` is the in-memory double for tests.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -105,9 +106,7 @@ class Relay:
         watch_interval: how often an idle relay reads the head of the log (one cheap query) for new events.
         backoff: seconds before the first retry after a failure; doubled per failure, up to ``max_backoff``.
         leased: take the storage's lease on the checkpoint name before each batch (PostgreSQL's advisory lock),
-            so of several relay processes of one name one publishes at a time. The lease is held until the
-            storage is closed or the process ends: ``stop`` leaves it, since ``Storage.release_all`` would free
-            the leases of this process's projection runners as well.
+            so of several relay processes of one name one publishes at a time. ``stop`` gives it up.
     """
 
     def __init__(self, storage: Storage, publisher: Publisher, *, name: str = "relay", select: Selection = None,
@@ -259,12 +258,15 @@ class Relay:
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop the background thread after its current batch."""
+        """Stop the background thread after its current batch, and give up the lease (another relay takes it)."""
         self._stop.set()
         self._wakeup.set()
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+            if self.leased:
+                with contextlib.suppress(Exception):  # a storage that is down has freed its locks already
+                    self.storage.release(self.checkpoint_name)
 
     def __enter__(self) -> Relay:
         self.start()

@@ -15,6 +15,7 @@ from adapters.sqlite import SqliteStorage
 from domain.events import OrderPlaced
 from mediator.readmodels import NewEvent, Projection, ProjectionSession, ReadModels, Storage, StoredEvent, on
 from mediator.testing import settle
+from tests import postgres
 
 from .shop_events import CANCELLED, PLACED, SELECTED, TYPES, append, orders
 
@@ -196,3 +197,30 @@ def test_the_inbox_appends_each_event_id_once(backend: str, tmp_path: Path, requ
 def test_the_inbox_refuses_a_storage_without_unique_event_ids() -> None:
     with pytest.raises(TypeError, match="duplicate event ids"):
         Inbox(MemoryStorage())
+
+
+def test_of_two_relays_of_one_name_on_postgresql_one_publishes_until_it_stops(pg_schema: str) -> None:
+    from adapters.postgres import PostgresStorage
+
+    first_storage = PostgresStorage(postgres.DSN, schema=pg_schema)
+    second_storage = PostgresStorage(postgres.DSN, schema=pg_schema)  # a session of its own, as another process
+    first_broker, second_broker = MemoryPublisher(), MemoryPublisher()
+    first = Relay(first_storage, first_broker, select=SELECTED, poll_interval=0.05)
+    second = Relay(second_storage, second_broker, select=SELECTED, poll_interval=0.05)
+    try:
+        append(first_storage, orders(1, 10))
+        first.start()
+        wait_until(lambda: first_broker.published == selected_in(first_storage))
+        second.start()
+        append(first_storage, orders(11, 10))
+        wait_until(lambda: first_broker.published == selected_in(first_storage))
+        assert second_broker.published == []  # the first holds the relay's lease
+        first.stop()  # gives the lease up: the second takes over where the checkpoint is
+        append(first_storage, orders(21, 10))
+        wait_until(lambda: first_broker.published + second_broker.published == selected_in(first_storage))
+        assert second_broker.published
+    finally:
+        first.stop()
+        second.stop()
+        first_storage.close()
+        second_storage.close()
