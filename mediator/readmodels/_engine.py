@@ -555,25 +555,26 @@ class ReadModels:
         registered = self.types.entries()
         decoders: dict[str, Callable[[str], Any] | None] = {}
         for stored in events:
-            entry = registered.get(stored.type_name)
-            if entry is None or entry.version != stored.version or (blocked and stored.key in blocked):
+            position, _event_id, type_name, version, data, key, _recorded_at, _meta = stored  # cheaper than 5 lookups
+            entry = registered.get(type_name)
+            if entry is None or entry.version != version or (blocked and key in blocked):
                 self._deal_with(track, session, stored, blocked, careful=False)
                 continue
             apply = handlers.get(entry.cls)
             if apply is None:
                 continue
-            decode = decoders.get(stored.type_name)
+            decode = decoders.get(type_name)
             if decode is None:
-                decode = decoders[stored.type_name] = self.types.decoder(entry)
+                decode = decoders[type_name] = self.types.decoder(entry)
             try:
-                event = decode(stored.data)
+                event = decode(data)
             except UndecodableEvent:
                 self._deal_with(track, session, stored, blocked, careful=False)
                 continue
             try:
                 apply(event, session)
             except Exception as exc:
-                raise _Careful(stored.position) from exc
+                raise _Careful(position) from exc
         if events:
             session.advance(events[-1].position)
         return len(events)

@@ -10,6 +10,7 @@ The in-memory, SQLite and PostgreSQL adapters pass the same contract tests.
 from __future__ import annotations
 
 import abc
+import functools
 import time
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import AbstractContextManager
@@ -250,6 +251,7 @@ class Storage(abc.ABC):
             after = chunk[-1].position
 
 
+@functools.lru_cache(maxsize=4096)  # called per event by projections: the same few names, over and over
 def table_name(projection: str, table: str, generation: int) -> str:
     """The storage name of a read-model table: one set of tables per projection generation."""
     return f"{projection}__{table}__g{generation}"

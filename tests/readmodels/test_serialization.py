@@ -126,3 +126,20 @@ def test_any_text_round_trips(customer_id: str, full_name: str) -> None:
     types = registry()
     event = Renamed(customer_id=customer_id, full_name=full_name)
     assert types.decode(*types.encode(event)) == event
+
+
+def test_stored_data_with_whitespace_or_trailing_text_decodes_as_json_loads_says() -> None:
+    @attrs.frozen(kw_only=True)
+    class Noted(Event):
+        text: str
+        count: int = 0
+
+    types = EventTypes()
+    types.register(Noted, name="t.noted")
+    decode = types.decoder(types.entry(Noted))
+    assert decode('{"text": "a", "count": 2}') == Noted(text="a", count=2)
+    assert decode('  {"text": "b"}\n') == Noted(text="b")  # written by hand or another tool: still JSON
+    with pytest.raises(UndecodableEvent, match="Extra data"):
+        decode('{"text": "c"} {"text": "d"}')
+    with pytest.raises(UndecodableEvent, match="expected str"):
+        decode('{"text": 3}')
