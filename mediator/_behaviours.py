@@ -247,7 +247,15 @@ class _BoundLogging:
         return fields
 
     def _ok(self, message: Any, started: int, **extra: Any) -> None:
-        self.log_ok("message handled", outcome="ok", **extra, **self._fields(message, started))
+        ctx = _current.get()
+        if extra or ctx is None or not self.include_fields:
+            self.log_ok("message handled", outcome="ok", **extra, **self._fields(message, started))
+            return
+        # Every successful dispatch comes here: the fields as keywords, not a dict built and then unpacked.
+        self.log_ok("message handled", outcome="ok", message_type=self.type_name, kind=self.kind,
+                    duration_ms=round((time.perf_counter_ns() - started) / 1e6, 3),
+                    correlation_id=ctx.correlation_id, causation_id=ctx.causation_id, message_id=ctx.message_id,
+                    fields={name: "***" if name in self.hidden else getattr(message, name) for name in self.names})
 
     def _failed(self, message: Any, started: int, exc: BaseException) -> None:
         if self.enabled(self.error_level):

@@ -90,6 +90,7 @@ def test_disabled_level_formats_nothing(monkeypatch: pytest.MonkeyPatch) -> None
 
     monkeypatch.setattr("mediator._behaviours.loggable_fields", must_not_run)
     monkeypatch.setattr("mediator._behaviours._BoundLogging._fields", must_not_run)
+    monkeypatch.setattr("mediator._behaviours._BoundLogging._ok", must_not_run)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     try:
         reg = Registry()
