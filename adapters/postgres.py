@@ -115,12 +115,19 @@ _DEAD_LETTER_COLUMNS = "projection, generation, position, event_id, type_name, k
 def connection_options(schema: str) -> dict[str, Any]:
     """The libpq options of every engine connection: autocommit, ``schema`` first on the path, keepalives.
 
-    Keepalives make a connection to a vanished peer fail within about 15 s instead of hanging, so a worker on a
-    dead network path loses its advisory locks (and the server frees them) in bounded time. The application
-    name ``mediator:<pid>`` shows in ``pg_stat_activity`` which process holds what.
+    Keepalives on both ends make a connection over a dead network path fail within about 15 s instead of
+    hours: the client stops using it, and the server ends the session and frees its advisory locks, so a
+    standby takes the projection over (the server's side is set per session: ``tcp_keepalives_*`` and
+    ``client_connection_check_interval``, PostgreSQL 14+). A process that dies frees them at once. The
+    application name ``mediator:<pid>`` shows in ``pg_stat_activity`` which process holds what.
     """
-    return {"autocommit": True, "options": f"-c search_path={schema}", "keepalives": 1, "keepalives_idle": 5,
-            "keepalives_interval": 2, "keepalives_count": 3, "application_name": f"mediator:{os.getpid()}"}
+    # The client's keepalives end our side of a dead path; the server's (the -c settings, per session) end its
+    # side, and with it the session and its advisory locks, so a standby can take over in bounded time.
+    server_side = ("-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3 "
+                   "-c client_connection_check_interval=2000")
+    return {"autocommit": True, "options": f"-c search_path={schema} {server_side}", "keepalives": 1,
+            "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
+            "application_name": f"mediator:{os.getpid()}"}
 
 
 def connect(dsn: str, schema: str, **options: Any) -> psycopg.Connection[Any]:
@@ -357,6 +364,7 @@ class PostgresStorage(Storage):
     """
 
     notifies = True
+    leases = True
 
     def __init__(self, dsn: str, *, schema: str = "public", connect_timeout: float = 5.0,
                  lock_recheck: float = 1.0) -> None:
@@ -426,14 +434,34 @@ class PostgresStorage(Storage):
         would fail although the server is back. Outside a transaction, reading again is always safe.
         """
         connection = self._read()
+        # Inside a projection's transaction (this thread's connection is the session's), a new connection
+        # would read outside it, and the session would go on with the dead one: let the session fail instead.
+        outside = connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
         try:
             return connection.execute(query, params).fetchall()
         except psycopg.OperationalError:
+            if not (outside and connection.broken):
+                raise
+            # Not closed here: a caller may hold it (read_connection); it is broken, and dropped from the thread.
+            self._local.read = None
+            with self._all_lock:
+                self._all.discard(connection)
+            return self._read().execute(query, params).fetchall()
+
+    def _begin(self) -> psycopg.Connection[Any]:
+        """This thread's connection with a transaction begun on it; a new connection if that one broke."""
+        connection = self._read()
+        try:
+            connection.execute("BEGIN")
+        except psycopg.OperationalError:
             if not connection.broken:
                 raise
-            self._forget(connection)
             self._local.read = None
-            return self._read().execute(query, params).fetchall()
+            with self._all_lock:
+                self._all.discard(connection)
+            connection = self._read()
+            connection.execute("BEGIN")
+        return connection
 
     async def async_connect(self) -> psycopg.AsyncConnection[Any]:
         """A new asyncio connection to this storage's database and schema, for ``async`` query handlers.
@@ -448,8 +476,23 @@ class PostgresStorage(Storage):
         except psycopg.Error as exc:
             raise StorageError(f"PostgreSQL failed to connect: {exc}") from exc
 
+    def query(self, statement: Any, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Rows of a read-only ``statement`` on this thread's connection, for query handlers.
+
+        Autocommit, so it sees the latest commit. A connection broken by a server restart is replaced and the
+        statement run once more; a server that stays unreachable raises :class:`StorageError`. An error in the
+        statement itself (a missing table, say) raises psycopg's own error, as from ``execute``.
+        """
+        try:
+            return self._rows(statement, params)
+        except psycopg.OperationalError as exc:
+            raise StorageError(f"PostgreSQL failed to run a query: {exc}") from exc
+
     def read_connection(self) -> psycopg.Connection[Any]:
-        """This thread's connection, for query handlers (autocommit: every statement sees the latest commit)."""
+        """This thread's connection, for query handlers (autocommit: every statement sees the latest commit).
+
+        Prefer :meth:`query`, which recovers from a server restart: a connection held across one fails once.
+        """
         with _translated("connect"):
             return self._read()
 
@@ -529,8 +572,7 @@ class PostgresStorage(Storage):
     @contextlib.contextmanager
     def session(self, name: str, generation: int) -> Iterator[ProjectionSession]:
         with _translated("begin a projection transaction"):
-            connection = self._read()
-            connection.execute("BEGIN")
+            connection = self._begin()
         try:
             session = PostgresProjectionSession(connection, name, generation)
             yield session
@@ -579,6 +621,12 @@ class PostgresStorage(Storage):
                 return True
             return False
 
+    def transient(self, exc: BaseException) -> bool:
+        # Connection failures (a restart included: AdminShutdown), deadlocks, serialisation failures, lock and
+        # statement timeouts: none says anything about the event being applied.
+        return isinstance(exc, StorageError | psycopg.OperationalError | psycopg.errors.TransactionRollback
+                          | psycopg.errors.InFailedSqlTransaction)
+
     def holds(self, name: str) -> bool:
         return name in self._held
 
@@ -614,7 +662,14 @@ class PostgresStorage(Storage):
 
     def swap(self, name: str, generation: int) -> None:
         with _translated("swap a generation"):
-            _swap(self._read(), name, generation)
+            connection = self._begin()
+            try:
+                _swap(connection, name, generation)
+                connection.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(StorageError):
+                    _abandon(connection)
+                raise
 
     def rebuilding(self, name: str) -> int | None:
         with _translated("read a rebuild"):
@@ -622,9 +677,8 @@ class PostgresStorage(Storage):
         return int(rows[0][0]) if rows else None
 
     def claim_rebuild(self, name: str) -> int:
-        connection = self._read()
         with _translated("claim a rebuild"):
-            connection.execute("BEGIN")
+            connection = self._begin()
             try:
                 # One claim at a time per projection, across processes.
                 connection.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(self.schema, f"rebuild:{name}"),))
@@ -646,9 +700,8 @@ class PostgresStorage(Storage):
         return int(row[0])
 
     def finish_rebuild(self, name: str, generation: int, old: int) -> bool:
-        connection = self._read()
         with _translated("finish a rebuild"):
-            connection.execute("BEGIN")
+            connection = self._begin()
             try:
                 done = _finish_rebuild_on(connection, name, generation, old, live=True)
                 connection.execute("COMMIT")

@@ -254,7 +254,7 @@ class Relay:
         if self._thread is not None:
             raise RuntimeError("The relay is already started; stop() it first.")
         self._stop.clear()
-        self._thread = threading.Thread(target=self.run, name=f"mediator-relay-{self.name}", daemon=True)
+        self._thread = threading.Thread(target=self._run_thread, name=f"mediator-relay-{self.name}", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -264,6 +264,11 @@ class Relay:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+
+    def _run_thread(self) -> None:
+        try:
+            self.run()
+        finally:  # the lease goes with the thread, whenever it ends
             if self.leased:
                 with contextlib.suppress(Exception):  # a storage that is down has freed its locks already
                     self.storage.release(self.checkpoint_name)

@@ -268,7 +268,7 @@ class PostgresReadViews(ReadViews):
         connection = self.storage.read_connection()
         try:
             if connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
-                return connection.execute(sql, params).fetchall()  # autocommit: a failure leaves nothing behind
+                return self.storage.query(sql, params)  # autocommit; survives a server restart
             with connection.transaction():  # a savepoint: a missing table must not abort the caller's transaction
                 return connection.execute(sql, params).fetchall()
         except errors.UndefinedTable:

@@ -325,6 +325,13 @@ class SqliteStorage(Storage):
     def _read(self) -> sqlite3.Connection:
         return self._connection("read", self.read_path)
 
+    def transient(self, exc: BaseException) -> bool:
+        # "database is locked" (another process held the lock past the busy timeout), a disk I/O error.
+        if isinstance(exc, StorageError):
+            return True
+        return isinstance(exc, sqlite3.OperationalError) and any(
+            word in str(exc) for word in ("database is locked", "database table is locked", "disk I/O error"))
+
     def read_connection(self) -> sqlite3.Connection:
         """This thread's connection to the read models, for query handlers (never inside a transaction)."""
         return self._read()

@@ -511,6 +511,9 @@ class ReadModels:
             # An event failed and the whole batch was rolled back: redo it event by event, with savepoints.
             # That failure was the event's attempt; the redo stops before the event instead of trying it again.
             cause = failed.__cause__ if isinstance(failed.__cause__, Exception) else failed
+            if self.storage.transient(cause):  # the storage failed, not the event: nothing to count
+                raise StorageError(f"Projection {track.name!r} lost its storage at position {failed.position}: "
+                                   f"{qualname(type(cause))}: {cause}") from cause
             handled = self._batch(track, generation, replaying, careful=True, failed=(failed.position, cause))
         if handled:
             for listener in self.on_applied:
@@ -616,7 +619,14 @@ class ReadModels:
 
     def _failed(self, track: _Track, session: ProjectionSession, stored: StoredEvent, blocked: set[str],
                 exc: Exception) -> bool:
-        """Count a failed attempt: back off and stop the batch (``False``), or park the event at the last."""
+        """Count a failed attempt: back off and stop the batch (``False``), or park the event at the last.
+
+        A failure of the storage itself (a dropped connection, a deadlock) is not the event's fault: it is
+        raised as :class:`StorageError`, the batch rolls back, and the runner tries again without counting it.
+        """
+        if self.storage.transient(exc):
+            raise StorageError(f"Projection {track.name!r} lost its storage at position {stored.position}: "
+                               f"{qualname(type(exc))}: {exc}") from exc
         attempt_key = (session.generation, stored.position)
         attempts = track.attempts.get(attempt_key, 0) + 1
         if attempts < self.max_attempts:
@@ -638,23 +648,26 @@ class ReadModels:
 
     def catch_up(self, *, deliveries: Iterable[Delivery] = (Delivery.BACKGROUND, Delivery.WORKER),
                  ignore_backoff: bool = False, finishing: bool = False, leased: bool = False,
-                 only: Collection[str] | None = None) -> int:
+                 only: Collection[str] | None = None, stop: threading.Event | None = None) -> int:
         """Run every selected projection (and rebuild) until none has more to do now; return events dealt with.
 
         ``finishing`` also runs the live generation of each projection being rebuilt, whatever its delivery:
         a rebuild is swapped in only once the live generation has caught up with it. ``leased`` runs only the
         projections this process holds (or can take) the storage's lock on, as runners do: with several
         runner processes, each projection is run by one at a time. Without it, projection transactions of
-        different processes still take turns, so nothing is applied twice. ``only`` limits it to those names.
+        different processes still take turns, so nothing is applied twice. ``only`` limits it to those names;
+        ``stop``, once set, ends it after the current batch.
         """
         wanted = set(deliveries)
         total = 0
         progressed = True
-        while progressed:
+        while progressed and not (stop is not None and stop.is_set()):
             progressed = False
             for track in list(self._tracks.values()):
                 if only is not None and track.name not in only:
                     continue
+                if stop is not None and stop.is_set():
+                    break
                 if track.retired:
                     self._retire(track)
                 generations = self._generations(track)
@@ -666,7 +679,9 @@ class ReadModels:
                     continue  # another process runs it (a lease is taken only on what this runner would run)
                 rebuilding = len(generations) > 1
                 for generation, replaying in generations:
-                    if not replaying and track.delivery not in wanted and not (finishing and rebuilding):
+                    # A leased runner helping with a rebuild holds the projection: nobody else can run its live
+                    # generation, which must catch up before the swap. So it runs that too, until the swap.
+                    if not replaying and track.delivery not in wanted and not ((finishing or leased) and rebuilding):
                         continue
                     done = self.run_batch(track, generation, replaying, ignore_backoff=ignore_backoff)
                     total += done
@@ -705,9 +720,9 @@ class ReadModels:
         self._wakeup.set()
         if self._thread is not None:
             self._thread.join(timeout)
+            if self._thread.is_alive():  # in a batch longer than the timeout: it gives up its leases as it ends
+                log.warning("projection runner still finishing its batch", timeout=timeout)
             self._thread = None
-            with contextlib.suppress(Exception):  # a storage that is down has freed its locks already
-                self.storage.release_all()
 
     def log_lag(self) -> list[Lag]:
         """Log one structlog line per projection generation with its lag; return the rows."""
@@ -719,6 +734,15 @@ class ReadModels:
         return rows
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        finally:  # this runner's leases go with it (only its projections': a relay may share the storage)
+            for name in self._tracks:
+                with contextlib.suppress(Exception):  # a storage that is down has freed its locks already
+                    if self.storage.holds(name):
+                        self.storage.release(name)
+
+    def _loop(self) -> None:
         assert self._runs is not None
         while not self._stop.is_set():
             if time.monotonic() >= self._next_lag_log:
@@ -727,7 +751,7 @@ class ReadModels:
                     self.log_lag()
             try:
                 head = self.storage.head()  # before the catch-up: a commit after this read wakes the idle wait
-                done = self.catch_up(deliveries=(self._runs,), leased=True, only=self._only)
+                done = self.catch_up(deliveries=(self._runs,), leased=True, only=self._only, stop=self._stop)
             except Exception as exc:  # a storage outage: log, wait, try again; never die silently
                 log.error("projection runner failed, retrying", error_type=qualname(type(exc)), error=str(exc))
                 done = 0
@@ -792,10 +816,11 @@ class ReadModels:
         names = list(self._tracks) if names is None else list(names)
         deadline = time.monotonic() + timeout
         local = self._thread is not None and self._thread.is_alive()
-        # Progress made elsewhere (a worker, or another process's runner holding the projection's lock) is
-        # not announced here: poll for it.
-        remote = any(not local or self._tracks[n].delivery is not self._runs or not self.storage.holds(n)
-                     or (self._only is not None and n not in self._only) for n in names)
+        # Progress made elsewhere (a worker, or another process's runner holding the projection's lease) is
+        # not announced here: poll for it. With leases, always: this runner may lose one at any moment.
+        remote = self.storage.leases or any(
+            not local or self._tracks[n].delivery is not self._runs or (self._only is not None and n not in self._only)
+            for n in names)
         pause = 0.00025
         with self._progress:
             while self.reached(token, names):

@@ -208,6 +208,10 @@ class Storage(abc.ABC):
     def all_dead_letters(self, name: str | None = None) -> list[DeadLetter]:
         """Dead letters of current generations, of one projection or all."""
 
+    leases: bool = False
+    """Whether runners hold projections by lease (:meth:`acquire`): then another process's runner may be the
+    one running a projection, and read-your-writes waits poll its checkpoint rather than wait for this one's."""
+
     notifies: bool = False
     """Whether :meth:`wait_for_append` blocks until an append (PostgreSQL's LISTEN) rather than sleeping."""
 
@@ -222,6 +226,14 @@ class Storage(abc.ABC):
         always say yes; PostgreSQL holds an advisory lock, freed when the process dies.
         """
         return True
+
+    def transient(self, exc: BaseException) -> bool:
+        """Whether ``exc``, raised while applying an event, is the storage failing rather than the event.
+
+        Such failures (a dropped connection, a deadlock, a server restart) are retried without counting
+        as the event's attempts, so they never park a healthy event. Backends add their driver's errors.
+        """
+        return isinstance(exc, StorageError)
 
     def holds(self, name: str) -> bool:
         """Whether this process holds projection ``name`` (see :meth:`acquire`); without locks, always."""

@@ -140,10 +140,9 @@ class PostgresBalances(BalancesView):
     def all(self, engine: ReadModels) -> dict[str, int]:
         import psycopg
 
-        connection = self.storage.read_connection()  # type: ignore[attr-defined]
         try:
-            rows = connection.execute(f"SELECT account, amount FROM {engine.table('balances', 'balance')}")
-            return dict(rows.fetchall())
+            return dict(self.storage.query(  # type: ignore[attr-defined]
+                f"SELECT account, amount FROM {engine.table('balances', 'balance')}"))
         except psycopg.errors.UndefinedTable:  # no table yet: nothing projected
             return {}
 

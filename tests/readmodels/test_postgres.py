@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from mediator import Registry
-from mediator.readmodels import Delivery, NewEvent, ReadModels, StoredEvent, consistent, last_token
+from mediator.readmodels import Delivery, NewEvent, ReadModels, StorageError, StoredEvent, consistent, last_token
 from tests import postgres
 
 from .bank import Balances, Deposit, GetBalance, PostgresBalances, deposit, event_types, make_bank
@@ -384,3 +384,135 @@ def test_a_runner_takes_no_lease_on_what_it_does_not_run_and_gives_back_a_rebuil
     bank.engine.catch_up(deliveries=(Delivery.BACKGROUND,), leased=True)
     assert bank.engine.rebuilding == []  # replayed and swapped in by this runner, under the lease
     assert not pg.holds("balances")  # given back once the rebuild was over
+
+
+def test_a_dropped_connection_while_applying_is_retried_without_parking_the_event(pg: Any) -> None:
+    bank = make_bank(pg, Delivery.BACKGROUND, max_attempts=2, backoff=0.01)
+    drops = {"left": 3}  # more than max_attempts: counted as the event's failures, it would be parked
+    add = bank.projection.view.add
+
+    def dropping(session: Any, account: str, amount: int) -> None:
+        if amount == 3 and drops["left"]:
+            drops["left"] -= 1
+            session.handle.execute("SELECT pg_terminate_backend(pg_backend_pid())")  # a restart, a proxy, ...
+        add(session, account, amount)
+
+    bank.projection.view.add = dropping  # type: ignore[method-assign]
+    for amount in range(1, 6):
+        bank.mediator.send(Deposit(account="a", amount=amount))
+    for _drop in range(3):  # each drop fails the batch as the storage's failure, not the event's
+        with pytest.raises(StorageError, match="lost its storage at position 3"):
+            bank.engine.catch_up(ignore_backoff=True)
+    bank.engine.catch_up(ignore_backoff=True)
+    assert bank.engine.dead_letters() == []
+    assert bank.balances() == {"a": 15}
+
+
+def test_stop_ends_the_runner_after_its_batch_and_frees_its_leases(pg: Any, pg_schema: str) -> None:
+    from adapters.postgres import PostgresStorage
+
+    session = pg.begin()
+    session.append([NewEvent(f"s{n}", "bank.deposited", 1, f'{{"account": "a", "amount": {n}}}', "a", 0.0)
+                    for n in range(1, 3001)])
+    session.commit()
+    bank = make_bank(pg, Delivery.WORKER, batch_size=100)
+    bank.projection.pause = 0.002  # 0.2 s a batch: 6 s for the whole log
+    bank.engine.start(Delivery.WORKER)
+    deadline = time.monotonic() + 10
+    while pg.checkpoint("balances", 1) == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    bank.engine.stop(timeout=30)
+    stopped_at = pg.checkpoint("balances", 1)
+    assert stopped_at < 3000  # it did not drain the log first
+    other = PostgresStorage(postgres.DSN, schema=pg_schema)
+    try:
+        assert other.acquire("balances")  # the lease went with the runner
+        time.sleep(0.5)
+        assert pg.checkpoint("balances", 1) == stopped_at  # and nothing runs any more
+    finally:
+        other.close()
+
+
+def test_an_idle_runner_whose_listener_connection_dropped_still_sees_the_next_append(pg: Any, pg_schema: str) -> None:
+    import psycopg
+
+    from adapters.postgres import PostgresStorage
+
+    bank = make_bank(pg, poll_interval=0.2)
+    bank.engine.start()
+    writer = PostgresStorage(postgres.DSN, schema=pg_schema)
+    try:
+        writer_bank = make_bank(writer, Delivery.WORKER)
+        writer_bank.mediator.send(Deposit(account="a", amount=1))
+        assert bank.engine.wait(writer.head(), timeout=10)
+        deadline = time.monotonic() + 10
+        with psycopg.connect(postgres.DSN, autocommit=True) as admin:  # the listener's connection is dropped
+            while not (ended := admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'LISTEN %%' "
+                    "AND application_name = %s", (f"mediator:{os.getpid()}",)).fetchall()):
+                assert time.monotonic() < deadline, "the runner never listened"
+                time.sleep(0.01)  # until the idle runner has started listening
+        assert ended == [(True,)]
+        writer_bank.mediator.send(Deposit(account="a", amount=2))  # its NOTIFY reaches nobody
+        assert bank.engine.wait(writer.head(), timeout=10)
+        assert bank.balances() == {"a": 3}
+    finally:
+        bank.engine.stop()
+        writer.close()
+
+
+def _end_this_process_sessions() -> None:
+    """What a server restart does to this process: every one of its connections is ended by the server."""
+    import psycopg
+
+    with psycopg.connect(postgres.DSN, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+                      (f"mediator:{os.getpid()}",))
+    time.sleep(0.2)  # the ended sessions' sockets are closed by then
+
+
+def test_after_the_server_ended_every_connection_each_operation_works_at_the_first_try(pg: Any) -> None:
+    bank = make_bank(pg, Delivery.BACKGROUND, retire_after=0)
+    bank.mediator.send(Deposit(account="a", amount=1))
+    bank.engine.catch_up()
+    assert pg.wait_for_append(0.01)  # the listener, too
+    operations = [
+        ("a query", lambda: bank.mediator.ask(GetBalance(account="a")), 1),
+        ("a command", lambda: bank.mediator.send(Deposit(account="a", amount=2)), None),
+        ("the head", pg.head, 2),
+        ("a catch-up", bank.engine.catch_up, 1),
+        ("a rebuild's claim", lambda: bank.engine.rebuild("balances"), 2),
+        ("a rebuild's finish", bank.engine.finish_rebuilds, None),
+        ("a swap", lambda: pg.swap("balances", 2), None),
+        ("a checkpoint", lambda: pg.checkpoint("balances", 2), 2),
+    ]
+    for label, operation, expected in operations:
+        _end_this_process_sessions()
+        assert operation() == expected, label
+    assert bank.balances() == {"a": 3}
+
+
+def test_a_runner_helping_with_a_rebuild_also_brings_the_live_generation_up_to_it(pg: Any) -> None:
+    # No worker is running (it died, or none was started): the live generation is behind. A service's runner
+    # that takes the lease to help with the rebuild must move the live generation too, or the swap waits on
+    # it for ever while the lease keeps every worker out.
+    bank = make_bank(pg, Delivery.WORKER)
+    for amount in (1, 2, 3):
+        bank.mediator.send(Deposit(account="a", amount=amount))
+    bank.engine.rebuild("balances")
+    bank.engine.catch_up(deliveries=(Delivery.BACKGROUND,), leased=True)
+    assert bank.engine.rebuilding == []
+    assert bank.engine.storage.current_generation("balances") == 2
+    assert pg.checkpoint("balances", 1) == pg.head()  # the live generation delivered the events first
+    assert not pg.holds("balances")
+    assert bank.balances() == {"a": 6}
+
+
+def test_the_server_side_of_every_connection_gives_up_on_a_dead_peer_in_seconds(pg: Any) -> None:
+    # Without these, the server keeps a partitioned worker's session, and its leases, for about two hours.
+    connection = pg.read_connection()
+    settings = {name: connection.execute(f"SHOW {name}").fetchone()[0] for name in (
+        "tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count", "client_connection_check_interval")}
+    assert settings == {"tcp_keepalives_idle": "5", "tcp_keepalives_interval": "2", "tcp_keepalives_count": "3",
+                        "client_connection_check_interval": "2s"}

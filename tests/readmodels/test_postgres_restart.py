@@ -3,8 +3,9 @@
 A writer process sends deposits and projects them in the background while the
 server is stopped and started again. While it is down, commands fail with a
 ``StorageError`` that says PostgreSQL failed and why; once it is back they
-succeed again without restarting the process; no acknowledged command is lost,
-none is stored twice, and the read model equals the log.
+succeed again without restarting the process, whose projection runner resumes
+too; no acknowledged command is lost, none is stored twice, and the read model
+equals the log.
 
 It stops the machine's PostgreSQL server for a few seconds, so it runs only where
 ``pg_ctlcluster`` can do that (every machine of this project, and CI).
@@ -77,6 +78,15 @@ def test_a_restart_under_load_fails_commands_clearly_then_resumes_losing_nothing
         _up_again(deadline)
         resumed_from = len(_lines(out))
         _wait_for(out, "ok", 20, deadline, after=resumed_from)
+        # The writer's own runner came back too: it applies what was committed after the restart.
+        watcher = PostgresStorage(postgres.DSN, schema=pg_schema)
+        try:
+            head = watcher.head()
+            while watcher.checkpoint("balances", 1) < head:
+                assert time.monotonic() < deadline, "the writer's projection runner did not resume"
+                time.sleep(0.05)
+        finally:
+            watcher.close()
     finally:
         writer.send_signal(signal.SIGTERM)
         assert writer.wait(timeout=30) == 0
