@@ -37,12 +37,12 @@ notification was lost with a dropped connection.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import threading
 import time
 import weakref
-import zlib
 from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
@@ -172,10 +172,9 @@ def _abandon(connection: psycopg.Connection[Any]) -> None:
 
 
 def lock_key(schema: str, projection: str) -> int:
-    """The advisory lock key of a projection: a stable 63-bit number from schema and name."""
-    high = zlib.crc32(schema.encode())
-    low = zlib.crc32(projection.encode())
-    return ((high & 0x7FFFFFFF) << 32) | low
+    """The advisory lock key of a projection: a stable 63-bit number from schema and name (BLAKE2b)."""
+    digest = hashlib.blake2b(f"{schema}\0{projection}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") & 0x7FFFFFFFFFFFFFFF
 
 
 class PostgresProjectionSession(ProjectionSession):
@@ -185,12 +184,15 @@ class PostgresProjectionSession(ProjectionSession):
         self.handle = connection
         # Locks the checkpoint row until this transaction ends: two sessions of one generation run one after the
         # other, and the second reads the checkpoint the first committed.
-        row = connection.execute(
-            "INSERT INTO projection_tracking (projection, generation, position) VALUES (%s, %s, 0) "
-            "ON CONFLICT (projection, generation) DO UPDATE SET position = projection_tracking.position "
-            "RETURNING position", (name, generation),
-        ).fetchone()
-        assert row is not None
+        # A row lock, not a write: an idle runner polling every projection must not write a row each time.
+        lock = "SELECT position FROM projection_tracking WHERE projection = %s AND generation = %s FOR UPDATE"
+        row = connection.execute(lock, (name, generation)).fetchone()
+        if row is None:  # the generation's first session: make its row (once, whoever races), then lock it
+            connection.execute(
+                "INSERT INTO projection_tracking (projection, generation, position) VALUES (%s, %s, 0) "
+                "ON CONFLICT (projection, generation) DO NOTHING", (name, generation))
+            row = connection.execute(lock, (name, generation)).fetchone()
+            assert row is not None
         self._position: int = row[0]
         self._moved = False
         self._savepoints = 0
