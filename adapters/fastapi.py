@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mediator import AsyncMediator, MediatorError, NotAMessageError, ValidationError, current_context
-from mediator.readmodels import ConsistencyTimeout, consistent, last_token
+from mediator.readmodels import ConsistencyTimeout, StorageError, consistent, last_token
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -153,7 +153,8 @@ def problem(status: int, error: str, detail: str, **extra: Any) -> JSONResponse:
 
 
 def install_error_handlers(app: FastAPI, status_of: Mapping[type[Exception], tuple[int, str]]) -> None:
-    """Map errors to HTTP: validation 422 with field errors, ``status_of`` for the domain's, anything else 500.
+    """Map errors to HTTP: validation 422 with field errors, ``status_of`` for the domain's, a read model not
+    caught up in time or the storage unavailable 503 (with ``Retry-After``), anything else 500.
 
     A 500 carries the correlation id and no detail from the exception, so nothing internal leaks.
     """
@@ -179,6 +180,14 @@ def install_error_handlers(app: FastAPI, status_of: Mapping[type[Exception], tup
     @app.exception_handler(ConsistencyTimeout)
     async def stale(request: Request, exc: ConsistencyTimeout) -> JSONResponse:
         return problem(503, "not_yet_consistent", "The read model has not caught up yet; retry shortly.")
+
+    @app.exception_handler(StorageError)
+    async def storage_down(request: Request, exc: StorageError) -> JSONResponse:
+        # The database is unreachable or restarting: the request may succeed if sent again shortly.
+        log.error("storage unavailable", error=str(exc))
+        answer = problem(503, "storage_unavailable", "The service's database is unavailable; retry shortly.")
+        answer.headers["Retry-After"] = "1"
+        return answer
 
     for error_type, (status, error) in status_of.items():
         app.add_exception_handler(error_type, _mapped(status, error))

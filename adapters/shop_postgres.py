@@ -25,8 +25,9 @@ import functools
 import json
 import re
 import unicodedata
+from collections.abc import Callable
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import errors
@@ -46,7 +47,7 @@ from domain.messages import (
 )
 from domain.model import Order, OrderStatus, Product, Stock
 from handlers.ports import ReadViews, WriteModel
-from mediator.readmodels import ProjectionSession, ReadModels
+from mediator.readmodels import ProjectionSession, ReadModels, StorageError
 
 WRITE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS customers (customer_id TEXT PRIMARY KEY, name TEXT NOT NULL, email TEXT NOT NULL);
@@ -75,10 +76,36 @@ _CURRENT_VERSION = {
     "stock": "SELECT version FROM stock WHERE product_id = %s",
     "orders": "SELECT version FROM orders WHERE order_id = %s",
 }
+T = TypeVar("T")
 _LOST_RACE = (errors.DeadlockDetected, errors.SerializationFailure)
 """What PostgreSQL raises on the statement it aborts when two transactions each wait for the other."""
 
 
+def _storage_errors_translated(cls: type[T]) -> type[T]:
+    """Wrap each public method so a lost connection (a restart, a network failure) is a ``StorageError``.
+
+    Errors in the statements themselves, and the conflicts the methods raise, pass through unchanged.
+    """
+    for name, method in list(vars(cls).items()):
+        if callable(method) and not name.startswith("_"):
+            setattr(cls, name, _translating(method))
+    return cls
+
+
+def _translating(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except _LOST_RACE:
+            raise  # a lost race, not a lost connection: the caller's conflict handling decides
+        except psycopg.OperationalError as exc:
+            raise StorageError(f"PostgreSQL failed in the write model: {exc}") from exc
+
+    return call
+
+
+@_storage_errors_translated
 class PostgresWriteModel(WriteModel):
     """Aggregates to and from the write tables; ``tx`` is the command's ``psycopg.Connection``."""
 

@@ -270,3 +270,29 @@ def test_an_order_keeps_its_shipping_address_for_shipping_only(server: tuple[htt
                                             "items": [{"product_id": ids["product"], "quantity": 1}]},
                            headers={"X-Customer-Id": ids["customer"]})
     assert (too_long.status_code, list(too_long.json()["fields"])) == (422, ["shipping_address"])
+
+
+def test_a_database_that_is_down_is_a_503_to_retry_with_nothing_internal(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mediator.readmodels import StorageError
+
+    shop = build_shop(tmp_path / "shop.db", logging=False)
+
+    def down(*_args: object) -> object:
+        raise StorageError("PostgreSQL failed to begin a write transaction: connection to 10.0.0.7 refused")
+
+    monkeypatch.setattr(shop.views, "product_inventory", down)
+    monkeypatch.setattr(shop.storage, "begin", down)
+    try:
+        with serving(asgi(shop), log_level="critical") as client, capture_logs() as logs:
+            read = client.get("/products/p1/inventory")
+            write = client.post("/categories", json={"name": "Lamps"}, headers=ADMIN)
+    finally:
+        shop.close()
+    for answer in (read, write):
+        assert answer.status_code == 503
+        assert answer.headers["retry-after"] == "1"
+        assert answer.json() == {"error": "storage_unavailable",
+                                 "detail": "The service's database is unavailable; retry shortly."}
+        assert "10.0.0.7" not in answer.text
+    assert [e["event"] for e in logs].count("storage unavailable") == 2

@@ -363,3 +363,22 @@ def test_every_read_model_answers_as_on_sqlite(tmp_path: Path) -> None:
     for backend in ("sqlite", "postgres"):
         (tmp_path / backend).mkdir()
     assert answers("postgres") == answers("sqlite")
+
+
+def test_a_lost_connection_in_the_write_model_is_a_storage_error(pg_schema: str) -> None:
+    import psycopg
+
+    from adapters.shop_app import build_shop
+    from mediator.readmodels import StorageError
+    from tests import postgres
+
+    shop = build_shop(postgres=postgres.DSN, schema=pg_schema, logging=False)
+    session = shop.storage.begin()
+    try:
+        with psycopg.connect(postgres.DSN, autocommit=True) as admin:  # the server goes away mid-command
+            admin.execute("SELECT pg_terminate_backend(%s)", (session.handle.info.backend_pid,))
+        with pytest.raises(StorageError, match="PostgreSQL failed in the write model"):
+            shop.model.add_category(session.handle, "c1", "Lamps")
+    finally:
+        session.rollback()
+        shop.close()
