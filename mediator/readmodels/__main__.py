@@ -11,8 +11,9 @@
 ``module:attribute``. ``worker`` runs the projections delivered as
 ``Delivery.WORKER`` (and rebuilds) until stopped with SIGTERM or Ctrl-C; ``--only``
 limits it to some of them. Several workers may run at once: on PostgreSQL each
-projection is run by one of them at a time, and another takes it over when that
-one dies.
+projection is run by one of them at a time (a lease), and another takes it over
+when that one dies. ``worker --once`` and ``rebuild`` take no lease: they may run
+beside the lease holder, whose batches and theirs take turns on the checkpoint row.
 """
 
 from __future__ import annotations
