@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import contextvars
 import inspect
+import os
 import threading
-import uuid
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
@@ -26,8 +26,16 @@ _current: contextvars.ContextVar[DispatchContext | None] = contextvars.ContextVa
 )
 
 
-def _new_id() -> str:
-    return uuid.uuid4().hex
+def _new_id(urandom: Callable[[int], bytes] = os.urandom) -> str:
+    """A random (version 4) UUID as 32 hex digits, as ``uuid.uuid4().hex`` but without building a ``UUID``.
+
+    Three are made per command (its event's id, the correlation and message ids), and ``uuid.UUID``'s
+    checks cost more than the randomness.
+    """
+    raw = bytearray(urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # the RFC 4122 variant
+    return raw.hex()
 
 
 class Scope:

@@ -20,7 +20,6 @@ import contextvars
 import json
 import threading
 import time
-import uuid
 import weakref
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -29,6 +28,7 @@ import attrs
 import structlog
 
 from .._context import _current
+from .._context import _new_id as new_id
 from .._errors import MediatorError
 from .._messages import Event, Kind, qualname
 from ._ports import (
@@ -421,7 +421,7 @@ class ReadModels:
             new = []
             for event, key in recorded:
                 name, version, data = self.types.encode(event)
-                new.append(NewEvent(uuid.uuid4().hex, name, version, data, key, now, meta))
+                new.append(NewEvent(new_id(), name, version, data, key, now, meta))
             position = session.append(new)
             first = position - len(new) + 1
             set_up = [self._apply_inline(session, track, recorded, first) for track in self._inline] if (

@@ -444,3 +444,18 @@ def test_what_a_scoped_resource_dispatches_on_exit_joins_the_dispatch() -> None:
     (correlation, message_id), (event_correlation, cause) = seen
     assert event_correlation == correlation
     assert cause == message_id
+
+
+def test_ids_are_random_version_4_uuids_in_hex() -> None:
+    import uuid
+
+    from mediator._context import _new_id
+
+    made = {_new_id() for _ in range(2000)}
+    assert len(made) == 2000
+    for value in made:
+        parsed = uuid.UUID(hex=value)
+        assert (parsed.version, parsed.variant, parsed.hex) == (4, uuid.RFC_4122, value)
+    # every bit outside the version and variant is random: each hex digit position takes many values
+    for position in (0, 5, 13, 20, 31):
+        assert len({value[position] for value in made}) == 16
