@@ -18,7 +18,7 @@ import structlog
 
 from ._context import _current
 from ._errors import MediatorError, ValidationError
-from ._messages import field_names, kind_of, loggable_fields, qualname, sensitive_fields
+from ._messages import field_names, fields_reader, kind_of, qualname, sensitive_fields
 
 if TYPE_CHECKING:
     from ._build import Build, Invoker
@@ -211,6 +211,7 @@ class Logging:
             kind=kind.value if kind else "?",
             hidden=sensitive_fields(message_type),
             names=field_names(message_type),
+            read_fields=fields_reader(field_names(message_type), sensitive_fields(message_type)),
             include_fields=self.include_fields,
             is_async=build.is_async,
         )
@@ -227,6 +228,7 @@ class _BoundLogging:
     kind: str
     hidden: frozenset[str]
     names: tuple[str, ...]
+    read_fields: Callable[[Any], dict[str, Any]]
     include_fields: bool
     is_async: bool
     needs_scope: bool = True
@@ -243,7 +245,7 @@ class _BoundLogging:
             fields["causation_id"] = ctx.causation_id
             fields["message_id"] = ctx.message_id
         if self.include_fields:
-            fields["fields"] = loggable_fields(message, self.names, self.hidden)
+            fields["fields"] = self.read_fields(message)
         return fields
 
     def _ok(self, message: Any, started: int, **extra: Any) -> None:
@@ -255,7 +257,7 @@ class _BoundLogging:
         self.log_ok("message handled", outcome="ok", message_type=self.type_name, kind=self.kind,
                     duration_ms=round((time.perf_counter_ns() - started) / 1e6, 3),
                     correlation_id=ctx.correlation_id, causation_id=ctx.causation_id, message_id=ctx.message_id,
-                    fields={name: "***" if name in self.hidden else getattr(message, name) for name in self.names})
+                    fields=self.read_fields(message))
 
     def _failed(self, message: Any, started: int, exc: BaseException) -> None:
         if self.enabled(self.error_level):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import typing
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 import attrs
@@ -125,6 +126,18 @@ def field_names(message_type: type) -> tuple[str, ...]:
     """The attrs field names of a message class (none for a class that is not attrs)."""
     cls: Any = message_type
     return tuple(f.name for f in attrs.fields(cls)) if attrs.has(cls) else ()
+
+
+def fields_reader(names: tuple[str, ...], hidden: frozenset[str]) -> Callable[[Any], dict[str, Any]]:
+    """A function giving a message's fields for a log line, sensitive ones masked: made once per message type.
+
+    The same answer as :func:`loggable_fields`, written out as one dict display, so a dispatch's log line
+    costs no loop over the names.
+    """
+    items = ", ".join(f"{name!r}: {'_masked' if name in hidden else f'message.{name}'}" for name in names)
+    namespace: dict[str, Any] = {"_masked": "***"}
+    exec(compile(f"def read(message):\n    return {{{items}}}", "<mediator log fields>", "exec"), namespace)
+    return typing.cast(Callable[[Any], dict[str, Any]], namespace["read"])
 
 
 def loggable_fields(message: object, names: tuple[str, ...], hidden: frozenset[str]) -> dict[str, Any]:

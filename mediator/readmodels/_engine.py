@@ -149,15 +149,25 @@ class UnitOfWork:
     ``BEGIN IMMEDIATE`` for SQLite); the transaction starts on first use.
     """
 
-    def __init__(self, engine: ReadModels) -> None:
+    def __init__(self, engine: ReadModels, scope: Any = None) -> None:
         self.engine = engine
         self._session: WriteSession | None = None
         self._events: list[tuple[Any, str | None]] = []
         self.depth = 0
+        self._scope = scope  # made by SyncReadModels: the scope exits it only once it is used outside a command
+        """The dispatch scope to hand this unit of work's exit to, once something outside a command uses it."""
+
+    def _exit_with_scope(self) -> None:
+        # A query (or anything but a command) is using this unit of work: the scope rolls it back at its end.
+        # A command needs none of this: SyncReadModels commits or rolls back itself, so its scope has no exit.
+        scope, self._scope = self._scope, None
+        scope._exits.append(("exit", self.__exit__))
 
     @property
     def session(self) -> WriteSession:
         if self._session is None:
+            if self._scope is not None and self.depth == 0:
+                self._exit_with_scope()
             self._session = self.engine.storage.begin()
         return self._session
 
@@ -173,11 +183,13 @@ class UnitOfWork:
                 f"{qualname(type(event))} is not a registered event type; register it with "
                 "event_types.register(...) so it can be stored."
             )
+        if self._scope is not None and self.depth == 0:
+            self._exit_with_scope()
         self._events.append((event, key))
 
     def commit(self) -> int:
         """Append the recorded events, apply inline projections, commit; return the commit position."""
-        session = self.session
+        session = self._session or self.session
         events, self._events = self._events, []
         try:
             return self.engine._commit(session, events)
@@ -220,9 +232,8 @@ class SyncReadModels:
         uow: UnitOfWork | None = scope._instances.get(UnitOfWork)
         if uow is None:
             # Made here rather than through scope.create (no claim, no enter): this behaviour commits or rolls
-            # it back; the scope still exits it, for whatever a later query in the scope may have opened.
-            uow = scope._instances[UnitOfWork] = UnitOfWork(self.engine)
-            scope._exits.append(("exit", uow.__exit__))
+            # it back; the scope exits it only if something outside a command uses it later (see UnitOfWork).
+            uow = scope._instances[UnitOfWork] = UnitOfWork(self.engine, scope)
         return uow
 
     def _enter(self) -> UnitOfWork:
@@ -240,13 +251,22 @@ class SyncReadModels:
                 uow.rollback()
 
     def handle(self, message: Any, next: Callable[[Any], Any]) -> Any:
-        uow = self._enter()
+        # _enter and _leave written out: every command comes through here.
+        scope = _current.get().scope  # type: ignore[union-attr]  # needs_scope: there is always a context
+        uow: UnitOfWork | None = scope._instances.get(UnitOfWork)
+        if uow is None:
+            uow = scope._instances[UnitOfWork] = UnitOfWork(self.engine, scope)
+        uow.depth += 1
         try:
             result = next(message)
         except BaseException:
-            self._leave(uow, False)
+            uow.depth -= 1
+            if not uow.depth:
+                uow.rollback()
             raise
-        self._leave(uow, True)
+        uow.depth -= 1
+        if not uow.depth:  # only the outermost command commits; nested ones joined its transaction
+            uow.commit()
         return result
 
     async def handle_async(self, message: Any, next: Callable[[Any], Any]) -> Any:

@@ -3,11 +3,12 @@
 import asyncio
 import logging
 
+import attrs
 import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from mediator import Logging, Mediator, Registry
+from mediator import Command, Logging, Mediator, Registry
 
 from .sample import Add, Fail, GetName, Pay, fail
 
@@ -88,7 +89,6 @@ def test_disabled_level_formats_nothing(monkeypatch: pytest.MonkeyPatch) -> None
     def must_not_run(*args: object) -> None:
         raise AssertionError("formatted a log line for a disabled level")
 
-    monkeypatch.setattr("mediator._behaviours.loggable_fields", must_not_run)
     monkeypatch.setattr("mediator._behaviours._BoundLogging._fields", must_not_run)
     monkeypatch.setattr("mediator._behaviours._BoundLogging._ok", must_not_run)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
@@ -139,3 +139,20 @@ def test_logging_disabled_at_build_leaves_the_chain() -> None:
         structlog.reset_defaults()
     assert explanation.behaviours == ()
     assert not explanation.opens_scope
+
+
+def test_the_generated_fields_reader_answers_as_loggable_fields() -> None:
+    from mediator import sensitive
+    from mediator._messages import field_names, fields_reader, loggable_fields, sensitive_fields
+
+    @attrs.frozen(kw_only=True)
+    class Signup(Command[None]):
+        name: str
+        email: str = sensitive()
+        tags: tuple[str, ...] = ()
+
+    message = Signup(name="Ada", email="ada@example.com", tags=("x",))
+    names, hidden = field_names(Signup), sensitive_fields(Signup)
+    assert fields_reader(names, hidden)(message) == loggable_fields(message, names, hidden) == {
+        "name": "Ada", "email": "***", "tags": ("x",)}
+    assert fields_reader((), frozenset())(message) == {}
