@@ -16,6 +16,10 @@ for times per event or per command, so lower is better):
   query answering, against 1.5 times the measured lag plus 1 ms (target ratio <= 1).
 - with the ``peers`` extra, ``eventsourcing``'s SQLite persistence doing the append,
   catch-up and read-your-writes work, as the peer.
+- with ``--full`` and valgrind installed, ``framework_tax`` and ``projection_apply``
+  again in family ``instructions``: instructions per command or event counted by
+  callgrind (in ``median_ns``), which this shared machine's load does not move
+  (:mod:`benchmarks._instructions`).
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from mediator.readmodels import (
     on,
 )
 
+from . import _instructions
 from ._harness import FULL, QUICK, TINY, Result, Settings, percentile
 
 
@@ -179,9 +184,11 @@ class Size:
     lag_seconds: float
     rate: float
     ryw_commands: int
+    instruction_counts: tuple[int, int] = (500, 5_000)
+    """Commands and events counted under callgrind (``--full`` only: each count is two runs under valgrind)."""
 
 
-SIZES = {QUICK: Size(20_000, 2_000, 2.0, 400.0, 200), FULL: Size(200_000, 20_000, 8.0, 500.0, 1_000),
+SIZES = {QUICK: Size(20_000, 2_000, 2.0, 400.0, 200), FULL: Size(200_000, 20_000, 8.0, 500.0, 1_000, (2_000, 20_000)),
          TINY: Size(300, 50, 0.3, 200.0, 10)}
 
 
@@ -292,7 +299,7 @@ def framework_tax(folder: Path, size: Size) -> dict[str, float]:
         return (time.perf_counter() - started) / len(accounts)
 
     mediated, handmade = [], []
-    for _ in range(3):  # interleaved, so drift on a shared machine hits both alike
+    for _ in range(5):  # interleaved, so drift on a shared machine hits both alike; the median of 5
         mediated.append(through_mediator())
         handmade.append(hand_coded())
     hand.close()
@@ -367,6 +374,7 @@ def run(settings: Settings, *, with_peers: bool = True, progress: Callable[[str]
 
     def add(scenario: str, implementation: str, seconds: float, reference: float) -> None:
         results.append(Result("sync", scenario, "sync", implementation, seconds * 1e9, seconds / reference))
+    # Results of family "instructions" hold instructions per operation in median_ns (see benchmarks._instructions).
 
     with tempfile.TemporaryDirectory(prefix="mediator-bench-") as tmp, quiet_logging():
         folder = Path(tmp)
@@ -376,10 +384,21 @@ def run(settings: Settings, *, with_peers: bool = True, progress: Callable[[str]
         add("projection_apply", "this", applied["apply"], applied["raw"])
         add("rebuild", "raw", applied["raw"], applied["raw"])
         add("rebuild", "this", applied["rebuild"], applied["raw"])
-        progress(f"sync: framework tax, {size.tax_commands:,} commands x 3")
+        progress(f"sync: framework tax, {size.tax_commands:,} commands x 5")
         tax = framework_tax(folder, size)
         add("framework_tax", "hand-coded", tax["hand"], tax["hand"])
         add("framework_tax", "this", tax["mediator"], tax["hand"])
+        if settings is FULL and _instructions.available():  # about 3 minutes: the full form only
+            counts = size.instruction_counts
+            progress(f"sync: instructions under callgrind, {counts[0]:,} commands and {counts[1]:,} events")
+            mediated = _instructions.per_operation("mediator", counts[0])
+            handmade = _instructions.per_operation("hand", counts[0])
+            results.append(Result("sync", "framework_tax", "instructions", "hand-coded", handmade, 1.0))
+            results.append(Result("sync", "framework_tax", "instructions", "this", mediated, mediated / handmade))
+            applying = _instructions.per_operation("apply", counts[1])
+            raw = _instructions.per_operation("raw", counts[1])
+            results.append(Result("sync", "projection_apply", "instructions", "raw", raw, 1.0))
+            results.append(Result("sync", "projection_apply", "instructions", "this", applying, applying / raw))
         progress(f"sync: lag under {size.rate:g} commands/s for {size.lag_seconds:g} s, then read-your-writes")
         lag = lag_and_read_your_writes(folder, size)
         for q in ("p50", "p99"):
@@ -406,7 +425,7 @@ QUICK_SIZE = SIZES[QUICK]
 
 def summary(results: list[Result]) -> str:
     """The targets, as measured."""
-    by = {(r.scenario, r.implementation): r for r in results}
+    by = {(r.scenario, r.implementation): r for r in results if r.family != "instructions"}
 
     def ratio(scenario: str, implementation: str = "this") -> float:
         return by[(scenario, implementation)].ratio
@@ -416,6 +435,13 @@ def summary(results: list[Result]) -> str:
     lines.append(f"| projection apply throughput | {raw_share:.0%} of raw | raw batched upserts | >= 20% |")
     lines.append(f"| rebuild throughput | {1 / ratio('rebuild'):.0%} of raw | raw batched upserts | - |")
     lines.append(f"| framework tax | {ratio('framework_tax'):.2f}x | the same writes hand-coded | <= 1.10x |")
+    counted = {(r.scenario, r.implementation): r for r in results if r.family == "instructions"}
+    if counted:
+        tax, apply = counted[("framework_tax", "this")], counted[("projection_apply", "this")]
+        lines.append(f"| framework tax, instructions (callgrind) | {tax.ratio:.3f}x ({tax.median_ns / 1e3:.0f}k per "
+                     f"command) | the same writes hand-coded | <= 1.10x |")
+        lines.append(f"| projection apply, instructions (callgrind) | {1 / apply.ratio:.0%} of raw "
+                     f"({apply.median_ns / 1e3:.1f}k per event) | raw batched upserts | >= 20% |")
     lag50, lag99 = by[("lag_p50", "this")].median_ns / 1e6, by[("lag_p99", "this")].median_ns / 1e6
     lines.append(f"| background lag p50 / p99 | {lag50:.1f} / {lag99:.1f} ms | - | - |")
     for q in ("p50", "p99"):

@@ -1,0 +1,145 @@
+"""Instruction counts under valgrind's callgrind: the sync suite's two CPU-bound ratios, free of the machine's noise.
+
+On a shared machine the wall-clock ratios of the framework tax and of projection
+apply move by a tenth or more between runs minutes apart. Instructions executed
+do not: callgrind counts the same for the same work whatever else runs. Each
+figure is measured as a difference, so start-up and set-up cancel out: the
+process doing the work ``n`` times, minus the same process doing everything but
+the work. Run as ``python -m benchmarks._instructions MODE N`` under valgrind by
+:func:`per_operation`; modes:
+
+- ``mediator`` / ``hand``: ``N`` commands through the mediator (validation,
+  logging, unit of work, outbox) / the same writes hand-coded (the sync suite's
+  ``framework_tax`` pair);
+- ``apply`` / ``raw``: ``N`` events projected by the engine / the same rows
+  upserted by batched ``executemany`` (the ``projection_apply`` pair); the log is
+  filled in both, so the difference is the applying alone.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+MODES = ("mediator", "hand", "apply", "raw")
+
+
+def available() -> bool:
+    """Whether valgrind is on the path."""
+    return shutil.which("valgrind") is not None
+
+
+def _count(mode: str, n: int, work: bool) -> int:
+    done = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-m",
+         "benchmarks._instructions", mode, str(n), "work" if work else "idle"],
+        capture_output=True, text=True, timeout=900, check=True, cwd=Path(__file__).resolve().parents[1],
+    )
+    found = re.search(r"refs:\s+([\d,]+)", done.stderr)
+    if found is None:
+        raise RuntimeError(f"no instruction count in valgrind's output: {done.stderr[-500:]}")
+    return int(found.group(1).replace(",", ""))
+
+
+def per_operation(mode: str, n: int) -> float:
+    """Instructions per command (or event) of ``mode``: ``n`` of them, less the same process without them."""
+    return (_count(mode, n, True) - _count(mode, n, False)) / n
+
+
+def _child(mode: str, n: int, work: bool) -> None:
+    from . import sync
+
+    with sync.quiet_logging(), tempfile.TemporaryDirectory(prefix="mediator-instructions-") as tmp:
+        if mode in ("apply", "raw"):
+            _applying(Path(tmp), mode, n, work)
+        else:
+            _commands(Path(tmp), mode, n, work)
+
+
+def _applying(folder: Path, mode: str, n: int, work: bool) -> None:
+    from adapters.sqlite import connect
+
+    from . import sync
+
+    path = folder / "apply.db"
+    sync._fill(path, n)
+    if mode == "apply":
+        bench = sync.app(path)
+        if work:
+            bench.engine.catch_up()
+        bench.storage.close()
+        return
+    connection = connect(folder / "raw.db")
+    connection.execute("CREATE TABLE raw_balance (account TEXT PRIMARY KEY, amount INTEGER)")
+    rows = [(f"a{i}", 1) for i in range(n)]
+    statement = sync.UPSERT.format(table="raw_balance")
+    for start in range(0, n if work else 0, 500):  # as sync.raw_inserts
+        connection.execute("BEGIN IMMEDIATE")
+        connection.executemany(statement, rows[start:start + 500])
+        connection.execute("COMMIT")
+    connection.close()
+
+
+def _commands(folder: Path, mode: str, n: int, work: bool) -> None:
+    import time
+    import uuid
+
+    import structlog
+
+    from adapters.sqlite import connect
+
+    from . import sync
+
+    bench = sync.app(folder / "tax.db")
+    hand = connect(folder / "hand.db")
+    hand.executescript(
+        "CREATE TABLE IF NOT EXISTS accounts (account TEXT PRIMARY KEY, balance INTEGER);"
+        "CREATE TABLE IF NOT EXISTS events (position INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT UNIQUE, "
+        "type_name TEXT, version INTEGER, data TEXT, key TEXT, recorded_at REAL);"
+    )
+    encoder = sync.types()
+    logger = structlog.get_logger("mediator").bind()
+
+    def by_hand(account: str, amount: int) -> None:  # as sync.framework_tax's reference, line for line
+        started = time.perf_counter_ns()
+        if list(sync.positive(sync.Deposit(account=account, amount=amount))):
+            raise ValueError("invalid")
+        hand.execute("BEGIN IMMEDIATE")
+        try:
+            hand.execute(
+                "INSERT INTO accounts (account, balance) VALUES (?, ?) "
+                "ON CONFLICT (account) DO UPDATE SET balance = balance + excluded.balance", (account, amount))
+            name, version, data = encoder.encode(sync.Deposited(account=account, amount=amount,
+                                                                sent_at=time.time()))
+            hand.execute(
+                "INSERT INTO events (event_id, type_name, version, data, key, recorded_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)", (uuid.uuid4().hex, name, version, data, account, time.time()))
+            hand.execute("COMMIT")
+        except BaseException:
+            hand.execute("ROLLBACK")
+            raise
+        logger.info("message handled", outcome="ok", message_type="Deposit", kind="command",
+                    duration_ms=(time.perf_counter_ns() - started) / 1e6, correlation_id=uuid.uuid4().hex,
+                    causation_id=None, message_id=uuid.uuid4().hex,
+                    fields={"account": account, "amount": amount})
+
+    send = bench.mediator.send
+    for i in range(50):  # warm both alike: connections, statement caches, first-call paths
+        send(sync.Deposit(account=f"t{i % 100}", amount=1))
+        by_hand(f"t{i % 100}", 1)
+    if work and mode == "mediator":
+        for i in range(n):
+            send(sync.Deposit(account=f"t{i % 100}", amount=1))
+    elif work:
+        for i in range(n):
+            by_hand(f"t{i % 100}", 1)
+    bench.storage.close()
+    hand.close()
+
+
+if __name__ == "__main__":
+    _child(sys.argv[1], int(sys.argv[2]), sys.argv[3] == "work")
