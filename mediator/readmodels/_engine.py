@@ -351,13 +351,17 @@ class ReadModels:
             processes (one cheap query); commits in this process wake it at once.
         retire_after: seconds a replaced generation is kept after a rebuild swaps in its successor,
             for queries that looked up the old one just before the swap.
+        standby_interval: with leases (PostgreSQL), the shortest time between two looks of a runner that holds
+            none of its projections: it takes over a dead runner's within about this, and does not query the
+            database on every append meanwhile.
     """
 
     def __init__(self, storage: Storage, types: EventTypes, *, batch_size: int = 500, max_attempts: int = 5,
                  backoff: float = 0.05, poll_interval: float = 0.2, watch_interval: float = 0.002,
-                 retire_after: float = 5.0) -> None:
+                 retire_after: float = 5.0, standby_interval: float = 0.05) -> None:
         self.retire_after = retire_after
         self.watch_interval = watch_interval
+        self.standby_interval = standby_interval
         self.storage = storage
         self.types = types
         self.batch_size = batch_size
@@ -784,6 +788,10 @@ class ReadModels:
         """Wait for a commit in this process (a wake-up), a new head of the log from another, or ``longest`` s."""
         deadline = time.monotonic() + longest
         if self.storage.notifies:  # LISTEN: blocks until some process appends; our own commits notify too
+            if self._standing_by():
+                # Holding none of its projections, this runner wakes only to see whether a lease came free:
+                # not on every append (under load, every standby would query the database each time).
+                self._stop.wait(min(self.standby_interval, longest))
             while not self._wakeup.is_set() and not self._stop.is_set():
                 left = deadline - time.monotonic()
                 if left <= 0 or self.storage.wait_for_append(min(left, 0.05)):
@@ -799,6 +807,14 @@ class ReadModels:
             except Exception:  # an outage is the catch-up's to report
                 break
         self._wakeup.clear()
+
+    def _standing_by(self) -> bool:
+        """Whether this runner holds the lease of none of the projections it may run (it stands by for them)."""
+        if not self.storage.leases:
+            return False
+        mine = [name for name, track in self._tracks.items()
+                if track.delivery is self._runs and (self._only is None or name in self._only)]
+        return bool(mine) and not any(self.storage.holds(name) for name in mine)
 
     def _idle_wait(self) -> float:
         now = time.monotonic()

@@ -516,3 +516,38 @@ def test_the_server_side_of_every_connection_gives_up_on_a_dead_peer_in_seconds(
         "tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count", "client_connection_check_interval")}
     assert settings == {"tcp_keepalives_idle": "5", "tcp_keepalives_interval": "2", "tcp_keepalives_count": "3",
                         "client_connection_check_interval": "2s"}
+
+
+def test_a_standby_runner_does_not_look_at_every_append(pg: Any, pg_schema: str) -> None:
+    from adapters.postgres import PostgresStorage
+
+    holder = make_bank(pg)
+    holder.engine.start()
+    deadline = time.monotonic() + 10
+    while not pg.holds("balances"):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    standby_storage = PostgresStorage(postgres.DSN, schema=pg_schema)
+    looks: list[float] = []
+    acquire = standby_storage.acquire
+
+    def counted(name: str) -> bool:
+        looks.append(time.monotonic())
+        return acquire(name)
+
+    standby_storage.acquire = counted  # type: ignore[method-assign]
+    standby = make_bank(standby_storage, standby_interval=0.2)
+    standby.engine.start()
+    try:
+        time.sleep(0.3)
+        started, before = time.monotonic(), len(looks)
+        for amount in range(1, 201):  # 200 appends, each a NOTIFY the standby hears
+            holder.mediator.send(Deposit(account="a", amount=amount))
+        elapsed = time.monotonic() - started
+        # At most one look per standby_interval (and one in flight): far fewer than one per append.
+        assert len(looks) - before <= elapsed / 0.2 + 2, (len(looks) - before, elapsed)
+        assert not standby_storage.holds("balances")
+    finally:
+        standby.engine.stop()
+        holder.engine.stop()
+        standby_storage.close()
