@@ -22,31 +22,23 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import json
 import re
 import unicodedata
 from collections.abc import Callable
-from decimal import Decimal
 from typing import Any, TypeVar
 
 import psycopg
 from psycopg import errors
 
 from adapters.postgres import PostgresStorage
-from adapters.shop_sqlite import INDEXES, PROJECTION_TABLES, TABLES, _db
+from adapters.shop_sqlite import INDEXES, PROJECTION_TABLES, TABLES, SqlReadQueries, _db, listings
 from domain.errors import ConcurrencyConflict
 from domain.events import OrderLine
 from domain.messages import (
-    CustomerOrderSummary,
-    DailySales,
-    OrderDetails,
-    OrderLineView,
-    Page,
-    ProductInventory,
     ProductListing,
 )
 from domain.model import Order, OrderStatus, Product, Stock
-from handlers.ports import ReadViews, WriteModel
+from handlers.ports import WriteModel
 from mediator.readmodels import ProjectionSession, ReadModels, StorageError
 
 WRITE_SCHEMA = """
@@ -225,7 +217,7 @@ def _ddl(columns: str) -> str:
     return re.sub(r"\bTEXT\b", 'TEXT COLLATE "C"', columns)
 
 
-class PostgresReadViews(ReadViews):
+class PostgresReadViews(SqlReadQueries):
     """Read models as tables of the shop's schema; search is a ``tsvector`` column with a GIN index."""
 
     def __init__(self, storage: PostgresStorage, engine: ReadModels) -> None:
@@ -302,57 +294,7 @@ class PostgresReadViews(ReadViews):
             return []  # nothing projected yet
 
     def _query(self, projection: str, table: str, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-        return self._rows(sql.format(t=self.engine.table(projection, table)), params)
-
-    def order_details(self, order_id: str) -> OrderDetails | None:
-        rows = self._query("order_details", "orders", "SELECT * FROM {t} WHERE order_id = %s", (order_id,))
-        if not rows:
-            return None
-        _id, customer_id, customer_name, status, total, placed_at, lines, version = rows[0]
-        return OrderDetails(
-            order_id=order_id, customer_id=customer_id, customer_name=customer_name, status=status,
-            total=Decimal(total), placed_at=dt.datetime.fromisoformat(placed_at),
-            lines=tuple(OrderLineView(product_id=p, product_name=n, quantity=q, unit_price=Decimal(u))
-                        for p, n, q, u in json.loads(lines)),
-            version=version,
-        )
-
-    def customer_orders(self, customer_id: str) -> tuple[CustomerOrderSummary, ...]:
-        rows = self._query("customer_orders", "summaries",
-                           "SELECT * FROM {t} WHERE customer_id = %s ORDER BY placed_at DESC, order_id",
-                           (customer_id,))
-        return tuple(
-            CustomerOrderSummary(order_id=r[1], status=r[2], total=Decimal(r[3]),
-                                 placed_at=dt.datetime.fromisoformat(r[4]), item_count=r[5],
-                                 product_names=tuple(json.loads(r[6])))
-            for r in rows
-        )
-
-    def products_by_category(self, category_id: str, page: int, page_size: int) -> Page:
-        page, page_size = max(page, 1), min(max(page_size, 1), 100)
-        rows = self._query(
-            "catalog", "products",
-            "SELECT product_id, name, price, category_name, available, version, COUNT(*) OVER () FROM {t} "
-            "WHERE category_id = %s AND discontinued = 0 ORDER BY name, product_id LIMIT %s OFFSET %s",
-            (category_id, page_size, (page - 1) * page_size),
-        )
-        items = tuple(ProductListing(product_id=r[0], name=r[1], price=Decimal(r[2]), category_name=r[3],
-                                     available=r[4], version=r[5]) for r in rows)
-        total = rows[0][6] if rows else self._count(category_id)
-        return Page(items=items, page=page, page_size=page_size, total=total)
-
-    def _count(self, category_id: str) -> int:
-        rows = self._query("catalog", "products",
-                           "SELECT COUNT(*) FROM {t} WHERE category_id = %s AND discontinued = 0", (category_id,))
-        return int(rows[0][0]) if rows else 0
-
-    def product_inventory(self, product_id: str) -> ProductInventory | None:
-        rows = self._query("inventory", "inventory", "SELECT * FROM {t} WHERE product_id = %s", (product_id,))
-        if not rows:
-            return None
-        r = rows[0]
-        return ProductInventory(product_id=r[0], name=r[1], on_hand=r[2], reserved=r[3], available=r[4],
-                                version=r[5])
+        return self._rows(sql.format(t=self.engine.table(projection, table), p="%s"), params)
 
     def search_products(self, text: str, limit: int) -> tuple[ProductListing, ...]:
         query = _search_query(text)
@@ -366,14 +308,7 @@ class PostgresReadViews(ReadViews):
             "WHERE f.words @@ q AND p.discontinued = 0 ORDER BY ts_rank(f.words, q) DESC, p.name, p.product_id "
             "LIMIT %s", (query, min(max(limit, 1), 100)),
         )
-        return tuple(ProductListing(product_id=r[0], name=r[1], price=Decimal(r[2]), category_name=r[3],
-                                    available=r[4], version=r[5]) for r in rows)
-
-    def sales_dashboard(self, since: dt.date | None) -> tuple[DailySales, ...]:
-        rows = self._query("dashboard", "daily", "SELECT * FROM {t} WHERE day >= %s ORDER BY day, category_id",
-                           ((since or dt.date.min).isoformat(),))
-        return tuple(DailySales(day=dt.date.fromisoformat(r[0]), category_id=r[1], category_name=r[2], orders=r[3],
-                                units=r[4], revenue=Decimal(r[5])) for r in rows if r[3] or r[4])
+        return listings(rows)
 
 
 def _upsert(name: str, table: str, columns: tuple[str, ...]) -> str:

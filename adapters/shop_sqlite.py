@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import abc
 import datetime as dt
 import json
 import sqlite3
+from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -158,7 +160,80 @@ INDEXES = {
 }
 
 
-class SqliteReadViews(ReadViews):
+class SqlReadQueries(ReadViews):
+    """The shop's queries in SQL that SQLite and PostgreSQL share; a backend gives :meth:`_query`.
+
+    Each statement names its table ``{t}`` and each parameter ``{p}``, filled in by ``_query`` with the
+    table's name in the current generation and the driver's parameter marker.
+    """
+
+    @abc.abstractmethod
+    def _query(self, projection: str, table: str, sql: str, params: tuple[Any, ...]) -> Sequence[Sequence[Any]]:
+        """The rows of ``sql`` on ``projection``'s ``table``; none while that table does not exist yet."""
+
+    def order_details(self, order_id: str) -> OrderDetails | None:
+        rows = self._query("order_details", "orders", "SELECT * FROM {t} WHERE order_id = {p}", (order_id,))
+        if not rows:
+            return None
+        _id, customer_id, customer_name, status, total, placed_at, lines, version = rows[0]
+        return OrderDetails(
+            order_id=order_id, customer_id=customer_id, customer_name=customer_name, status=status,
+            total=Decimal(total), placed_at=dt.datetime.fromisoformat(placed_at),
+            lines=tuple(OrderLineView(product_id=p, product_name=n, quantity=q, unit_price=Decimal(u))
+                        for p, n, q, u in json.loads(lines)),
+            version=version,
+        )
+
+    def customer_orders(self, customer_id: str) -> tuple[CustomerOrderSummary, ...]:
+        rows = self._query("customer_orders", "summaries",
+                           "SELECT * FROM {t} WHERE customer_id = {p} ORDER BY placed_at DESC, order_id",
+                           (customer_id,))
+        return tuple(
+            CustomerOrderSummary(order_id=r[1], status=r[2], total=Decimal(r[3]),
+                                 placed_at=dt.datetime.fromisoformat(r[4]), item_count=r[5],
+                                 product_names=tuple(json.loads(r[6])))
+            for r in rows
+        )
+
+    def products_by_category(self, category_id: str, page: int, page_size: int) -> Page:
+        page, page_size = max(page, 1), min(max(page_size, 1), 100)
+        rows = self._query(
+            "catalog", "products",
+            "SELECT product_id, name, price, category_name, available, version, COUNT(*) OVER () FROM {t} "
+            "WHERE category_id = {p} AND discontinued = 0 ORDER BY name, product_id LIMIT {p} OFFSET {p}",
+            (category_id, page_size, (page - 1) * page_size),
+        )
+        items = listings(rows)
+        total = rows[0][6] if rows else self._count(category_id)
+        return Page(items=items, page=page, page_size=page_size, total=total)
+
+    def _count(self, category_id: str) -> int:
+        rows = self._query("catalog", "products",
+                           "SELECT COUNT(*) FROM {t} WHERE category_id = {p} AND discontinued = 0", (category_id,))
+        return int(rows[0][0]) if rows else 0
+
+    def product_inventory(self, product_id: str) -> ProductInventory | None:
+        rows = self._query("inventory", "inventory", "SELECT * FROM {t} WHERE product_id = {p}", (product_id,))
+        if not rows:
+            return None
+        r = rows[0]
+        return ProductInventory(product_id=r[0], name=r[1], on_hand=r[2], reserved=r[3], available=r[4],
+                                version=r[5])
+
+    def sales_dashboard(self, since: dt.date | None) -> tuple[DailySales, ...]:
+        rows = self._query("dashboard", "daily", "SELECT * FROM {t} WHERE day >= {p} ORDER BY day, category_id",
+                           ((since or dt.date.min).isoformat(),))
+        return tuple(DailySales(day=dt.date.fromisoformat(r[0]), category_id=r[1], category_name=r[2], orders=r[3],
+                                units=r[4], revenue=Decimal(r[5])) for r in rows if r[3] or r[4])
+
+
+def listings(rows: Iterable[Sequence[Any]]) -> tuple[ProductListing, ...]:
+    """Rows of (product_id, name, price, category_name, available, version) as listings."""
+    return tuple(ProductListing(product_id=r[0], name=r[1], price=Decimal(r[2]), category_name=r[3],
+                                available=r[4], version=r[5]) for r in rows)
+
+
+class SqliteReadViews(SqlReadQueries):
     """Read models as tables of the read database; the search read model is an FTS5 table."""
 
     def __init__(self, storage: SqliteStorage, engine: ReadModels) -> None:
@@ -223,60 +298,11 @@ class SqliteReadViews(ReadViews):
         connection = self.storage.read_connection()
         name = self.engine.table(projection, table)
         try:
-            return connection.execute(sql.format(t=name), params).fetchall()
+            return connection.execute(sql.format(t=name, p="?"), params).fetchall()
         except sqlite3.OperationalError as exc:
             if "no such table" in str(exc):
                 return []  # nothing projected yet
             raise
-
-    def order_details(self, order_id: str) -> OrderDetails | None:
-        rows = self._query("order_details", "orders", "SELECT * FROM {t} WHERE order_id = ?", (order_id,))
-        if not rows:
-            return None
-        _id, customer_id, customer_name, status, total, placed_at, lines, version = rows[0]
-        return OrderDetails(
-            order_id=order_id, customer_id=customer_id, customer_name=customer_name, status=status,
-            total=Decimal(total), placed_at=dt.datetime.fromisoformat(placed_at),
-            lines=tuple(OrderLineView(product_id=p, product_name=n, quantity=q, unit_price=Decimal(u))
-                        for p, n, q, u in json.loads(lines)),
-            version=version,
-        )
-
-    def customer_orders(self, customer_id: str) -> tuple[CustomerOrderSummary, ...]:
-        rows = self._query("customer_orders", "summaries",
-                           "SELECT * FROM {t} WHERE customer_id = ? ORDER BY placed_at DESC, order_id", (customer_id,))
-        return tuple(
-            CustomerOrderSummary(order_id=r[1], status=r[2], total=Decimal(r[3]),
-                                 placed_at=dt.datetime.fromisoformat(r[4]), item_count=r[5],
-                                 product_names=tuple(json.loads(r[6])))
-            for r in rows
-        )
-
-    def products_by_category(self, category_id: str, page: int, page_size: int) -> Page:
-        page, page_size = max(page, 1), min(max(page_size, 1), 100)
-        rows = self._query(
-            "catalog", "products",
-            "SELECT product_id, name, price, category_name, available, version, COUNT(*) OVER () FROM {t} "
-            "WHERE category_id = ? AND discontinued = 0 ORDER BY name, product_id LIMIT ? OFFSET ?",
-            (category_id, page_size, (page - 1) * page_size),
-        )
-        items = tuple(ProductListing(product_id=r[0], name=r[1], price=Decimal(r[2]), category_name=r[3],
-                                     available=r[4], version=r[5]) for r in rows)
-        total = rows[0][6] if rows else self._count(category_id)
-        return Page(items=items, page=page, page_size=page_size, total=total)
-
-    def _count(self, category_id: str) -> int:
-        rows = self._query("catalog", "products", "SELECT COUNT(*) FROM {t} WHERE category_id = ? AND discontinued = 0",
-                           (category_id,))
-        return int(rows[0][0]) if rows else 0
-
-    def product_inventory(self, product_id: str) -> ProductInventory | None:
-        rows = self._query("inventory", "inventory", "SELECT * FROM {t} WHERE product_id = ?", (product_id,))
-        if not rows:
-            return None
-        r = rows[0]
-        return ProductInventory(product_id=r[0], name=r[1], on_hand=r[2], reserved=r[3], available=r[4],
-                                version=r[5])
 
     def search_products(self, text: str, limit: int) -> tuple[ProductListing, ...]:
         clean = "".join(c if c.isprintable() else " " for c in text).replace('"', " ")
@@ -294,14 +320,7 @@ class SqliteReadViews(ReadViews):
             ).fetchall()
         except sqlite3.OperationalError:  # no index yet, or text FTS5 cannot parse: nothing matches
             return ()
-        return tuple(ProductListing(product_id=r[0], name=r[1], price=Decimal(r[2]), category_name=r[3],
-                                    available=r[4], version=r[5]) for r in rows)
-
-    def sales_dashboard(self, since: dt.date | None) -> tuple[DailySales, ...]:
-        rows = self._query("dashboard", "daily", "SELECT * FROM {t} WHERE day >= ? ORDER BY day, category_id",
-                           ((since or dt.date.min).isoformat(),))
-        return tuple(DailySales(day=dt.date.fromisoformat(r[0]), category_id=r[1], category_name=r[2], orders=r[3],
-                                units=r[4], revenue=Decimal(r[5])) for r in rows if r[3] or r[4])
+        return listings(rows)
 
 
 _PLAIN = frozenset({str, int, float, bool, type(None)})
