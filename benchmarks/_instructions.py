@@ -85,48 +85,10 @@ def _applying(folder: Path, mode: str, n: int, work: bool) -> None:
 
 
 def _commands(folder: Path, mode: str, n: int, work: bool) -> None:
-    import time
-    import uuid
-
-    import structlog
-
-    from adapters.sqlite import connect
-
     from . import sync
 
     bench = sync.app(folder / "tax.db")
-    hand = connect(folder / "hand.db")
-    hand.executescript(
-        "CREATE TABLE IF NOT EXISTS accounts (account TEXT PRIMARY KEY, balance INTEGER);"
-        "CREATE TABLE IF NOT EXISTS events (position INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT UNIQUE, "
-        "type_name TEXT, version INTEGER, data TEXT, key TEXT, recorded_at REAL);"
-    )
-    encoder = sync.types()
-    logger = structlog.get_logger("mediator").bind()
-
-    def by_hand(account: str, amount: int) -> None:  # as sync.framework_tax's reference, line for line
-        started = time.perf_counter_ns()
-        if list(sync.positive(sync.Deposit(account=account, amount=amount))):
-            raise ValueError("invalid")
-        hand.execute("BEGIN IMMEDIATE")
-        try:
-            hand.execute(
-                "INSERT INTO accounts (account, balance) VALUES (?, ?) "
-                "ON CONFLICT (account) DO UPDATE SET balance = balance + excluded.balance", (account, amount))
-            name, version, data = encoder.encode(sync.Deposited(account=account, amount=amount,
-                                                                sent_at=time.time()))
-            hand.execute(
-                "INSERT INTO events (event_id, type_name, version, data, key, recorded_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)", (uuid.uuid4().hex, name, version, data, account, time.time()))
-            hand.execute("COMMIT")
-        except BaseException:
-            hand.execute("ROLLBACK")
-            raise
-        logger.info("message handled", outcome="ok", message_type="Deposit", kind="command",
-                    duration_ms=(time.perf_counter_ns() - started) / 1e6, correlation_id=uuid.uuid4().hex,
-                    causation_id=None, message_id=uuid.uuid4().hex,
-                    fields={"account": account, "amount": amount})
-
+    hand, by_hand = sync.hand_coded(folder / "hand.db")
     send = bench.mediator.send
     for i in range(50):  # warm both alike: connections, statement caches, first-call paths
         send(sync.Deposit(account=f"t{i % 100}", amount=1))
@@ -139,7 +101,6 @@ def _commands(folder: Path, mode: str, n: int, work: bool) -> None:
             by_hand(f"t{i % 100}", 1)
     bench.storage.close()
     hand.close()
-
 
 if __name__ == "__main__":
     _child(sys.argv[1], int(sys.argv[2]), sys.argv[3] == "work")

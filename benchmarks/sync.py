@@ -25,6 +25,7 @@ for times per event or per command, so lower is better):
 from __future__ import annotations
 
 import logging
+import sqlite3
 import statistics
 import tempfile
 import time
@@ -248,14 +249,9 @@ def projection_apply(folder: Path, size: Size) -> dict[str, float]:
             "raw": raw_seconds / size.events}
 
 
-def framework_tax(folder: Path, size: Size) -> dict[str, float]:
-    """Seconds per command: through the mediator, and the same work hand-coded."""
-    bench = app(folder / "tax.db")
-    accounts = [f"t{i % 100}" for i in range(size.tax_commands)]
-    for account in accounts[:50]:  # warm the connections and caches on both sides alike
-        bench.mediator.send(Deposit(account=account, amount=1))
-
-    hand = connect(folder / "hand.db")
+def hand_coded(path: Path) -> tuple[sqlite3.Connection, Callable[[str, int], None]]:
+    """The framework tax's reference: a deposit's validation, SQL, event and log line written by hand."""
+    hand = connect(path)
     hand.executescript(
         "CREATE TABLE IF NOT EXISTS accounts (account TEXT PRIMARY KEY, balance INTEGER);"
         "CREATE TABLE IF NOT EXISTS events (position INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT UNIQUE, "
@@ -285,6 +281,18 @@ def framework_tax(folder: Path, size: Size) -> dict[str, float]:
                     duration_ms=(time.perf_counter_ns() - started) / 1e6, correlation_id=uuid.uuid4().hex,
                     causation_id=None, message_id=uuid.uuid4().hex, fields={"account": account, "amount": amount})
 
+    return hand, by_hand
+
+
+def framework_tax(folder: Path, size: Size) -> dict[str, float]:
+    """Seconds per command: through the mediator, and the same work hand-coded."""
+    bench = app(folder / "tax.db")
+    accounts = [f"t{i % 100}" for i in range(size.tax_commands)]
+    for account in accounts[:50]:  # warm the connections and caches on both sides alike
+        bench.mediator.send(Deposit(account=account, amount=1))
+
+    hand, by_hand = hand_coded(folder / "hand.db")
+
     def through_mediator() -> float:
         started = time.perf_counter()
         send = bench.mediator.send
@@ -292,7 +300,7 @@ def framework_tax(folder: Path, size: Size) -> dict[str, float]:
             send(Deposit(account=account, amount=1))
         return (time.perf_counter() - started) / len(accounts)
 
-    def hand_coded() -> float:
+    def written_by_hand() -> float:
         started = time.perf_counter()
         for account in accounts:
             by_hand(account, 1)
@@ -301,7 +309,7 @@ def framework_tax(folder: Path, size: Size) -> dict[str, float]:
     mediated, handmade = [], []
     for _ in range(5):  # interleaved, so drift on a shared machine hits both alike; the median of 5
         mediated.append(through_mediator())
-        handmade.append(hand_coded())
+        handmade.append(written_by_hand())
     hand.close()
     bench.storage.close()
     return {"mediator": statistics.median(mediated), "hand": statistics.median(handmade)}
