@@ -38,6 +38,22 @@ def require() -> None:
         skip_or_fail(why)
 
 
+def lease_holder(schema: str, projection: str) -> int | None:
+    """The OS process id of the runner holding ``projection``'s lease, from its lock connection's application_name."""
+    import psycopg
+
+    from adapters.postgres import lock_key
+
+    key = lock_key(schema, projection)
+    with psycopg.connect(DSN, autocommit=True) as admin:
+        row = admin.execute(
+            "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %s AND l.objid = %s",
+            ((key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF),
+        ).fetchone()
+    return int(row[0].split(":")[1]) if row else None
+
+
 def new_schema() -> str:
     return f"t_{uuid.uuid4().hex[:12]}"
 

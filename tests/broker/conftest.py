@@ -25,10 +25,8 @@ from urllib.parse import urlparse
 import attrs
 import pytest
 
-from adapters.memory import MemoryStorage
-from adapters.sqlite import SqliteStorage
 from mediator.readmodels import Storage
-from tests import postgres
+from tests import storages
 from tests.conftest import skip_or_fail
 
 NATS_URL = os.environ.get("MEDIATOR_TEST_NATS", "nats://127.0.0.1:4222")
@@ -102,40 +100,14 @@ def stream(nats_url: str) -> Iterator[Stream]:
 @pytest.fixture(params=["sqlite", "postgres"])
 def source(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]:
     """The publishing service's storage: SQLite, or PostgreSQL in a fresh schema."""
-    if request.param == "sqlite":
-        sqlite = SqliteStorage(tmp_path / "shop.db")
-        yield sqlite
-        sqlite.close()
-        return
-    postgres.require()
-    from adapters.postgres import PostgresStorage
-
-    backend = PostgresStorage(postgres.DSN, schema=postgres.new_schema())
-    yield backend
-    backend.close()
-    backend.drop_schema()
+    with storages.opened(request.param, tmp_path) as backend:
+        yield backend
 
 
-@pytest.fixture(params=["memory", "sqlite", "sqlite-two-files", "postgres"])
+@pytest.fixture(params=storages.KINDS)
 def any_storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]:
-    backend: Storage
-    if request.param == "memory":
-        backend = MemoryStorage()
-    elif request.param == "sqlite":
-        backend = SqliteStorage(tmp_path / "app.db")
-    elif request.param == "sqlite-two-files":
-        backend = SqliteStorage(tmp_path / "write.db", tmp_path / "read.db")
-    else:
-        postgres.require()
-        from adapters.postgres import PostgresStorage
-
-        pg = PostgresStorage(postgres.DSN, schema=postgres.new_schema())
-        yield pg
-        pg.close()
-        pg.drop_schema()
-        return
-    yield backend
-    backend.close()
+    with storages.opened(request.param, tmp_path) as backend:
+        yield backend
 
 
 def free_port() -> int:

@@ -5,29 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from adapters.memory import MemoryStorage
-from adapters.sqlite import SqliteStorage
 from mediator.readmodels import Storage
-from tests import postgres
+from tests import storages
 
 
-@pytest.fixture(params=["memory", "sqlite", "sqlite-two-files", "postgres"])
+@pytest.fixture(params=storages.KINDS)
 def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]:
-    backend: Storage
-    if request.param == "memory":
-        backend = MemoryStorage()
-    elif request.param == "sqlite":
-        backend = SqliteStorage(tmp_path / "app.db")
-    elif request.param == "sqlite-two-files":
-        backend = SqliteStorage(tmp_path / "write.db", tmp_path / "read.db")
-    else:
-        postgres.require()
-        from adapters.postgres import PostgresStorage
-
-        backend = PostgresStorage(postgres.DSN, schema=postgres.new_schema())
+    with storages.opened(request.param, tmp_path) as backend:
         yield backend
-        backend.close()
-        backend.drop_schema()
-        return
-    yield backend
-    backend.close()

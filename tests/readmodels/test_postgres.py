@@ -252,22 +252,6 @@ def test_read_your_writes_through_a_process_whose_runner_does_not_hold_the_proje
         second_storage.close()
 
 
-def _lease_holder(pg_schema: str) -> int | None:
-    """The OS process id of the runner holding the balances projection's lock, from its application_name."""
-    import psycopg
-
-    from adapters.postgres import lock_key
-
-    key = lock_key(pg_schema, "balances")
-    with psycopg.connect(postgres.DSN, autocommit=True) as admin:
-        row = admin.execute(
-            "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-            "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %s AND l.objid = %s",
-            ((key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF),
-        ).fetchone()
-    return int(row[0].split(":")[1]) if row else None
-
-
 def test_a_worker_killed_mid_batch_is_replaced_and_nothing_is_lost_or_doubled(pg: Any, pg_schema: str) -> None:
     bank = make_bank(pg, Delivery.WORKER)
     amounts = list(range(1, 121))
@@ -283,7 +267,7 @@ def test_a_worker_killed_mid_batch_is_replaced_and_nothing_is_lost_or_doubled(pg
     try:
         deadline = time.monotonic() + 60
         # Wait until a worker is inside its first batch: it holds the lock, and nothing is committed yet.
-        while (holder := _lease_holder(pg_schema)) is None:
+        while (holder := postgres.lease_holder(pg_schema, "balances")) is None:
             assert time.monotonic() < deadline, "no worker took the projection"
             time.sleep(0.005)
         time.sleep(0.2)  # 20 of its 40 events applied, uncommitted
@@ -295,7 +279,7 @@ def test_a_worker_killed_mid_batch_is_replaced_and_nothing_is_lost_or_doubled(pg
             assert time.monotonic() < deadline, "the surviving worker did not take over"
             time.sleep(0.01)
         survivor = next(w for w in workers if w is not victim)
-        assert _lease_holder(pg_schema) == survivor.pid
+        assert postgres.lease_holder(pg_schema, "balances") == survivor.pid
         assert sum(bank.balances().values()) == sum(amounts)  # unique amounts: a doubled or lost one would show
         assert bank.balances() == {f"a{k}": sum(a for a in amounts if a % 4 == k) for k in range(4)}
     finally:

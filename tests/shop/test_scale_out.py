@@ -59,7 +59,7 @@ def processes(pg_schema: str) -> Iterator[tuple[list[httpx.Client], list[subproc
             assert worker.stdout is not None
             assert "worker running" in worker.stdout.readline()
             for name in (only[1].split(",") if only else []):
-                while holder(pg_schema, name) != worker.pid:
+                while postgres.lease_holder(pg_schema, name) != worker.pid:
                     assert time.monotonic() < deadline, f"the worker for {name} did not take it"
                     time.sleep(0.02)
         deadline = time.monotonic() + 60
@@ -100,7 +100,7 @@ def test_reads_in_one_service_process_see_writes_made_in_another(pg_schema: str)
         placed = []
         for round_ in range(5):  # the stock is 5
             if round_ == 2:  # halfway, the worker of the order projections dies; the standby takes them over
-                assert holder(pg_schema, "order_details") == workers[0].pid
+                assert postgres.lease_holder(pg_schema, "order_details") == workers[0].pid
                 workers[0].send_signal(signal.SIGKILL)
                 workers[0].wait(timeout=10)
             answer = writes.post("/orders", json={"customer_id": ids["customer"],
@@ -120,24 +120,8 @@ def test_reads_in_one_service_process_see_writes_made_in_another(pg_schema: str)
                             headers=ADMIN)
         token = {"X-Consistent-With": stock.headers["x-consistency-token"]}
         assert reads.get(f"/products/{ids['product']}/inventory", headers=token).json()["on_hand"] == 15
-        assert holder(pg_schema, "order_details") == workers[2].pid
-        assert holder(pg_schema, "catalog") == workers[1].pid
-
-
-def holder(pg_schema: str, projection: str) -> int | None:
-    """The process holding ``projection``'s lease, from the application name its lock connection carries."""
-    import psycopg
-
-    from adapters.postgres import lock_key
-
-    key = lock_key(pg_schema, projection)
-    with psycopg.connect(postgres.DSN, autocommit=True) as admin:
-        row = admin.execute(
-            "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-            "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %s AND l.objid = %s",
-            ((key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF),
-        ).fetchone()
-    return int(row[0].split(":")[1]) if row else None
+        assert postgres.lease_holder(pg_schema, "order_details") == workers[2].pid
+        assert postgres.lease_holder(pg_schema, "catalog") == workers[1].pid
 
 
 @pytest.fixture(autouse=True)

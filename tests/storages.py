@@ -1,0 +1,39 @@
+"""The storage backends tests run on, by name: each opened fresh and closed (a PostgreSQL schema dropped) after."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from adapters.memory import MemoryStorage
+from adapters.sqlite import SqliteStorage
+from mediator.readmodels import Storage
+from tests import postgres
+
+KINDS = ("memory", "sqlite", "sqlite-two-files", "postgres")
+
+
+@contextlib.contextmanager
+def opened(kind: str, folder: Path) -> Iterator[Storage]:
+    """A fresh storage of ``kind`` (files in ``folder``); PostgreSQL skips, or in CI fails, when absent."""
+    backend: Storage
+    drop_schema = None
+    if kind == "memory":
+        backend = MemoryStorage()
+    elif kind == "sqlite":
+        backend = SqliteStorage(folder / "app.db")
+    elif kind == "sqlite-two-files":
+        backend = SqliteStorage(folder / "write.db", folder / "read.db")
+    else:
+        postgres.require()
+        from adapters.postgres import PostgresStorage
+
+        backend = on_postgres = PostgresStorage(postgres.DSN, schema=postgres.new_schema())
+        drop_schema = on_postgres.drop_schema
+    try:
+        yield backend
+    finally:
+        backend.close()
+        if drop_schema is not None:
+            drop_schema()
