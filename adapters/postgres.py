@@ -444,10 +444,7 @@ class PostgresStorage(Storage):
         except psycopg.OperationalError:
             if not (outside and connection.broken):
                 raise
-            # Not closed here: a caller may hold it (read_connection); it is broken, and dropped from the thread.
-            self._local.read = None
-            with self._all_lock:
-                self._all.discard(connection)
+            self._drop_broken(connection)
             return self._read().execute(query, params).fetchall()
 
     def _begin(self) -> psycopg.Connection[Any]:
@@ -458,12 +455,29 @@ class PostgresStorage(Storage):
         except psycopg.OperationalError:
             if not connection.broken:
                 raise
-            self._local.read = None
-            with self._all_lock:
-                self._all.discard(connection)
+            self._drop_broken(connection)
             connection = self._read()
             connection.execute("BEGIN")
         return connection
+
+    def _drop_broken(self, connection: psycopg.Connection[Any]) -> None:
+        """Forget this thread's broken connection, unclosed: a caller may still hold it (``read_connection``)."""
+        self._local.read = None
+        with self._all_lock:
+            self._all.discard(connection)
+
+    @contextlib.contextmanager
+    def _transaction(self, action: str) -> Iterator[psycopg.Connection[Any]]:
+        """A transaction on this thread's connection: committed if the block succeeds, else rolled back."""
+        with _translated(action):
+            connection = self._begin()
+            try:
+                yield connection
+                connection.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(StorageError):
+                    _abandon(connection)
+                raise
 
     async def async_connect(self) -> psycopg.AsyncConnection[Any]:
         """A new asyncio connection to this storage's database and schema, for ``async`` query handlers.
@@ -573,19 +587,10 @@ class PostgresStorage(Storage):
 
     @contextlib.contextmanager
     def session(self, name: str, generation: int) -> Iterator[ProjectionSession]:
-        with _translated("begin a projection transaction"):
-            connection = self._begin()
-        try:
+        with self._transaction("run a projection transaction") as connection:
             session = PostgresProjectionSession(connection, name, generation)
             yield session
             session.flush()
-            connection.execute("COMMIT")
-        except BaseException as exc:
-            with contextlib.suppress(StorageError):
-                _abandon(connection)
-            if isinstance(exc, psycopg.Error):
-                raise StorageError(f"PostgreSQL failed in a projection transaction: {exc}") from exc
-            raise
 
     def acquire(self, name: str) -> bool:
         """Try to become the one runner of projection ``name``; ``True`` while this storage holds it.
@@ -663,15 +668,8 @@ class PostgresStorage(Storage):
         return int(rows[0][0]) if rows else 1
 
     def swap(self, name: str, generation: int) -> None:
-        with _translated("swap a generation"):
-            connection = self._begin()
-            try:
-                _swap(connection, name, generation)
-                connection.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(StorageError):
-                    _abandon(connection)
-                raise
+        with self._transaction("swap a generation") as connection:
+            _swap(connection, name, generation)
 
     def rebuilding(self, name: str) -> int | None:
         with _translated("read a rebuild"):
@@ -679,39 +677,24 @@ class PostgresStorage(Storage):
         return int(rows[0][0]) if rows else None
 
     def claim_rebuild(self, name: str) -> int:
-        with _translated("claim a rebuild"):
-            connection = self._begin()
-            try:
-                # One claim at a time per projection, across processes.
-                connection.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(self.schema, f"rebuild:{name}"),))
-                row = connection.execute(
-                    "SELECT generation FROM projection_rebuilds WHERE projection = %s", (name,)).fetchone()
-                if row is None:
-                    highest = connection.execute(
-                        "SELECT MAX(g) FROM (SELECT generation AS g FROM projection_tracking WHERE projection = %s "
-                        "UNION ALL SELECT generation FROM projection_generations WHERE projection = %s "
-                        "UNION ALL SELECT 1) AS known", (name, name)).fetchone()
-                    assert highest is not None
-                    row = (int(highest[0]) + 1,)
-                    connection.execute("INSERT INTO projection_rebuilds VALUES (%s, %s)", (name, row[0]))
-                connection.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(StorageError):
-                    _abandon(connection)
-                raise
+        with self._transaction("claim a rebuild") as connection:
+            # One claim at a time per projection, across processes.
+            connection.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(self.schema, f"rebuild:{name}"),))
+            row = connection.execute(
+                "SELECT generation FROM projection_rebuilds WHERE projection = %s", (name,)).fetchone()
+            if row is None:
+                highest = connection.execute(
+                    "SELECT MAX(g) FROM (SELECT generation AS g FROM projection_tracking WHERE projection = %s "
+                    "UNION ALL SELECT generation FROM projection_generations WHERE projection = %s "
+                    "UNION ALL SELECT 1) AS known", (name, name)).fetchone()
+                assert highest is not None
+                row = (int(highest[0]) + 1,)
+                connection.execute("INSERT INTO projection_rebuilds VALUES (%s, %s)", (name, row[0]))
         return int(row[0])
 
     def finish_rebuild(self, name: str, generation: int, old: int) -> bool:
-        with _translated("finish a rebuild"):
-            connection = self._begin()
-            try:
-                done = _finish_rebuild_on(connection, name, generation, old, live=True)
-                connection.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(StorageError):
-                    _abandon(connection)
-                raise
-        return done
+        with self._transaction("finish a rebuild") as connection:
+            return _finish_rebuild_on(connection, name, generation, old, live=True)
 
     def all_dead_letters(self, name: str | None = None) -> list[DeadLetter]:
         query = (
