@@ -29,6 +29,7 @@ from domain.messages import (
     CreateProduct,
     DiscontinueProduct,
     GetCustomerOrders,
+    GetDailySales,
     GetOrderDetails,
     GetProductInventory,
     GetSalesDashboard,
@@ -212,6 +213,10 @@ def create_app(shop: Shop, *, consistency_timeout: float = 5.0) -> FastAPI:
     @app.get("/dashboard")
     async def dashboard(mediator: Mediated, since: dt.date | None = None) -> Any:
         return data(await mediator.ask(GetSalesDashboard(since=since)))
+
+    @app.get("/sales/daily")
+    async def daily_sales(mediator: Mediated, since: dt.date | None = None) -> Any:
+        return data(await mediator.ask(GetDailySales(since=since)))
 
     wrapped = MediatorMiddleware(app, mediator, principal_of, consistency_timeout=consistency_timeout,
                                  head=shop.storage.head)

@@ -14,7 +14,7 @@ from typing import Any
 import attrs
 
 from adapters.memory import MemoryStorage
-from adapters.shop_sqlite import _db
+from adapters.shop_sqlite import _db, dashboard, money
 from domain.errors import ConcurrencyConflict
 from domain.messages import (
     CustomerOrderSummary,
@@ -24,6 +24,7 @@ from domain.messages import (
     Page,
     ProductInventory,
     ProductListing,
+    SalesDashboard,
 )
 from domain.model import Order, Product, Stock
 from handlers.ports import ReadViews, WriteModel
@@ -163,10 +164,29 @@ class MemoryReadViews(ReadViews):
             any(token.startswith(word) for token in texts.get(r["product_id"], [])) for word in words)]
         return tuple(self._listing(r) for r in sorted(found, key=lambda r: r["name"])[:min(max(limit, 1), 100)])
 
-    def sales_dashboard(self, since: dt.date | None) -> tuple[DailySales, ...]:
+    def sales_dashboard(self, since: dt.date | None) -> SalesDashboard:
+        start = (since or dt.date.min).isoformat()
+        rows: list[tuple[str, str, str, int, int, int]] = [
+            ("day", r["day"], "", r["orders"], r["units"], r["revenue"])
+            for r in self._rows("dashboard", "day_totals") if r["day"] >= start
+        ]
+        if since is None:
+            rows += [("category", r["category_id"], r["category_name"], r["orders"], r["units"], r["revenue"])
+                     for r in self._rows("dashboard", "category_totals")]
+        else:
+            summed: dict[str, tuple[str, int, int, int]] = {}
+            for r in self._rows("dashboard", "daily"):
+                if r["day"] >= start:
+                    _name, orders, units, revenue = summed.get(r["category_id"], ("", 0, 0, 0))
+                    summed[r["category_id"]] = (r["category_name"], orders + r["orders"], units + r["units"],
+                                                revenue + r["revenue"])
+            rows += [("category", key, *figures) for key, figures in summed.items()]
+        return dashboard(since, rows)
+
+    def daily_sales(self, since: dt.date | None) -> tuple[DailySales, ...]:
         start = (since or dt.date.min).isoformat()
         rows = [r for r in self._rows("dashboard", "daily") if r["day"] >= start and (r["orders"] or r["units"])]
         rows.sort(key=lambda r: (r["day"], r["category_id"]))
         return tuple(DailySales(day=dt.date.fromisoformat(r["day"]), category_id=r["category_id"],
                                 category_name=r["category_name"], orders=r["orders"], units=r["units"],
-                                revenue=Decimal(r["revenue"])) for r in rows)
+                                revenue=money(r["revenue"])) for r in rows)

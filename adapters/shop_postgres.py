@@ -293,8 +293,9 @@ class PostgresReadViews(SqlReadQueries):
         except errors.UndefinedTable:
             return []  # nothing projected yet
 
-    def _query(self, projection: str, table: str, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-        return self._rows(sql.format(t=self.engine.table(projection, table), p="%s"), params)
+    def _query(self, projection: str, table: str | tuple[str, ...], sql: str,
+               params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        return self._rows(sql.format(p="%s", **self._tables(projection, table)), params)
 
     def search_products(self, text: str, limit: int) -> tuple[ProductListing, ...]:
         query = _search_query(text)

@@ -14,13 +14,16 @@ from adapters.sqlite import SqliteStorage
 from domain.errors import ConcurrencyConflict
 from domain.events import OrderLine
 from domain.messages import (
+    CategorySales,
     CustomerOrderSummary,
     DailySales,
+    DaySales,
     OrderDetails,
     OrderLineView,
     Page,
     ProductInventory,
     ProductListing,
+    SalesDashboard,
 )
 from domain.model import Order, OrderStatus, Product, Stock
 from handlers.ports import ReadViews, WriteModel
@@ -151,9 +154,15 @@ TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
     "inventory": ("product_id TEXT PRIMARY KEY, name TEXT, on_hand INTEGER, reserved INTEGER, available INTEGER, "
                   "version INTEGER", ("product_id",)),
     "order_lines": ("order_id TEXT PRIMARY KEY, day TEXT, lines TEXT", ("order_id",)),
-    "daily": ("day TEXT, category_id TEXT, category_name TEXT, orders INTEGER, units INTEGER, revenue TEXT, "
+    # Money in the dashboard's tables is in whole cents, so that SQL can add it up.
+    "daily": ("day TEXT, category_id TEXT, category_name TEXT, orders INTEGER, units INTEGER, revenue BIGINT, "
               "PRIMARY KEY (day, category_id)", ("day", "category_id")),
+    "day_totals": ("day TEXT PRIMARY KEY, orders INTEGER, units INTEGER, revenue BIGINT", ("day",)),
+    "category_totals": ("category_id TEXT PRIMARY KEY, category_name TEXT, orders INTEGER, units INTEGER, "
+                        "revenue BIGINT", ("category_id",)),
 }
+CLUSTERED = frozenset({"daily", "day_totals", "category_totals"})
+"""Tables SQLite keeps in key order (``WITHOUT ROWID``): the dashboard reads them in ranges of the key."""
 INDEXES = {
     "summaries": ["customer_id, placed_at"],
     "products": ["category_id, name"],
@@ -167,9 +176,22 @@ class SqlReadQueries(ReadViews):
     table's name in the current generation and the driver's parameter marker.
     """
 
+    engine: ReadModels
+
     @abc.abstractmethod
-    def _query(self, projection: str, table: str, sql: str, params: tuple[Any, ...]) -> Sequence[Sequence[Any]]:
-        """The rows of ``sql`` on ``projection``'s ``table``; none while that table does not exist yet."""
+    def _query(self, projection: str, table: str | tuple[str, ...], sql: str,
+               params: tuple[Any, ...]) -> Sequence[Sequence[Any]]:
+        """The rows of ``sql`` on ``projection``'s ``table``; none while that table does not exist yet.
+
+        Given several tables, ``sql`` names each by its name in braces (``{day_totals}``): one
+        statement reads them all from one snapshot, where two would see a batch committed in between.
+        """
+
+    def _tables(self, projection: str, table: str | tuple[str, ...]) -> dict[str, str]:
+        """The names to fill into a statement: ``t``, or each of several tables by its name."""
+        if isinstance(table, str):
+            return {"t": self.engine.table(projection, table)}
+        return {name: self.engine.table(projection, name) for name in table}
 
     def order_details(self, order_id: str) -> OrderDetails | None:
         rows = self._query("order_details", "orders", "SELECT * FROM {t} WHERE order_id = {p}", (order_id,))
@@ -220,11 +242,68 @@ class SqlReadQueries(ReadViews):
         return ProductInventory(product_id=r[0], name=r[1], on_hand=r[2], reserved=r[3], available=r[4],
                                 version=r[5])
 
-    def sales_dashboard(self, since: dt.date | None) -> tuple[DailySales, ...]:
+    def sales_dashboard(self, since: dt.date | None) -> SalesDashboard:
+        if since is None:  # the categories' totals are kept whole: twenty rows, whatever the history
+            rows = self._query("dashboard", ("day_totals", "category_totals"), _DASHBOARD, ())
+        else:  # over a period they are added up from its days
+            day = since.isoformat()
+            rows = self._query("dashboard", ("day_totals", "daily"), _DASHBOARD_SINCE, (day, day))
+        return dashboard(since, rows)
+
+    def daily_sales(self, since: dt.date | None) -> tuple[DailySales, ...]:
         rows = self._query("dashboard", "daily", "SELECT * FROM {t} WHERE day >= {p} ORDER BY day, category_id",
                            ((since or dt.date.min).isoformat(),))
         return tuple(DailySales(day=dt.date.fromisoformat(r[0]), category_id=r[1], category_name=r[2], orders=r[3],
-                                units=r[4], revenue=Decimal(r[5])) for r in rows if r[3] or r[4])
+                                units=r[4], revenue=money(r[5])) for r in rows if r[3] or r[4])
+
+
+_DASHBOARD = ("SELECT 'day', day, '', orders, units, revenue FROM {day_totals} UNION ALL "
+              "SELECT 'category', category_id, category_name, orders, units, revenue FROM {category_totals}")
+_DASHBOARD_SINCE = (
+    "SELECT 'day', day, '', orders, units, revenue FROM {day_totals} WHERE day >= {p} UNION ALL "
+    "SELECT 'category', category_id, MIN(category_name), SUM(orders), SUM(units), SUM(revenue) FROM {daily} "
+    "WHERE day >= {p} GROUP BY category_id"
+)
+
+
+def money(cents: int | Decimal) -> Decimal:
+    """Whole cents as an amount with two places."""
+    return Decimal(cents).scaleb(-2) if cents else ZERO
+
+
+ZERO = Decimal("0.00")
+
+
+def dashboard(since: dt.date | None, rows: Iterable[Sequence[Any]]) -> SalesDashboard:
+    """The dashboard from rows of ``(kind, day or category id, category name, orders, units, cents)``.
+
+    Shared by every backend so they agree on order and on what is left out; ``kind`` is ``'day'`` or
+    ``'category'``.
+    """
+    days: list[DaySales] = []
+    categories: list[CategorySales] = []
+    orders = units = cents = 0
+    for kind, key, name, count, sold, revenue in rows:
+        if not (count or sold):
+            continue  # every order of it was cancelled
+        if kind == "day":
+            days.append(DaySales(day=dt.date.fromisoformat(key), orders=count, units=sold, revenue=money(revenue)))
+            orders, units, cents = orders + count, units + sold, cents + revenue
+        else:
+            categories.append(CategorySales(category_id=key, category_name=name, orders=count, units=sold,
+                                            revenue=money(revenue)))
+    days.sort(key=_by_day)
+    categories.sort(key=_by_revenue)
+    return SalesDashboard(since=since, orders=orders, units=units, revenue=money(cents), days=tuple(days),
+                          categories=tuple(categories))
+
+
+def _by_day(row: DaySales) -> dt.date:
+    return row.day
+
+
+def _by_revenue(row: CategorySales) -> tuple[Decimal, str]:
+    return -row.revenue, row.category_id
 
 
 def listings(rows: Iterable[Sequence[Any]]) -> tuple[ProductListing, ...]:
@@ -248,7 +327,8 @@ class SqliteReadViews(SqlReadQueries):
         for name in _tables_of(session.name):
             columns, _key = TABLES[name]
             table = session.table(name)
-            session.handle.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns})")
+            clustered = " WITHOUT ROWID" if name in CLUSTERED else ""
+            session.handle.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns}){clustered}")
             for index, cols in enumerate(INDEXES.get(name, ())):
                 session.handle.execute(f"CREATE INDEX IF NOT EXISTS {table}_i{index} ON {table} ({cols})")
         if session.name == "search":
@@ -294,11 +374,11 @@ class SqliteReadViews(SqlReadQueries):
 
     # -- queries ------------------------------------------------------------------------------------------
 
-    def _query(self, projection: str, table: str, sql: str, params: tuple[Any, ...]) -> list[sqlite3.Row]:
+    def _query(self, projection: str, table: str | tuple[str, ...], sql: str,
+               params: tuple[Any, ...]) -> list[sqlite3.Row]:
         connection = self.storage.read_connection()
-        name = self.engine.table(projection, table)
         try:
-            return connection.execute(sql.format(t=name, p="?"), params).fetchall()
+            return connection.execute(sql.format(p="?", **self._tables(projection, table)), params).fetchall()
         except sqlite3.OperationalError as exc:
             if "no such table" in str(exc):
                 return []  # nothing projected yet
@@ -341,7 +421,7 @@ PROJECTION_TABLES = {
     "catalog": ("categories", "products"),
     "inventory": ("inventory",),
     "search": ("categories", "products"),
-    "dashboard": ("categories", "order_lines", "daily"),
+    "dashboard": ("categories", "order_lines", "daily", "day_totals", "category_totals"),
 }
 
 

@@ -164,12 +164,53 @@ class ProductInventory:
 
 @attrs.frozen(kw_only=True)
 class DailySales:
+    """One day's sales in one category: a row of the sales report."""
+
     day: dt.date
     category_id: str
     category_name: str
     orders: int
     units: int
     revenue: Decimal
+
+
+@attrs.frozen(kw_only=True)
+class DaySales:
+    """One day's sales over every category: a point of the dashboard's chart."""
+
+    day: dt.date
+    orders: int
+    units: int
+    revenue: Decimal
+
+
+@attrs.frozen(kw_only=True)
+class CategorySales:
+    """One category's sales over the dashboard's period."""
+
+    category_id: str
+    category_name: str
+    orders: int
+    units: int
+    revenue: Decimal
+
+
+@attrs.frozen(kw_only=True)
+class SalesDashboard:
+    """The sales dashboard: the period's totals, a point per day, and the categories by revenue.
+
+    Cancelled orders are not counted; days and categories left with no sale are left out.
+    ``orders`` counts each order once, though ``categories`` counts it in every category it bought from.
+    """
+
+    since: dt.date | None
+    orders: int
+    units: int
+    revenue: Decimal
+    days: tuple[DaySales, ...]
+    """Oldest first."""
+    categories: tuple[CategorySales, ...]
+    """Highest revenue first, then by id."""
 
 
 # -- queries ------------------------------------------------------------------------------------------
@@ -209,6 +250,16 @@ class SearchProducts(Query[tuple[ProductListing, ...]]):
 
 
 @attrs.frozen(kw_only=True)
-class GetSalesDashboard(Query[tuple[DailySales, ...]]):
+class GetSalesDashboard(Query[SalesDashboard]):
+    """The dashboard from ``since`` (a day, inclusive) on, or over everything when it is ``None``."""
+
+    reads = ("dashboard",)
+    since: dt.date | None = None
+
+
+@attrs.frozen(kw_only=True)
+class GetDailySales(Query[tuple[DailySales, ...]]):
+    """The sales report: a row per day and category from ``since`` on, by day then category id."""
+
     reads = ("dashboard",)
     since: dt.date | None = None

@@ -18,6 +18,7 @@ from domain.messages import (
     Page,
     ProductInventory,
     ProductListing,
+    SalesDashboard,
 )
 from domain.model import Order, Product, Stock
 from mediator.readmodels import ProjectionSession
@@ -98,4 +99,7 @@ class ReadViews(abc.ABC):
     def search_products(self, text: str, limit: int) -> tuple[ProductListing, ...]: ...
 
     @abc.abstractmethod
-    def sales_dashboard(self, since: Any) -> tuple[DailySales, ...]: ...
+    def sales_dashboard(self, since: Any) -> SalesDashboard: ...
+
+    @abc.abstractmethod
+    def daily_sales(self, since: Any) -> tuple[DailySales, ...]: ...

@@ -156,7 +156,13 @@ class InventoryProjection(ShopProjection):
 
 
 class DashboardProjection(ShopProjection):
-    """``GetSalesDashboard``: orders, units and revenue per day and category, kept as orders come and go."""
+    """``GetSalesDashboard`` and ``GetDailySales``: orders, units and revenue kept as orders come and go.
+
+    Three tables of counts, each updated by every order: per day and category (the report, and any
+    period's categories), per day (the chart: an order counts once a day, whatever it bought), and per
+    category over everything (the whole dashboard's breakdown, read without adding up days). Revenue is
+    kept in whole cents so the read side can add it up in SQL.
+    """
 
     name = "dashboard"
 
@@ -181,20 +187,30 @@ class DashboardProjection(ShopProjection):
             self._add(session, row["day"], lines, -1)
 
     def _add(self, session: ProjectionSession, day: str, lines: list[tuple[str, int, Decimal]], sign: int) -> None:
-        per_category: dict[str, tuple[int, Decimal]] = {}
+        per_category: dict[str, tuple[int, int]] = {}
+        units = cents = 0
         for category_id, quantity, total in lines:
-            units, revenue = per_category.get(category_id, (0, Decimal("0.00")))
-            per_category[category_id] = (units + quantity, revenue + total)
-        for category_id, (units, revenue) in per_category.items():
-            key = {"day": day, "category_id": category_id}
-            row = self.views.read(session, "daily", key)
+            line_cents = int(total.scaleb(2))
+            category_units, category_cents = per_category.get(category_id, (0, 0))
+            per_category[category_id] = (category_units + quantity, category_cents + line_cents)
+            units, cents = units + quantity, cents + line_cents
+        self._count(session, "day_totals", {"day": day}, {}, sign, units, cents)
+        for category_id, (units, cents) in per_category.items():
             category = self.views.read(session, "categories", {"category_id": category_id})
-            self.views.write(session, "daily", key, {
-                "category_name": category["name"] if category else "",
-                "orders": (row["orders"] if row else 0) + sign,
-                "units": (row["units"] if row else 0) + sign * units,
-                "revenue": (Decimal(row["revenue"]) if row else Decimal("0.00")) + sign * revenue,
-            })
+            named = {"category_name": category["name"] if category else ""}
+            self._count(session, "daily", {"day": day, "category_id": category_id}, named, sign, units, cents)
+            self._count(session, "category_totals", {"category_id": category_id}, named, sign, units, cents)
+
+    def _count(self, session: ProjectionSession, table: str, key: dict[str, Any], named: dict[str, str],
+               sign: int, units: int, cents: int) -> None:
+        """Add one order (``sign`` +1) or take it away (-1) from a row of counts."""
+        row = self.views.read(session, table, key)
+        self.views.write(session, table, key, {
+            **named,
+            "orders": (row["orders"] if row else 0) + sign,
+            "units": (row["units"] if row else 0) + sign * units,
+            "revenue": (row["revenue"] if row else 0) + sign * cents,
+        })
 
 
 def _status(event: OrderConfirmed | OrderShipped | OrderCancelled) -> str:

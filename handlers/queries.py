@@ -6,6 +6,7 @@ from domain.messages import (
     CustomerOrderSummary,
     DailySales,
     GetCustomerOrders,
+    GetDailySales,
     GetOrderDetails,
     GetProductInventory,
     GetSalesDashboard,
@@ -14,6 +15,7 @@ from domain.messages import (
     Page,
     ProductInventory,
     ProductListing,
+    SalesDashboard,
     SearchProducts,
 )
 from mediator import Registry
@@ -40,8 +42,11 @@ class ShopQueries:
     def search(self, query: SearchProducts) -> tuple[ProductListing, ...]:
         return self.views.search_products(query.text, query.limit)
 
-    def dashboard(self, query: GetSalesDashboard) -> tuple[DailySales, ...]:
+    def dashboard(self, query: GetSalesDashboard) -> SalesDashboard:
         return self.views.sales_dashboard(query.since)
+
+    def daily_sales(self, query: GetDailySales) -> tuple[DailySales, ...]:
+        return self.views.daily_sales(query.since)
 
 
 def register(registry: Registry, queries: ShopQueries) -> None:
@@ -51,3 +56,4 @@ def register(registry: Registry, queries: ShopQueries) -> None:
     registry.handle(GetProductInventory).by(queries.product_inventory)
     registry.handle(SearchProducts).by(queries.search)
     registry.handle(GetSalesDashboard).by(queries.dashboard)
+    registry.handle(GetDailySales).by(queries.daily_sales)

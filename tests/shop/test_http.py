@@ -99,7 +99,9 @@ def test_a_client_reads_its_own_write_through_the_token_header(server: tuple[htt
     assert [p["name"] for p in found] == ["Desk lamp"]
     page = client.get(f"/categories/{ids['category']}/products", headers={"X-Consistent-With": token}).json()
     assert page["total"] == 1
-    assert client.get("/dashboard", headers={"X-Consistent-With": token}).json()[0]["units"] == 2
+    board = client.get("/dashboard", headers={"X-Consistent-With": token}).json()
+    assert (board["orders"], board["units"], [c["units"] for c in board["categories"]]) == (1, 2, [2])
+    assert [d["units"] for d in client.get("/sales/daily", headers={"X-Consistent-With": token}).json()] == [2]
 
 
 def test_errors_map_to_http(server: tuple[httpx.Client, Shop]) -> None:

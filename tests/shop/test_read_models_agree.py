@@ -23,6 +23,7 @@ from domain.messages import (
     CreateProduct,
     DiscontinueProduct,
     GetCustomerOrders,
+    GetDailySales,
     GetOrderDetails,
     GetProductInventory,
     GetSalesDashboard,
@@ -184,7 +185,29 @@ def assert_agrees_with_the_write_model(world: World) -> None:
             count, units, revenue = sold.get(key, (0, 0, Decimal("0.00")))
             sold[key] = (count + 1, units + sum(ln.quantity for ln in lines),
                          revenue + sum((ln.total for ln in lines), Decimal("0.00")))
-    assert {(d.day, d.category_id): (d.orders, d.units, d.revenue) for d in ask(GetSalesDashboard())} == sold
+    assert {(d.day, d.category_id): (d.orders, d.units, d.revenue) for d in ask(GetDailySales())} == sold
+
+    kept = [order for order in orders.values() if order.status is not OrderStatus.CANCELLED]
+    for since in [None, *sorted({day for day, _category in sold})]:
+        board = ask(GetSalesDashboard(since=since))
+        counted = [order for order in kept if since is None or order.placed_at.date() >= since]
+        assert (board.since, board.orders, board.units, board.revenue) == (
+            since, len(counted), sum(ln.quantity for o in counted for ln in o.lines),
+            sum((o.total for o in counted), Decimal("0.00")))
+        per_day: dict[dt.date, tuple[int, int, Decimal]] = {}
+        for order in counted:
+            count, units, revenue = per_day.get(order.placed_at.date(), (0, 0, Decimal("0.00")))
+            per_day[order.placed_at.date()] = (count + 1, units + sum(ln.quantity for ln in order.lines),
+                                               revenue + order.total)
+        assert [(d.day, d.orders, d.units, d.revenue) for d in board.days] == sorted(
+            (day, *figures) for day, figures in per_day.items())
+        per_category: dict[str, tuple[int, int, Decimal]] = {}
+        for (day, category), (count, units, revenue) in sold.items():
+            if since is None or day >= since:
+                was = per_category.get(category, (0, 0, Decimal("0.00")))
+                per_category[category] = (was[0] + count, was[1] + units, was[2] + revenue)
+        assert [(c.category_id, c.orders, c.units, c.revenue) for c in board.categories] == sorted(
+            ((category, *figures) for category, figures in per_category.items()), key=lambda c: (-c[3], c[0]))
 
 
 def snapshot(world: World) -> object:
@@ -195,6 +218,7 @@ def snapshot(world: World) -> object:
         [ask(ListProductsByCategory(category_id=c, page_size=100)) for c in world.categories],
         [ask(GetProductInventory(product_id=p)) for p in world.products],
         ask(GetSalesDashboard()),
+        ask(GetDailySales()),
         [ask(SearchProducts(text=text, limit=100)) for text in SEARCHED],
     )
 

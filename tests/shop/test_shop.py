@@ -19,6 +19,7 @@ from domain.messages import (
     CreateProduct,
     DiscontinueProduct,
     GetCustomerOrders,
+    GetDailySales,
     GetOrderDetails,
     GetProductInventory,
     GetSalesDashboard,
@@ -26,6 +27,7 @@ from domain.messages import (
     OrderItem,
     PlaceOrder,
     RegisterCustomer,
+    SalesDashboard,
     SearchProducts,
     ShipOrder,
     UpdateProductStock,
@@ -84,9 +86,62 @@ def test_placing_an_order_reserves_stock_and_every_read_model_follows(shop: Shop
     assert [p.name for p in ask(SearchProducts(text="brass"))] == ["Desk lamp"]
     assert sorted(p.name for p in ask(SearchProducts(text="lam"))) == ["Desk lamp", "Floor lamp"]
 
-    (day,) = ask(GetSalesDashboard())
-    assert (day.day, day.category_name, day.orders, day.units, day.revenue) == (
-        DAY.date(), "Lamps", 1, 4, Decimal("155.00"))
+    board = ask(GetSalesDashboard())
+    assert (board.since, board.orders, board.units, board.revenue) == (None, 1, 4, Decimal("155.00"))
+    assert [(d.day, d.orders, d.units, d.revenue) for d in board.days] == [(DAY.date(), 1, 4, Decimal("155.00"))]
+    assert [(c.category_id, c.category_name, c.orders, c.units, c.revenue) for c in board.categories] == [
+        (lamps, "Lamps", 1, 4, Decimal("155.00"))]
+    (row,) = ask(GetDailySales())
+    assert (row.day, row.category_id, row.category_name, row.orders, row.units, row.revenue) == (
+        DAY.date(), lamps, "Lamps", 1, 4, Decimal("155.00"))
+
+
+def test_the_dashboard_counts_each_order_once_a_day_and_in_every_category_it_bought_from(
+        backend: str, tmp_path: Path) -> None:
+    now = [DAY]
+    with shop_on(backend, tmp_path, clock=lambda: now[0], logging=False, retire_after=0) as shop:
+        customer, lamps, desk, floor = stocked(shop)
+        send = shop.mediator.send
+        rugs = send(CreateCategory(name="Rugs"))
+        rug = send(CreateProduct(category_id=rugs, name="Wool rug", price=Decimal("40.00")))
+        send(UpdateProductStock(product_id=rug, delta=10, reason="delivery"))
+        first, second, third = (DAY + dt.timedelta(days=n) for n in range(3))
+        send(PlaceOrder(customer_id=customer, items=(OrderItem(product_id=desk, quantity=2),  # 50 lamps + 40 rugs
+                                                     OrderItem(product_id=rug, quantity=1))))
+        now[0] = second
+        send(PlaceOrder(customer_id=customer, items=(OrderItem(product_id=floor, quantity=1),)))  # 80 lamps
+        dropped = send(PlaceOrder(customer_id=customer, items=(OrderItem(product_id=rug, quantity=5),)))
+        now[0] = third
+        send(CancelOrder(order_id=dropped, reason="too many"))  # leaves the second day, which it was placed on
+        send(PlaceOrder(customer_id=customer, items=(OrderItem(product_id=rug, quantity=3),)))  # 120 rugs
+        settle(shop.engine)
+        ask = shop.mediator.ask
+
+        def figures(board: SalesDashboard) -> object:
+            return ((board.orders, board.units, board.revenue),
+                    [(d.day, d.orders, d.units, d.revenue) for d in board.days],
+                    [(c.category_name, c.orders, c.units, c.revenue) for c in board.categories])
+
+        assert figures(ask(GetSalesDashboard())) == (
+            (3, 7, Decimal("290.00")),
+            [(first.date(), 1, 3, Decimal("90.00")), (second.date(), 1, 1, Decimal("80.00")),
+             (third.date(), 1, 3, Decimal("120.00"))],
+            [("Rugs", 2, 4, Decimal("160.00")), ("Lamps", 2, 3, Decimal("130.00"))],  # highest revenue first
+        )
+        board = ask(GetSalesDashboard(since=second.date()))  # the categories added up over the period only
+        assert board.since == second.date()
+        assert figures(board) == (
+            (2, 4, Decimal("200.00")),
+            [(second.date(), 1, 1, Decimal("80.00")), (third.date(), 1, 3, Decimal("120.00"))],
+            [("Rugs", 1, 3, Decimal("120.00")), ("Lamps", 1, 1, Decimal("80.00"))],
+        )
+        assert figures(ask(GetSalesDashboard(since=(third + dt.timedelta(days=1)).date()))) == (
+            (0, 0, Decimal("0.00")), [], [])
+        assert [(d.day, d.category_name, d.orders, d.units, d.revenue) for d in ask(GetDailySales())] == sorted(
+            [(first.date(), "Lamps", 1, 2, Decimal("50.00")), (first.date(), "Rugs", 1, 1, Decimal("40.00")),
+             (second.date(), "Lamps", 1, 1, Decimal("80.00")), (third.date(), "Rugs", 1, 3, Decimal("120.00"))],
+            key=lambda row: (row[0], {"Lamps": lamps, "Rugs": rugs}[row[1]]))
+        assert [d.day for d in ask(GetDailySales(since=third.date()))] == [third.date()]
 
 
 def test_an_order_that_cannot_be_reserved_is_rejected_whole(shop: Shop) -> None:
@@ -117,8 +172,11 @@ def test_shipping_and_cancelling_move_stock_and_statuses(shop: Shop) -> None:
     assert (inventory.on_hand, inventory.reserved) == (8, 0)
     statuses = {s.order_id: s.status for s in shop.mediator.ask(GetCustomerOrders(customer_id=customer))}
     assert statuses == {first: "shipped", second: "cancelled"}
-    (day,) = shop.mediator.ask(GetSalesDashboard())
-    assert (day.orders, day.units, day.revenue) == (1, 2, Decimal("50.00"))  # the cancelled order left it
+    board = shop.mediator.ask(GetSalesDashboard())  # the cancelled order left every count
+    assert (board.orders, board.units, board.revenue) == (1, 2, Decimal("50.00"))
+    assert [(d.orders, d.units, d.revenue) for d in board.days] == [(1, 2, Decimal("50.00"))]
+    assert [(c.orders, c.units, c.revenue) for c in board.categories] == [(1, 2, Decimal("50.00"))]
+    assert [(d.orders, d.units, d.revenue) for d in shop.mediator.ask(GetDailySales())] == [(1, 2, Decimal("50.00"))]
     with pytest.raises(RuleViolation):
         send(ShipOrder(order_id=second))
 
@@ -290,7 +348,11 @@ def test_every_query_answers_from_the_read_database_alone(tmp_path: Path) -> Non
         assert inventory is not None
         assert (inventory.on_hand, inventory.reserved, inventory.available) == (10, 3, 7)
         assert [p.name for p in ask(SearchProducts(text="paper shade"))] == ["Floor lamp"]
-        (day,) = ask(GetSalesDashboard(since=DAY.date()))
+        board = ask(GetSalesDashboard(since=DAY.date()))
+        assert (board.orders, board.units, board.revenue) == (1, 4, Decimal("155.00"))
+        assert [(c.category_name, c.orders, c.units, c.revenue) for c in board.categories] == [
+            ("Lamps", 1, 4, Decimal("155.00"))]
+        (day,) = ask(GetDailySales(since=DAY.date()))
         assert (day.category_name, day.orders, day.units, day.revenue) == ("Lamps", 1, 4, Decimal("155.00"))
     finally:
         shop.close()
