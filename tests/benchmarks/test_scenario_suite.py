@@ -4,6 +4,7 @@ Timings are never asserted here.
 """
 
 import random
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from benchmarks import _shopdata as shopdata
 from benchmarks import scenario
 from benchmarks._harness import TINY
 
-READS = ("order_details", "customer_orders", "products_by_category", "dashboard")
+READS = ("order_details", "customer_orders", "products_by_category", "dashboard", "daily_sales")
 
 
 def test_scenario_suite_measures_every_scenario_beside_its_reference() -> None:
@@ -24,11 +25,11 @@ def test_scenario_suite_measures_every_scenario_beside_its_reference() -> None:
     expected |= {(f"{read}_growth", "x4 orders", kind) for read in READS for kind in ("crud", "cqrs")}
     expected |= {("load", "400 orders", "crud"), ("load", "400 orders", "cqrs"), ("load_write", "400 orders", "cqrs"),
                  ("load_projections", "400 orders", "cqrs"), ("checkout", "runner stopped", "cqrs")}
+    loads = ("under dashboard load", "under a flat-out dashboard reader")
     for kind in ("crud", "cqrs"):
-        expected |= {("checkout", "alone", kind), ("checkout_loaded", "under dashboard load", kind),
-                     ("dashboard_reader", "during checkouts", kind)}
-    expected |= {(f"projection_lag_{q}", family, "cqrs") for q in ("p50", "p99")
-                 for family in ("alone", "under dashboard load")}
+        expected |= {("checkout", "alone", kind)}
+        expected |= {(scenario_, load, kind) for scenario_ in ("checkout_loaded", "dashboard_reader") for load in loads}
+    expected |= {(f"projection_lag_{q}", family, "cqrs") for q in ("p50", "p99") for family in ("alone", *loads)}
     assert found == expected
     assert len(results) == len(found)  # no scenario measured twice
     assert all(r.suite == "scenario" and r.median_ns > 0 and r.ratio > 0 for r in results)
@@ -37,6 +38,8 @@ def test_scenario_suite_measures_every_scenario_beside_its_reference() -> None:
     table = scenario.summary(results)
     assert "| dashboard p50, 400 orders |" in table
     assert "| throughput kept under dashboard load |" in table
+    assert "| throughput kept under a flat-out dashboard reader |" in table
+    assert "| daily sales p50, 400 orders |" in table
 
 
 def test_generated_data_is_the_same_for_the_same_seed() -> None:
@@ -56,3 +59,20 @@ def test_the_check_agrees_on_a_fresh_load_and_catches_a_read_that_differs(tmp_pa
         both.crud.db.execute("UPDATE order_items SET quantity = quantity + 1 WHERE rowid = 1")
         with pytest.raises(scenario.Disagreement, match="differs"):
             scenario.check_agreement(both, random.Random(3))
+
+
+@pytest.mark.parametrize("kind", ["crud", "cqrs"])
+def test_the_paced_dashboard_reader_never_reads_ahead_of_its_rate(tmp_path: Path, kind: str) -> None:
+    data = shopdata.catalog(3, categories=3, per_category=40)
+    with scenario.shops(tmp_path, data) as both:
+        both.load(shopdata.block(data, 3, orders=60), first=True)
+    def run() -> float:
+        time.sleep(0.5)
+        return 7.0
+
+    rate = 40
+    result, per_read = scenario.under_load(kind, tmp_path / f"{kind}.db", run, rate)
+    assert result == 7.0  # what the run beside the reader returned
+    # On its schedule the reader makes at most one read more than the rate allows in the time it ran (at least
+    # the run's 0.5 s): flat out, a read of so few orders takes well under a millisecond.
+    assert per_read >= 0.95 / rate
