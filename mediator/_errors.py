@@ -30,12 +30,12 @@ class NotAMessageError(MediatorError, TypeError):
 class HandlerNotFoundError(MediatorError, LookupError):
     """A message was dispatched whose type has no registered handler."""
 
-    def __init__(self, message_type: type) -> None:
+    def __init__(self, message_type: type, text: str | None = None) -> None:
         self.message_type = message_type
-        super().__init__(
+        super().__init__(text or (
             f"No handler is registered for {qualname(message_type)}; "
             f"register one with registry.handle({message_type.__name__}).by(...) before build()."
-        )
+        ))
 
 
 class WiringError(MediatorError, ValueError):

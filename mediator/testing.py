@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 import attrs
 
 from ._di import Lifetime
+from ._errors import HandlerNotFoundError
 from ._messages import Command, Event, Kind, Message, Query, StreamQuery, kind_of, qualname
 from ._notify import PublishStrategy
 from ._registry import BehaviourRegistration
@@ -177,7 +178,8 @@ class MediatorStub:
 
     ``stub.on(GetPrice, 10)`` answers every ``GetPrice`` with 10;
     ``stub.on(GetPrice, lambda q: ...)`` computes the answer. Every message is
-    recorded in ``stub.dispatched``; an unexpected one raises ``LookupError``.
+    recorded in ``stub.dispatched``; an unexpected one raises :class:`~mediator.HandlerNotFoundError`,
+    as a mediator with no handler for it would.
     """
 
     def __init__(self) -> None:
@@ -197,9 +199,9 @@ class MediatorStub:
         try:
             handler = self.answers[type(message)]
         except KeyError:
-            raise LookupError(
+            raise HandlerNotFoundError(type(message), (
                 f"MediatorStub has no answer for {qualname(type(message))}; add stub.on({type(message).__name__}, ...)."
-            ) from None
+            )) from None
         return handler(message)
 
     def send(self, command: Command[R], /) -> R:

@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from mediator import Mediator, Registry
+from mediator import HandlerNotFoundError, Mediator, Registry
 from mediator.testing import (
     AsyncMediatorStub,
     MediatorStub,
@@ -99,8 +99,9 @@ def test_stub_answers_with_canned_values_and_records() -> None:
 
 
 def test_stub_refuses_unexpected_messages_with_the_fix() -> None:
-    with pytest.raises(LookupError, match=r"add stub.on\(Add, ...\)"):
+    with pytest.raises(HandlerNotFoundError, match=r"add stub.on\(Add, ...\)") as raised:
         MediatorStub().send(Add(value=1))
+    assert raised.value.message_type is Add  # what code under test catching a missing handler sees from a mediator
 
 
 def test_async_stub() -> None:
