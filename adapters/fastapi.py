@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mediator import AsyncMediator, MediatorError, NotAMessageError, ValidationError, current_context
-from mediator.readmodels import ConsistencyTimeout, StorageError, consistent, last_token
+from mediator.readmodels import ConsistencyTimeout, ReadModelUnavailable, StorageError, consistent, last_token
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -180,6 +180,13 @@ def install_error_handlers(app: FastAPI, status_of: Mapping[type[Exception], tup
     @app.exception_handler(ConsistencyTimeout)
     async def stale(request: Request, exc: ConsistencyTimeout) -> JSONResponse:
         return problem(503, "not_yet_consistent", "The read model has not caught up yet; retry shortly.")
+
+    @app.exception_handler(ReadModelUnavailable)
+    async def rebuilding(request: Request, exc: ReadModelUnavailable) -> JSONResponse:
+        # Deploying a new version of a projection: its read model answers again once rebuilt.
+        answer = problem(503, "read_model_unavailable", "This read model is being rebuilt; retry shortly.")
+        answer.headers["Retry-After"] = "5"
+        return answer
 
     @app.exception_handler(StorageError)
     async def storage_down(request: Request, exc: StorageError) -> JSONResponse:

@@ -41,6 +41,7 @@ class _State:
         self.tracking: dict[tuple[str, int], _Tracking] = {}
         self.generations: dict[str, int] = {}
         self.rebuilds: dict[str, int] = {}
+        self.versions: dict[tuple[str, int], int] = {}
 
     def _position(self, name: str, generation: int) -> int:
         tracking = self.tracking.get((name, generation))
@@ -63,6 +64,7 @@ class _State:
         work.tracking = copy.deepcopy(self.tracking)
         work.generations = dict(self.generations)
         work.rebuilds = dict(self.rebuilds)
+        work.versions = dict(self.versions)
         return work
 
 
@@ -119,6 +121,9 @@ class MemoryWriteSession(WriteSession):
 
     def swap(self, name: str, generation: int) -> None:
         self._work.generations[name] = generation
+
+    def record_version(self, name: str, generation: int, version: int) -> int:
+        return self._work.versions.setdefault((name, generation), version)
 
     def finish_rebuild(self, name: str, generation: int, old: int) -> bool:
         return self._work.finish_rebuild(name, generation, old, live=False)
@@ -201,17 +206,24 @@ class MemoryStorage(Storage):
     def rebuilding(self, name: str) -> int | None:
         return self._state.rebuilds.get(name)
 
-    def claim_rebuild(self, name: str) -> int:
+    def claim_rebuild(self, name: str, version: int = 1, *, replacing: int | None = None) -> int:
         with self._writer:
             state = self._state
-            if name not in state.rebuilds:
+            under_way = state.rebuilds.get(name)
+            if under_way is None or under_way == replacing:
                 known = [g for (n, g) in state.tracking if n == name] + [state.generations.get(name, 1)]
+                known += [g for (n, g) in state.versions if n == name]
                 state.rebuilds[name] = max(known) + 1
+                state.versions[name, state.rebuilds[name]] = version
             return state.rebuilds[name]
 
-    def finish_rebuild(self, name: str, generation: int, old: int) -> bool:
+    def record_version(self, name: str, generation: int, version: int) -> int:
         with self._writer:
-            return self._state.finish_rebuild(name, generation, old, live=True)
+            return self._state.versions.setdefault((name, generation), version)
+
+    def finish_rebuild(self, name: str, generation: int, old: int, *, check_live: bool = True) -> bool:
+        with self._writer:
+            return self._state.finish_rebuild(name, generation, old, live=check_live)
 
     def all_dead_letters(self, name: str | None = None) -> list[DeadLetter]:
         found = []

@@ -90,6 +90,12 @@ CREATE TABLE IF NOT EXISTS projection_rebuilds (
     projection TEXT PRIMARY KEY,
     generation INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS projection_versions (
+    projection TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    PRIMARY KEY (projection, generation)
+);
 CREATE TABLE IF NOT EXISTS dead_letters (
     projection TEXT NOT NULL,
     generation INTEGER NOT NULL,
@@ -250,6 +256,15 @@ class PostgresProjectionSession(ProjectionSession):
         )
 
 
+def _record_version_on(connection: psycopg.Connection[Any], name: str, generation: int, version: int) -> int:
+    connection.execute("INSERT INTO projection_versions VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                       (name, generation, version))
+    row = connection.execute("SELECT version FROM projection_versions WHERE projection = %s AND generation = %s",
+                             (name, generation)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def _swap(connection: psycopg.Connection[Any], name: str, generation: int) -> None:
     connection.execute(
         "INSERT INTO projection_generations (projection, generation) VALUES (%s, %s) "
@@ -324,6 +339,10 @@ class PostgresWriteSession(WriteSession):
     def swap(self, name: str, generation: int) -> None:
         with _translated("swap a generation"):
             _swap(self.handle, name, generation)
+
+    def record_version(self, name: str, generation: int, version: int) -> int:
+        with _translated("record a projection version"):
+            return _record_version_on(self.handle, name, generation, version)
 
     def finish_rebuild(self, name: str, generation: int, old: int) -> bool:
         with _translated("finish a rebuild"):
@@ -676,25 +695,32 @@ class PostgresStorage(Storage):
             rows = self._rows("SELECT generation FROM projection_rebuilds WHERE projection = %s", (name,))
         return int(rows[0][0]) if rows else None
 
-    def claim_rebuild(self, name: str) -> int:
+    def claim_rebuild(self, name: str, version: int = 1, *, replacing: int | None = None) -> int:
         with self._transaction("claim a rebuild") as connection:
             # One claim at a time per projection, across processes.
             connection.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(self.schema, f"rebuild:{name}"),))
             row = connection.execute(
                 "SELECT generation FROM projection_rebuilds WHERE projection = %s", (name,)).fetchone()
-            if row is None:
+            if row is None or row[0] == replacing:
                 highest = connection.execute(
                     "SELECT MAX(g) FROM (SELECT generation AS g FROM projection_tracking WHERE projection = %s "
                     "UNION ALL SELECT generation FROM projection_generations WHERE projection = %s "
-                    "UNION ALL SELECT 1) AS known", (name, name)).fetchone()
+                    "UNION ALL SELECT generation FROM projection_versions WHERE projection = %s "
+                    "UNION ALL SELECT 1) AS known", (name, name, name)).fetchone()
                 assert highest is not None
                 row = (int(highest[0]) + 1,)
-                connection.execute("INSERT INTO projection_rebuilds VALUES (%s, %s)", (name, row[0]))
+                connection.execute("INSERT INTO projection_rebuilds VALUES (%s, %s) ON CONFLICT (projection) "
+                                   "DO UPDATE SET generation = EXCLUDED.generation", (name, row[0]))
+                connection.execute("INSERT INTO projection_versions VALUES (%s, %s, %s)", (name, row[0], version))
         return int(row[0])
 
-    def finish_rebuild(self, name: str, generation: int, old: int) -> bool:
+    def record_version(self, name: str, generation: int, version: int) -> int:
+        with self._transaction("record a projection version") as connection:
+            return _record_version_on(connection, name, generation, version)
+
+    def finish_rebuild(self, name: str, generation: int, old: int, *, check_live: bool = True) -> bool:
         with self._transaction("finish a rebuild") as connection:
-            return _finish_rebuild_on(connection, name, generation, old, live=True)
+            return _finish_rebuild_on(connection, name, generation, old, live=check_live)
 
     def all_dead_letters(self, name: str | None = None) -> list[DeadLetter]:
         query = (

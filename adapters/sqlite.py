@@ -62,6 +62,12 @@ CREATE TABLE IF NOT EXISTS projection_rebuilds (
     projection TEXT PRIMARY KEY,
     generation INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS projection_versions (
+    projection TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    PRIMARY KEY (projection, generation)
+);
 CREATE TABLE IF NOT EXISTS dead_letters (
     projection TEXT NOT NULL,
     generation INTEGER NOT NULL,
@@ -120,6 +126,14 @@ def _finish_rebuild_on(connection: sqlite3.Connection, name: str, generation: in
     if positions.get(old, 0) < positions.get(generation, 0):
         return False
     return _swap(connection, name, generation)
+
+
+def _record_version_on(connection: sqlite3.Connection, name: str, generation: int, version: int) -> int:
+    connection.execute("INSERT INTO projection_versions VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                       (name, generation, version))
+    row = connection.execute("SELECT version FROM projection_versions WHERE projection = ? AND generation = ?",
+                             (name, generation)).fetchone()
+    return int(row[0])
 
 
 def _swap(connection: sqlite3.Connection, name: str, generation: int) -> bool:
@@ -240,6 +254,11 @@ class SqliteWriteSession(WriteSession):
     def swap(self, name: str, generation: int) -> None:
         self._need_one_file(name)
         self._storage._swap_on(self.handle, name, generation)
+
+    def record_version(self, name: str, generation: int, version: int) -> int:
+        self._need_one_file(name)
+        with _translated("record a projection version"):
+            return _record_version_on(self.handle, name, generation, version)
 
     def finish_rebuild(self, name: str, generation: int, old: int) -> bool:
         self._need_one_file(name)
@@ -420,32 +439,40 @@ class SqliteStorage(Storage):
             ).fetchone()
         return int(row[0]) if row else None
 
-    def claim_rebuild(self, name: str) -> int:
+    def claim_rebuild(self, name: str, version: int = 1, *, replacing: int | None = None) -> int:
         connection = self._read()
         with _translated("claim a rebuild"):
             connection.execute("BEGIN IMMEDIATE")
             try:
                 row = connection.execute(
                     "SELECT generation FROM projection_rebuilds WHERE projection = ?", (name,)).fetchone()
-                if row is None:
+                if row is None or row[0] == replacing:
                     highest = connection.execute(
                         "SELECT MAX(g) FROM (SELECT generation AS g FROM projection_tracking WHERE projection = ? "
                         "UNION ALL SELECT generation FROM projection_generations WHERE projection = ? "
-                        "UNION ALL SELECT 1)", (name, name)).fetchone()[0]
+                        "UNION ALL SELECT generation FROM projection_versions WHERE projection = ? "
+                        "UNION ALL SELECT 1)", (name, name, name)).fetchone()[0]
                     row = (int(highest) + 1,)
-                    connection.execute("INSERT INTO projection_rebuilds VALUES (?, ?)", (name, row[0]))
+                    connection.execute(
+                        "INSERT INTO projection_rebuilds VALUES (?, ?) "
+                        "ON CONFLICT (projection) DO UPDATE SET generation = excluded.generation", (name, row[0]))
+                    connection.execute("INSERT INTO projection_versions VALUES (?, ?, ?)", (name, row[0], version))
                 connection.execute("COMMIT")
             except BaseException:
                 _abandon(connection)
                 raise
         return int(row[0])
 
-    def finish_rebuild(self, name: str, generation: int, old: int) -> bool:
+    def record_version(self, name: str, generation: int, version: int) -> int:
+        with _translated("record a projection version"):
+            return _record_version_on(self._read(), name, generation, version)
+
+    def finish_rebuild(self, name: str, generation: int, old: int, *, check_live: bool = True) -> bool:
         connection = self._read()
         with _translated("finish a rebuild"):
             connection.execute("BEGIN IMMEDIATE")
             try:
-                done = _finish_rebuild_on(connection, name, generation, old, live=True)
+                done = _finish_rebuild_on(connection, name, generation, old, live=check_live)
                 connection.execute("COMMIT")
             except BaseException:
                 _abandon(connection)

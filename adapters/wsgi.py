@@ -19,7 +19,7 @@ from domain.errors import ConcurrencyConflict, NotFound, RuleViolation
 from domain.messages import GetOrderDetails, OrderItem, PlaceOrder
 from handlers.authorization import Forbidden
 from mediator import Mediator, ValidationError
-from mediator.readmodels import ConsistencyTimeout, consistent, last_token
+from mediator.readmodels import ConsistencyTimeout, ReadModelUnavailable, consistent, last_token
 
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 STATUS = {200: "200 OK", 201: "201 Created", 400: "400 Bad Request", 403: "403 Forbidden", 404: "404 Not Found",
@@ -88,6 +88,7 @@ ERRORS: tuple[tuple[type[Exception] | tuple[type[Exception], ...], int, str], ..
     (ConcurrencyConflict, 409, "conflict"),
     (RuleViolation, 409, "rule_violation"),
     (ConsistencyTimeout, 503, "not_yet_consistent"),
+    (ReadModelUnavailable, 503, "read_model_unavailable"),
     ((KeyError, TypeError, ValueError, AttributeError, OverflowError, RecursionError), 400, "bad_request"),
 )
 

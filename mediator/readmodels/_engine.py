@@ -37,6 +37,7 @@ from ._ports import (
     DeadLetter,
     NewEvent,
     ProjectionSession,
+    ReadModelUnavailable,
     Storage,
     StorageError,
     StoredEvent,
@@ -136,10 +137,16 @@ class _Track:
     not_before: float = 0.0
     ready: set[int] = attrs.field(factory=set)
     retired: list[tuple[int, float]] = attrs.field(factory=list)
+    upgrading: int | None = None
+    """The current generation while it was built by an older version and a rebuild for this one replaces it."""
 
     @property
     def name(self) -> str:
         return self.projection.name
+
+    @property
+    def version(self) -> int:
+        return self.projection.version
 
 
 class UnitOfWork:
@@ -318,6 +325,8 @@ class ReadYourWrites:
         wanted = _consistency.get()
         if wanted is None or wanted.token <= 0:
             return
+        for name in self.reads:  # a read model being replaced does not move: say so now, not at the timeout
+            self.engine.check_available(name)
         if not self.engine.wait(wanted.token, self.reads, timeout=wanted.timeout):
             if not wanted.stale_ok:
                 behind = {n: self.engine.storage.checkpoint(n, self.engine.storage.current_generation(n))
@@ -369,6 +378,7 @@ class ReadModels:
         self.backoff = backoff
         self.poll_interval = poll_interval
         self._tracks: dict[str, _Track] = {}
+        self._versions: dict[tuple[str, int], int] = {}
         self._inline: tuple[_Track, ...] = ()
         self._loop_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
             weakref.WeakKeyDictionary())
@@ -454,8 +464,11 @@ class ReadModels:
         except BaseException:
             session.rollback()
             raise
-        for track, generation in set_up:
-            track.ready.add(generation)
+        for track, generation, built_by in set_up:
+            # Known only now that the transaction recording it (if it did) has committed.
+            self._versions[track.name, generation] = built_by
+            if built_by == track.version:
+                track.ready.add(generation)
         _last_token.set(position)
         if new and self._thread is not None:  # a runner in this process: wake it now rather than at its next poll
             self._wakeup.set()
@@ -468,9 +481,15 @@ class ReadModels:
         return json.dumps(found, sort_keys=True)
 
     def _apply_inline(self, session: WriteSession, track: _Track, recorded: Sequence[tuple[Any, str | None]],
-                      first: int) -> tuple[_Track, int]:
+                      first: int) -> tuple[_Track, int, int]:
         generation = self.storage_generation(track.name)
         projection_session = session.projection(track.name, generation)
+        built_by = self._versions.get((track.name, generation))
+        if built_by is None:  # see _built_by; recorded in this transaction, which holds the writer's lock
+            fresh = projection_session.position == 0
+            built_by = session.record_version(track.name, generation, track.version if fresh else 1)
+        if built_by != track.version:
+            return track, generation, built_by  # another version's: the rebuild for this one catches these up
         self._set_up(track, projection_session)
         # Added to a log that already has events (or events appended by other means): apply what it missed
         # first, in order, parking what cannot be decoded, as a background projection would.
@@ -495,16 +514,47 @@ class ReadModels:
             if apply is not None:
                 apply(event, projection_session)
             projection_session.advance(first + offset)
-        return track, generation
+        return track, generation, built_by
 
     def storage_generation(self, name: str) -> int:
         return self.storage.current_generation(name)
 
     def table(self, projection: str, table: str) -> str:
-        """The storage name of a read-model table that queries should read now (the current generation)."""
+        """The storage name of a read-model table that queries should read now (the current generation).
+
+        Raises :class:`ReadModelUnavailable` while that generation was built by another version of the
+        projection than this code's: an older one being replaced, or a newer one this code cannot read.
+        """
         from ._ports import table_name
 
-        return table_name(projection, table, self.storage.current_generation(projection))
+        generation = self.storage.current_generation(projection)
+        self._check_version(projection, generation)
+        return table_name(projection, table, generation)
+
+    def check_available(self, projection: str) -> None:
+        """Raise :class:`ReadModelUnavailable` unless this code can read ``projection``'s current generation."""
+        self._check_version(projection, self.storage.current_generation(projection))
+
+    def _check_version(self, projection: str, generation: int) -> None:
+        track = self._tracks.get(projection)
+        if track is not None:
+            built_by = self._built_by(projection, generation)
+            if built_by != track.version:
+                raise ReadModelUnavailable(projection, built_by, track.version)
+
+    def _built_by(self, name: str, generation: int) -> int:
+        """The projection version that built ``generation`` (recorded once, then remembered: it never changes).
+
+        A generation with no version recorded was either never written (this code's version builds it) or
+        written before versions were recorded (version 1).
+        """
+        known = self._versions.get((name, generation))
+        if known is None:
+            track = self._tracks.get(name)
+            fresh = track is not None and self.storage.checkpoint(name, generation) == 0
+            known = self.storage.record_version(name, generation, track.version if track and fresh else 1)
+            self._versions[name, generation] = known
+        return known
 
     # -- read side: running projections ------------------------------------------------------
 
@@ -518,10 +568,28 @@ class ReadModels:
             track.projection.setup(session)
 
     def _generations(self, track: _Track) -> list[tuple[int, bool]]:
-        current = self.storage.current_generation(track.name)
-        out = [] if track.delivery is Delivery.INLINE else [(current, False)]
-        rebuilding = self.storage.rebuilding(track.name)  # in storage: a rebuild started by any process
-        if rebuilding is not None:
+        """The generations of ``track`` this code runs now, each with whether it is a replay.
+
+        A current generation built by another version of the projection is not run: an older one is replaced
+        by a rebuild for this version (started here if none is under way, or if the one under way is for an
+        older version still), and a newer one is left to the processes whose code built it.
+        """
+        name = track.name
+        current = self.storage.current_generation(name)
+        built_by = self._built_by(name, current)
+        out = [] if track.delivery is Delivery.INLINE or built_by != track.version else [(current, False)]
+        rebuilding = self.storage.rebuilding(name)  # in storage: a rebuild started by any process
+        rebuilt_by = None if rebuilding is None else self._built_by(name, rebuilding)
+        track.upgrading = current if built_by < track.version else None
+        if track.upgrading is not None and (rebuilt_by is None or rebuilt_by < track.version):
+            abandoned = rebuilding
+            rebuilding = self.storage.claim_rebuild(name, track.version, replacing=abandoned)
+            rebuilt_by = self._built_by(name, rebuilding)
+            log.info("projection changed: rebuilding it", projection=name, version=track.version,
+                     built_by=built_by, generation=rebuilding)
+            if abandoned is not None and abandoned != rebuilding:
+                track.retired.append((abandoned, time.monotonic()))  # a replay for an older version: drop it
+        if rebuilding is not None and rebuilt_by == track.version:
             out.append((rebuilding, True))
         return out
 
@@ -550,9 +618,17 @@ class ReadModels:
                failed: tuple[int, Exception] | None = None) -> int:
         handled = 0
         with self.storage.session(track.name, generation) as session:
+            limit = self.batch_size
+            if replaying and track.upgrading is not None:
+                # Replacing an older version's generation, which nobody here feeds: the events past its
+                # checkpoint get their side effects from this replay, so they are applied as live ones.
+                live_from = self.storage.checkpoint(track.name, track.upgrading)
+                replaying = session.position < live_from
+                if replaying:
+                    limit = min(limit, live_from - session.position)
             session.replaying = replaying
             self._set_up(track, session)
-            events = self.storage.read(session.position, self.batch_size)
+            events = self.storage.read(session.position, limit)
             blocked = {letter.key for letter in session.dead_letters() if letter.key is not None}
             if careful or blocked:
                 for stored in events:
@@ -894,7 +970,8 @@ class ReadModels:
         """
         if name not in self._tracks:
             raise LookupError(f"No projection named {name!r}; known: {', '.join(self._tracks)}.")
-        generation = self.storage.claim_rebuild(name)  # joins a rebuild already under way, in any process
+        # Joins a rebuild already under way, in any process.
+        generation = self.storage.claim_rebuild(name, self._tracks[name].version)
         self._wakeup.set()
         return generation
 
@@ -934,31 +1011,39 @@ class ReadModels:
         if new is None:
             return
         old = self.storage.current_generation(track.name)
+        if self._built_by(track.name, new) != track.version:
+            return  # a rebuild for another version: its own processes finish it
+        upgrade = self._built_by(track.name, old) < track.version  # nobody here feeds the old generation
         replayed = self.storage.checkpoint(track.name, new)
         behind = self.storage.head() - replayed
         if track.delivery is Delivery.INLINE:
             # Commands write the current generation inline, under the writer's lock: catch the rest of the
             # log up and swap under that lock too, once the background replay has left only a batch or so.
-            if behind > self.batch_size or not self._finish_inline_rebuild(track, new, old):
+            if behind > self.batch_size or not self._finish_inline_rebuild(track, new, old, upgrade):
                 return
-        elif behind > 0 or self.storage.checkpoint(track.name, old) < replayed:
+        elif behind > 0 or (not upgrade and self.storage.checkpoint(track.name, old) < replayed):
             return  # not caught up; or the live generation still owes the replayed events their side effects
-        elif not self.storage.finish_rebuild(track.name, new, old):  # checks the live generation again, atomically
+        elif not self.storage.finish_rebuild(track.name, new, old, check_live=not upgrade):  # atomically
             return
         # A query may have looked up the old generation a moment ago: tear it down after a grace period.
         track.retired.append((old, time.monotonic() + self.retire_after))
-        log.info("projection rebuilt", projection=track.name, generation=new)
+        log.info("projection rebuilt", projection=track.name, generation=new, version=track.version)
         with self._progress:
             self._progress.notify_all()
 
-    def _finish_inline_rebuild(self, track: _Track, new: int, old: int) -> bool:
+    def _finish_inline_rebuild(self, track: _Track, new: int, old: int, upgrade: bool) -> bool:
         session = self.storage.begin()
         try:
             projection_session = session.projection(track.name, new)
             projection_session.replaying = True
+            # Under the writer's lock nothing moves the old generation: past its checkpoint, an upgrade's replay
+            # is the only delivery these events get.
+            live_from = self.storage.checkpoint(track.name, old) if upgrade else None
             blocked = {letter.key for letter in projection_session.dead_letters() if letter.key is not None}
             while events := self.storage.read(projection_session.position, self.batch_size):
                 for stored in events:
+                    if live_from is not None:
+                        projection_session.replaying = stored.position <= live_from
                     if not self._deal_with(track, projection_session, stored, blocked, careful=True):
                         session.rollback()  # a failing event: retry after its backoff
                         return False

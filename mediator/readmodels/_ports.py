@@ -25,6 +25,25 @@ class StorageError(MediatorError, RuntimeError):
     """The storage backend failed; the driver's error is the ``__cause__``."""
 
 
+class ReadModelUnavailable(StorageError):
+    """A read model this code cannot read now: being rebuilt for its projection's version, or built by a newer one.
+
+    It is a :class:`StorageError` because it passes the same way: the HTTP embeddings answer 503 with
+    ``Retry-After``, and the same request succeeds once the rebuild is swapped in.
+    """
+
+    def __init__(self, projection: str, built_by: int, version: int) -> None:
+        self.projection = projection
+        self.built_by = built_by
+        self.version = version
+        why = ("it is being rebuilt for this code" if built_by < version
+               else "that version is newer than this code's: this process leaves it to the processes running it")
+        super().__init__(
+            f"Read model {projection!r} was built by version {built_by} of its projection and this code has "
+            f"version {version}; {why}."
+        )
+
+
 class NewEvent(NamedTuple):
     """An event about to be appended: encoded, with its id, ordering key, time and metadata (JSON)."""
 
@@ -137,6 +156,10 @@ class WriteSession(abc.ABC):
         """Make ``generation`` the one queries read, in this transaction (for inline projections)."""
 
     @abc.abstractmethod
+    def record_version(self, name: str, generation: int, version: int) -> int:
+        """Like :meth:`Storage.record_version`, in this transaction (for inline projections)."""
+
+    @abc.abstractmethod
     def finish_rebuild(self, name: str, generation: int, old: int) -> bool:
         """Like :meth:`Storage.finish_rebuild`, in this transaction (for inline projections).
 
@@ -192,16 +215,29 @@ class Storage(abc.ABC):
         """The generation of ``name`` being rebuilt, if a rebuild is under way (in any process)."""
 
     @abc.abstractmethod
-    def claim_rebuild(self, name: str) -> int:
-        """Start a rebuild of ``name`` into a new generation, or join the one under way; return its generation."""
+    def claim_rebuild(self, name: str, version: int = 1, *, replacing: int | None = None) -> int:
+        """Start a rebuild of ``name`` into a new generation, or join the one under way; return its generation.
+
+        A new generation is recorded as built by projection ``version``, in the same transaction. With
+        ``replacing``, a rebuild under way into that generation is abandoned for a new one (the engine does
+        this to a rebuild started for an older version); a different rebuild under way is joined instead.
+        """
 
     @abc.abstractmethod
-    def finish_rebuild(self, name: str, generation: int, old: int) -> bool:
+    def record_version(self, name: str, generation: int, version: int) -> int:
+        """Record that projection ``version`` built ``generation``, unless a version is recorded; return the one
+        recorded. Generations made before versions were recorded get theirs this way, the first time they are
+        looked at."""
+
+    @abc.abstractmethod
+    def finish_rebuild(self, name: str, generation: int, old: int, *, check_live: bool = True) -> bool:
         """Atomically swap ``generation`` in and end the rebuild, if it is still the rebuild and ``old`` current.
 
-        Returns ``False`` (changing nothing) when another process finished or replaced it first, or when
-        ``old`` has not yet reached the checkpoint of ``generation``: events the replay applied before the live
-        generation did have had no side effects yet, and the live generation must still deliver them.
+        Returns ``False`` (changing nothing) when another process finished or replaced it first, or, if
+        ``check_live``, when ``old`` has not yet reached the checkpoint of ``generation``: events the replay
+        applied before the live generation did have had no side effects yet, and the live generation must still
+        deliver them. An upgrade passes ``check_live=False``: nobody feeds an outdated generation, and the
+        replay delivered the side effects of every event past its checkpoint itself.
         """
 
     @abc.abstractmethod

@@ -68,6 +68,9 @@ class Projection:
     """
 
     name: ClassVar[str]
+    version: ClassVar[int] = 1
+    """Raise it when the projection's tables or what it writes change: a read model built by an older version
+    is then rebuilt, by the first engine of the new version that runs, and served again once swapped in."""
     handlers: dict[type, Callable[[Any, ProjectionSession], None]]
     key_of: Callable[[Any], str | None] | None = None
 

@@ -156,6 +156,44 @@ def test_a_rebuild_is_claimed_once_and_finished_only_if_nothing_moved(storage: S
     assert not storage.finish_rebuild("p", 5, old=1)  # already finished, by someone
 
 
+def test_the_first_version_recorded_for_a_generation_stays(storage: Storage) -> None:
+    assert storage.record_version("p", 1, 3) == 3
+    assert storage.record_version("p", 1, 4) == 3  # another process's later claim loses
+    assert storage.record_version("p", 2, 4) == 4  # per generation
+    assert storage.record_version("q", 1, 1) == 1  # and per projection
+    if storage.supports_inline:
+        session = storage.begin()
+        assert session.record_version("p", 3, 5) == 5
+        session.rollback()
+        session = storage.begin()
+        assert session.record_version("p", 3, 6) == 6  # the rolled-back one was never recorded
+        assert session.record_version("p", 1, 6) == 3
+        session.commit()
+        assert storage.record_version("p", 3, 7) == 6
+
+
+def test_a_rebuild_is_claimed_for_a_version_and_can_replace_one_for_another(storage: Storage) -> None:
+    first = storage.claim_rebuild("p", 2)
+    assert storage.record_version("p", first, 9) == 2  # recorded with the claim
+    assert storage.claim_rebuild("p", 3) == first  # without replacing, a claim joins whatever is under way
+    assert storage.claim_rebuild("p", 3, replacing=first + 5) == first  # replacing another: joins this one
+    second = storage.claim_rebuild("p", 3, replacing=first)
+    assert second > first
+    assert (storage.rebuilding("p"), storage.record_version("p", second, 9)) == (second, 3)
+    assert not storage.finish_rebuild("p", first, old=1)  # the abandoned one can no longer be swapped in
+
+
+def test_an_upgrade_is_swapped_in_without_waiting_for_the_generation_it_replaces(storage: Storage) -> None:
+    with storage.session("p", 1) as live:
+        live.advance(2)
+    generation = storage.claim_rebuild("p", 2)
+    with storage.session("p", generation) as replay:
+        replay.advance(5)
+    assert not storage.finish_rebuild("p", generation, old=1)  # the live generation is behind the replay
+    assert storage.finish_rebuild("p", generation, old=1, check_live=False)
+    assert (storage.current_generation("p"), storage.rebuilding("p")) == (generation, None)
+
+
 def test_event_metadata_is_stored_with_the_event(storage: Storage) -> None:
     session = storage.begin()
     session.append([event(1)._replace(meta='{"traceparent": "00-abc-def-01"}')])
