@@ -165,6 +165,7 @@ class DashboardProjection(ShopProjection):
     """
 
     name = "dashboard"
+    version = 2  # 2: counts per day and per category beside the per-day-and-category ones, money in cents
 
     @on(CategoryCreated)
     def category(self, event: CategoryCreated, session: ProjectionSession) -> None:

@@ -274,6 +274,24 @@ def test_an_order_keeps_its_shipping_address_for_shipping_only(server: tuple[htt
     assert (too_long.status_code, list(too_long.json()["fields"])) == (422, ["shipping_address"])
 
 
+def test_a_read_model_being_rebuilt_for_a_new_version_is_a_503_to_retry(tmp_path: Path) -> None:
+    shop = build_shop(tmp_path / "shop.db", logging=False)
+    # As a read database made by the previous release would be: its dashboard built by version 1.
+    shop.storage.record_version("dashboard", shop.storage.current_generation("dashboard"), 1)
+    try:
+        with serving(asgi(shop)) as client:
+            ids = setup_shop(client)
+            answer = client.get("/dashboard")
+            assert (answer.status_code, answer.json()["error"]) == (503, "read_model_unavailable")
+            assert answer.headers["Retry-After"] == "5"
+            assert client.get(f"/categories/{ids['category']}/products").status_code == 200  # the others serve
+            settle(shop.engine)  # the first catch-up rebuilds it for this version
+            shop.engine.finish_rebuilds()
+            assert client.get("/dashboard").json()["orders"] == 0
+    finally:
+        shop.close()
+
+
 def test_a_database_that_is_down_is_a_503_to_retry_with_nothing_internal(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from mediator.readmodels import StorageError
