@@ -36,7 +36,8 @@ class ReadModelUnavailable(StorageError):
         self.projection = projection
         self.built_by = built_by
         self.version = version
-        why = ("it is being rebuilt for this code" if built_by < version
+        why = ("a rebuild for this code's version replaces it (started by the first catch-up or runner)"
+               if built_by < version
                else "that version is newer than this code's: this process leaves it to the processes running it")
         super().__init__(
             f"Read model {projection!r} was built by version {built_by} of its projection and this code has "
