@@ -53,12 +53,13 @@ def render(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def status(engine: ReadModels) -> str:
     rows = [
-        (lag.projection, lag.generation, "rebuilding" if lag.rebuilding else "current",
-         engine.delivery(lag.projection).value, lag.checkpoint, lag.positions_behind,
-         f"{lag.seconds_behind:.3f}", lag.parked)
+        (lag.projection, lag.generation, engine.built_by(lag.projection, lag.generation),
+         "rebuilding" if lag.rebuilding else "current", engine.delivery(lag.projection).value, lag.checkpoint,
+         lag.positions_behind, f"{lag.seconds_behind:.3f}", lag.parked)
         for lag in engine.lag()
     ]
-    headers = ("projection", "generation", "state", "delivery", "checkpoint", "behind", "seconds behind", "parked")
+    headers = ("projection", "generation", "version", "state", "delivery", "checkpoint", "behind", "seconds behind",
+               "parked")
     return f"head of the log: {engine.storage.head()}\n" + render(headers, rows)
 
 

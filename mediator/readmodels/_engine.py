@@ -538,11 +538,11 @@ class ReadModels:
     def _check_version(self, projection: str, generation: int) -> None:
         track = self._tracks.get(projection)
         if track is not None:
-            built_by = self._built_by(projection, generation)
+            built_by = self.built_by(projection, generation)
             if built_by != track.version:
                 raise ReadModelUnavailable(projection, built_by, track.version)
 
-    def _built_by(self, name: str, generation: int) -> int:
+    def built_by(self, name: str, generation: int) -> int:
         """The projection version that built ``generation`` (recorded once, then remembered: it never changes).
 
         A generation with no version recorded was either never written (this code's version builds it) or
@@ -576,15 +576,15 @@ class ReadModels:
         """
         name = track.name
         current = self.storage.current_generation(name)
-        built_by = self._built_by(name, current)
+        built_by = self.built_by(name, current)
         out = [] if track.delivery is Delivery.INLINE or built_by != track.version else [(current, False)]
         rebuilding = self.storage.rebuilding(name)  # in storage: a rebuild started by any process
-        rebuilt_by = None if rebuilding is None else self._built_by(name, rebuilding)
+        rebuilt_by = None if rebuilding is None else self.built_by(name, rebuilding)
         track.upgrading = current if built_by < track.version else None
         if track.upgrading is not None and (rebuilt_by is None or rebuilt_by < track.version):
             abandoned = rebuilding
             rebuilding = self.storage.claim_rebuild(name, track.version, replacing=abandoned)
-            rebuilt_by = self._built_by(name, rebuilding)
+            rebuilt_by = self.built_by(name, rebuilding)
             log.info("projection changed: rebuilding it", projection=name, version=track.version,
                      built_by=built_by, generation=rebuilding)
             if abandoned is not None and abandoned != rebuilding:
@@ -1011,9 +1011,9 @@ class ReadModels:
         if new is None:
             return
         old = self.storage.current_generation(track.name)
-        if self._built_by(track.name, new) != track.version:
+        if self.built_by(track.name, new) != track.version:
             return  # a rebuild for another version: its own processes finish it
-        upgrade = self._built_by(track.name, old) < track.version  # nobody here feeds the old generation
+        upgrade = self.built_by(track.name, old) < track.version  # nobody here feeds the old generation
         replayed = self.storage.checkpoint(track.name, new)
         behind = self.storage.head() - replayed
         if track.delivery is Delivery.INLINE:

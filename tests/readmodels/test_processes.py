@@ -145,7 +145,7 @@ def test_the_command_line_shows_status_and_handles_dead_letters_and_rebuilds(tar
     status = cli(target, "status")
     assert "head of the log: 2" in status
     assert "balances" in status
-    assert status.splitlines()[-1].split()[:6] == ["balances", "1", "current", "background", "0", "2"]
+    assert status.splitlines()[-1].split()[:7] == ["balances", "1", "1", "current", "background", "0", "2"]
 
     bank.projection.poison.add("a")
     bank.engine.max_attempts = 1
