@@ -217,6 +217,9 @@ class MemoryStorage(Storage):
                 state.versions[name, state.rebuilds[name]] = version
             return state.rebuilds[name]
 
+    def recorded_version(self, name: str, generation: int) -> int | None:
+        return self._state.versions.get((name, generation))
+
     def record_version(self, name: str, generation: int, version: int) -> int:
         with self._writer:
             return self._state.versions.setdefault((name, generation), version)

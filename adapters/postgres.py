@@ -714,6 +714,12 @@ class PostgresStorage(Storage):
                 connection.execute("INSERT INTO projection_versions VALUES (%s, %s, %s)", (name, row[0], version))
         return int(row[0])
 
+    def recorded_version(self, name: str, generation: int) -> int | None:
+        with _translated("read a projection version"):
+            rows = self._rows("SELECT version FROM projection_versions WHERE projection = %s AND generation = %s",
+                              (name, generation))
+        return int(rows[0][0]) if rows else None
+
     def record_version(self, name: str, generation: int, version: int) -> int:
         with self._transaction("record a projection version") as connection:
             return _record_version_on(connection, name, generation, version)

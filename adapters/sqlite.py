@@ -463,6 +463,13 @@ class SqliteStorage(Storage):
                 raise
         return int(row[0])
 
+    def recorded_version(self, name: str, generation: int) -> int | None:
+        with _translated("read a projection version"):
+            row = self._read().execute(
+                "SELECT version FROM projection_versions WHERE projection = ? AND generation = ?", (name, generation)
+            ).fetchone()
+        return int(row[0]) if row else None
+
     def record_version(self, name: str, generation: int, version: int) -> int:
         with _translated("record a projection version"):
             return _record_version_on(self._read(), name, generation, version)

@@ -490,6 +490,10 @@ class ReadModels:
             built_by = session.record_version(track.name, generation, track.version if fresh else 1)
         if built_by != track.version:
             return track, generation, built_by  # another version's: the rebuild for this one catches these up
+        if projection_session.position < first - 1:  # commands skipped it: is newer code taking it over?
+            rebuilding = self.storage.rebuilding(track.name)
+            if rebuilding is not None and self.built_by(track.name, rebuilding, record=False) > track.version:
+                return track, generation, built_by  # it is: whatever this applied, the newer code applies as live
         self._set_up(track, projection_session)
         # Added to a log that already has events (or events appended by other means): apply what it missed
         # first, in order, parking what cannot be decoded, as a background projection would.
@@ -535,25 +539,31 @@ class ReadModels:
         """Raise :class:`ReadModelUnavailable` unless this code can read ``projection``'s current generation."""
         self._check_version(projection, self.storage.current_generation(projection))
 
-    def _check_version(self, projection: str, generation: int) -> None:
+    def _check_version(self, projection: str, generation: int, *, outdated_ok: bool = False) -> None:
         track = self._tracks.get(projection)
         if track is not None:
-            built_by = self.built_by(projection, generation)
-            if built_by != track.version:
+            built_by = self.built_by(projection, generation, record=False)
+            if built_by > track.version or (built_by < track.version and not outdated_ok):
                 raise ReadModelUnavailable(projection, built_by, track.version)
 
-    def built_by(self, name: str, generation: int) -> int:
+    def built_by(self, name: str, generation: int, *, record: bool = True) -> int:
         """The projection version that built ``generation`` (recorded once, then remembered: it never changes).
 
         A generation with no version recorded was either never written (this code's version builds it) or
-        written before versions were recorded (version 1).
+        written before versions were recorded (version 1). That is recorded then, unless ``record`` is false
+        (queries, which must not write): they get the same answer and ask again next time.
         """
         known = self._versions.get((name, generation))
         if known is None:
             track = self._tracks.get(name)
-            fresh = track is not None and self.storage.checkpoint(name, generation) == 0
-            known = self.storage.record_version(name, generation, track.version if track and fresh else 1)
-            self._versions[name, generation] = known
+            recorded = self.storage.recorded_version(name, generation)
+            if recorded is None:
+                fresh = track is not None and self.storage.checkpoint(name, generation) == 0
+                guess = track.version if track and fresh else 1
+                if not record:
+                    return guess
+                recorded = self.storage.record_version(name, generation, guess)
+            known = self._versions[name, generation] = recorded
         return known
 
     # -- read side: running projections ------------------------------------------------------
@@ -570,28 +580,46 @@ class ReadModels:
     def _generations(self, track: _Track) -> list[tuple[int, bool]]:
         """The generations of ``track`` this code runs now, each with whether it is a replay.
 
-        A current generation built by another version of the projection is not run: an older one is replaced
-        by a rebuild for this version (started here if none is under way, or if the one under way is for an
-        older version still), and a newer one is left to the processes whose code built it.
+        A generation built by another version of the projection is never run. A current one built by an older
+        version is replaced by a rebuild for this one; a rebuild under way for an older version is replaced
+        too. Once a newer version's rebuild or generation exists, this code stands down from the projection
+        altogether: whatever it applied now, the newer code applies again as live.
         """
         name = track.name
-        current = self.storage.current_generation(name)
-        built_by = self.built_by(name, current)
-        out = [] if track.delivery is Delivery.INLINE or built_by != track.version else [(current, False)]
+        # The rebuild first: a swap between the two reads then shows as the rebuild already current (ignored
+        # below), never as an outdated current generation with no rebuild under way.
         rebuilding = self.storage.rebuilding(name)  # in storage: a rebuild started by any process
+        current = self.storage.current_generation(name)
+        if rebuilding == current:
+            rebuilding = None
+        built_by = self.built_by(name, current)
         rebuilt_by = None if rebuilding is None else self.built_by(name, rebuilding)
+        if built_by > track.version or (rebuilt_by is not None and rebuilt_by > track.version):
+            track.upgrading = None
+            return []  # newer code has it
         track.upgrading = current if built_by < track.version else None
-        if track.upgrading is not None and (rebuilt_by is None or rebuilt_by < track.version):
-            abandoned = rebuilding
-            rebuilding = self.storage.claim_rebuild(name, track.version, replacing=abandoned)
-            rebuilt_by = self.built_by(name, rebuilding)
-            log.info("projection changed: rebuilding it", projection=name, version=track.version,
-                     built_by=built_by, generation=rebuilding)
-            if abandoned is not None and abandoned != rebuilding:
-                track.retired.append((abandoned, time.monotonic()))  # a replay for an older version: drop it
-        if rebuilding is not None and rebuilt_by == track.version:
+        older_rebuild = rebuilt_by is not None and rebuilt_by < track.version
+        if older_rebuild or (track.upgrading is not None and rebuilding is None):
+            rebuilding = self._claim(track, rebuilding if older_rebuild else None, built_by)
+            if self.built_by(name, rebuilding) > track.version:
+                return []  # a newer version's claim got there first
+        out = [] if track.delivery is Delivery.INLINE or track.upgrading is not None else [(current, False)]
+        if rebuilding is not None:
             out.append((rebuilding, True))
         return out
+
+    def _claim(self, track: _Track, abandoning: int | None, built_by: int) -> int:
+        """Claim a rebuild for this code's version, replacing ``abandoning`` (an older version's) if given."""
+        generation = self.storage.claim_rebuild(track.name, track.version, replacing=abandoning)
+        if self.built_by(track.name, generation) != track.version:  # a newer one got there first
+            return generation
+        if built_by != track.version or abandoning is not None:
+            log.info("projection changed: rebuilding it", projection=track.name, version=track.version,
+                     built_by=built_by, generation=generation)
+        if abandoning is not None and abandoning != generation:
+            # A replay for an older version: dropped after the grace period, as a swapped-out generation is.
+            track.retired.append((abandoning, time.monotonic() + self.retire_after))
+        return generation
 
     def run_batch(self, track: _Track, generation: int, replaying: bool, *, ignore_backoff: bool = False) -> int:
         """Apply the next batch of one projection generation; return how many events it dealt with."""
@@ -771,7 +799,8 @@ class ReadModels:
                 if track.retired:
                     self._retire(track)
                 generations = self._generations(track)
-                if track.delivery not in wanted and not any(replaying for _g, replaying in generations):
+                if not generations or (track.delivery not in wanted
+                                       and not any(replaying for _g, replaying in generations)):
                     if leased and self.storage.holds(track.name):
                         self.storage.release(track.name)  # taken to help with a rebuild, now over
                     continue
@@ -970,8 +999,15 @@ class ReadModels:
         """
         if name not in self._tracks:
             raise LookupError(f"No projection named {name!r}; known: {', '.join(self._tracks)}.")
-        # Joins a rebuild already under way, in any process.
-        generation = self.storage.claim_rebuild(name, self._tracks[name].version)
+        track = self._tracks[name]
+        self._check_version(name, self.storage.current_generation(name), outdated_ok=True)
+        under_way = self.storage.rebuilding(name)
+        older = under_way is not None and self.built_by(name, under_way) < track.version
+        # Joins a rebuild already under way, in any process, unless it is for an older version.
+        generation = self._claim(track, under_way if older else None, self.built_by(
+            name, self.storage.current_generation(name)))
+        if self.built_by(name, generation) != track.version:
+            raise ReadModelUnavailable(name, self.built_by(name, generation), track.version)
         self._wakeup.set()
         return generation
 
@@ -994,12 +1030,17 @@ class ReadModels:
         """How projection ``name`` is delivered."""
         return self._tracks[name].delivery
 
+    def _own_rebuilds(self) -> list[str]:
+        """Names of the projections being rebuilt for this code's version (the ones it can finish)."""
+        return [name for name, track in self._tracks.items()
+                if (g := self.storage.rebuilding(name)) is not None and self.built_by(name, g) == track.version]
+
     def finish_rebuilds(self) -> None:
         """Run every rebuild in this thread until it is swapped in and its old generation torn down.
 
         The teardown waits ``retire_after`` seconds, for queries that looked the old generation up.
         """
-        while self.rebuilding:
+        while self._own_rebuilds():
             self.catch_up(deliveries=(), finishing=True)
         while any(track.retired for track in self._tracks.values()):
             due = min(d for track in self._tracks.values() for _g, d in track.retired)
@@ -1011,8 +1052,9 @@ class ReadModels:
         if new is None:
             return
         old = self.storage.current_generation(track.name)
-        if self.built_by(track.name, new) != track.version:
-            return  # a rebuild for another version: its own processes finish it
+        if new == old or self.built_by(track.name, new) != track.version or self.built_by(
+                track.name, old) > track.version:
+            return  # swapped already; or a rebuild for another version, or over a newer one: not this code's
         upgrade = self.built_by(track.name, old) < track.version  # nobody here feeds the old generation
         replayed = self.storage.checkpoint(track.name, new)
         behind = self.storage.head() - replayed
@@ -1072,6 +1114,7 @@ class ReadModels:
     def _release(self, name: str, position: int, *, apply_first: bool) -> int:
         track = self._tracks[name]
         generation = self.storage.current_generation(name)
+        self._check_version(name, generation)  # never another version's handlers on this generation
         applied = 0
         with self.storage.session(name, generation) as session:
             letters = {letter.position: letter for letter in session.dead_letters()}

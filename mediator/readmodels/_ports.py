@@ -225,6 +225,10 @@ class Storage(abc.ABC):
         """
 
     @abc.abstractmethod
+    def recorded_version(self, name: str, generation: int) -> int | None:
+        """The projection version recorded as having built ``generation``, if one is (a read, never a write)."""
+
+    @abc.abstractmethod
     def record_version(self, name: str, generation: int, version: int) -> int:
         """Record that projection ``version`` built ``generation``, unless a version is recorded; return the one
         recorded. Generations made before versions were recorded get theirs this way, the first time they are

@@ -77,6 +77,55 @@ def test_a_rebuild_begun_for_an_older_version_is_replaced_by_one_for_this_versio
     assert (storage.rebuilding("balances"), new.balances()) == (None, {"a": 500})
     assert new.projection.applied == [500]
     assert old.projection.applied == [5]  # the abandoned replay was never run by either
+    old.mediator.send(Deposit(account="a", amount=1))
+    assert old.engine.catch_up() == 0  # and now the old code stands down from the newer read model
+    with pytest.raises(ReadModelUnavailable, match="newer than this code's"):
+        old.engine.rebuild("balances")  # nor can it rebuild it back to its own version
+    assert storage.rebuilding("balances") is None
+    new.engine.catch_up()
+    assert new.balances() == {"a": 600}
+
+
+def test_older_code_stops_feeding_its_read_model_once_a_newer_version_rebuilds_it(storage: Storage) -> None:
+    old = make_bank(storage, retire_after=0)
+    old.mediator.send(Deposit(account="a", amount=5))
+    old.engine.catch_up()
+    new = make_bank(storage, projection_class=BalancesInCents, retire_after=0)
+    new.engine.rebuild("balances")  # claimed, not yet run
+    old.mediator.send(Deposit(account="b", amount=7))
+    assert old.engine.catch_up() == 0  # whatever it applied now, the new code would apply again as live
+    assert old.balances() == {"a": 5}  # its queries still answer from its own version's read model
+    new.engine.catch_up()
+    new.engine.finish_rebuilds()
+    assert new.balances() == {"a": 500, "b": 700}
+    # Each deposit's side effect happened once: a's by the old code, b's by the new code's replay.
+    assert (old.projection.side_effects, new.projection.side_effects) == ([("a", False)], [("b", False)])
+    with pytest.raises(ReadModelUnavailable):
+        old.balances()
+
+
+def test_a_runner_standing_down_gives_the_projections_lease_to_the_newer_code(pg_schema: str) -> None:
+    from adapters.postgres import PostgresStorage
+    from tests import postgres
+
+    old_storage = PostgresStorage(postgres.DSN, schema=pg_schema)
+    new_storage = PostgresStorage(postgres.DSN, schema=pg_schema)
+    try:
+        old = make_bank(old_storage, retire_after=0)
+        old.mediator.send(Deposit(account="a", amount=5))
+        old.engine.catch_up(leased=True)
+        assert old_storage.holds("balances")
+        new = make_bank(new_storage, projection_class=BalancesInCents, retire_after=0)
+        assert new.engine.catch_up(leased=True) == 0  # the old runner has the lease: the rebuild waits
+        assert new_storage.rebuilding("balances") is not None
+        old.engine.catch_up(leased=True)
+        assert not old_storage.holds("balances")  # it stood down and let go
+        new.engine.catch_up(leased=True)
+        assert new.balances() == {"a": 500}
+        assert new_storage.holds("balances")
+    finally:
+        old_storage.close()
+        new_storage.close()
 
 
 def test_a_rebuild_asked_for_by_hand_is_built_by_this_codes_version(storage: Storage) -> None:
@@ -107,6 +156,7 @@ def test_an_inline_read_model_is_upgraded_under_the_writers_lock(storage: Storag
         assert new.balances() == {"a": 5, "b": 2}
         assert storage.rebuilding("balances") is None
         return
+    assert old.balances() == {"a": 5}  # the old version's read model, untouched by the new code
     with pytest.raises(ReadModelUnavailable):
         new.balances()
     new.engine.catch_up()
@@ -114,4 +164,5 @@ def test_an_inline_read_model_is_upgraded_under_the_writers_lock(storage: Storag
     assert new.balances() == {"a": 500, "b": 200}
     new.mediator.send(Deposit(account="c", amount=1))  # and from now on inline again
     assert new.balances() == {"a": 500, "b": 200, "c": 100}
+    assert new.projection.applied == [500, 200, 100]
     assert new.projection.side_effects == [("b", False), ("c", False)]
