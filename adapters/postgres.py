@@ -54,6 +54,7 @@ from mediator.readmodels import (
     DeadLetter,
     NewEvent,
     ProjectionSession,
+    ReadModelUnavailable,
     Storage,
     StorageError,
     StoredEvent,
@@ -702,6 +703,12 @@ class PostgresStorage(Storage):
             row = connection.execute(
                 "SELECT generation FROM projection_rebuilds WHERE projection = %s", (name,)).fetchone()
             if row is None or row[0] == replacing:
+                current = connection.execute(
+                    "SELECT version FROM projection_versions WHERE projection = %s AND generation = COALESCE("
+                    "(SELECT generation FROM projection_generations WHERE projection = %s), 1)", (name, name),
+                ).fetchone()
+                if current is not None and current[0] > version:
+                    raise ReadModelUnavailable(name, int(current[0]), version)
                 highest = connection.execute(
                     "SELECT MAX(g) FROM (SELECT generation AS g FROM projection_tracking WHERE projection = %s "
                     "UNION ALL SELECT generation FROM projection_generations WHERE projection = %s "

@@ -53,7 +53,7 @@ def render(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def status(engine: ReadModels) -> str:
     rows = [
-        (lag.projection, lag.generation, engine.built_by(lag.projection, lag.generation),
+        (lag.projection, lag.generation, engine.built_by(lag.projection, lag.generation, record=False),
          "rebuilding" if lag.rebuilding else "current", engine.delivery(lag.projection).value, lag.checkpoint,
          lag.positions_behind, f"{lag.seconds_behind:.3f}", lag.parked)
         for lag in engine.lag()

@@ -600,8 +600,11 @@ class ReadModels:
         track.upgrading = current if built_by < track.version else None
         older_rebuild = rebuilt_by is not None and rebuilt_by < track.version
         if older_rebuild or (track.upgrading is not None and rebuilding is None):
-            rebuilding = self._claim(track, rebuilding if older_rebuild else None, built_by)
-            if self.built_by(name, rebuilding) > track.version:
+            try:
+                rebuilding = self._claim(track, rebuilding if older_rebuild else None, built_by)
+            except ReadModelUnavailable:  # newer code swapped its generation in since we looked
+                return []
+            if self.built_by(name, rebuilding) != track.version:
                 return []  # a newer version's claim got there first
         out = [] if track.delivery is Delivery.INLINE or track.upgrading is not None else [(current, False)]
         if rebuilding is not None:
@@ -611,7 +614,11 @@ class ReadModels:
     def _claim(self, track: _Track, abandoning: int | None, built_by: int) -> int:
         """Claim a rebuild for this code's version, replacing ``abandoning`` (an older version's) if given."""
         generation = self.storage.claim_rebuild(track.name, track.version, replacing=abandoning)
-        if self.built_by(track.name, generation) != track.version:  # a newer one got there first
+        if self.built_by(track.name, generation) < track.version:
+            # Joined a rebuild an older version claimed since we looked: replace that one instead.
+            abandoning = generation
+            generation = self.storage.claim_rebuild(track.name, track.version, replacing=abandoning)
+        if self.built_by(track.name, generation) != track.version:  # a newer version's claim got there first
             return generation
         if built_by != track.version or abandoning is not None:
             log.info("projection changed: rebuilding it", projection=track.name, version=track.version,
@@ -1033,7 +1040,8 @@ class ReadModels:
     def _own_rebuilds(self) -> list[str]:
         """Names of the projections being rebuilt for this code's version (the ones it can finish)."""
         return [name for name, track in self._tracks.items()
-                if (g := self.storage.rebuilding(name)) is not None and self.built_by(name, g) == track.version]
+                if (g := self.storage.rebuilding(name)) is not None and self.built_by(name, g) == track.version
+                and self.built_by(name, self.storage.current_generation(name)) <= track.version]
 
     def finish_rebuilds(self) -> None:
         """Run every rebuild in this thread until it is swapped in and its old generation torn down.

@@ -222,6 +222,8 @@ class Storage(abc.ABC):
         A new generation is recorded as built by projection ``version``, in the same transaction. With
         ``replacing``, a rebuild under way into that generation is abandoned for a new one (the engine does
         this to a rebuild started for an older version); a different rebuild under way is joined instead.
+        Raises :class:`ReadModelUnavailable`, claiming nothing, when the current generation was built by a
+        newer version: older code never starts a rebuild over newer code's read model.
         """
 
     @abc.abstractmethod

@@ -166,3 +166,47 @@ def test_an_inline_read_model_is_upgraded_under_the_writers_lock(storage: Storag
     assert new.balances() == {"a": 500, "b": 200, "c": 100}
     assert new.projection.applied == [500, 200, 100]
     assert new.projection.side_effects == [("b", False), ("c", False)]
+
+
+def test_newer_code_replaces_an_older_rebuild_claimed_while_it_looked(storage: Storage,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    old = make_bank(storage, retire_after=0)
+    old.mediator.send(Deposit(account="a", amount=5))
+    old.engine.catch_up()
+    new = make_bank(storage, projection_class=BalancesInCents, retire_after=0)
+    looked = storage.current_generation
+
+    def current_generation(name: str) -> int:  # the old release's operator rebuilds between the engine's reads
+        monkeypatch.setattr(storage, "current_generation", looked)
+        old.engine.rebuild(name)
+        return looked(name)
+
+    monkeypatch.setattr(storage, "current_generation", current_generation)
+    new.engine.catch_up()
+    monkeypatch.undo()
+    new.engine.finish_rebuilds()
+    assert storage.record_version("balances", storage.current_generation("balances"), 1) == 2
+    assert new.balances() == {"a": 500}
+    assert new.projection.applied == [500]  # into its own generation, never the old version's replay
+
+
+def test_older_code_cannot_claim_a_rebuild_over_a_newer_read_model_swapped_in_while_it_looked(
+        storage: Storage, monkeypatch: pytest.MonkeyPatch) -> None:
+    old = make_bank(storage, retire_after=0)
+    old.mediator.send(Deposit(account="a", amount=5))
+    old.engine.catch_up()
+    new = make_bank(storage, projection_class=BalancesInCents, retire_after=0)
+    looked = storage.rebuilding
+
+    def rebuilding(name: str) -> int | None:  # the new release finishes its upgrade between the old one's reads
+        monkeypatch.setattr(storage, "rebuilding", looked)
+        new.engine.catch_up()
+        new.engine.finish_rebuilds()
+        return looked(name)
+
+    monkeypatch.setattr(storage, "rebuilding", rebuilding)
+    with pytest.raises(ReadModelUnavailable, match="newer than this code's"):
+        old.engine.rebuild("balances")
+    assert storage.rebuilding("balances") is None
+    old.engine.finish_rebuilds()  # returns: nothing of its version to finish
+    assert new.balances() == {"a": 500}
