@@ -220,6 +220,8 @@ def _ddl(columns: str) -> str:
 class PostgresReadViews(SqlReadQueries):
     """Read models as tables of the shop's schema; search is a ``tsvector`` column with a GIN index."""
 
+    marker = "%s"
+
     def __init__(self, storage: PostgresStorage, engine: ReadModels) -> None:
         self.storage = storage
         self.engine = engine
@@ -256,22 +258,6 @@ class PostgresReadViews(SqlReadQueries):
             sql = self._upserts[shape] = _upsert(name, table, tuple(row))
         session.handle.execute(sql, [v if type(v) in _PLAIN else _pg(v) for v in row.values()])
 
-    def read(self, session: ProjectionSession, table: str, key: dict[str, Any]) -> dict[str, Any] | None:
-        name = session.table(table)
-        shape = (name, tuple(key))
-        sql = self._selects.get(shape)
-        if sql is None:
-            sql = self._selects[shape] = f"SELECT * FROM {name} WHERE {' AND '.join(f'{k} = %s' for k in key)}"
-        cursor = session.handle.execute(sql, tuple(key.values()))
-        row = cursor.fetchone()
-        if row is None:
-            return None
-        columns = self._columns.get(name)
-        if columns is None:
-            assert cursor.description is not None
-            columns = self._columns[name] = [c.name for c in cursor.description]
-        return dict(zip(columns, row, strict=True))
-
     def delete(self, session: ProjectionSession, table: str, key: dict[str, Any]) -> None:
         name = session.table(table)
         shape = (name, tuple(key))
@@ -295,7 +281,7 @@ class PostgresReadViews(SqlReadQueries):
 
     def _query(self, projection: str, table: str | tuple[str, ...], sql: str,
                params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-        return self._rows(sql.format(p="%s", **self._tables(projection, table)), params)
+        return self._rows(sql.format(p=self.marker, **self._tables(projection, table)), params)
 
     def search_products(self, text: str, limit: int) -> tuple[ProductListing, ...]:
         query = _search_query(text)

@@ -8,7 +8,7 @@ import json
 import sqlite3
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
 
 from adapters.sqlite import SqliteStorage
 from domain.errors import ConcurrencyConflict
@@ -177,6 +177,26 @@ class SqlReadQueries(ReadViews):
     """
 
     engine: ReadModels
+    marker: ClassVar[str]
+    """The driver's parameter marker."""
+    _selects: dict[tuple[str, tuple[str, ...]], str]
+    _columns: dict[str, list[str]]
+
+    def read(self, session: ProjectionSession, table: str, key: dict[str, Any]) -> dict[str, Any] | None:
+        name = session.table(table)
+        shape = (name, tuple(key))
+        sql = self._selects.get(shape)
+        if sql is None:
+            where = " AND ".join(f"{k} = {self.marker}" for k in key)
+            sql = self._selects[shape] = f"SELECT * FROM {name} WHERE {where}"
+        cursor = session.handle.execute(sql, tuple(key.values()))
+        row = cursor.fetchone()
+        if row is None:
+            return None
+        columns = self._columns.get(name)
+        if columns is None:
+            columns = self._columns[name] = [c[0] for c in cursor.description or ()]
+        return dict(zip(columns, row, strict=True))
 
     @abc.abstractmethod
     def _query(self, projection: str, table: str | tuple[str, ...], sql: str,
@@ -315,6 +335,8 @@ def listings(rows: Iterable[Sequence[Any]]) -> tuple[ProductListing, ...]:
 class SqliteReadViews(SqlReadQueries):
     """Read models as tables of the read database; the search read model is an FTS5 table."""
 
+    marker = "?"
+
     def __init__(self, storage: SqliteStorage, engine: ReadModels) -> None:
         self.storage = storage
         self.engine = engine
@@ -353,21 +375,6 @@ class SqliteReadViews(SqlReadQueries):
                                           f"VALUES ({', '.join('?' * len(row))})")
         session.handle.execute(sql, [v if type(v) in _PLAIN else _db(v) for v in row.values()])
 
-    def read(self, session: ProjectionSession, table: str, key: dict[str, Any]) -> dict[str, Any] | None:
-        name = session.table(table)
-        shape = (name, tuple(key))
-        sql = self._selects.get(shape)
-        if sql is None:
-            sql = self._selects[shape] = f"SELECT * FROM {name} WHERE {' AND '.join(f'{k} = ?' for k in key)}"
-        cursor = session.handle.execute(sql, tuple(key.values()))
-        row = cursor.fetchone()
-        if row is None:
-            return None
-        columns = self._columns.get(name)
-        if columns is None:
-            columns = self._columns[name] = [c[0] for c in cursor.description]
-        return dict(zip(columns, row, strict=True))
-
     def delete(self, session: ProjectionSession, table: str, key: dict[str, Any]) -> None:
         where = " AND ".join(f"{k} = ?" for k in key)
         session.handle.execute(f"DELETE FROM {session.table(table)} WHERE {where}", list(key.values()))
@@ -378,7 +385,7 @@ class SqliteReadViews(SqlReadQueries):
                params: tuple[Any, ...]) -> list[sqlite3.Row]:
         connection = self.storage.read_connection()
         try:
-            return connection.execute(sql.format(p="?", **self._tables(projection, table)), params).fetchall()
+            return connection.execute(sql.format(p=self.marker, **self._tables(projection, table)), params).fetchall()
         except sqlite3.OperationalError as exc:
             if "no such table" in str(exc):
                 return []  # nothing projected yet

@@ -17,10 +17,10 @@ import itertools
 import sqlite3
 import uuid
 from collections.abc import Iterator, Sequence
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from adapters.shop_sqlite import money
 from adapters.sqlite import connect
 from domain.messages import (
     CategorySales,
@@ -82,8 +82,8 @@ ORDERS_PER_DAY = ("SELECT substr(placed_at, 1, 10) AS day, COUNT(*) FROM orders 
                   "WHERE status != 'cancelled' AND placed_at >= ? GROUP BY day")
 
 
-def cents(amount: int) -> Decimal:
-    return Decimal(amount).scaleb(-2) if amount else Decimal("0.00")
+cents = money
+"""Whole cents as an amount with two places: the same conversion as the shop's read models."""
 
 
 class OutOfStock(Exception):

@@ -127,6 +127,12 @@ class Lag:
     parked: int
 
 
+def _unrecorded_version(track: _Track, checkpoint: int) -> int:
+    """The version of a generation with none recorded: this code's if nothing was written to it, else 1 (made
+    before versions were recorded)."""
+    return track.version if checkpoint == 0 else 1
+
+
 @attrs.define
 class _Track:
     """A projection as the engine runs it."""
@@ -485,9 +491,9 @@ class ReadModels:
         generation = self.storage_generation(track.name)
         projection_session = session.projection(track.name, generation)
         built_by = self._versions.get((track.name, generation))
-        if built_by is None:  # see _built_by; recorded in this transaction, which holds the writer's lock
-            fresh = projection_session.position == 0
-            built_by = session.record_version(track.name, generation, track.version if fresh else 1)
+        if built_by is None:  # see built_by; recorded in this transaction, which holds the writer's lock
+            built_by = session.record_version(track.name, generation,
+                                              _unrecorded_version(track, projection_session.position))
         if built_by != track.version:
             return track, generation, built_by  # another version's: the rebuild for this one catches these up
         if projection_session.position < first - 1:  # commands skipped it: is newer code taking it over?
@@ -558,8 +564,7 @@ class ReadModels:
             track = self._tracks.get(name)
             recorded = self.storage.recorded_version(name, generation)
             if recorded is None:
-                fresh = track is not None and self.storage.checkpoint(name, generation) == 0
-                guess = track.version if track and fresh else 1
+                guess = 1 if track is None else _unrecorded_version(track, self.storage.checkpoint(name, generation))
                 if not record:
                     return guess
                 recorded = self.storage.record_version(name, generation, guess)
@@ -1007,14 +1012,15 @@ class ReadModels:
         if name not in self._tracks:
             raise LookupError(f"No projection named {name!r}; known: {', '.join(self._tracks)}.")
         track = self._tracks[name]
-        self._check_version(name, self.storage.current_generation(name), outdated_ok=True)
+        current = self.storage.current_generation(name)
+        self._check_version(name, current, outdated_ok=True)
         under_way = self.storage.rebuilding(name)
         older = under_way is not None and self.built_by(name, under_way) < track.version
         # Joins a rebuild already under way, in any process, unless it is for an older version.
-        generation = self._claim(track, under_way if older else None, self.built_by(
-            name, self.storage.current_generation(name)))
-        if self.built_by(name, generation) != track.version:
-            raise ReadModelUnavailable(name, self.built_by(name, generation), track.version)
+        generation = self._claim(track, under_way if older else None, self.built_by(name, current))
+        built_by = self.built_by(name, generation)
+        if built_by != track.version:
+            raise ReadModelUnavailable(name, built_by, track.version)
         self._wakeup.set()
         return generation
 
@@ -1060,10 +1066,10 @@ class ReadModels:
         if new is None:
             return
         old = self.storage.current_generation(track.name)
-        if new == old or self.built_by(track.name, new) != track.version or self.built_by(
-                track.name, old) > track.version:
+        old_by = self.built_by(track.name, old)
+        if new == old or self.built_by(track.name, new) != track.version or old_by > track.version:
             return  # swapped already; or a rebuild for another version, or over a newer one: not this code's
-        upgrade = self.built_by(track.name, old) < track.version  # nobody here feeds the old generation
+        upgrade = old_by < track.version  # nobody here feeds the old generation
         replayed = self.storage.checkpoint(track.name, new)
         behind = self.storage.head() - replayed
         if track.delivery is Delivery.INLINE:
