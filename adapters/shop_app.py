@@ -20,10 +20,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
-from adapters.memory import MemoryStorage
 from adapters.shop_memory import MemoryReadViews, MemoryWriteModel
 from adapters.shop_sqlite import WRITE_SCHEMA, SqliteReadViews, SqliteWriteModel
-from adapters.sqlite import SqliteStorage
 from domain.events import ALL_EVENTS
 from handlers import commands, queries
 from handlers.authorization import QUERIES, Authorize, AuthorizeQueries
@@ -34,9 +32,11 @@ from handlers.queries import ShopQueries
 from handlers.retry import RetryOnConflict
 from mediator import Kind, Logging, Mediator, Registry, Validation
 from mediator.readmodels import Delivery, EventTypes, ReadModels, Storage
+from mediator.readmodels.memory import MemoryStorage
+from mediator.readmodels.sqlite import SqliteStorage
 
 if TYPE_CHECKING:
-    from adapters.postgres import PostgresStorage
+    from mediator.readmodels.postgres import PostgresStorage
 
 T = TypeVar("T")
 
@@ -120,7 +120,7 @@ def build_shop(
         engine.add(projection, delivery=delivery)
     registry = Registry()
     if tracer_provider is not None:  # the otel extra: a span per dispatch, projections as spans too
-        from adapters.otel import Tracing, trace_projections
+        from mediator.otel import Tracing, trace_projections
 
         registry.behaviour(Tracing(tracer_provider))
         trace_projections(engine, tracer_provider)
@@ -159,9 +159,9 @@ def engine_from_env() -> ReadModels:
 
 
 def _postgres_storage(dsn: str, schema: str) -> PostgresStorage:
-    """A :class:`~adapters.postgres.PostgresStorage` on ``schema`` with the shop's write tables in it."""
-    from adapters.postgres import PostgresStorage, lock_key
+    """A :class:`~mediator.readmodels.postgres.PostgresStorage` on ``schema`` with the shop's write tables in it."""
     from adapters.shop_postgres import WRITE_SCHEMA as POSTGRES_WRITE_SCHEMA
+    from mediator.readmodels.postgres import PostgresStorage, lock_key
 
     storage = PostgresStorage(dsn, schema=schema)
     try:

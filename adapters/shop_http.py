@@ -9,18 +9,16 @@ for staff.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
 from decimal import Decimal
 from typing import Annotated, Any
 
-import attrs
 from fastapi import Body, FastAPI, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, StringConstraints, field_validator
 
-from adapters.fastapi import Mediated, MediatorMiddleware, install_error_handlers
 from adapters.shop_app import Shop, shop_from_env
-from domain.errors import ConcurrencyConflict, NotFound, RuleViolation
+from adapters.shop_web import STATUS_OF, data, principal_of
+from domain.errors import NotFound
 from domain.messages import (
     CancelOrder,
     ChangePrice,
@@ -41,8 +39,8 @@ from domain.messages import (
     ShipOrder,
     UpdateProductStock,
 )
-from handlers.authorization import ANONYMOUS, Forbidden, Principal
 from mediator import AsyncMediator
+from mediator.fastapi import Mediated, MediatorMiddleware, install_error_handlers
 
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 Email = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^[^@\s]+@[^@\s]+$", max_length=254)]
@@ -100,26 +98,6 @@ class Transition(BaseModel):
     expected_version: Annotated[int, Field(ge=1)] | None = None
 
 
-def principal_of(headers: Mapping[str, str]) -> Principal:
-    if headers.get("x-admin") == "1":
-        return Principal(admin=True)
-    customer = headers.get("x-customer-id")
-    return Principal(customer_id=customer) if customer else ANONYMOUS
-
-
-def data(value: Any) -> Any:
-    """Answers (attrs classes, decimals, dates) as JSON-friendly data."""
-    if attrs.has(type(value)):
-        return {f.name: data(getattr(value, f.name)) for f in attrs.fields(type(value))}
-    if isinstance(value, tuple | list):
-        return [data(v) for v in value]
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, dt.date):
-        return value.isoformat()
-    return value
-
-
 def create_app(shop: Shop, *, consistency_timeout: float = 5.0) -> FastAPI:
     """The shop's FastAPI application around an already built ``Shop``.
 
@@ -128,10 +106,7 @@ def create_app(shop: Shop, *, consistency_timeout: float = 5.0) -> FastAPI:
     mediator: AsyncMediator = shop.registry.build_async()
     app = FastAPI(title="Reference shop")
     app.state.mediator = mediator  # routes get it through the `Mediated` dependency
-    install_error_handlers(app, {
-        NotFound: (404, "not_found"), Forbidden: (403, "forbidden"), ConcurrencyConflict: (409, "conflict"),
-        RuleViolation: (409, "rule_violation"),
-    })
+    install_error_handlers(app, STATUS_OF)
 
     def created(key: str, value: str) -> JSONResponse:
         return JSONResponse({key: value}, status_code=201)

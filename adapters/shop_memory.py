@@ -13,7 +13,6 @@ from typing import Any
 
 import attrs
 
-from adapters.memory import MemoryStorage
 from adapters.shop_sqlite import _db, dashboard, money
 from domain.errors import ConcurrencyConflict
 from domain.messages import (
@@ -29,6 +28,7 @@ from domain.messages import (
 from domain.model import Order, Product, Stock
 from handlers.ports import ReadViews, WriteModel
 from mediator.readmodels import ProjectionSession
+from mediator.readmodels.memory import MemoryStorage
 
 
 class MemoryWriteModel(WriteModel):

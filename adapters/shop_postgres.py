@@ -1,6 +1,6 @@
 """The reference shop on PostgreSQL: the same write model and read models as :mod:`adapters.shop_sqlite`.
 
-Needs the ``postgres`` extra (psycopg 3) and runs on :class:`adapters.postgres.PostgresStorage`: the write
+Needs the ``postgres`` extra (psycopg 3) and runs on :class:`mediator.readmodels.postgres.PostgresStorage`: the write
 tables, the event log and the read models share one database and schema.
 
 Where SQLite's single writer lock runs one command at a time, here two commands' transactions really run
@@ -30,7 +30,6 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg import errors
 
-from adapters.postgres import PostgresStorage
 from adapters.shop_sqlite import INDEXES, PROJECTION_TABLES, TABLES, SqlReadQueries, _db, listings
 from domain.errors import ConcurrencyConflict
 from domain.events import OrderLine
@@ -40,6 +39,7 @@ from domain.messages import (
 from domain.model import Order, OrderStatus, Product, Stock
 from handlers.ports import WriteModel
 from mediator.readmodels import ProjectionSession, ReadModels, StorageError
+from mediator.readmodels.postgres import PostgresStorage
 
 WRITE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS customers (customer_id TEXT PRIMARY KEY, name TEXT NOT NULL, email TEXT NOT NULL);

@@ -10,7 +10,6 @@ from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from typing import Any, ClassVar
 
-from adapters.sqlite import SqliteStorage
 from domain.errors import ConcurrencyConflict
 from domain.events import OrderLine
 from domain.messages import (
@@ -28,6 +27,7 @@ from domain.messages import (
 from domain.model import Order, OrderStatus, Product, Stock
 from handlers.ports import ReadViews, WriteModel
 from mediator.readmodels import ProjectionSession, ReadModels
+from mediator.readmodels.sqlite import SqliteStorage
 
 WRITE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS customers (customer_id TEXT PRIMARY KEY, name TEXT NOT NULL, email TEXT NOT NULL);

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from adapters.shop_sqlite import money
-from adapters.sqlite import connect
 from domain.messages import (
     CategorySales,
     CustomerOrderSummary,
@@ -33,6 +32,7 @@ from domain.messages import (
     ProductListing,
     SalesDashboard,
 )
+from mediator.readmodels.sqlite import connect
 
 from ._shopdata import OPENING_STOCK, Block, Catalog
 

@@ -61,7 +61,7 @@ def _child(mode: str, n: int, work: bool) -> None:
 
 
 def _applying(folder: Path, mode: str, n: int, work: bool) -> None:
-    from adapters.sqlite import connect
+    from mediator.readmodels.sqlite import connect
 
     from . import sync
 

@@ -20,7 +20,6 @@ from typing import IO, Any
 
 import attrs
 
-from adapters.postgres import PostgresStorage
 from mediator import Command, Event, Registry
 from mediator.readmodels import (
     Delivery,
@@ -32,6 +31,7 @@ from mediator.readmodels import (
     UnitOfWork,
     on,
 )
+from mediator.readmodels.postgres import PostgresStorage
 
 PROJECTION = "balances"
 

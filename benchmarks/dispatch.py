@@ -20,8 +20,7 @@ from typing import Any
 
 import attrs
 
-from mediator import Command, Event, Lifetime, Registry
-from mediator._context import Scope
+from mediator import Command, Event, Lifetime, Registry, Scope
 
 from . import peers
 from ._harness import Result, Settings, run_once, time_async, time_async0, time_sync, time_sync0

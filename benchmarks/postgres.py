@@ -198,7 +198,7 @@ def prepare(db: Database, kind: str, part: str) -> str:
     """A schema with ``kind``'s tables made, so processes starting together do not race to make them."""
     schema = db.schema(part)
     if kind == "this":
-        from adapters.postgres import PostgresStorage
+        from mediator.readmodels.postgres import PostgresStorage
 
         PostgresStorage(db.dsn, schema=schema).close()
     else:
@@ -336,7 +336,7 @@ class Workers:
 def failover(db: Database, size: Size, folder: Path, progress: Callable[[str], None]) -> tuple[list[float], float]:
     """Seconds from SIGKILL of the lease holder to a standby's first committed batch, per repetition;
     and the workers' poll interval."""
-    from adapters.postgres import lock_key
+    from mediator.readmodels.postgres import lock_key
 
     from . import _pgapp
 

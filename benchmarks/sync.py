@@ -38,7 +38,6 @@ from typing import Any
 import attrs
 import structlog
 
-from adapters.sqlite import SqliteStorage, connect
 from mediator import Command, Event, Logging, Query, Registry, Validation
 from mediator.readmodels import (
     Delivery,
@@ -51,6 +50,7 @@ from mediator.readmodels import (
     last_token,
     on,
 )
+from mediator.readmodels.sqlite import SqliteStorage, connect
 
 from . import _instructions
 from ._harness import FULL, QUICK, TINY, Result, Settings, percentile

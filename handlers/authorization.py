@@ -28,7 +28,6 @@ from domain.messages import (
     ReserveStock,
 )
 from mediator import Build, current_context
-from mediator._messages import qualname
 from mediator.readmodels import UnitOfWork
 
 from .ports import WriteModel
@@ -115,10 +114,10 @@ class Authorize:
         if principal is None:  # no scope opened with a principal: trusted in-process code (tests, scripts)
             return
         if not isinstance(principal, Principal):
-            raise TypeError(f"The dispatch principal must be a Principal, not {qualname(type(principal))}.")
+            raise TypeError(f"The dispatch principal must be a Principal, not {type(principal).__qualname__}.")
         if principal.admin or (self.rule is not None and self.rule(message, principal, self)):
             return
-        log.warning("command denied", message_type=qualname(type(message)), customer_id=principal.customer_id,
+        log.warning("command denied", message_type=_type_name(message), customer_id=principal.customer_id,
                     admin=principal.admin)
         raise Forbidden(type(message), principal)
 
@@ -140,7 +139,7 @@ class AuthorizeQueries:
     def _principal(self) -> Principal | None:
         principal = current_context().principal
         if principal is not None and not isinstance(principal, Principal):
-            raise TypeError(f"The dispatch principal must be a Principal, not {qualname(type(principal))}.")
+            raise TypeError(f"The dispatch principal must be a Principal, not {type(principal).__qualname__}.")
         return principal
 
     def _filter(self, message: Any, result: Any) -> Any:
@@ -156,7 +155,7 @@ class AuthorizeQueries:
         principal = self._principal()
         if (isinstance(message, GetCustomerOrders) and principal is not None and not principal.admin
                 and principal.customer_id != message.customer_id):
-            log.warning("query denied", message_type=qualname(type(message)), customer_id=principal.customer_id)
+            log.warning("query denied", message_type=_type_name(message), customer_id=principal.customer_id)
             raise Forbidden(type(message), principal)
 
     def handle(self, message: Any, next: Callable[[Any], Any]) -> Any:
@@ -166,3 +165,8 @@ class AuthorizeQueries:
     async def handle_async(self, message: Any, next: Callable[[Any], Any]) -> Any:
         self._check(message)
         return self._filter(message, await next(message))
+
+
+def _type_name(message: object) -> str:
+    """The message's class as ``module.Name``, as the mediator's own log lines name it."""
+    return f"{type(message).__module__}.{type(message).__qualname__}"

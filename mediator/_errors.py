@@ -62,6 +62,19 @@ class ScopeError(MediatorError, RuntimeError):
     """A scoped service or the dispatch context was used where no scope is open."""
 
 
+class MissingExtraError(MediatorError, ModuleNotFoundError):
+    """A module of the framework needs an optional package that is not installed; ``extra`` brings it."""
+
+    def __init__(self, module: str, extra: str, missing: str | None) -> None:
+        self.module = module
+        self.extra = extra
+        super().__init__(
+            f"{module} needs {missing or 'a package'} that is not installed; install the framework with that "
+            f"extra: pip install 'mediator-cqrs[{extra}]'.",
+            name=missing,
+        )
+
+
 class ValidationError(MediatorError, ValueError):
     """A message failed validation; ``errors`` maps each field to its messages.
 

@@ -42,7 +42,7 @@ def lease_holder(schema: str, projection: str) -> int | None:
     """The OS process id of the runner holding ``projection``'s lease, from its lock connection's application_name."""
     import psycopg
 
-    from adapters.postgres import lock_key
+    from mediator.readmodels.postgres import lock_key
 
     key = lock_key(schema, projection)
     with psycopg.connect(DSN, autocommit=True) as admin:

@@ -6,9 +6,9 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from adapters.memory import MemoryStorage
-from adapters.sqlite import SqliteStorage
 from mediator.readmodels import Storage
+from mediator.readmodels.memory import MemoryStorage
+from mediator.readmodels.sqlite import SqliteStorage
 from tests import postgres
 
 KINDS = ("memory", "sqlite", "sqlite-two-files", "postgres")
@@ -27,7 +27,7 @@ def opened(kind: str, folder: Path) -> Iterator[Storage]:
         backend = SqliteStorage(folder / "write.db", folder / "read.db")
     else:
         postgres.require()
-        from adapters.postgres import PostgresStorage
+        from mediator.readmodels.postgres import PostgresStorage
 
         backend = on_postgres = PostgresStorage(postgres.DSN, schema=postgres.new_schema())
         drop_schema = on_postgres.drop_schema

@@ -1,20 +1,26 @@
 """Read models kept in step with the write side: outbox, checkpointed projections, read-your-writes.
 
-The storage port is here; the backends live in ``adapters`` (``adapters.memory``
-for tests, ``adapters.sqlite`` as the embedded default).
+The storage port is here, and its backends beside it: :mod:`mediator.readmodels.memory` for tests,
+:mod:`mediator.readmodels.sqlite` as the embedded default, :mod:`mediator.readmodels.postgres` (the ``postgres``
+extra) for many processes.
 """
 
 from ._engine import (
     Consistency,
-    ConsistencyTimeout,
     Lag,
     ReadModels,
     ReadYourWrites,
     SyncReadModels,
     UnitOfWork,
-    UnregisteredEvent,
     consistent,
     last_token,
+)
+from ._errors import (
+    ConsistencyTimeoutError,
+    ReadModelUnavailableError,
+    StorageError,
+    UndecodableEventError,
+    UnregisteredEventError,
 )
 from ._ports import (
     BLOCKED,
@@ -22,21 +28,19 @@ from ._ports import (
     DeadLetter,
     NewEvent,
     ProjectionSession,
-    ReadModelUnavailable,
     Storage,
-    StorageError,
     StoredEvent,
     WriteSession,
     table_name,
 )
 from ._projections import Delivery, Projection, on
-from ._serialization import EventType, EventTypes, UndecodableEvent
+from ._serialization import EventType, EventTypes
 
 __all__ = [
     "BLOCKED",
     "PARKED",
     "Consistency",
-    "ConsistencyTimeout",
+    "ConsistencyTimeoutError",
     "DeadLetter",
     "Delivery",
     "EventType",
@@ -48,13 +52,13 @@ __all__ = [
     "ReadModels",
     "ReadYourWrites",
     "Storage",
-    "ReadModelUnavailable",
+    "ReadModelUnavailableError",
     "StorageError",
     "StoredEvent",
     "SyncReadModels",
-    "UndecodableEvent",
+    "UndecodableEventError",
     "UnitOfWork",
-    "UnregisteredEvent",
+    "UnregisteredEventError",
     "WriteSession",
     "consistent",
     "last_token",

@@ -29,22 +29,26 @@ import structlog
 
 from .._context import _current
 from .._context import _new_id as new_id
-from .._errors import MediatorError
 from .._messages import Event, Kind, qualname
+from ._errors import (
+    ConsistencyTimeoutError,
+    ReadModelUnavailableError,
+    StorageError,
+    UndecodableEventError,
+    UnregisteredEventError,
+)
 from ._ports import (
     BLOCKED,
     PARKED,
     DeadLetter,
     NewEvent,
     ProjectionSession,
-    ReadModelUnavailable,
     Storage,
-    StorageError,
     StoredEvent,
     WriteSession,
 )
 from ._projections import Delivery, Projection
-from ._serialization import EventTypes, UndecodableEvent
+from ._serialization import EventTypes
 
 if TYPE_CHECKING:
     from .._build import Build
@@ -56,18 +60,6 @@ _consistency: contextvars.ContextVar[Consistency | None] = contextvars.ContextVa
 log = structlog.get_logger("mediator.readmodels")
 
 
-class ConsistencyTimeout(MediatorError, TimeoutError):
-    """A query asked to be consistent with a token, and its read models did not catch up in time."""
-
-    def __init__(self, token: int, behind: dict[str, int], timeout: float) -> None:
-        self.token = token
-        self.behind = behind
-        self.timeout = timeout
-        lagging = ", ".join(f"{name} at {position}" for name, position in behind.items())
-        super().__init__(
-            f"Read models did not reach position {token} within {timeout:g} s ({lagging}); retry, raise the "
-            "timeout, or accept a stale answer with consistent(..., stale_ok=True)."
-        )
 
 
 class _Careful(Exception):
@@ -77,8 +69,6 @@ class _Careful(Exception):
         self.position = position
 
 
-class UnregisteredEvent(MediatorError, LookupError):
-    """An event was recorded whose class is not registered with the engine's ``EventTypes``."""
 
 
 def last_token() -> int | None:
@@ -103,7 +93,7 @@ class Consistency:
 def consistent(token: int | None, *, timeout: float = 5.0, stale_ok: bool = False) -> Iterator[Consistency]:
     """Make queries inside the block wait until the read models they read have reached ``token``.
 
-    On timeout they raise :class:`ConsistencyTimeout`, or with ``stale_ok``
+    On timeout they raise :class:`ConsistencyTimeoutError`, or with ``stale_ok``
     answer anyway and set ``.stale`` on the yielded object.
     """
     wanted = Consistency(token or 0, timeout, stale_ok)
@@ -191,11 +181,8 @@ class UnitOfWork:
 
     def record(self, event: Event, *, key: str | None = None) -> None:
         """Record ``event`` to be appended when the command commits; ``key`` orders it (e.g. an order id)."""
-        if event.__class__ not in self.engine.types._by_class:
-            raise UnregisteredEvent(
-                f"{qualname(type(event))} is not a registered event type; register it with "
-                "event_types.register(...) so it can be stored."
-            )
+        if event.__class__ not in self.engine.types:
+            raise UnregisteredEventError(event.__class__)
         if self._scope is not None and self.depth == 0:
             self._exit_with_scope()
         self._events.append((event, key))
@@ -337,7 +324,7 @@ class ReadYourWrites:
             if not wanted.stale_ok:
                 behind = {n: self.engine.storage.checkpoint(n, self.engine.storage.current_generation(n))
                           for n in self.reads}
-                raise ConsistencyTimeout(wanted.token, behind, wanted.timeout)
+                raise ConsistencyTimeoutError(wanted.token, behind, wanted.timeout)
             wanted.stale = True
 
     def handle(self, message: Any, next: Callable[[Any], Any]) -> Any:
@@ -355,7 +342,8 @@ class ReadModels:
     """The engine: storage, event types, projections and how each is delivered.
 
     Args:
-        storage: the backend (``adapters.sqlite.SqliteStorage``, ``adapters.memory.MemoryStorage``).
+        storage: the backend (:class:`~mediator.readmodels.sqlite.SqliteStorage`, for tests
+            :class:`~mediator.readmodels.memory.MemoryStorage`).
         types: the registered event types.
         batch_size: events a background projection applies per transaction.
         max_attempts: tries of a failing event before it is parked.
@@ -532,7 +520,7 @@ class ReadModels:
     def table(self, projection: str, table: str) -> str:
         """The storage name of a read-model table that queries should read now (the current generation).
 
-        Raises :class:`ReadModelUnavailable` while that generation was built by another version of the
+        Raises :class:`ReadModelUnavailableError` while that generation was built by another version of the
         projection than this code's: an older one being replaced, or a newer one this code cannot read.
         """
         from ._ports import table_name
@@ -542,7 +530,7 @@ class ReadModels:
         return table_name(projection, table, generation)
 
     def check_available(self, projection: str) -> None:
-        """Raise :class:`ReadModelUnavailable` unless this code can read ``projection``'s current generation."""
+        """Raise :class:`ReadModelUnavailableError` unless this code can read ``projection``'s current generation."""
         self._check_version(projection, self.storage.current_generation(projection))
 
     def _check_version(self, projection: str, generation: int, *, outdated_ok: bool = False) -> None:
@@ -550,7 +538,7 @@ class ReadModels:
         if track is not None:
             built_by = self.built_by(projection, generation, record=False)
             if built_by > track.version or (built_by < track.version and not outdated_ok):
-                raise ReadModelUnavailable(projection, built_by, track.version)
+                raise ReadModelUnavailableError(projection, built_by, track.version)
 
     def built_by(self, name: str, generation: int, *, record: bool = True) -> int:
         """The projection version that built ``generation`` (recorded once, then remembered: it never changes).
@@ -607,7 +595,7 @@ class ReadModels:
         if older_rebuild or (track.upgrading is not None and rebuilding is None):
             try:
                 rebuilding = self._claim(track, rebuilding if older_rebuild else None, built_by)
-            except ReadModelUnavailable:  # newer code swapped its generation in since we looked
+            except ReadModelUnavailableError:  # newer code swapped its generation in since we looked
                 return []
             if self.built_by(name, rebuilding) != track.version:
                 return []  # a newer version's claim got there first
@@ -711,7 +699,7 @@ class ReadModels:
                 decode = decoders[type_name] = self.types.decoder(entry)
             try:
                 event = decode(data)
-            except UndecodableEvent:
+            except UndecodableEventError:
                 self._deal_with(track, session, stored, blocked, careful=False)
                 continue
             try:
@@ -737,7 +725,7 @@ class ReadModels:
             return True
         try:
             event = self.types.decode(stored.type_name, stored.version, stored.data)
-        except UndecodableEvent as exc:
+        except UndecodableEventError as exc:
             self._park(session, stored, PARKED, str(exc), 1)
             if stored.key is not None:
                 blocked.add(stored.key)
@@ -1020,7 +1008,7 @@ class ReadModels:
         generation = self._claim(track, under_way if older else None, self.built_by(name, current))
         built_by = self.built_by(name, generation)
         if built_by != track.version:
-            raise ReadModelUnavailable(name, built_by, track.version)
+            raise ReadModelUnavailableError(name, built_by, track.version)
         self._wakeup.set()
         return generation
 

@@ -18,31 +18,7 @@ from typing import Any, NamedTuple
 
 import attrs
 
-from .._errors import MediatorError
-
-
-class StorageError(MediatorError, RuntimeError):
-    """The storage backend failed; the driver's error is the ``__cause__``."""
-
-
-class ReadModelUnavailable(StorageError):
-    """A read model this code cannot read now: being rebuilt for its projection's version, or built by a newer one.
-
-    It is a :class:`StorageError` because it passes the same way: the HTTP embeddings answer 503 with
-    ``Retry-After``, and the same request succeeds once the rebuild is swapped in.
-    """
-
-    def __init__(self, projection: str, built_by: int, version: int) -> None:
-        self.projection = projection
-        self.built_by = built_by
-        self.version = version
-        why = ("a rebuild for this code's version replaces it (started by the first catch-up or runner)"
-               if built_by < version
-               else "that version is newer than this code's: this process leaves it to the processes running it")
-        super().__init__(
-            f"Read model {projection!r} was built by version {built_by} of its projection and this code has "
-            f"version {version}; {why}."
-        )
+from ._errors import StorageError
 
 
 class NewEvent(NamedTuple):
@@ -222,7 +198,7 @@ class Storage(abc.ABC):
         A new generation is recorded as built by projection ``version``, in the same transaction. With
         ``replacing``, a rebuild under way into that generation is abandoned for a new one (the engine does
         this to a rebuild started for an older version); a different rebuild under way is joined instead.
-        Raises :class:`ReadModelUnavailable`, claiming nothing, when the current generation was built by a
+        Raises :class:`ReadModelUnavailableError`, claiming nothing, when the current generation was built by a
         newer version: older code never starts a rebuild over newer code's read model.
         """
 

@@ -3,7 +3,7 @@
 An event class is registered under a stable name and a version. Stored data
 carries both; reading data of an older version runs the registered upcasters,
 one version step at a time, before the class is built. Unknown names and data
-that no longer fits raise :class:`UndecodableEvent`, which the projection runner
+that no longer fits raise :class:`UndecodableEventError`, which the projection runner
 parks with its reason instead of crashing.
 """
 
@@ -22,20 +22,12 @@ from typing import Any
 
 import attrs
 
-from .._errors import MediatorError
 from .._messages import Event, qualname
+from ._errors import UndecodableEventError, UnregisteredEventError
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 
 
-class UndecodableEvent(MediatorError, ValueError):
-    """Stored event data could not be turned back into an event; ``reason`` says why."""
-
-    def __init__(self, type_name: str, version: int, reason: str) -> None:
-        self.type_name = type_name
-        self.version = version
-        self.reason = reason
-        super().__init__(f"Cannot decode event {type_name!r} v{version}: {reason}")
 
 
 @attrs.frozen
@@ -91,13 +83,15 @@ class EventTypes:
         return cls in self._by_class
 
     def entry(self, cls: type) -> EventType:
-        """The registration of ``cls``; ``LookupError`` naming the fix if there is none."""
+        """The registration of ``cls``.
+
+        Raises:
+            UnregisteredEventError: naming the fix, if there is none.
+        """
         try:
             return self._by_class[cls]
         except KeyError:
-            raise LookupError(
-                f"{qualname(cls)} is not a registered event type; register it with event_types.register(...)."
-            ) from None
+            raise UnregisteredEventError(cls) from None
 
     def entries(self) -> Mapping[str, EventType]:
         """Every registration by name (read-only view, for hot loops)."""
@@ -121,7 +115,7 @@ class EventTypes:
                     fields = loads(data)  # raises for trailing data, or skips trailing whitespace
                 return convert(fields)
             except Exception as exc:
-                raise UndecodableEvent(entry.name, entry.version, f"{type(exc).__name__}: {exc}") from exc
+                raise UndecodableEventError(entry.name, entry.version, f"{type(exc).__name__}: {exc}") from exc
 
         return decode
 
@@ -139,18 +133,18 @@ class EventTypes:
         """Rebuild the event stored as ``(name, version, data)``, upcasting old versions."""
         entry = self._by_name.get(name)
         if entry is None:
-            raise UndecodableEvent(name, version, "no event type is registered under this name")
+            raise UndecodableEventError(name, version, "no event type is registered under this name")
         if version > entry.version:
-            raise UndecodableEvent(name, version, f"newer than the registered version {entry.version}")
+            raise UndecodableEventError(name, version, f"newer than the registered version {entry.version}")
         try:
             fields = json.loads(data)
             for step in range(version, entry.version):
                 fields = entry.upcasters[step](fields)
             return from_data(entry.cls, fields)
-        except UndecodableEvent:
+        except UndecodableEventError:
             raise
         except Exception as exc:
-            raise UndecodableEvent(name, version, f"{type(exc).__name__}: {exc}") from exc
+            raise UndecodableEventError(name, version, f"{type(exc).__name__}: {exc}") from exc
 
 
 _dumps = json.JSONEncoder(separators=(",", ":"), sort_keys=True).encode

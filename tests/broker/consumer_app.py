@@ -1,7 +1,7 @@
 """A downstream service for the broker tests and demo: shop order events from NATS into its own SQLite projection.
 
 It keeps its own database file: received events are appended to its own event
-log by an :class:`~adapters.relay.Inbox` (once each, by event id), and its own
+log by an :class:`~mediator.relay.Inbox` (once each, by event id), and its own
 ``ReadModels`` project them into ``customer_orders``: per customer, orders placed,
 orders cancelled and revenue placed.
 
@@ -22,11 +22,11 @@ from types import FrameType
 
 import attrs
 
-from adapters.relay import Inbox
 from adapters.shop_app import event_types
-from adapters.sqlite import SqliteStorage
 from domain.events import OrderCancelled, OrderPlaced
 from mediator.readmodels import Delivery, Projection, ProjectionSession, ReadModels, on, table_name
+from mediator.readmodels.sqlite import SqliteStorage
+from mediator.relay import Inbox
 
 Counts = dict[str, tuple[int, int, Decimal]]
 """Per customer: (orders placed, orders cancelled, revenue placed)."""
@@ -107,7 +107,7 @@ def read_counts(db: str | Path) -> Counts:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from adapters.nats import JetStreamConsumer
+    from mediator.nats import JetStreamConsumer
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="nats://127.0.0.1:4222")

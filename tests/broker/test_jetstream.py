@@ -17,11 +17,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from adapters import nats as jetstream
-from adapters.nats import JetStreamConsumer, JetStreamPublisher
-from adapters.relay import Relay
 from adapters.shop_app import build_shop
-from adapters.sqlite import SqliteStorage
 from domain.messages import (
     CancelOrder,
     CreateCategory,
@@ -31,7 +27,11 @@ from domain.messages import (
     RegisterCustomer,
     UpdateProductStock,
 )
+from mediator import nats as jetstream
+from mediator.nats import JetStreamConsumer, JetStreamPublisher
 from mediator.readmodels import NewEvent, Storage, StoredEvent
+from mediator.readmodels.sqlite import SqliteStorage
+from mediator.relay import Relay
 from mediator.testing import settle
 
 from . import consumer_app

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from adapters.memory import MemoryStorage
-from adapters.relay import Inbox, MemoryPublisher, PublishError, Relay
-from adapters.sqlite import SqliteStorage
 from domain.events import OrderPlaced
 from mediator.readmodels import NewEvent, Projection, ProjectionSession, ReadModels, Storage, StoredEvent, on
+from mediator.readmodels.memory import MemoryStorage
+from mediator.readmodels.sqlite import SqliteStorage
+from mediator.relay import Inbox, MemoryPublisher, PublishError, Relay
 from mediator.testing import settle
 from tests import postgres
 
@@ -141,7 +141,7 @@ def test_a_broker_down_keeps_the_events_in_the_log_until_it_is_back(tmp_path: Pa
             storage.close()
     assert broker.published == selected_in(SqliteStorage(tmp_path / "app.db"))
     failed = [line for line in logs if line["event"] == "relay failed, will retry"]
-    assert failed[0]["error_type"] == "adapters.relay.PublishError"
+    assert failed[0]["error_type"] == "mediator.relay.PublishError"
     assert max(line["retry_in"] for line in failed) == 0.02  # the backoff is capped
     assert any(line["event"] == "relay recovered" for line in logs)
 
@@ -180,7 +180,7 @@ def test_the_inbox_appends_each_event_id_once(backend: str, tmp_path: Path, requ
         from tests import postgres
 
         postgres.require()
-        from adapters.postgres import PostgresStorage
+        from mediator.readmodels.postgres import PostgresStorage
 
         pg = PostgresStorage(postgres.DSN, schema=postgres.new_schema())
         request.addfinalizer(pg.drop_schema)
@@ -200,7 +200,7 @@ def test_the_inbox_refuses_a_storage_without_unique_event_ids() -> None:
 
 
 def test_of_two_relays_of_one_name_on_postgresql_one_publishes_until_it_stops(pg_schema: str) -> None:
-    from adapters.postgres import PostgresStorage
+    from mediator.readmodels.postgres import PostgresStorage
 
     first_storage = PostgresStorage(postgres.DSN, schema=pg_schema)
     second_storage = PostgresStorage(postgres.DSN, schema=pg_schema)  # a session of its own, as another process

@@ -13,8 +13,6 @@ from typing import Any
 
 import attrs
 
-from adapters.memory import MemoryStorage
-from adapters.sqlite import SqliteStorage
 from mediator import Command, Event, Query, Registry
 from mediator.readmodels import (
     Delivery,
@@ -26,6 +24,8 @@ from mediator.readmodels import (
     UnitOfWork,
     on,
 )
+from mediator.readmodels.memory import MemoryStorage
+from mediator.readmodels.sqlite import SqliteStorage
 
 
 @attrs.frozen(kw_only=True)

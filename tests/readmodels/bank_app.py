@@ -15,15 +15,15 @@ import os
 import sys
 import time
 
-from adapters.sqlite import SqliteStorage
 from mediator.readmodels import Delivery, ReadModels, Storage
+from mediator.readmodels.sqlite import SqliteStorage
 
 from .bank import Bank, Deposit, make_bank
 
 
 def storage() -> Storage:
     if "BANK_POSTGRES" in os.environ:
-        from adapters.postgres import PostgresStorage
+        from mediator.readmodels.postgres import PostgresStorage
 
         return PostgresStorage(os.environ["BANK_POSTGRES"], schema=os.environ["BANK_SCHEMA"])
     return SqliteStorage(os.environ["BANK_DB"])

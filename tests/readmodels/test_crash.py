@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from adapters.sqlite import SqliteStorage
 from mediator.readmodels import Storage
+from mediator.readmodels.sqlite import SqliteStorage
 from mediator.testing import settle
 from tests import postgres
 
@@ -45,7 +45,7 @@ def test_sigkill_at_random_points_loses_nothing_and_applies_nothing_twice(
         make_storage = functools.partial(SqliteStorage, db)
     else:
         schema = request.getfixturevalue("pg_schema")
-        from adapters.postgres import PostgresStorage
+        from mediator.readmodels.postgres import PostgresStorage
 
         env.update(BANK_POSTGRES=postgres.DSN, BANK_SCHEMA=schema)
         make_storage = functools.partial(PostgresStorage, postgres.DSN, schema=schema)

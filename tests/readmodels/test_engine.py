@@ -9,11 +9,11 @@ from structlog.testing import capture_logs
 from mediator.readmodels import (
     BLOCKED,
     PARKED,
-    ConsistencyTimeout,
+    ConsistencyTimeoutError,
     Delivery,
     NewEvent,
     Storage,
-    UnregisteredEvent,
+    UnregisteredEventError,
     consistent,
     last_token,
 )
@@ -63,7 +63,7 @@ def test_recording_an_unregistered_event_names_the_fix(storage: Storage) -> None
     bank = make_bank(storage)
     bank.registry._frozen = False
     bank.registry.handle(Emit).by(emit)
-    with pytest.raises(UnregisteredEvent, match=r"register it with event_types\.register"):
+    with pytest.raises(UnregisteredEventError, match=r"register it with event_types\.register"):
         bank.registry.build().send(Emit())
 
 
@@ -307,7 +307,7 @@ def test_read_your_writes_times_out_with_an_error_or_a_stale_flag(storage: Stora
     bank = make_bank(storage)
     bank.mediator.send(Deposit(account="a", amount=3))
     token = last_token()
-    with pytest.raises(ConsistencyTimeout, match=r"did not reach position 1 within 0\.05 s") as info, \
+    with pytest.raises(ConsistencyTimeoutError, match=r"did not reach position 1 within 0\.05 s") as info, \
             consistent(token, timeout=0.05):
         bank.mediator.ask(GetBalance(account="a"))
     assert info.value.behind == {"balances": 0}

@@ -5,7 +5,7 @@ from typing import Any
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from adapters.otel import instrument
+from mediator.otel import instrument
 from mediator.readmodels import Storage
 
 from .bank import Deposit, make_bank

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def pg(pg_schema: str) -> Iterator[Any]:
-    from adapters.postgres import PostgresStorage
+    from mediator.readmodels.postgres import PostgresStorage
 
     storage = PostgresStorage(postgres.DSN, schema=pg_schema)
     yield storage
@@ -154,7 +154,7 @@ def test_concurrent_writers_never_let_a_tailing_reader_skip(pg: Any) -> None:
 
 
 def test_one_runner_holds_a_projection_and_another_takes_it_when_released(pg: Any, pg_schema: str) -> None:
-    from adapters.postgres import PostgresStorage
+    from mediator.readmodels.postgres import PostgresStorage
 
     other = PostgresStorage(postgres.DSN, schema=pg_schema)  # a session of its own: as another process would be
     try:
@@ -177,7 +177,7 @@ def test_one_runner_holds_a_projection_and_another_takes_it_when_released(pg: An
 def test_a_runner_whose_lock_connection_broke_takes_its_locks_again(pg: Any, pg_schema: str) -> None:
     import psycopg
 
-    from adapters.postgres import lock_key
+    from mediator.readmodels.postgres import lock_key
 
     pg.lock_recheck = 0.0
     assert pg.acquire("balances")
@@ -194,7 +194,7 @@ def test_a_runner_whose_lock_connection_broke_takes_its_locks_again(pg: Any, pg_
 
 
 def test_two_engines_with_runners_apply_each_event_once(pg: Any, pg_schema: str) -> None:
-    from adapters.postgres import PostgresStorage
+    from mediator.readmodels.postgres import PostgresStorage
 
     second_storage = PostgresStorage(postgres.DSN, schema=pg_schema)
     first, second = make_bank(pg, poll_interval=0.05), make_bank(second_storage, poll_interval=0.05)
@@ -217,7 +217,7 @@ def test_two_engines_with_runners_apply_each_event_once(pg: Any, pg_schema: str)
 
 def test_read_your_writes_through_a_process_whose_runner_does_not_hold_the_projection(
         pg: Any, pg_schema: str) -> None:
-    from adapters.postgres import PostgresStorage
+    from mediator.readmodels.postgres import PostgresStorage
 
     second_storage = PostgresStorage(postgres.DSN, schema=pg_schema)
     holder, other = make_bank(pg), make_bank(second_storage)
@@ -326,7 +326,7 @@ def test_async_query_handlers_read_through_the_async_driver(pg: Any) -> None:
 
 
 def test_a_schema_name_that_would_need_quoting_is_refused() -> None:
-    from adapters.postgres import PostgresStorage
+    from mediator.readmodels.postgres import PostgresStorage
 
     for bad in ("MixedCase", "has space", "1starts_with_digit", "x" * 64, 'quote"d'):
         with pytest.raises(ValueError, match="lower-case letters"):
@@ -334,7 +334,7 @@ def test_a_schema_name_that_would_need_quoting_is_refused() -> None:
 
 
 def test_a_long_schema_name_still_appends_and_notifies(pg_schema: str) -> None:
-    from adapters.postgres import PostgresStorage
+    from mediator.readmodels.postgres import PostgresStorage
 
     storage = PostgresStorage(postgres.DSN, schema=(pg_schema + "_" + "x" * 63)[:63])
     try:
@@ -349,7 +349,7 @@ def test_a_long_schema_name_still_appends_and_notifies(pg_schema: str) -> None:
 
 
 def test_an_application_name_in_the_dsn_is_kept(pg: Any) -> None:
-    from adapters.postgres import connect
+    from mediator.readmodels.postgres import connect
 
     with connect(postgres.DSN + " application_name=orders-api", pg.schema) as connection:
         assert connection.execute("SHOW application_name").fetchone() == ("orders-api",)
@@ -393,7 +393,7 @@ def test_a_dropped_connection_while_applying_is_retried_without_parking_the_even
 
 
 def test_stop_ends_the_runner_after_its_batch_and_frees_its_leases(pg: Any, pg_schema: str) -> None:
-    from adapters.postgres import PostgresStorage
+    from mediator.readmodels.postgres import PostgresStorage
 
     session = pg.begin()
     session.append([NewEvent(f"s{n}", "bank.deposited", 1, f'{{"account": "a", "amount": {n}}}', "a", 0.0)
@@ -421,7 +421,7 @@ def test_stop_ends_the_runner_after_its_batch_and_frees_its_leases(pg: Any, pg_s
 def test_an_idle_runner_whose_listener_connection_dropped_still_sees_the_next_append(pg: Any, pg_schema: str) -> None:
     import psycopg
 
-    from adapters.postgres import PostgresStorage
+    from mediator.readmodels.postgres import PostgresStorage
 
     bank = make_bank(pg, poll_interval=0.2)
     bank.engine.start()
@@ -503,7 +503,7 @@ def test_the_server_side_of_every_connection_gives_up_on_a_dead_peer_in_seconds(
 
 
 def test_a_standby_runner_does_not_look_at_every_append(pg: Any, pg_schema: str) -> None:
-    from adapters.postgres import PostgresStorage
+    from mediator.readmodels.postgres import PostgresStorage
 
     holder = make_bank(pg)
     holder.engine.start()

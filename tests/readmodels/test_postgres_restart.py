@@ -59,7 +59,7 @@ def _wait_for(out: Path, kind: str, count: int, deadline: float, after: int = 0)
 
 def test_a_restart_under_load_fails_commands_clearly_then_resumes_losing_nothing(
         pg_schema: str, tmp_path: Path) -> None:
-    from adapters.postgres import PostgresStorage
+    from mediator.readmodels.postgres import PostgresStorage
 
     PostgresStorage(postgres.DSN, schema=pg_schema).close()
     out = tmp_path / "outcomes.txt"

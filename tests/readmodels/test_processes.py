@@ -10,8 +10,8 @@ from pathlib import Path
 import attrs
 import pytest
 
-from adapters.sqlite import SqliteStorage
 from mediator.readmodels import Delivery, Storage, consistent, last_token
+from mediator.readmodels.sqlite import SqliteStorage
 from mediator.testing import assert_settled, settle
 from tests import postgres
 
@@ -37,7 +37,7 @@ def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
         yield Target({**base, "BANK_DB": str(db)}, lambda: SqliteStorage(db), tmp_path)
         return
     postgres.require()
-    from adapters.postgres import PostgresStorage
+    from mediator.readmodels.postgres import PostgresStorage
 
     schema = postgres.new_schema()
     made: list[PostgresStorage] = []

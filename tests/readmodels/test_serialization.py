@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mediator import Event
-from mediator.readmodels import EventTypes, UndecodableEvent
+from mediator.readmodels import EventTypes, UndecodableEventError
 
 Sku = NewType("Sku", str)
 
@@ -89,7 +89,7 @@ def test_old_versions_are_upcast_step_by_step() -> None:
     ],
 )
 def test_undecodable_data_is_refused_with_its_reason(name: str, version: int, data: str, reason: str) -> None:
-    with pytest.raises(UndecodableEvent, match=reason) as info:
+    with pytest.raises(UndecodableEventError, match=reason) as info:
         registry().decode(name, version, data)
     assert isinstance(info.value, ValueError)
     assert info.value.type_name == name
@@ -139,7 +139,7 @@ def test_stored_data_with_whitespace_or_trailing_text_decodes_as_json_loads_says
     decode = types.decoder(types.entry(Noted))
     assert decode('{"text": "a", "count": 2}') == Noted(text="a", count=2)
     assert decode('  {"text": "b"}\n') == Noted(text="b")  # written by hand or another tool: still JSON
-    with pytest.raises(UndecodableEvent, match="Extra data"):
+    with pytest.raises(UndecodableEventError, match="Extra data"):
         decode('{"text": "c"} {"text": "d"}')
-    with pytest.raises(UndecodableEvent, match="expected str"):
+    with pytest.raises(UndecodableEventError, match="expected str"):
         decode('{"text": 3}')

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from mediator.readmodels import BLOCKED, PARKED, DeadLetter, NewEvent, ReadModelUnavailable, Storage, StorageError
+from mediator.readmodels import BLOCKED, PARKED, DeadLetter, NewEvent, ReadModelUnavailableError, Storage, StorageError
 
 
 def event(n: int, key: str | None = "k") -> NewEvent:
@@ -185,7 +185,7 @@ def test_a_rebuild_is_claimed_for_a_version_and_can_replace_one_for_another(stor
 
 def test_no_rebuild_is_claimed_for_a_version_older_than_the_current_generations(storage: Storage) -> None:
     assert storage.record_version("p", 1, 3) == 3
-    with pytest.raises(ReadModelUnavailable, match="built by version 3"):
+    with pytest.raises(ReadModelUnavailableError, match="built by version 3"):
         storage.claim_rebuild("p", 2)
     assert storage.rebuilding("p") is None
     assert storage.claim_rebuild("p", 3) == 2  # the same version may rebuild

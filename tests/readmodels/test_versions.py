@@ -3,7 +3,7 @@ never fed or read by code of another version, and swapped in once it has caught 
 
 import pytest
 
-from mediator.readmodels import Delivery, ReadModelUnavailable, Storage, consistent
+from mediator.readmodels import Delivery, ReadModelUnavailableError, Storage, consistent
 
 from .bank import Balances, BalancesInCents, Deposit, GetBalance, make_bank
 
@@ -25,10 +25,10 @@ def test_a_read_model_built_by_an_older_version_is_rebuilt_and_served_once_swapp
     assert old.balances() == {"a": 5, "b": 7}
 
     new = make_bank(storage, projection_class=BalancesInCents, retire_after=0)  # the next release's code
-    with pytest.raises(ReadModelUnavailable, match=r"built by version 1 .* this code has version 2"):
+    with pytest.raises(ReadModelUnavailableError, match=r"built by version 1 .* this code has version 2"):
         new.mediator.ask(GetBalance(account="a"))  # never the old version's rows read as if they were cents
     new.mediator.send(Deposit(account="c", amount=3))  # commands go on meanwhile
-    with consistent(3), pytest.raises(ReadModelUnavailable):  # at once, not at the consistency timeout
+    with consistent(3), pytest.raises(ReadModelUnavailableError):  # at once, not at the consistency timeout
         new.mediator.ask(GetBalance(account="c"))
 
     new.engine.catch_up()
@@ -54,7 +54,7 @@ def test_code_older_than_the_read_model_stands_down(storage: Storage) -> None:
     assert new.balances() == {"a": 500}
 
     old.mediator.send(Deposit(account="a", amount=1))  # an old process's commands still work
-    with pytest.raises(ReadModelUnavailable, match=r"built by version 2 .* newer than this code's"):
+    with pytest.raises(ReadModelUnavailableError, match=r"built by version 2 .* newer than this code's"):
         old.mediator.ask(GetBalance(account="a"))
     assert old.engine.catch_up() == 0  # it applies nothing of a newer version's read model
     assert storage.rebuilding("balances") is None  # and does not rebuild it back
@@ -79,7 +79,7 @@ def test_a_rebuild_begun_for_an_older_version_is_replaced_by_one_for_this_versio
     assert old.projection.applied == [5]  # the abandoned replay was never run by either
     old.mediator.send(Deposit(account="a", amount=1))
     assert old.engine.catch_up() == 0  # and now the old code stands down from the newer read model
-    with pytest.raises(ReadModelUnavailable, match="newer than this code's"):
+    with pytest.raises(ReadModelUnavailableError, match="newer than this code's"):
         old.engine.rebuild("balances")  # nor can it rebuild it back to its own version
     assert storage.rebuilding("balances") is None
     new.engine.catch_up()
@@ -100,12 +100,12 @@ def test_older_code_stops_feeding_its_read_model_once_a_newer_version_rebuilds_i
     assert new.balances() == {"a": 500, "b": 700}
     # Each deposit's side effect happened once: a's by the old code, b's by the new code's replay.
     assert (old.projection.side_effects, new.projection.side_effects) == ([("a", False)], [("b", False)])
-    with pytest.raises(ReadModelUnavailable):
+    with pytest.raises(ReadModelUnavailableError):
         old.balances()
 
 
 def test_a_runner_standing_down_gives_the_projections_lease_to_the_newer_code(pg_schema: str) -> None:
-    from adapters.postgres import PostgresStorage
+    from mediator.readmodels.postgres import PostgresStorage
     from tests import postgres
 
     old_storage = PostgresStorage(postgres.DSN, schema=pg_schema)
@@ -157,7 +157,7 @@ def test_an_inline_read_model_is_upgraded_under_the_writers_lock(storage: Storag
         assert storage.rebuilding("balances") is None
         return
     assert old.balances() == {"a": 5}  # the old version's read model, untouched by the new code
-    with pytest.raises(ReadModelUnavailable):
+    with pytest.raises(ReadModelUnavailableError):
         new.balances()
     new.engine.catch_up()
     new.engine.finish_rebuilds()
@@ -205,7 +205,7 @@ def test_older_code_cannot_claim_a_rebuild_over_a_newer_read_model_swapped_in_wh
         return looked(name)
 
     monkeypatch.setattr(storage, "rebuilding", rebuilding)
-    with pytest.raises(ReadModelUnavailable, match="newer than this code's"):
+    with pytest.raises(ReadModelUnavailableError, match="newer than this code's"):
         old.engine.rebuild("balances")
     assert storage.rebuilding("balances") is None
     old.engine.finish_rebuilds()  # returns: nothing of its version to finish

@@ -11,7 +11,7 @@ from adapters.shop_app import Shop, build_shop
 from tests import postgres
 
 if TYPE_CHECKING:
-    from adapters.postgres import PostgresStorage
+    from mediator.readmodels.postgres import PostgresStorage
 
 BACKENDS = ["sqlite", "memory", "postgres"]
 
@@ -26,7 +26,7 @@ def shop_on(backend: str, folder: Path, **options: Any) -> Iterator[Shop]:
         finally:
             shop.close()
         return
-    from adapters.postgres import PostgresStorage
+    from mediator.readmodels.postgres import PostgresStorage
 
     postgres.require()
     shop = build_shop(postgres=postgres.DSN, schema=postgres.new_schema(), **options)
@@ -40,8 +40,8 @@ def shop_on(backend: str, folder: Path, **options: Any) -> Iterator[Shop]:
 
 def postgres_write_storage() -> PostgresStorage:
     """A ``PostgresStorage`` on a fresh schema with the shop's write tables; ``drop_schema()`` it afterwards."""
-    from adapters.postgres import PostgresStorage
     from adapters.shop_postgres import WRITE_SCHEMA
+    from mediator.readmodels.postgres import PostgresStorage
 
     postgres.require()
     storage = PostgresStorage(postgres.DSN, schema=postgres.new_schema())

@@ -41,7 +41,7 @@ from .test_shop import stocked
 from .test_write_model import KINDS, Kind
 
 if TYPE_CHECKING:
-    from adapters.postgres import PostgresStorage
+    from mediator.readmodels.postgres import PostgresStorage
 
 WAIT = 10.0
 """Seconds a test waits for the other thread before it calls the test hung."""

@@ -9,14 +9,14 @@ from typing import Any
 import attrs
 import pytest
 
-from adapters.memory import MemoryStorage
 from adapters.shop_memory import MemoryWriteModel
 from adapters.shop_sqlite import WRITE_SCHEMA, SqliteWriteModel
-from adapters.sqlite import SqliteStorage
 from domain.errors import ConcurrencyConflict
 from domain.events import OrderLine
 from domain.model import Order, Product, Stock
 from handlers.ports import WriteModel
+from mediator.readmodels.memory import MemoryStorage
+from mediator.readmodels.sqlite import SqliteStorage
 
 from .backends import postgres_write_storage
 

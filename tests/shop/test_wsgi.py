@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from adapters.shop_app import Shop, build_shop
-from adapters.wsgi import ShopWSGI
+from adapters.shop_wsgi import wsgi_app
 
 from .test_shop import stocked
 
@@ -23,7 +23,7 @@ class Quiet(WSGIRequestHandler):
 def client(tmp_path: Path) -> Iterator[tuple[httpx.Client, Shop]]:
     shop = build_shop(tmp_path / "shop.db", logging=False)
     shop.engine.start()
-    server = make_server("127.0.0.1", 0, ShopWSGI(shop.mediator, head=shop.storage.head), handler_class=Quiet)
+    server = make_server("127.0.0.1", 0, wsgi_app(shop.mediator, head=shop.storage.head), handler_class=Quiet)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

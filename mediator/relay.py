@@ -15,10 +15,10 @@ Each message carries the event's id, so consumers drop the repeats: the
 :class:`Inbox` appends received events to the consuming service's own log,
 whose ``event_id`` is unique, and its read models project them from there.
 
-Broker-neutral: ``adapters.nats`` implements :class:`Publisher` on NATS
+Broker-neutral: ``mediator.nats`` implements :class:`Publisher` on NATS
 JetStream; :class:`MemoryPublisher` is the in-memory double for tests.
 
->>> from adapters.memory import MemoryStorage
+>>> from mediator.readmodels.memory import MemoryStorage
 >>> from mediator.readmodels import NewEvent
 >>> storage = MemoryStorage()
 >>> session = storage.begin()
@@ -47,7 +47,7 @@ from mediator import MediatorError
 from mediator._messages import qualname
 from mediator.readmodels import NewEvent, Storage, StorageError, StoredEvent
 
-log = structlog.get_logger("adapters.relay")
+log = structlog.get_logger("mediator.relay")
 
 Selection = Collection[str] | Callable[[StoredEvent], bool] | None
 """Which events a relay publishes: type names, a predicate on the stored event, or ``None`` for all."""
@@ -98,7 +98,7 @@ class Relay:
 
     Args:
         storage: the service's storage; its log is the outbox, and the checkpoint ``relay:<name>`` lives in it.
-        publisher: the broker's client (:class:`adapters.nats.JetStreamPublisher`, :class:`MemoryPublisher`).
+        publisher: the broker's client (:class:`mediator.nats.JetStreamPublisher`, :class:`MemoryPublisher`).
         name: the relay's stable name; a second relay of another name publishes the log independently.
         select: type names to publish, a predicate on the :class:`StoredEvent`, or ``None`` for every event.
         batch: events read (and published, then checkpointed) at a time.
@@ -294,7 +294,7 @@ class Inbox:
     """
 
     def __init__(self, storage: Storage, *, accept: Collection[str] | None = None) -> None:
-        from adapters.memory import MemoryStorage
+        from mediator.readmodels.memory import MemoryStorage
 
         if isinstance(storage, MemoryStorage):
             raise TypeError("MemoryStorage does not refuse duplicate event ids; give the Inbox a SQLite or "

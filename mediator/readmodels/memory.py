@@ -20,7 +20,7 @@ from mediator.readmodels import (
     DeadLetter,
     NewEvent,
     ProjectionSession,
-    ReadModelUnavailable,
+    ReadModelUnavailableError,
     Storage,
     StorageError,
     StoredEvent,
@@ -214,7 +214,7 @@ class MemoryStorage(Storage):
             if under_way is None or under_way == replacing:
                 current = state.versions.get((name, state.generations.get(name, 1)))
                 if current is not None and current > version:
-                    raise ReadModelUnavailable(name, current, version)
+                    raise ReadModelUnavailableError(name, current, version)
                 known = [g for (n, g) in state.tracking if n == name] + [state.generations.get(name, 1)]
                 known += [g for (n, g) in state.versions if n == name]
                 state.rebuilds[name] = max(known) + 1

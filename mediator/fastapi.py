@@ -1,30 +1,36 @@
-"""Embedding an ``AsyncMediator`` in a FastAPI (or any ASGI) service.
+"""Embedding an ``AsyncMediator`` in a FastAPI (or any ASGI) service; needs the ``fastapi`` extra.
 
 ``MediatorMiddleware`` opens one dispatch scope per request (its principal
 and correlation id taken from the request), returns the consistency token of
 the request's last command in the ``X-Consistency-Token`` header, and makes
 queries of a request that sends ``X-Consistent-With: <token>`` wait for their
 read models to reach it, so a client reads its own writes across requests.
-``install_error_handlers`` maps the framework's and the domain's errors to HTTP.
+``install_error_handlers`` maps the framework's and the application's errors to HTTP
+(see :mod:`mediator.http` for the protocol, which the WSGI embedding shares).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import re
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Annotated, Any
 
 import structlog
-from fastapi import Depends, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from mediator import AsyncMediator, MediatorError, NotAMessageError, ValidationError, current_context
-from mediator.readmodels import ConsistencyTimeout, ReadModelUnavailable, StorageError, consistent, last_token
+from . import AsyncMediator, MediatorError, ValidationError, current_context
+from ._errors import MissingExtraError
+from .http import CONSISTENT_HEADER, CORRELATION_HEADER, TOKEN_HEADER, StatusMap, parse_token, problem_for
+from .readmodels import ConsistencyTimeoutError, StorageError, consistent, last_token
+
+try:
+    from fastapi import Depends, FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+except ModuleNotFoundError as _missing:  # pragma: no cover - exercised by the wheel test
+    raise MissingExtraError(__name__, "fastapi", _missing.name) from _missing
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -32,9 +38,9 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-TOKEN_HEADER = "x-consistency-token"
-CONSISTENT_HEADER = "x-consistent-with"
-CORRELATION_HEADER = "x-correlation-id"
+_TOKEN = TOKEN_HEADER.lower().encode()
+_CONSISTENT = CONSISTENT_HEADER.lower()
+_CORRELATION = CORRELATION_HEADER.lower()
 
 log = structlog.get_logger("mediator.http")
 
@@ -66,9 +72,9 @@ class MediatorMiddleware:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        correlation_id = headers.get(CORRELATION_HEADER) or uuid.uuid4().hex
+        correlation_id = headers.get(_CORRELATION) or uuid.uuid4().hex
         try:
-            wanted = parse_token(headers.get(CONSISTENT_HEADER), self.head)
+            wanted = parse_token(headers.get(_CONSISTENT), self.head)
         except ValueError as exc:
             await _respond(send, 400, {"error": "bad_request", "detail": str(exc)})
             return
@@ -76,10 +82,10 @@ class MediatorMiddleware:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                extra = [(CORRELATION_HEADER.encode(), correlation_id.encode())]
+                extra = [(_CORRELATION.encode(), correlation_id.encode())]
                 token = last_token()
                 if token is not None and token != before:
-                    extra.append((TOKEN_HEADER.encode(), str(token).encode()))
+                    extra.append((_TOKEN, str(token).encode()))
                 message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
@@ -104,25 +110,6 @@ def _incoming_trace(headers: Mapping[str, str]) -> Any:
         context.detach(token)
 
 
-def parse_token(value: str | None, head: Callable[[], int] | None = None) -> int | None:
-    """The token of an ``X-Consistent-With`` header; ``ValueError`` naming the fix if it is not one.
-
-    With ``head`` (the log's last position), a token beyond it is not one either: nothing could reach it.
-    """
-    if value is None:
-        return None
-    if not TOKEN.fullmatch(value.strip()):
-        raise ValueError(f"{CONSISTENT_HEADER} must be a token from {TOKEN_HEADER} (digits), not {value[:40]!r}.")
-    token = int(value)
-    if head is not None and token > (last := head()):
-        raise ValueError(f"{CONSISTENT_HEADER} {token} is beyond the last write ({last}); send back a token from "
-                         f"{TOKEN_HEADER}.")
-    return token
-
-
-TOKEN = re.compile(r"[0-9]{1,18}")
-
-
 async def _respond(send: Send, status: int, body: dict[str, Any]) -> None:
     payload = json.dumps(body).encode()
     await send({"type": "http.response.start", "status": status,
@@ -140,21 +127,15 @@ Mediated = Annotated[AsyncMediator, Depends(current_mediator)]
 """Annotate a route parameter with this to receive the mediator: ``async def route(mediator: Mediated)``."""
 
 
-def _mapped(status: int, error: str) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
-    async def handler(request: Request, exc: Exception) -> JSONResponse:
-        return problem(status, error, str(exc))
-
-    return handler
-
-
 def problem(status: int, error: str, detail: str, **extra: Any) -> JSONResponse:
     """A JSON error body: ``{"error": ..., "detail": ..., ...}``."""
     return JSONResponse({"error": error, "detail": detail, **extra}, status_code=status)
 
 
-def install_error_handlers(app: FastAPI, status_of: Mapping[type[Exception], tuple[int, str]]) -> None:
-    """Map errors to HTTP: validation 422 with field errors, ``status_of`` for the domain's, a read model not
-    caught up in time or the storage unavailable 503 (with ``Retry-After``), anything else 500.
+def install_error_handlers(app: FastAPI, status_of: StatusMap) -> None:
+    """Map errors to HTTP as :func:`mediator.http.problem_for` does: validation 422 with field errors,
+    ``status_of`` for the application's, a read model not caught up in time, being rebuilt, or the storage
+    unavailable 503 (with ``Retry-After``), anything else 500.
 
     A 500 carries the correlation id and no detail from the exception, so nothing internal leaks.
     """
@@ -172,36 +153,24 @@ def install_error_handlers(app: FastAPI, status_of: Mapping[type[Exception], tup
         names = {404: "not_found", 405: "method_not_allowed"}
         return problem(exc.status_code, names.get(exc.status_code, "http_error"), str(exc.detail))
 
-    @app.exception_handler(ValidationError)
-    async def invalid(request: Request, exc: ValidationError) -> JSONResponse:
-        return problem(422, "validation", "The request is invalid.",
-                       fields={k or "request": list(v) for k, v in exc.errors.items()})
-
-    @app.exception_handler(ConsistencyTimeout)
-    async def stale(request: Request, exc: ConsistencyTimeout) -> JSONResponse:
-        return problem(503, "not_yet_consistent", "The read model has not caught up yet; retry shortly.")
-
-    @app.exception_handler(ReadModelUnavailable)
-    async def rebuilding(request: Request, exc: ReadModelUnavailable) -> JSONResponse:
-        # Deploying a new version of a projection: its read model answers again once rebuilt.
-        answer = problem(503, "read_model_unavailable", "This read model is being rebuilt; retry shortly.")
-        answer.headers["Retry-After"] = "5"
+    async def mapped(request: Request, exc: Exception) -> JSONResponse:
+        found = problem_for(exc, status_of)
+        if found is None:  # pragma: no cover - registered only for the types problem_for maps
+            raise exc
+        if found.log is not None:
+            log.error(found.log, error_type=type(exc).__name__, error=str(exc))
+        answer = JSONResponse(found.body(), status_code=found.status)
+        answer.headers.update(dict(found.headers))
         return answer
 
-    @app.exception_handler(StorageError)
-    async def storage_down(request: Request, exc: StorageError) -> JSONResponse:
-        # The database is unreachable or restarting: the request may succeed if sent again shortly.
-        log.error("storage unavailable", error=str(exc))
-        answer = problem(503, "storage_unavailable", "The service's database is unavailable; retry shortly.")
-        answer.headers["Retry-After"] = "1"
-        return answer
-
-    for error_type, (status, error) in status_of.items():
-        app.add_exception_handler(error_type, _mapped(status, error))
+    # One handler per mapped type, so Starlette answers them where they are raised; only what is left reaches
+    # the catch-all below (which Starlette re-raises to the server after answering, as a 500 should be).
+    for error_type in (ValidationError, StorageError, ConsistencyTimeoutError, *status_of):
+        app.add_exception_handler(error_type, mapped)
 
     @app.exception_handler(Exception)
     async def anything(request: Request, exc: Exception) -> JSONResponse:
-        if isinstance(exc, NotAMessageError | MediatorError):
+        if isinstance(exc, MediatorError):
             log.error("request failed", error_type=type(exc).__name__)
         else:
             log.exception("request failed")

@@ -1,7 +1,7 @@
 """Events to other services through NATS JetStream: a publisher for the outbox relay, a de-duplicating consumer.
 
 Needs the ``nats`` extra (nats-py). :class:`JetStreamPublisher` is the
-:class:`adapters.relay.Publisher` the :class:`~adapters.relay.Relay` publishes
+:class:`mediator.relay.Publisher` the :class:`~mediator.relay.Relay` publishes
 through; :class:`JetStreamConsumer` is the other service's end.
 
 **Why JetStream, not Redis Streams.** Both keep messages after they are sent;
@@ -33,7 +33,7 @@ its own database. Of the two ways (a processed-ids table written in the same
 transaction as the read-model change, or appending the received events to the
 consumer's own event log, whose ``event_id`` is UNIQUE, and projecting them from
 there with its own ``ReadModels``) this takes the second, through
-:class:`adapters.relay.Inbox`: the consumer's read models then have everything the
+:class:`mediator.relay.Inbox`: the consumer's read models then have everything the
 engine gives local ones (each checkpoint committed with its read-model change,
 retries and dead letters, rebuilds by replaying the local log, lag), and the
 de-duplication is the log's unique index rather than one more table and one
@@ -56,23 +56,28 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 from urllib.parse import quote, unquote
 
-import nats
-import nats.errors
-import nats.js.errors
 import structlog
-from nats.aio.client import Client
-from nats.aio.msg import Msg
-from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 
-from adapters.relay import PublishError
 from mediator import MediatorError
+from mediator._errors import MissingExtraError
 from mediator._messages import qualname
 from mediator.readmodels import NewEvent, StoredEvent
+from mediator.relay import PublishError
+
+try:
+    import nats
+    import nats.errors
+    import nats.js.errors
+    from nats.aio.client import Client
+    from nats.aio.msg import Msg
+    from nats.js import JetStreamContext
+    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
+except ModuleNotFoundError as _missing:  # pragma: no cover - exercised by the wheel test
+    raise MissingExtraError(__name__, "nats", _missing.name) from _missing
 
 T = TypeVar("T")
 
-log = structlog.get_logger("adapters.nats")
+log = structlog.get_logger("mediator.nats")
 
 MSG_ID = "Nats-Msg-Id"
 TYPE = "Mediator-Type"
@@ -309,7 +314,7 @@ class JetStreamPublisher:
 class JetStreamConsumer:
     """Pull ``stream`` through the durable consumer ``durable``; hand each batch of events to ``deliver``.
 
-    ``deliver`` (typically :meth:`adapters.relay.Inbox.receive`) runs in the calling
+    ``deliver`` (typically :meth:`mediator.relay.Inbox.receive`) runs in the calling
     thread and must commit the events locally before it returns; only then are the
     messages acknowledged. If it raises, the error is re-raised and the batch is
     held: the next :meth:`run_once` delivers the same batch again (telling JetStream

@@ -14,13 +14,17 @@ import json
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from opentelemetry import metrics, propagate, trace
-from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation
-from opentelemetry.trace import Link, Status, StatusCode
-
 from mediator import current_context
+from mediator._errors import MissingExtraError
 from mediator._messages import kind_of, qualname
 from mediator.readmodels import ReadModels, StoredEvent
+
+try:
+    from opentelemetry import metrics, propagate, trace
+    from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation
+    from opentelemetry.trace import Link, Status, StatusCode
+except ModuleNotFoundError as _missing:  # pragma: no cover - exercised by the wheel test
+    raise MissingExtraError(__name__, "otel", _missing.name) from _missing
 
 METER_NAME = "mediator.readmodels"
 

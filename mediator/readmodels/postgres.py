@@ -46,20 +46,24 @@ import weakref
 from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
-import psycopg
-from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
-
+from mediator._errors import MissingExtraError
 from mediator.readmodels import (
     DeadLetter,
     NewEvent,
     ProjectionSession,
-    ReadModelUnavailable,
+    ReadModelUnavailableError,
     Storage,
     StorageError,
     StoredEvent,
     WriteSession,
 )
+
+try:
+    import psycopg
+    from psycopg import sql
+    from psycopg.conninfo import conninfo_to_dict
+except ModuleNotFoundError as _missing:  # pragma: no cover - exercised by the wheel test
+    raise MissingExtraError(__name__, "postgres", _missing.name) from _missing
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -708,7 +712,7 @@ class PostgresStorage(Storage):
                     "(SELECT generation FROM projection_generations WHERE projection = %s), 1)", (name, name),
                 ).fetchone()
                 if current is not None and current[0] > version:
-                    raise ReadModelUnavailable(name, int(current[0]), version)
+                    raise ReadModelUnavailableError(name, int(current[0]), version)
                 highest = connection.execute(
                     "SELECT MAX(g) FROM (SELECT generation AS g FROM projection_tracking WHERE projection = %s "
                     "UNION ALL SELECT generation FROM projection_generations WHERE projection = %s "

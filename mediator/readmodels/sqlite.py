@@ -28,7 +28,7 @@ from mediator.readmodels import (
     DeadLetter,
     NewEvent,
     ProjectionSession,
-    ReadModelUnavailable,
+    ReadModelUnavailableError,
     Storage,
     StorageError,
     StoredEvent,
@@ -453,7 +453,7 @@ class SqliteStorage(Storage):
                         "(SELECT generation FROM projection_generations WHERE projection = ?), 1)", (name, name),
                     ).fetchone()
                     if current is not None and current[0] > version:
-                        raise ReadModelUnavailable(name, int(current[0]), version)
+                        raise ReadModelUnavailableError(name, int(current[0]), version)
                     highest = connection.execute(
                         "SELECT MAX(g) FROM (SELECT generation AS g FROM projection_tracking WHERE projection = ? "
                         "UNION ALL SELECT generation FROM projection_generations WHERE projection = ? "

@@ -1,0 +1,79 @@
+"""The shop on the sync ``Mediator`` in a plain WSGI app: no web framework needed (Flask works the same way).
+
+``ShopRoutes`` serves ``POST /orders`` and ``GET /orders/<id>``; :class:`mediator.wsgi.MediatorWSGI` around it
+gives each request its dispatch scope (the principal from the headers), the ``X-Consistency-Token`` of its
+last command, read-your-writes with ``X-Consistent-With``, and the JSON answers of errors, as the ASGI app has.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from adapters.shop_web import STATUS_OF, data, principal_of
+from domain.errors import NotFound
+from domain.messages import GetOrderDetails, OrderItem, PlaceOrder
+from mediator import Mediator
+from mediator.wsgi import MediatorWSGI, StartResponse
+
+
+class MalformedBody(ValueError):
+    """The request's body is not what the route takes."""
+
+
+STATUS = {200: "200 OK", 201: "201 Created", 404: "404 Not Found"}
+
+
+class ShopRoutes:
+    """The routes, on the mediator; errors propagate to the middleware, which answers them."""
+
+    def __init__(self, mediator: Mediator) -> None:
+        self.mediator = mediator
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        status, body = self._route(environ)
+        payload = json.dumps(body).encode()
+        start_response(STATUS[status], [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))])
+        return [payload]
+
+    def _route(self, environ: dict[str, Any]) -> tuple[int, Any]:
+        method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
+        if method == "POST" and path == "/orders":
+            return 201, {"order_id": self.mediator.send(_order(environ))}
+        if method == "GET" and path.startswith("/orders/"):
+            order_id = path.removeprefix("/orders/")
+            details = self.mediator.ask(GetOrderDetails(order_id=order_id))
+            if details is None:
+                raise NotFound("order", order_id)
+            return 200, data(details)
+        return 404, {"error": "not_found", "detail": f"No route {method} {path}."}
+
+
+def _order(environ: dict[str, Any]) -> PlaceOrder:
+    """The ``PlaceOrder`` a request's JSON body asks for; :class:`MalformedBody` if it is not one."""
+    try:
+        body = json.loads(environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0)) or b"{}")
+        items = tuple(OrderItem(product_id=str(i["product_id"]), quantity=_quantity(i["quantity"]))
+                      for i in body["items"])
+        address = body.get("shipping_address", "")
+        if not isinstance(address, str):
+            raise TypeError("A shipping_address is text.")
+        return PlaceOrder(customer_id=str(body["customer_id"]), items=items, shipping_address=address)
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError, RecursionError) as exc:
+        raise MalformedBody(f"The body is not an order: {type(exc).__name__}: {exc}") from exc
+
+
+def _quantity(value: object) -> int:
+    if type(value) is not int or not 1 <= value <= 1000:
+        raise ValueError(f"A quantity is a whole number from 1 to 1000, not {value!r}.")
+    return value
+
+
+def wsgi_app(mediator: Mediator, head: Callable[[], int] | None = None) -> MediatorWSGI:
+    """The shop's WSGI application: its routes inside :class:`~mediator.wsgi.MediatorWSGI`.
+
+    ``head`` (the log's last position, ``storage.head``) lets it refuse a token no read model could reach.
+    """
+    return MediatorWSGI(ShopRoutes(mediator), mediator, principal_of, head=head,
+                        status_of={**STATUS_OF, MalformedBody: (400, "bad_request")})
