@@ -3,19 +3,27 @@
 Declare messages whose base class carries the result type, register handlers
 and behaviours on a :class:`Registry`, and build a :class:`Mediator` (or an
 :class:`AsyncMediator`) once; every check and every composition happens then.
+
+The read-model engine is :mod:`mediator.readmodels`; the embeddings and integrations are modules of their own,
+each behind its extra: :mod:`mediator.fastapi`, :mod:`mediator.wsgi`, :mod:`mediator.otel`,
+:mod:`mediator.relay`, :mod:`mediator.nats`.
 """
 
-from ._behaviours import ExceptionHooks, Handled, HookError, Logging, Validation, ValidatorError
-from ._build import Build, Explanation
+from ._behaviours import ExceptionHooks, Handled, Logging, Validation
+from ._build import Explanation
+from ._compile import Build
 from ._context import DispatchContext, Scope, current_context
 from ._di import Lifetime
 from ._errors import (
     HandlerNotFoundError,
+    HookError,
     MediatorError,
+    MissingExtraError,
     NotAMessageError,
     RegistryFrozenError,
     ScopeError,
     ValidationError,
+    ValidatorError,
     WiringError,
 )
 from ._mediator import AsyncMediator, Mediator
@@ -45,6 +53,7 @@ __all__ = [
     "Mediator",
     "MediatorError",
     "Message",
+    "MissingExtraError",
     "NotAMessageError",
     "PublishStrategy",
     "Query",
@@ -62,3 +71,11 @@ __all__ = [
     "handles",
     "sensitive",
 ]
+
+# Public classes and functions name the package, not the private module they live in, wherever a user sees
+# them: reprs, explain(), error messages, log lines (httpx does the same).
+for _name in __all__:
+    _member = globals()[_name]
+    if getattr(_member, "__module__", "").startswith("mediator._"):
+        _member.__module__ = __name__
+del _name, _member

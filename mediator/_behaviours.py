@@ -17,25 +17,14 @@ import attrs
 import structlog
 
 from ._context import _current
-from ._errors import MediatorError, ValidationError
+from ._errors import HookError, ValidationError, ValidatorError
 from ._messages import field_names, fields_reader, kind_of, qualname, sensitive_fields
 
 if TYPE_CHECKING:
-    from ._build import Build, Invoker
-    from ._registry import HookRegistration
+    from ._compile import Build, Invoker
+    from ._records import HookRegistration
 
 
-class ValidatorError(MediatorError, RuntimeError):
-    """A validator itself failed (its dependency raised), so the message could not be checked."""
-
-    def __init__(self, message: object, validator: str, error: BaseException) -> None:
-        self.message = message
-        self.validator = validator
-        self.error = error
-        super().__init__(
-            f"Validator {validator} failed on {qualname(type(message))} with {type(error).__name__}: {error}; "
-            "the handler did not run. Fix the validator or what it depends on."
-        )
 
 
 def _collect(errors: dict[str, list[str]], found: Iterable[tuple[str, str]]) -> None:
@@ -314,16 +303,6 @@ class Handled:
     value: Any = None
 
 
-class HookError(MediatorError, TypeError):
-    """An exception hook returned something other than ``Handled`` or ``None``."""
-
-    def __init__(self, hook: Any, outcome: Any) -> None:
-        self.hook = hook
-        self.outcome = outcome
-        super().__init__(
-            f"Exception hook {qualname(hook)} returned {outcome!r}; return Handled(value) to handle, None to "
-            "pass, or raise to translate."
-        )
 
 
 class ExceptionHooks:

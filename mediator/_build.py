@@ -1,4 +1,4 @@
-"""Turning a Registry into a mediator: check everything, compile every chain, once.
+"""Turning a registry's records into a mediator's routes: check everything, compile every chain, once.
 
 The same code builds both twins; ``is_async`` picks only the leaf adapters
 (which behaviour method to call, how a sync handler joins an async chain, which
@@ -11,46 +11,24 @@ import functools
 import inspect
 import typing
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 
-from . import _context, _pipeline
-from ._di import (
-    SCOPE_LINE,
-    Compiler,
-    Lifetime,
-    Provider,
-    UnresolvedAnnotations,
-    arguments,
-    generate,
-    generate_async,
-    parameters_needed,
-    positional_names,
-    type_hints,
-)
-from ._errors import WiringError
-from ._mediator import AsyncMediator, Mediator
+from . import _codegen, _pipeline
+from ._behaviours import ExceptionHooks, Validation
+from ._compile import Build, compile_call, type_name
+from ._di import Compiler, Lifetime
+from ._errors import HandlerNotFoundError, WiringError
 from ._messages import Command, Event, Kind, Query, StreamQuery, declared_result, kind_of, qualname
 from ._notify import ASYNC_RUNNERS, SYNC_RUNNERS, PublishStrategy
-from ._registry import (
-    AppliesTo,
-    BehaviourRegistration,
-    HandlerRegistration,
-    HookRegistration,
-    Registry,
-    applies,
-)
+from ._records import AppliesTo, BehaviourRegistration, HandlerRegistration, Registrations, applies
 
 
-@attrs.frozen
-class Invoker:
-    """A compiled call of a handler or validator: ``call(message)`` does everything."""
+class Routed(Protocol):
+    """What a mediator is to the build: something to install the compiled routes into."""
 
-    call: Callable[[Any], Any]
-    needs_scope: bool
-    is_async: bool
-    description: str
+    def _install(self, routes: Routes, /) -> None: ...
 
 
 @attrs.frozen
@@ -75,180 +53,13 @@ class Explanation:
     opens_scope: bool
 
     def __str__(self) -> str:
-        result = "" if self.kind is Kind.EVENT else f" -> {_type_name(self.result)}"
+        result = "" if self.kind is Kind.EVENT else f" -> {type_name(self.result)}"
         lines = [f"{qualname(self.message_type)} ({self.kind.value}){result}"]
         lines += [f"  {i}. {b}" for i, b in enumerate(self.behaviours, 1)]
         label = "handler" if self.kind is not Kind.EVENT else "handlers"
         lines += [f"  {label}: {h}" for h in self.handlers] or [f"  {label}: none"]
         lines.append("  scope: " + ("opened per dispatch (or joined)" if self.opens_scope else "none needed"))
         return "\n".join(lines)
-
-
-def _type_name(tp: Any) -> str:
-    if tp is Any:
-        return "Any"
-    if isinstance(tp, type) and not typing.get_args(tp):
-        return tp.__name__
-    return repr(tp).replace("typing.", "")
-
-
-class Build:
-    """What a behaviour's ``for_message(message_type, build)`` hook may use at build time."""
-
-    def __init__(self, registry: Registry, compiler: Compiler, is_async: bool) -> None:
-        self.registry = registry
-        self.compiler = compiler
-        self.is_async = is_async
-        self._validators: dict[type, tuple[Invoker, ...]] = {}
-
-    def problem(self, text: str) -> None:
-        """Report a wiring problem; ``build`` raises them all together."""
-        self.compiler.problems.append(text)
-
-    def validators(self, message_type: type) -> tuple[Invoker, ...]:
-        """The compiled validators registered for ``message_type`` or its base classes."""
-        if message_type not in self._validators:
-            found = []
-            for reg in self.registry.validators:
-                if issubclass(message_type, reg.message_type):
-                    invoker = compile_call(reg.validator, "validate", reg.lifetime, self, reg.message_type, None)
-                    if invoker is not None:
-                        found.append(invoker)
-            self._validators[message_type] = tuple(found)
-        return self._validators[message_type]
-
-    def hooks(self, message_type: type) -> tuple[HookRegistration, ...]:
-        """The exception hooks that apply to ``message_type``, in registration order."""
-        return tuple(h for h in self.registry.hooks if applies(h.applies_to, message_type))
-
-    def resolve(self, service: Any, needed_by: Any) -> Any:
-        """Get a singleton service at build (for behaviours that need one); ``None`` if unavailable."""
-        provider = self.compiler.provider(service, needed_by)
-        return None if provider is None else provider.get(None)
-
-
-def _check_signature(func: Callable[..., Any], skip: int, message_type: type, kind: Kind, build: Build,
-                     label: str) -> None:
-    """Report a handler whose annotated message or result type does not fit ``message_type``."""
-    try:
-        hints = type_hints(func, {message_type.__name__: message_type})
-    except UnresolvedAnnotations:
-        return  # cannot tell; dependencies, which must resolve, are reported where they are compiled
-    params = list(inspect.signature(func).parameters.values())[skip:]
-    if not params:
-        build.problem(f"{label} takes no message parameter; it must accept a {qualname(message_type)}.")
-        return
-    annotation = hints.get(params[0].name)
-    if isinstance(annotation, type) and not issubclass(message_type, annotation):
-        build.problem(
-            f"{label} is registered for {qualname(message_type)} but its message parameter is annotated "
-            f"{qualname(annotation)}; fix the annotation or the registration."
-        )
-    if kind is Kind.EVENT or "return" not in hints:
-        return
-    declared, returned = declared_result(message_type), hints["return"]
-    if kind is Kind.STREAM:
-        args = typing.get_args(returned)
-        returned = args[0] if args else Any
-    if not _compatible(returned, declared):
-        build.problem(
-            f"{label} returns {_type_name(returned)} but {qualname(message_type)} declares "
-            f"{_type_name(declared)}; make them agree."
-        )
-
-
-def _compatible(returned: Any, declared: Any) -> bool:
-    if declared is Any or returned is Any or returned == declared:
-        return True
-    if declared is None:
-        declared = type(None)
-    if returned is None:
-        returned = type(None)
-    if isinstance(returned, type) and isinstance(declared, type):
-        return issubclass(returned, declared)
-    origin = typing.get_origin(declared)
-    if origin is typing.Union or type(declared).__name__ == "UnionType":
-        return any(_compatible(returned, d) for d in typing.get_args(declared))
-    if typing.get_origin(returned) is not None and origin is not None:
-        return _compatible(typing.get_origin(returned), origin)
-    return False
-
-
-def compile_call(
-    target: Any, method: str, lifetime: Lifetime, build: Build, message_type: type, kind: Kind | None
-) -> Invoker | None:
-    """Compile calling ``target`` (a class with ``method`` or a function) for one message."""
-    compiler = build.compiler
-    if isinstance(target, type):
-        func = getattr(target, method, None)
-        label = f"{qualname(target)}.{method}"
-        if not callable(func):
-            build.problem(f"{qualname(target)} has no {method}() method; add one or register a function.")
-            return None
-        if kind is not None:
-            _check_signature(func, 1, message_type, kind, build, label)
-        if not compiler.register_concrete(target, lifetime):
-            return None
-        provider = compiler.provider(target, target)
-        if provider is None:
-            return None
-        return Invoker(_instance_call(func, provider), provider.needs_scope or provider.dispatches,
-                       _is_async(func), _describe(target, provider))
-    if callable(target):
-        label = qualname(target)
-        if kind is not None:
-            _check_signature(target, 0, message_type, kind, build, label)
-        deps = compiler.callable_dependencies(target, skip=1)
-        if deps is None:
-            return None
-        call, needs_scope = _function_call(target, deps)
-        names = ", ".join(d.describe() for d in deps.values())
-        dispatches = any(d.dispatches for d in deps.values())
-        return Invoker(call, needs_scope or dispatches, _is_async(target), f"{label}({names})" if names else label)
-    build.problem(f"{target!r} is neither a class with {method}() nor a function.")
-    return None
-
-
-def _describe(target: type, provider: Provider) -> str:
-    deps = ", ".join(d.describe() for d in provider.deps)
-    return f"{qualname(target)} ({provider.lifetime.value})" + (f" <- {deps}" if deps else "")
-
-
-def _is_async(func: Any) -> bool:
-    return inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func)
-
-
-def _instance_call(func: Callable[[Any, Any], Any], provider: Provider) -> Callable[[Any], Any]:
-    """Compile calling ``func(instance, message)`` with the instance the provider gives."""
-    if provider.make is None:
-        return typing.cast(Callable[[Any], Any], func.__get__(provider.value))
-    namespace: dict[str, Any] = {"_handle": func, "_current": _context._current}
-    if provider.lifetime is Lifetime.TRANSIENT and provider.builder is not None:
-        # Build the handler inline: one generated frame instead of a factory call per dispatch.
-        namespace["_builder"] = provider.builder
-        args, needs_scope = arguments(
-            provider.given, provider.dep_names, namespace, positional_names(provider.builder, 0)
-        )
-        lines = [SCOPE_LINE] if needs_scope else []
-        lines.append(f"return _handle(_builder({args}), message)")
-        return typing.cast(Callable[[Any], Any], generate("call", "message", lines, namespace, provider.service))
-    namespace["_make"] = provider.make
-    if provider.needs_scope:
-        lines = [SCOPE_LINE, "return _handle(_make(scope), message)"]
-    else:
-        lines = ["return _handle(_make(), message)"]
-    return typing.cast(Callable[[Any], Any], generate("call", "message", lines, namespace, provider.service))
-
-
-def _function_call(func: Callable[..., Any], deps: dict[str, Provider]) -> tuple[Callable[[Any], Any], bool]:
-    """Compile calling a handler function with the message and its dependencies."""
-    if not deps:
-        return func, False
-    namespace: dict[str, Any] = {"_func": func, "_current": _context._current}
-    args, needs_scope = arguments({}, deps, namespace, positional_names(func, 1))
-    lines = [SCOPE_LINE] if needs_scope else []
-    lines.append(f"return _func(message, {args})")
-    return generate("call", "message", lines, namespace, func), needs_scope
 
 
 def _behaviour_method(obj: Any, kind: Kind, is_async: bool) -> tuple[str | None, str | None]:
@@ -408,9 +219,7 @@ class Routes:
         self.strategies = (*(ASYNC_RUNNERS if self.is_async else SYNC_RUNNERS), PublishStrategy.STOP_ON_FIRST_ERROR)
 
     def explain(self, message_type: type) -> Explanation:
-        from ._errors import HandlerNotFoundError
-
-        if message_type not in self.explanations and _kind(message_type) is Kind.EVENT:
+        if message_type not in self.explanations and kind_of(message_type) is Kind.EVENT:
             self.event_entry(message_type, self.publish_strategy)
         if message_type in self.explanations:
             return self.explanations[message_type]
@@ -440,7 +249,7 @@ class Routes:
             runners = ASYNC_RUNNERS if self.is_async else SYNC_RUNNERS
             run = functools.partial(runners[strategy], calls)
         problems_before = len(self.info.compiler.problems)
-        steps = compile_steps(self.info.registry.behaviours, event_type, Kind.EVENT, self.info)
+        steps = compile_steps(self.info.records.behaviours, event_type, Kind.EVENT, self.info)
         if len(self.info.compiler.problems) > problems_before:
             raise WiringError(self.info.compiler.problems[problems_before:])
         needs_scope = any(h.needs_scope for h in handlers) or any(s.needs_scope for s in steps)
@@ -464,60 +273,53 @@ def _unrolled(chains: tuple[Callable[[Any], Any], ...], is_async: bool, event_ty
     namespace = {f"_h{i}": chain for i, chain in enumerate(chains)}
     call = "await _h{}(event)" if is_async else "_h{}(event)"
     lines = [call.format(i) for i in range(len(chains))] or ["return None"]
-    make = generate_async if is_async else generate
-    return typing.cast(Callable[[Any], Any], make("publish", "event", lines, namespace, event_type))
+    return typing.cast(Callable[[Any], Any], _codegen.function(
+        "publish", ["event"], lines, namespace, about=qualname(event_type), is_async=is_async))
 
 
-def _kind(message_type: type) -> Kind | None:
-    from ._messages import kind_of
+def build(records: Registrations, mediator: Routed, *, is_async: bool, sync_twin: Routed | None) -> None:
+    """Compile ``records`` into ``mediator``'s routes; raise one WiringError listing every problem.
 
-    return kind_of(message_type)
-
-
-def build(registry: Registry, is_async: bool) -> Mediator | AsyncMediator:
-    """Build a mediator from ``registry``; raise one WiringError listing every problem."""
-    # The registry's own lifetimes: classes registered here at build keep theirs for the next build.
-    compiler = Compiler(registry.container, registry.lifetimes)
-    compiler.problems.extend(registry.problems)
-    mediator: Mediator | AsyncMediator = AsyncMediator() if is_async else Mediator()
+    ``sync_twin``, the sync mediator last built from the same records, is what sync handlers that depend on
+    ``Mediator`` get inside the async twin: their nested dispatches run inline, in the same scope.
+    """
+    compiler = Compiler(records.services, records.container)
+    compiler.check_annotations()
     compiler.add_mediator(type(mediator), mediator)
-    if is_async and registry.built_sync is not None:
-        # Sync handlers that dispatch (they depend on Mediator) keep working inside the async twin: their nested
-        # dispatches run inline, in the same scope, through the sync twin of the same registry.
-        compiler.add_mediator(Mediator, registry.built_sync)
-    info = Build(registry, compiler, is_async)
-    routes = Routes(info, registry.publish_strategy, registry.include_base_event_handlers)
-    if registry.publish_strategy is PublishStrategy.CONCURRENT and not is_async:
+    if is_async and sync_twin is not None:
+        compiler.add_mediator(type(sync_twin), sync_twin)
+    info = Build(records, compiler, is_async)
+    routes = Routes(info, records.publish_strategy, records.include_base_event_handlers)
+    if records.publish_strategy is PublishStrategy.CONCURRENT and not is_async:
         info.problem("PublishStrategy.CONCURRENT needs the async mediator; build it with build_async().")
 
     by_type: dict[type, list[HandlerRegistration]] = {}
-    for reg in registry.handlers:
+    for reg in records.handlers:
         by_type.setdefault(reg.message_type, []).append(reg)
     for message_type, regs in by_type.items():
-        _compile_route(message_type, regs, registry, info, routes)
-    check_behaviours(registry.behaviours, info)
+        _compile_route(message_type, regs, records, info, routes)
+    check_behaviours(records.behaviours, info)
     if not compiler.problems:
         for message_type in routes.event_handlers:
             for strategy in routes.strategies:
                 routes.event_entry(message_type, strategy)
         routes.entries[Kind.EVENT] = {
-            t: e for (t, strategy), e in routes.event_entries.items() if strategy is registry.publish_strategy
+            t: e for (t, strategy), e in routes.event_entries.items() if strategy is records.publish_strategy
         }
-    for message_type in registry.expected:
-        if message_type not in by_type and _kind(message_type) is not Kind.EVENT:
+    for message_type in records.expected:
+        if message_type not in by_type and kind_of(message_type) is not Kind.EVENT:
             info.problem(
                 f"{qualname(message_type)} has no handler; register one with "
                 f"registry.handle({message_type.__name__}).by(...)."
             )
-    _check_orphans(registry, by_type, info)
+    _check_orphans(records, by_type, info)
     if compiler.problems:
         raise WiringError(list(dict.fromkeys(compiler.problems)))
     mediator._install(routes)
-    return mediator
 
 
 def _compile_route(
-    message_type: type, regs: list[HandlerRegistration], registry: Registry, info: Build, routes: Routes
+    message_type: type, regs: list[HandlerRegistration], records: Registrations, info: Build, routes: Routes
 ) -> None:
     """Compile one message type's handler (or, for an event, its handlers) and behaviours."""
     kind, is_async = regs[0].kind, info.is_async
@@ -546,7 +348,7 @@ def _compile_route(
             for i in invokers
         ]
         return
-    steps = compile_steps(registry.behaviours, message_type, kind, info)
+    steps = compile_steps(records.behaviours, message_type, kind, info)
     if len(invokers) != 1:
         return
     (invoker,) = invokers
@@ -569,20 +371,14 @@ def _scope_wrapper(is_async: bool) -> Callable[[Callable[[Any], Any]], Callable[
     return _pipeline.scoped_async if is_async else _pipeline.scoped_sync
 
 
-def _check_orphans(registry: Registry, by_type: dict[type, list[HandlerRegistration]], build: Build) -> None:
-    from ._behaviours import ExceptionHooks, Validation
-
-    placed = {type(r.behaviour) if not isinstance(r.behaviour, type) else r.behaviour for r in registry.behaviours}
-    if registry.validators and not any(issubclass(p, Validation) for p in placed):
+def _check_orphans(records: Registrations, by_type: dict[type, list[HandlerRegistration]], build: Build) -> None:
+    placed = {type(r.behaviour) if not isinstance(r.behaviour, type) else r.behaviour for r in records.behaviours}
+    if records.validators and not any(issubclass(p, Validation) for p in placed):
         build.problem("Validators are registered but no Validation behaviour is in the pipeline; "
                       "add registry.behaviour(Validation()).")
-    if registry.hooks and not any(issubclass(p, ExceptionHooks) for p in placed):
+    if records.hooks and not any(issubclass(p, ExceptionHooks) for p in placed):
         build.problem("Exception hooks are registered but no ExceptionHooks behaviour is in the pipeline; "
                       "add registry.behaviour(ExceptionHooks()).")
-    for reg in registry.validators:
+    for reg in records.validators:
         if not any(issubclass(t, reg.message_type) for t in by_type):
             build.problem(f"A validator is registered for {qualname(reg.message_type)}, which has no handler.")
-
-
-__all__ = ["Build", "Explanation", "Invoker", "Routes", "Step", "build", "check_behaviours", "compile_call",
-           "compile_steps", "parameters_needed"]

@@ -74,6 +74,26 @@ class Scope:
         """Whether the scope has ended; scoped services can no longer be made in it."""
         return self._closed
 
+    def get(self, key: Any, default: Any = None) -> Any:
+        """This scope's instance for ``key``, or ``default`` if none was made or put yet."""
+        return self._instances.get(key, default)
+
+    def put(self, key: Any, instance: Any) -> None:
+        """Keep ``instance`` as this scope's one for ``key`` (nothing is entered; see :meth:`on_exit`)."""
+        if self._closed:
+            raise ScopeError(f"Cannot put {qualname(key)} in a dispatch scope that has already closed.")
+        self._instances[key] = instance
+
+    def on_exit(self, callback: Callable[[BaseException | None], Any]) -> None:
+        """Call ``callback(exc)`` when the scope closes, with the exception that ended it (``None`` if none).
+
+        Callbacks run newest first, with the exits of the scope's own context-manager services; an awaitable
+        result is awaited when the scope is closed with :meth:`aclose`.
+        """
+        if self._closed:
+            raise ScopeError("Cannot register an exit on a dispatch scope that has already closed.")
+        self._exits.append((_CALL, callback))
+
     def get_or_create(self, key: Any, create: Callable[[Scope], Any]) -> Any:
         """Return this scope's instance for ``key``, creating and entering it on first use."""
         instance = self._instances.get(key, _MISSING)
@@ -142,6 +162,10 @@ class Scope:
                     exit_(*info)
                 elif how is _CLOSE:
                     exit_()
+                elif how is _CALL:
+                    if inspect.isawaitable(outcome := exit_(exc)):
+                        outcome.close()  # type: ignore[attr-defined]
+                        raise ScopeError(f"{exit_!r} needs awaiting; close this scope with aclose().")
                 else:
                     raise ScopeError(f"{exit_!r} needs awaiting; close this scope with aclose().")
             except BaseException as failure:
@@ -165,7 +189,7 @@ class Scope:
                 elif how is _AEXIT:
                     await exit_(*_exc_info(exc))
                 else:
-                    result = exit_()
+                    result = exit_(exc) if how is _CALL else exit_()
                     if inspect.isawaitable(result):
                         await result
             except BaseException as failure:
@@ -179,7 +203,7 @@ _MISSING: Any = object()
 # Keys being made right now, by (scope id, service): a thread that finds another's claim waits on it.
 _CLAIMS: dict[tuple[int, Any], threading.Lock] = {}
 
-_EXIT, _CLOSE, _AEXIT, _ACLOSE = "exit", "close", "aexit", "aclose"
+_EXIT, _CLOSE, _AEXIT, _ACLOSE, _CALL = "exit", "close", "aexit", "aclose", "call"
 
 
 def _exc_info(

@@ -1,17 +1,21 @@
-"""Build-time compilation of punq registrations into plain factories.
+"""Dependencies compiled into plain factories at build, from the registry's own records.
 
-punq's ``Container.resolve`` inspects signatures on every call. Here it is used
-only as the registry of what implements what and, once, to make singletons;
-everything a dispatch needs is compiled at build into a ``Provider`` whose
-factory is a ``functools.partial`` or a small closure over other providers.
+The registry records every service it is given (a :class:`Service`: what provides it and for how long) and
+also registers it in its punq container, so code that resolves from that container keeps working. At build,
+each service a handler or behaviour needs becomes a :class:`Provider` whose factory is generated source that
+calls the builders directly: a dispatch never inspects a signature or asks punq for anything.
+
+Services registered directly on a punq container passed to ``Registry(container)``, not through the registry,
+are punq's: they are resolved once at build (to report one that cannot be) and through ``container.resolve``
+on each use, with punq's own lifetimes.
 """
 
 from __future__ import annotations
 
 import enum
+import functools
 import inspect
-import itertools
-import linecache
+import sys
 import types
 import typing
 from collections.abc import Callable
@@ -20,8 +24,9 @@ from typing import Any
 import attrs
 import punq
 
+from . import _codegen
 from ._context import _MISSING, DispatchContext, Scope, _current
-from ._errors import ScopeError
+from ._errors import ScopeError, UnresolvedAnnotationsError
 from ._messages import qualname
 
 
@@ -37,6 +42,17 @@ class Lifetime(enum.Enum):
 
     def __repr__(self) -> str:
         return f"Lifetime.{self.name}"
+
+
+@attrs.frozen
+class Service:
+    """One service as registered: made by ``builder`` (a class or a factory) with ``lifetime``, or given."""
+
+    key: Any
+    lifetime: Lifetime
+    builder: Callable[..., Any] | None = None
+    instance: Any = None
+    """The instance itself, for a service registered with one (``builder`` is then ``None``)."""
 
 
 @attrs.frozen
@@ -58,8 +74,8 @@ class Provider:
     """Whether the service is, or depends on, the mediator: whoever uses it may dispatch nested
     messages, which must join the caller's scope, so the caller's chain opens one."""
     builder: Callable[..., Any] | None = None
-    given: dict[str, Any] = attrs.field(factory=dict)
-    """Arguments fixed at registration (punq's ``**kwargs``)."""
+    origin: str = ""
+    """Where the provider comes from, when not the registry: ``" from the punq container"``."""
 
     @property
     def deps(self) -> tuple[Provider, ...]:
@@ -73,7 +89,7 @@ class Provider:
 
     def describe(self) -> str:
         """Name the service with its lifetime, e.g. ``app.OrderRepo (scoped)``."""
-        return f"{qualname(self.service)} ({self.lifetime.value})"
+        return f"{qualname(self.service)} ({self.lifetime.value}{self.origin})"
 
 
 def _context_from_scope(scope: Scope) -> DispatchContext:
@@ -89,24 +105,12 @@ def _context_from_scope(scope: Scope) -> DispatchContext:
 _CONTEXT_PROVIDER = Provider(DispatchContext, Lifetime.SCOPED, _context_from_scope, needs_scope=True)
 
 
-class UnresolvedAnnotations(Exception):
-    """The annotations of a handler or builder name something that cannot be imported."""
-
-    def __init__(self, func: Any, error: Exception) -> None:
-        self.func = func
-        self.error = error
-        super().__init__(
-            f"The annotations of {qualname(func)} cannot be resolved ({type(error).__name__}: {error}); "
-            "define or import the names they use at module level."
-        )
-
-
 def type_hints(func: Any, localns: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Resolve ``func``'s annotations, raising :class:`UnresolvedAnnotations` with a readable reason."""
+    """Resolve ``func``'s annotations, raising :class:`UnresolvedAnnotationsError` with a readable reason."""
     try:
         return typing.get_type_hints(func, localns=localns)
     except Exception as exc:
-        raise UnresolvedAnnotations(func, exc) from exc
+        raise UnresolvedAnnotationsError(func, exc) from exc
 
 
 def _stub() -> None:
@@ -116,90 +120,117 @@ def _stub() -> None:
 def parameters_needed(func: Callable[..., Any], skip: int) -> list[tuple[str, Any, bool]]:
     """List ``(name, annotation, has_default)`` of ``func``'s parameters after the first ``skip``.
 
-    Only these parameters' annotations are resolved, so a handler whose message
-    or return annotation names a class local to a function still works.
+    ``func`` may be a class, for its constructor's parameters. Only these parameters' annotations are
+    resolved, so a handler whose message or return annotation names a class local to a function still works.
     """
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError):  # a builtin with no signature: it takes nothing we could give
+        return []
     params = [
-        p for i, p in enumerate(inspect.signature(func).parameters.values())
+        p for i, p in enumerate(signature.parameters.values())
         if i >= skip and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
     ]
     wanted = {p.name: p.annotation for p in params if p.annotation is not p.empty}
     hints: dict[str, Any] = {}
     if wanted:
-        target = getattr(func, "__func__", func)
-        view = types.FunctionType(_stub.__code__, getattr(target, "__globals__", {}))
+        if isinstance(func, type):
+            namespace = vars(sys.modules[func.__module__]) if func.__module__ in sys.modules else {}
+        else:
+            namespace = getattr(getattr(func, "__func__", func), "__globals__", {})
+        view = types.FunctionType(_stub.__code__, dict(namespace))
         view.__annotations__ = wanted
         try:
             hints = typing.get_type_hints(view)
         except Exception as exc:
-            raise UnresolvedAnnotations(func, exc) from exc
+            raise UnresolvedAnnotationsError(func, exc) from exc
     return [(p.name, hints.get(p.name, p.annotation), p.default is not p.empty) for p in params]
 
 
 class Compiler:
-    """Turns the container's registrations into providers, once, reporting problems."""
+    """Turns the registry's services into providers, once, reporting problems instead of raising."""
 
-    def __init__(self, container: punq.Container, lifetimes: dict[Any, Lifetime]) -> None:
+    def __init__(self, services: dict[Any, Service], container: punq.Container) -> None:
+        self.services = services
         self.container = container
-        self.lifetimes = lifetimes
         self.problems: list[str] = []
         self._providers: dict[Any, Provider] = {DispatchContext: _CONTEXT_PROVIDER}
+        self._foreign: dict[Any, Provider | None] = {}
         self._building: list[Any] = []
+
+    def check_annotations(self) -> None:
+        """Report every registered service whose builder's annotations do not resolve, used or not."""
+        for record in list(self.services.values()):
+            if record.builder is not None:
+                try:
+                    parameters_needed(record.builder, 0)
+                except UnresolvedAnnotationsError as exc:
+                    self.problems.append(str(exc))
 
     def add_mediator(self, service: Any, value: Any) -> None:
         """Provide the mediator being built to whoever depends on ``service``."""
         self._providers[service] = Provider(service, Lifetime.SINGLETON, None, value, dispatches=True)
 
     def is_registered(self, service: Any) -> bool:
-        return service in self._providers or bool(registrations_of(self.container, service))
+        return service in self._providers or service in self.services or self._from_container(service) is not None
 
     def register_concrete(self, cls: type, lifetime: Lifetime) -> bool:
-        """Let the container build ``cls`` itself, unless it already knows how; ``False`` on a problem."""
-        if self.is_registered(cls):
-            return True
-        scope = punq.Scope.singleton if lifetime is Lifetime.SINGLETON else punq.Scope.transient
-        try:
-            self.container.register(cls, scope=scope)
-        except punq.InvalidForwardReferenceError as exc:
-            self.problems.append(str(UnresolvedAnnotations(cls, exc)))
-            return False
-        self.lifetimes[cls] = lifetime
+        """Record ``cls`` as built by itself with ``lifetime``, unless something provides it already."""
+        if not self.is_registered(cls):
+            self.services[cls] = Service(cls, lifetime, cls)
         return True
 
     def provider(self, service: Any, needed_by: Any) -> Provider | None:
         """Compile the provider of a registered service, or record a problem and return ``None``."""
         if service in self._providers:
             return self._providers[service]
-        registrations = registrations_of(self.container, service)
-        if not registrations:
-            self.problems.append(
-                f"{qualname(needed_by)} needs {qualname(service)}, which is not registered; "
-                f"register it with registry.singleton/transient/scoped({_short(service)}, ...)."
-            )
-            return None
+        record = self.services.get(service)
+        if record is None:
+            foreign = self._from_container(service)
+            if foreign is None:
+                self.problems.append(
+                    f"{qualname(needed_by)} needs {qualname(service)}, which is not registered; "
+                    f"register it with registry.singleton/transient/scoped({_short(service)}, ...)."
+                )
+            return foreign
         if service in self._building:
             cycle = " -> ".join(qualname(s) for s in [*self._building, service])
             self.problems.append(f"Dependency cycle: {cycle}; break it with a factory or a lazy lookup.")
             return None
         self._building.append(service)
         try:
-            provider = self._compile(service, registrations[-1])
+            provider = self._compile(record)
         finally:
             self._building.pop()
         if provider is not None:
             self._providers[service] = provider
         return provider
 
-    def _compile(self, service: Any, registration: Any) -> Provider | None:
-        lifetime = self.lifetimes.get(service)
-        if lifetime is None:
-            lifetime = Lifetime.SINGLETON if registration.scope == punq.Scope.singleton else Lifetime.TRANSIENT
-        builder = registration.builder
-        deps = self.dependencies(builder, registration.needs, registration.args, service)
+    def _from_container(self, service: Any) -> Provider | None:
+        """A provider for a service registered on the punq container directly, or ``None`` if it has none."""
+        if service not in self._foreign:
+            try:
+                self.container.resolve(service)  # once, at build: a service punq cannot make is reported now
+            except punq.MissingDependencyError:
+                self._foreign[service] = None
+            except Exception as exc:
+                self.problems.append(f"Resolving {qualname(service)} from the punq container failed: {exc!r}.")
+                self._foreign[service] = None
+            else:
+                self._foreign[service] = Provider(service, Lifetime.TRANSIENT,
+                                                  functools.partial(self.container.resolve, service),
+                                                  origin=", from the punq container")
+        return self._foreign[service]
+
+    def _compile(self, record: Service) -> Provider | None:
+        service, lifetime, builder = record.key, record.lifetime, record.builder
+        if builder is None:
+            return Provider(service, Lifetime.SINGLETON, None, record.instance)
+        deps = self.dependencies(builder, service)
         if deps is None:
             return None
         dispatches = any(d.dispatches for d in deps.values())
-        common = {"dep_names": deps, "dispatches": dispatches, "builder": builder, "given": registration.args}
+        common: dict[str, Any] = {"dep_names": deps, "dispatches": dispatches, "builder": builder}
         if lifetime is Lifetime.SINGLETON:
             bad = [d for d in deps.values() if d.lifetime is Lifetime.SCOPED or d.needs_scope]
             if bad:
@@ -209,42 +240,30 @@ class Compiler:
                 )
                 return None
             try:
-                value = builder(**registration.args, **{n: p.get(None) for n, p in deps.items()})
+                value = builder(**{n: p.get(None) for n, p in deps.items()})
             except Exception as exc:
                 self.problems.append(f"Building singleton {qualname(service)} failed: {exc!r}.")
                 return None
             return Provider(service, lifetime, None, value, **common)
-        make, needs_scope = factory(builder, registration.args, deps)
+        make, needs_scope = factory(builder, deps)
         if lifetime is Lifetime.SCOPED:
             return Provider(service, lifetime, _scoped(service, make, needs_scope), needs_scope=True, **common)
         return Provider(service, lifetime, make, needs_scope=needs_scope, **common)
 
-    def dependencies(
-        self, builder: Any, needs: dict[str, Any], given: dict[str, Any], needed_by: Any
-    ) -> dict[str, Provider] | None:
-        """Compile providers for a builder's needs; ``None`` if any is missing."""
-        defaults = _defaults(builder)
-        deps: dict[str, Provider] = {}
-        ok = True
-        for name, service in needs.items():
-            if name == "return" or name in given:
-                continue
-            if name in defaults and not self.is_registered(service):
-                continue
-            provider = self.provider(service, needed_by)
-            if provider is None:
-                ok = False
-            else:
-                deps[name] = provider
-        return deps if ok else None
+    def dependencies(self, builder: Callable[..., Any], needed_by: Any) -> dict[str, Provider] | None:
+        """Compile providers for a service builder's parameters (a class's constructor's, or a factory's)."""
+        return self._needs(builder, 0, needed_by)
 
     def callable_dependencies(self, func: Callable[..., Any], skip: int) -> dict[str, Provider] | None:
         """Compile providers for a handler function's parameters after the message."""
+        return self._needs(func, skip, func)
+
+    def _needs(self, func: Callable[..., Any], skip: int, needed_by: Any) -> dict[str, Provider] | None:
         deps: dict[str, Provider] = {}
         ok = True
         try:
             needed = parameters_needed(func, skip)
-        except UnresolvedAnnotations as exc:
+        except UnresolvedAnnotationsError as exc:
             self.problems.append(str(exc))
             return None
         for name, annotation, has_default in needed:
@@ -259,7 +278,7 @@ class Compiler:
                 continue
             if has_default and not self.is_registered(annotation):
                 continue
-            provider = self.provider(annotation, func)
+            provider = self.provider(annotation, needed_by)
             if provider is None:
                 ok = False
             else:
@@ -267,43 +286,8 @@ class Compiler:
         return deps if ok else None
 
 
-def registrations_of(container: punq.Container, service: Any) -> list[Any]:
-    """Return punq's registrations for ``service``, newest last (punq resolves the newest).
-
-    punq keeps them in a name-mangled attribute and offers no public accessor;
-    reading them once at build is what lets dispatch skip ``resolve`` entirely.
-    """
-    scope: Any = getattr(container.registrations, "_Registry__registrations")  # noqa: B009
-    return list(scope.get(service))
-
-
-def _defaults(builder: Any) -> set[str]:
-    try:
-        params = inspect.signature(builder).parameters.values()
-    except (TypeError, ValueError):
-        return set()
-    return {p.name for p in params if p.default is not p.empty}
-
-
 def _short(service: Any) -> str:
     return getattr(service, "__name__", repr(service))
-
-
-_generated = itertools.count()
-
-
-def generate(
-    name: str, params: str, lines: list[str], namespace: dict[str, Any], about: Any, prefix: str = ""
-) -> Any:
-    """Compile a small function from source, once, at build (as attrs does for ``__init__``).
-
-    The source is registered with ``linecache`` so tracebacks through it stay readable.
-    """
-    filename = f"<mediator {name} for {qualname(about)} #{next(_generated)}>"
-    source = f"{prefix}def {name}({params}):\n" + "".join(f"    {line}\n" for line in lines)
-    exec(compile(source, filename, "exec"), namespace)  # build-time code generation
-    linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
-    return namespace[name]
 
 
 def positional_names(func: Any, skip: int) -> list[str]:
@@ -320,51 +304,41 @@ def positional_names(func: Any, skip: int) -> list[str]:
     return names
 
 
-def arguments(
-    given: dict[str, Any], deps: dict[str, Provider], namespace: dict[str, Any], order: list[str] | None = None
-) -> tuple[str, bool]:
-    """Render the call arguments for ``given`` and ``deps``; say whether any needs the scope variable.
+def arguments(deps: dict[str, Provider], namespace: _codegen.Namespace,
+              order: list[str] | None = None) -> tuple[str, bool]:
+    """Render the call arguments for ``deps``; say whether any needs the ``scope`` variable.
 
-    When the names are exactly the leading parameters in ``order``, they are
-    passed by position (cheaper to call); otherwise by keyword.
+    Each dependency is named in ``namespace`` after its parameter (its value for a singleton, ``make_<name>``
+    for a factory). When the names are exactly the leading parameters in ``order``, they are passed by
+    position (cheaper to call); otherwise by keyword.
     """
     expressions: dict[str, str] = {}
     needs_scope = False
-    for name, value in given.items():
-        key = f"_given_{len(namespace)}"
-        namespace[key] = value
-        expressions[name] = key
     for name, dep in deps.items():
-        key = f"_dep_{len(namespace)}"
         if dep.make is None:
-            namespace[key] = dep.value
-            expressions[name] = key
+            expressions[name] = namespace.add(name, dep.value)
         else:
-            namespace[key] = dep.make
-            expressions[name] = f"{key}(scope)" if dep.needs_scope else f"{key}()"
+            maker = namespace.add(f"make_{name}", dep.make)
+            expressions[name] = f"{maker}(scope)" if dep.needs_scope else f"{maker}()"
             needs_scope = needs_scope or dep.needs_scope
     if order is not None and sorted(expressions) == sorted(order[: len(expressions)]):
         return ", ".join(expressions[name] for name in order[: len(expressions)]), needs_scope
     return ", ".join(f"{name}={expr}" for name, expr in expressions.items()), needs_scope
 
 
-def generate_async(name: str, params: str, lines: list[str], namespace: dict[str, Any], about: Any) -> Any:
-    """Like :func:`generate`, for an ``async def``."""
-    return generate(name, params, lines, namespace, about, prefix="async ")
+SCOPE_LINE = "scope = current.get().scope"
+"""The generated line that gets the dispatch's scope (``current`` must be in the namespace)."""
 
 
-SCOPE_LINE = "scope = _current.get().scope"
-
-
-def factory(
-    builder: Callable[..., Any], given: dict[str, Any], deps: dict[str, Provider]
-) -> tuple[Callable[..., Any], bool]:
-    """Compile ``builder(**given, **deps)`` into ``make()`` or, if a dep needs one, ``make(scope)``."""
-    namespace: dict[str, Any] = {"_builder": builder}
-    args, needs_scope = arguments(given, deps, namespace, positional_names(builder, 0))
+def factory(builder: Callable[..., Any], deps: dict[str, Provider]) -> tuple[Callable[..., Any], bool]:
+    """Compile ``builder(**deps)`` into ``make()`` or, if a dep needs one, ``make(scope)``."""
+    namespace = _codegen.Namespace()
+    args, needs_scope = arguments(deps, namespace, positional_names(builder, 0))
     if not args:
         return builder, False
-    make = generate("make", "scope" if needs_scope else "", [f"return _builder({args})"], namespace, builder)
+    build = namespace.add(_short(builder), builder)
+    make = _codegen.function("make", ["scope"] if needs_scope else [], [f"return {build}({args})"], namespace,
+                             about=qualname(builder))
     return make, needs_scope
 
 
@@ -374,9 +348,10 @@ def _scoped(service: Any, make: Callable[..., Any], needs_scope: bool) -> Callab
     def create_unscoped(_scope: Scope) -> Any:
         return make()
 
-    namespace = {"_key": service, "_create": make if needs_scope else create_unscoped, "_missing": _MISSING}
+    namespace = _codegen.Namespace(key=service, create=make if needs_scope else create_unscoped, missing=_MISSING)
     lines = [
-        "instance = scope._instances.get(_key, _missing)",
-        "return scope.create(_key, _create) if instance is _missing else instance",
+        "instance = scope._instances.get(key, missing)",
+        "return scope.create(key, create) if instance is missing else instance",
     ]
-    return typing.cast(Callable[[Scope], Any], generate("get", "scope", lines, namespace, service))
+    return typing.cast(Callable[[Scope], Any],
+                       _codegen.function("get", ["scope"], lines, namespace, about=qualname(service)))

@@ -7,6 +7,7 @@ what went wrong and what to do, naming types by their qualified name.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ._messages import qualname
 
@@ -86,3 +87,40 @@ class ValidationError(MediatorError, ValueError):
         self.errors: dict[str, tuple[str, ...]] = {k: tuple(v) for k, v in errors.items()}
         detail = "; ".join(f"{k or '<message>'}: {', '.join(v)}" for k, v in self.errors.items())
         super().__init__(f"{qualname(type(message))} is invalid: {detail}")
+
+
+class ValidatorError(MediatorError, RuntimeError):
+    """A validator itself failed (its dependency raised), so the message could not be checked."""
+
+    def __init__(self, message: object, validator: str, error: BaseException) -> None:
+        self.message = message
+        self.validator = validator
+        self.error = error
+        super().__init__(
+            f"Validator {validator} failed on {qualname(type(message))} with {type(error).__name__}: {error}; "
+            "the handler did not run. Fix the validator or what it depends on."
+        )
+
+
+class HookError(MediatorError, TypeError):
+    """An exception hook returned something other than ``Handled`` or ``None``."""
+
+    def __init__(self, hook: Any, outcome: Any) -> None:
+        self.hook = hook
+        self.outcome = outcome
+        super().__init__(
+            f"Exception hook {qualname(hook)} returned {outcome!r}; return Handled(value) to handle, None to "
+            "pass, or raise to translate."
+        )
+
+
+class UnresolvedAnnotationsError(MediatorError, NameError):
+    """The annotations of a handler or builder name something that cannot be imported; reported as a wiring problem."""
+
+    def __init__(self, func: Any, error: Exception) -> None:
+        self.func = func
+        self.error = error
+        super().__init__(
+            f"The annotations of {qualname(func)} cannot be resolved ({type(error).__name__}: {error}); "
+            "define or import the names they use at module level."
+        )

@@ -13,6 +13,8 @@ from typing import Any, Generic, TypeVar
 
 import attrs
 
+from . import _codegen
+
 R_co = TypeVar("R_co", covariant=True)
 T_co = TypeVar("T_co", covariant=True)
 
@@ -131,15 +133,8 @@ def field_names(message_type: type) -> tuple[str, ...]:
 def fields_reader(names: tuple[str, ...], hidden: frozenset[str]) -> Callable[[Any], dict[str, Any]]:
     """A function giving a message's fields for a log line, sensitive ones masked: made once per message type.
 
-    The same answer as :func:`loggable_fields`, written out as one dict display, so a dispatch's log line
-    costs no loop over the names.
+    Written out as one dict display, so a dispatch's log line costs no loop over the names.
     """
-    items = ", ".join(f"{name!r}: {'_masked' if name in hidden else f'message.{name}'}" for name in names)
-    namespace: dict[str, Any] = {"_masked": "***"}
-    exec(compile(f"def read(message):\n    return {{{items}}}", "<mediator log fields>", "exec"), namespace)
-    return typing.cast(Callable[[Any], dict[str, Any]], namespace["read"])
-
-
-def loggable_fields(message: object, names: tuple[str, ...], hidden: frozenset[str]) -> dict[str, Any]:
-    """Return a message's fields for a log line, with sensitive ones masked."""
-    return {name: "***" if name in hidden else getattr(message, name) for name in names}
+    items = ", ".join(f"{name!r}: {'masked' if name in hidden else f'message.{name}'}" for name in names)
+    namespace = _codegen.Namespace(masked="***")
+    return _codegen.function("read_fields", ["message"], [f"return {{{items}}}"], namespace, about="log fields")

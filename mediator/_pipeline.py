@@ -20,7 +20,6 @@ from ._context import DispatchContext, Scope
 M = TypeVar("M")
 R = TypeVar("R")
 
-Next = Callable[[M], R]
 
 
 class Behaviour(Protocol[M, R]):

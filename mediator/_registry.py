@@ -15,23 +15,30 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import pkgutil
 import typing
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Concatenate, Generic, Protocol, TypeVar, overload
+from typing import Any, Concatenate, Generic, Protocol, TypeVar, overload
 
-import attrs
 import punq
 
-from ._di import Lifetime, UnresolvedAnnotations
+from ._build import build
+from ._di import Lifetime, Service
 from ._errors import NotAMessageError, RegistryFrozenError
+from ._mediator import AsyncMediator, Mediator
 from ._messages import Command, Event, Kind, Message, Query, StreamQuery, kind_of, qualname
 from ._notify import PublishStrategy
-
-if TYPE_CHECKING:
-    from ._mediator import AsyncMediator, Mediator
+from ._records import (
+    AppliesTo,
+    BehaviourRegistration,
+    HandlerRegistration,
+    HookRegistration,
+    Registrations,
+    ValidatorRegistration,
+)
 
 M = TypeVar("M")
 R = TypeVar("R")
@@ -72,52 +79,6 @@ ValidatorFor = (
     | type[Validates[M]]
 )
 """A validator of ``M``: a function or a class with ``validate``, yielding ``(field, problem)`` pairs."""
-
-AppliesTo = Kind | type | tuple[Kind | type, ...] | None
-"""Which messages a behaviour or hook applies to: all (``None``), a kind, classes, or a mix."""
-
-
-@attrs.frozen
-class HandlerRegistration:
-    """One handler bound to one message type."""
-
-    message_type: type[Message]
-    kind: Kind
-    handler: Any
-    lifetime: Lifetime
-
-
-@attrs.frozen
-class BehaviourRegistration:
-    """One behaviour, its position (registration order) and what it applies to."""
-
-    behaviour: Any
-    applies_to: AppliesTo
-    lifetime: Lifetime
-
-
-@attrs.frozen
-class ValidatorRegistration:
-    message_type: type[Message]
-    validator: Any
-    lifetime: Lifetime
-
-
-@attrs.frozen
-class HookRegistration:
-    exception_type: type[Exception]
-    hook: Callable[[Any, Any], Any]
-    applies_to: AppliesTo
-
-
-def applies(applies_to: AppliesTo, message_type: type) -> bool:
-    """Whether a behaviour or hook registered with ``applies_to`` covers ``message_type``."""
-    if applies_to is None:
-        return True
-    targets = applies_to if isinstance(applies_to, tuple) else (applies_to,)
-    kind = kind_of(message_type)
-    return any(t is kind if isinstance(t, Kind) else issubclass(message_type, t) for t in targets)
-
 
 class HandlerBinder(Generic[M_co]):
     """Binds handlers to one message type: ``registry.handle(PlaceOrder).by(handler)``.
@@ -162,8 +123,8 @@ class Registry:
     """Collects handlers, behaviours, validators, hooks and services, then builds mediators.
 
     Args:
-        container: an existing punq container whose registrations handlers may
-            depend on; a new one by default.
+        container: an existing punq container; services registered here are registered in it too, and
+            services registered on it directly can be dependencies (resolved through punq). A new one by default.
         publish: the default strategy for running an event's handlers.
         include_base_event_handlers: when true, ``publish(event)`` also runs the
             handlers registered for the event's base classes.
@@ -177,16 +138,8 @@ class Registry:
         include_base_event_handlers: bool = False,
     ) -> None:
         self.container = container if container is not None else punq.Container()
-        self.publish_strategy = publish
-        self.include_base_event_handlers = include_base_event_handlers
-        self.handlers: list[HandlerRegistration] = []
-        self.behaviours: list[BehaviourRegistration] = []
-        self.validators: list[ValidatorRegistration] = []
-        self.hooks: list[HookRegistration] = []
-        self.lifetimes: dict[Any, Lifetime] = {}
-        self.expected: list[type[Message]] = []
-        self.problems: list[str] = []
-        self.built_sync: Mediator | None = None
+        self._records = Registrations(self.container, publish, include_base_event_handlers)
+        self._built_sync: Mediator | None = None
         """The last sync mediator built, given to sync handlers that dispatch inside the async twin."""
         self._frozen = False
 
@@ -194,20 +147,13 @@ class Registry:
 
     def singleton(self, service: type[S] | Any, implementation: Any = None, *, instance: Any = None) -> Registry:
         """Register one shared instance of ``service``, made at build (or given as ``instance``)."""
-        self._check_open(f"service {qualname(service)}")
         if instance is not None:
-            self.container.register(service, instance=instance)
-        else:
-            self._register(service, implementation, punq.Scope.singleton)
-        self.lifetimes[service] = Lifetime.SINGLETON
-        return self
+            return self._service(Service(service, Lifetime.SINGLETON, None, instance))
+        return self._service(Service(service, Lifetime.SINGLETON, implementation or service))
 
     def transient(self, service: type[S] | Any, implementation: Any = None) -> Registry:
         """Register ``service`` to be made anew wherever it is needed."""
-        self._check_open(f"service {qualname(service)}")
-        self._register(service, implementation, punq.Scope.transient)
-        self.lifetimes[service] = Lifetime.TRANSIENT
-        return self
+        return self._service(Service(service, Lifetime.TRANSIENT, implementation or service))
 
     def scoped(self, service: type[S] | Any, implementation: Any = None) -> Registry:
         """Register ``service`` to be made once per dispatch scope and closed when the scope ends.
@@ -216,27 +162,24 @@ class Registry:
         the end of the scope with the exception that ended it, so a unit of work
         commits on success and rolls back on error; one with ``close()`` is closed.
         """
-        self._check_open(f"service {qualname(service)}")
-        self._register(service, implementation, punq.Scope.transient)
-        self.lifetimes[service] = Lifetime.SCOPED
-        return self
+        return self._service(Service(service, Lifetime.SCOPED, implementation or service))
 
     def override(self, service: type[S] | Any, instance: Any) -> Registry:
         """Replace whatever provides ``service`` with ``instance`` (for tests: fakes, stubs)."""
-        self._check_open(f"override of {qualname(service)}")
-        self.container.register(service, instance=instance)
-        self.lifetimes[service] = Lifetime.SINGLETON
-        return self
+        return self._service(Service(service, Lifetime.SINGLETON, None, instance), what="override")
 
-    def _register(self, service: Any, implementation: Any, scope: punq.Scope) -> None:
-        try:
-            if implementation is None:
-                self.container.register(service, scope=scope)
+    def _service(self, record: Service, what: str = "service") -> Registry:
+        self._check_open(f"{what} {qualname(record.key)}")
+        self._records.services[record.key] = record
+        # Also in the punq container, for code that resolves from it; its problems (an annotation that does not
+        # resolve) are the build's to report, with everything else.
+        with contextlib.suppress(punq.InvalidForwardReferenceError, punq.InvalidRegistrationError):
+            if record.builder is None:
+                self.container.register(record.key, instance=record.instance)
             else:
-                self.container.register(service, implementation, scope=scope)
-        except punq.InvalidForwardReferenceError as exc:
-            # Reported with everything else at build, where the user sees all problems at once.
-            self.problems.append(str(UnresolvedAnnotations(implementation or service, exc)))
+                scope = punq.Scope.singleton if record.lifetime is Lifetime.SINGLETON else punq.Scope.transient
+                self.container.register(record.key, record.builder, scope=scope)
+        return self
 
     # -- handlers -----------------------------------------------------------------
 
@@ -249,12 +192,12 @@ class Registry:
         kind = kind_of(message_type)
         if kind is None:
             raise NotAMessageError(message_type, "Command, Query, StreamQuery or Event")
-        self.handlers.append(HandlerRegistration(message_type, kind, handler, lifetime))
+        self._records.handlers.append(HandlerRegistration(message_type, kind, handler, lifetime))
 
     def expect(self, *message_types: type[Message]) -> Registry:
         """Declare message types that must have a handler; ``build`` reports any that lack one."""
         self._check_open("expected message types")
-        self.expected.extend(message_types)
+        self._records.expected.extend(message_types)
         return self
 
     def scan(self, package: ModuleType | str) -> Registry:
@@ -278,22 +221,25 @@ class Registry:
                 for message_type, lifetime in getattr(obj, HANDLES_ATTRIBUTE, ()):
                     self._add_handler(message_type, obj, lifetime)
                 if kind_of(obj) in (Kind.COMMAND, Kind.QUERY, Kind.STREAM) and obj not in _BASES:
-                    self.expected.append(obj)
+                    self._records.expected.append(obj)
         return self
 
     # -- behaviours, validators, hooks -----------------------------------------------
 
     def behaviour(
-        self, behaviour: Any, *, applies_to: AppliesTo = None, lifetime: Lifetime = Lifetime.SINGLETON
+        self, behaviour: Any, *, applies_to: AppliesTo = None, lifetime: Lifetime = Lifetime.SINGLETON,
+        outermost: bool = False,
     ) -> Registry:
         """Add a pipeline behaviour; the first registered is the outermost.
 
         ``behaviour`` is an instance, or a class the container builds with
         ``lifetime``. ``applies_to`` narrows it to a kind, to classes (a message
-        class or a base class), or a tuple mixing both.
+        class or a base class), or a tuple mixing both. ``outermost`` puts it outside
+        every behaviour registered so far (as the testing kit's recorder does).
         """
         self._check_open(f"behaviour {qualname(behaviour)}")
-        self.behaviours.append(BehaviourRegistration(behaviour, applies_to, lifetime))
+        registration = BehaviourRegistration(behaviour, applies_to, lifetime)
+        self._records.behaviours.insert(0 if outermost else len(self._records.behaviours), registration)
         return self
 
     def validate(
@@ -312,7 +258,8 @@ class Registry:
         self._check_open(f"a validator for {qualname(message_type)}")
         if kind_of(message_type) is None:
             raise NotAMessageError(message_type, "Command, Query, StreamQuery or Event")
-        self.validators.append(ValidatorRegistration(typing.cast(type[Message], message_type), validator, lifetime))
+        self._records.validators.append(
+            ValidatorRegistration(typing.cast(type[Message], message_type), validator, lifetime))
         return self
 
     def on_exception(
@@ -329,7 +276,7 @@ class Registry:
         ``exc`` propagate by returning ``None``. A handled exception is logged.
         """
         self._check_open(f"a hook for {qualname(exception_type)}")
-        self.hooks.append(HookRegistration(exception_type, hook, applies_to))
+        self._records.hooks.append(HookRegistration(exception_type, hook, applies_to))
         return self
 
     # -- build --------------------------------------------------------------------
@@ -340,20 +287,18 @@ class Registry:
         Raises:
             WiringError: listing every problem found.
         """
-        from ._build import build
-
-        mediator = build(self, is_async=False)
+        mediator = Mediator()
+        build(self._records, mediator, is_async=False, sync_twin=None)
         self._frozen = True
-        self.built_sync = mediator  # type: ignore[assignment]
-        return mediator  # type: ignore[return-value]
+        self._built_sync = mediator
+        return mediator
 
     def build_async(self) -> AsyncMediator:
         """Like :meth:`build`, for an :class:`~mediator.AsyncMediator`."""
-        from ._build import build
-
-        mediator = build(self, is_async=True)
+        mediator = AsyncMediator()
+        build(self._records, mediator, is_async=True, sync_twin=self._built_sync)
         self._frozen = True
-        return mediator  # type: ignore[return-value]
+        return mediator
 
     def _check_open(self, what: str) -> None:
         if self._frozen:

@@ -28,14 +28,12 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import attrs
 
-from ._di import Lifetime
 from ._errors import HandlerNotFoundError
 from ._messages import Command, Event, Kind, Message, Query, StreamQuery, kind_of, qualname
 from ._notify import PublishStrategy
-from ._registry import BehaviourRegistration
 
 if TYPE_CHECKING:
-    from ._build import Build
+    from ._compile import Build
     from ._mediator import AsyncMediator, Mediator
     from ._registry import Registry
     from .readmodels import ReadModels
@@ -149,11 +147,10 @@ class _BoundRecording:
 
 
 def _prepare(registry: Registry, fakes: Mapping[Any, object] | None) -> Recording:
-    registry._check_open("a Recording")
     for service, fake in (fakes or {}).items():
         registry.override(service, fake)
     recording = Recording()
-    registry.behaviours.insert(0, BehaviourRegistration(recording, None, Lifetime.SINGLETON))
+    registry.behaviour(recording, outermost=True)
     return recording
 
 

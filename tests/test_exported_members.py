@@ -15,8 +15,8 @@ def test_exported_members() -> None:
         "AsyncBehaviour", "AsyncMediator", "Behaviour", "Build", "Command",
         "DispatchContext", "Event", "ExceptionHooks", "Explanation", "Handled", "HandlerBinder",
         "HandlerNotFoundError", "Handles", "HookError", "Kind", "Lifetime", "Logging", "Mediator", "MediatorError",
-        "Message", "NotAMessageError", "PublishStrategy", "Query", "Registry", "RegistryFrozenError", "Scope",
-        "ScopeError", "StreamQuery", "Validates", "Validation", "ValidationError", "ValidatorError",
+        "Message", "MissingExtraError", "NotAMessageError", "PublishStrategy", "Query", "Registry",
+        "RegistryFrozenError", "Scope", "ScopeError", "StreamQuery", "Validates", "Validation", "ValidationError", "ValidatorError",
         "WiringError", "current_context", "handles", "sensitive",
     ]
 
@@ -32,3 +32,11 @@ def test_every_error_has_one_root_and_a_builtin_parent() -> None:
 
 def test_testing_all_is_sorted() -> None:
     assert mediator.testing.__all__ == sorted(mediator.testing.__all__)
+
+
+def test_public_classes_are_named_by_the_package_not_their_private_module() -> None:
+    for name in mediator.__all__:
+        member = getattr(mediator, name)
+        if isinstance(member, type):
+            assert member.__module__ == "mediator", name
+    assert repr(mediator.Lifetime.SCOPED) == "Lifetime.SCOPED"

@@ -51,7 +51,7 @@ from ._projections import Delivery, Projection
 from ._serialization import EventTypes
 
 if TYPE_CHECKING:
-    from .._build import Build
+    from .._compile import Build
     from .._registry import Registry
 
 _last_token: contextvars.ContextVar[int | None] = contextvars.ContextVar("mediator_last_token", default=None)

@@ -22,6 +22,7 @@ from typing import Any
 
 import attrs
 
+from .. import _codegen
 from .._messages import Event, qualname
 from ._errors import UndecodableEventError, UnregisteredEventError
 
@@ -161,11 +162,10 @@ def _encoder(cls: type) -> Callable[[Any], Any]:
         for field in attrs.fields(cls):
             plain = hints.get(field.name) in _PLAIN
             value = f"event.{field.name}"
-            parts.append(f"{field.name!r}: {value if plain else f'_to_data({value})'}")
-        source = "def encode(event):\n    return {" + ", ".join(parts) + "}\n"
-        namespace: dict[str, Any] = {"_to_data": to_data}
-        exec(compile(source, f"<event encoder for {qualname(cls)}>", "exec"), namespace)
-        encode = _ENCODERS[cls] = namespace["encode"]
+            parts.append(f"{field.name!r}: {value if plain else f'to_data({value})'}")
+        namespace = _codegen.Namespace(to_data=to_data)
+        encode = _ENCODERS[cls] = _codegen.function(
+            "encode", ["event"], [f"return {{{', '.join(parts)}}}"], namespace, about=f"event {qualname(cls)}")
     return encode
 
 
@@ -245,25 +245,27 @@ def _converter(tp: Any) -> Callable[[Any], Any]:  # one branch per kind of type
 def _attrs_converter(cls: type) -> Callable[[Any], Any]:
     """Generate ``convert(data) -> cls(field=convert_field(data["field"]), ...)`` once per class."""
     hints = typing.get_type_hints(cls)
-    namespace: dict[str, Any] = {"_cls": cls}
+    namespace = _codegen.Namespace()
+    build = namespace.add(cls.__name__, cls)
     required, optional = [], []
-    for index, field in enumerate(f for f in attrs.fields(cls) if f.init):
-        namespace[f"_c{index}"] = _CONVERTERS.get(hints.get(field.name, Any)) or _converter(hints.get(field.name, Any))
-        name = field.alias or field.name
+    for field in attrs.fields(cls):
+        if not field.init:
+            continue
         hint = hints.get(field.name, Any)
+        convert = namespace.add(f"convert_{field.name}", _CONVERTERS.get(hint) or _converter(hint))
+        name = field.alias or field.name
         value = f"data[{field.name!r}]"
         if hint in (str, int, float, bool):  # the common case inline: no call when the JSON type is already right
-            namespace[f"_t{index}"] = hint
-            value = f"(_v if type(_v := {value}) is _t{index} else _c{index}(_v))"
+            expected = namespace.add(f"{field.name}_type", hint)
+            value = f"(v if type(v := {value}) is {expected} else {convert}(v))"
         else:
-            value = f"_c{index}({value})"
+            value = f"{convert}({value})"
         if field.default is attrs.NOTHING:
             required.append(f"{name}={value}")
         else:
-            optional.append(f"    if {field.name!r} in data: extra[{name!r}] = {value}")
-    lines = ["def convert(data):", "    extra = {}", *optional, f"    return _cls({', '.join(required)}, **extra)"]
-    exec(compile("\n".join(lines), f"<event decoder for {qualname(cls)}>", "exec"), namespace)
-    return typing.cast(Callable[[Any], Any], namespace["convert"])
+            optional.append(f"if {field.name!r} in data: extra[{name!r}] = {value}")
+    lines = ["extra = {}", *optional, f"return {build}({', '.join(required)}, **extra)"]
+    return _codegen.function("convert", ["data"], lines, namespace, about=f"event {qualname(cls)}")
 
 
 def _checker(tp: type) -> Callable[[Any], Any]:

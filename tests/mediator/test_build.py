@@ -277,7 +277,7 @@ def test_explain_lists_behaviours_in_order_handler_and_lifetimes() -> None:
     text = str(reg.build().explain(Add))
     assert text.splitlines() == [
         "tests.mediator.sample.Add (command) -> int",
-        "  1. mediator._behaviours.Logging (singleton)",
+        "  1. mediator.Logging (singleton)",
         "  2. tests.mediator.sample.Tag (singleton)",
         "  handler: tests.mediator.sample.AddWithOffset (transient) <- tests.mediator.sample.Offset (singleton)",
         "  scope: opened per dispatch (or joined)",

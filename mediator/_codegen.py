@@ -1,0 +1,71 @@
+"""The one code generator: small functions compiled from source once, when something is built, never per call.
+
+As attrs does for ``__init__``: the source is registered with ``linecache``, so a traceback through generated
+code shows its lines, and the names inside it are derived from what they stand for (``make_orders``,
+``handle``), so the source reads like code a person wrote.
+
+>>> namespace = Namespace({"greeting": "hello"})
+>>> who = namespace.add("name of", str.upper)
+>>> say = function("say", ["name"], [f"return greeting + ' ' + {who}(name)"], namespace, about="a doctest")
+>>> say("ada")
+'hello ADA'
+>>> print(source_of(say), end="")
+def say(name):
+    return greeting + ' ' + name_of(name)
+"""
+
+from __future__ import annotations
+
+import itertools
+import keyword
+import linecache
+import re
+from collections.abc import Callable, Iterable
+from typing import Any
+
+_counter = itertools.count(1)
+_NOT_NAME = re.compile(r"\W+")
+_LOCALS = frozenset({"message", "event", "scope", "instance", "data", "extra", "v"})
+"""Parameter and local names generated functions use, which a global of the same name would be hidden by."""
+
+
+class Namespace(dict[str, Any]):
+    """The globals of a generated function: each value added under a readable name, unique within it."""
+
+    def add(self, hint: str, value: Any) -> str:
+        """Put ``value`` in the namespace under a name made from ``hint`` (suffixed if taken); return the name.
+
+        The same value added twice gets the same name.
+        """
+        for name, present in self.items():
+            if present is value and not name.startswith("__"):
+                return name
+        base = _NOT_NAME.sub("_", hint).strip("_").lower() or "value"
+        if base[0].isdigit() or keyword.iskeyword(base):
+            base = f"_{base}"
+        name, suffix = base, 2
+        while name in self or name in _LOCALS:
+            name, suffix = f"{base}_{suffix}", suffix + 1
+        self[name] = value
+        return name
+
+
+def function(name: str, params: Iterable[str], lines: Iterable[str], namespace: dict[str, Any], *,
+             about: str, is_async: bool = False) -> Callable[..., Any]:
+    """Compile ``def name(params): lines`` with ``namespace`` as its globals, and return it.
+
+    ``about`` names what it was generated for, in the file name tracebacks show
+    (``<mediator say for a doctest #3>``).
+    """
+    body = "".join(f"    {line}\n" for line in lines) or "    pass\n"
+    source = f"{'async ' if is_async else ''}def {name}({', '.join(params)}):\n{body}"
+    filename = f"<mediator {name} for {about} #{next(_counter)}>"
+    exec(compile(source, filename, "exec"), namespace)  # build-time code generation, never per call
+    linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
+    generated: Callable[..., Any] = namespace[name]
+    return generated
+
+
+def source_of(generated: Callable[..., Any]) -> str:
+    """The source of a function made by :func:`function` (for ``explain`` and for tests)."""
+    return "".join(linecache.getlines(generated.__code__.co_filename))
