@@ -16,8 +16,8 @@ def test_exported_members() -> None:
         "DispatchContext", "Event", "ExceptionHooks", "Explanation", "Handled", "HandlerBinder",
         "HandlerNotFoundError", "Handles", "HookError", "Kind", "Lifetime", "Logging", "Mediator", "MediatorError",
         "Message", "MissingExtraError", "NotAMessageError", "PublishStrategy", "Query", "Registry",
-        "RegistryFrozenError", "Scope", "ScopeError", "StreamQuery", "Validates", "Validation", "ValidationError", "ValidatorError",
-        "WiringError", "current_context", "handles", "sensitive",
+        "RegistryFrozenError", "Scope", "ScopeError", "StreamQuery", "Validates", "Validation", "ValidationError",
+        "ValidatorError", "WiringError", "current_context", "handles", "sensitive",
     ]
 
 
