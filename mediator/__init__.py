@@ -15,11 +15,13 @@ from ._compile import Build
 from ._context import DispatchContext, Scope, current_context
 from ._di import Lifetime
 from ._errors import (
+    ConsumeError,
     HandlerNotFoundError,
     HookError,
     MediatorError,
     MissingExtraError,
     NotAMessageError,
+    PublishError,
     RegistryFrozenError,
     ScopeError,
     ValidationError,
@@ -28,6 +30,7 @@ from ._errors import (
 )
 from ._mediator import AsyncMediator, Mediator
 from ._messages import Command, Event, Kind, Message, Query, StreamQuery, sensitive
+from ._messages import name_by_package as _name_by_package
 from ._notify import PublishStrategy
 from ._pipeline import AsyncBehaviour, Behaviour
 from ._registry import HandlerBinder, Handles, Registry, Validates, handles
@@ -38,6 +41,7 @@ __all__ = [
     "Behaviour",
     "Build",
     "Command",
+    "ConsumeError",
     "DispatchContext",
     "Event",
     "ExceptionHooks",
@@ -55,6 +59,7 @@ __all__ = [
     "Message",
     "MissingExtraError",
     "NotAMessageError",
+    "PublishError",
     "PublishStrategy",
     "Query",
     "Registry",
@@ -72,10 +77,4 @@ __all__ = [
     "sensitive",
 ]
 
-# Public classes and functions name the package, not the private module they live in, wherever a user sees
-# them: reprs, explain(), error messages, log lines (httpx does the same).
-for _name in __all__:
-    _member = globals()[_name]
-    if getattr(_member, "__module__", "").startswith("mediator._"):
-        _member.__module__ = __name__
-del _name, _member
+_name_by_package(globals())

@@ -26,7 +26,7 @@ _current: contextvars.ContextVar[DispatchContext | None] = contextvars.ContextVa
 )
 
 
-def _new_id(urandom: Callable[[int], bytes] = os.urandom) -> str:
+def new_id(urandom: Callable[[int], bytes] = os.urandom) -> str:
     """A random (version 4) UUID as 32 hex digits, as ``uuid.uuid4().hex`` but without building a ``UUID``.
 
     Three are made per command (its event's id, the correlation and message ids), and ``uuid.UUID``'s
@@ -233,7 +233,7 @@ class DispatchContext:
     def message_id(self) -> str:
         """A unique id for this dispatch's message, made on first read."""
         if self._message_id is None:
-            self._message_id = _new_id()
+            self._message_id = new_id()
         return self._message_id
 
     @property
@@ -241,7 +241,7 @@ class DispatchContext:
         """The id shared by a root dispatch and everything dispatched from it."""
         scope = self.scope
         if scope.correlation_id is None:
-            scope.correlation_id = _new_id()
+            scope.correlation_id = new_id()
         return scope.correlation_id
 
     @property

@@ -102,7 +102,12 @@ def _context_from_scope(scope: Scope) -> DispatchContext:
     return ctx
 
 
+def _scope_itself(scope: Scope) -> Scope:
+    return scope
+
+
 _CONTEXT_PROVIDER = Provider(DispatchContext, Lifetime.SCOPED, _context_from_scope, needs_scope=True)
+_SCOPE_PROVIDER = Provider(Scope, Lifetime.SCOPED, _scope_itself, needs_scope=True)
 
 
 def type_hints(func: Any, localns: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -154,7 +159,7 @@ class Compiler:
         self.services = services
         self.container = container
         self.problems: list[str] = []
-        self._providers: dict[Any, Provider] = {DispatchContext: _CONTEXT_PROVIDER}
+        self._providers: dict[Any, Provider] = {DispatchContext: _CONTEXT_PROVIDER, Scope: _SCOPE_PROVIDER}
         self._foreign: dict[Any, Provider | None] = {}
         self._building: list[Any] = []
 

@@ -124,3 +124,15 @@ class UnresolvedAnnotationsError(MediatorError, NameError):
             f"The annotations of {qualname(func)} cannot be resolved ({type(error).__name__}: {error}); "
             "define or import the names they use at module level."
         )
+
+
+class PublishError(MediatorError, ConnectionError):
+    """The broker did not acknowledge a batch; the first ``acked`` events of it were acknowledged."""
+
+    def __init__(self, message: str, *, acked: int = 0) -> None:
+        super().__init__(message)
+        self.acked = acked
+
+
+class ConsumeError(MediatorError, ConnectionError):
+    """JetStream could not be reached, or refused a consumer request; the driver's error is the ``__cause__``."""

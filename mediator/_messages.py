@@ -103,6 +103,16 @@ def qualname(obj: object) -> str:
     return f"{module}.{name}" if module and module != "builtins" else name
 
 
+def name_by_package(namespace: dict[str, Any]) -> None:
+    """Make the public members of a package (its ``__all__``) name the package, not the private module they
+    live in, wherever a user sees them: reprs, ``explain()``, error messages, log lines (as httpx does)."""
+    package = namespace["__name__"]
+    for name in namespace["__all__"]:
+        member = namespace[name]
+        if getattr(member, "__module__", "").startswith(f"{package}._"):
+            member.__module__ = package
+
+
 def sensitive(**kwargs: Any) -> Any:
     """Declare an attrs field whose value is never logged nor shown in ``repr``.
 

@@ -179,3 +179,6 @@ def install_error_handlers(app: FastAPI, status_of: StatusMap) -> None:
         except MediatorError:
             correlation_id = request.headers.get(CORRELATION_HEADER, "")
         return problem(500, "internal", "Something went wrong; it has been logged.", correlation_id=correlation_id)
+
+
+__all__ = ["Mediated", "MediatorMiddleware", "current_mediator", "install_error_handlers", "problem"]

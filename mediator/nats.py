@@ -58,11 +58,10 @@ from urllib.parse import quote, unquote
 
 import structlog
 
-from mediator import MediatorError
-from mediator._errors import MissingExtraError
-from mediator._messages import qualname
-from mediator.readmodels import NewEvent, StoredEvent
-from mediator.relay import PublishError
+from ._errors import ConsumeError, MissingExtraError, PublishError
+from ._messages import qualname
+from .readmodels import NewEvent, StoredEvent
+from .readmodels._runner import Runner
 
 try:
     import nats
@@ -90,8 +89,6 @@ POSITION = "Mediator-Position"
 _NOT_IN_SUBJECT = re.compile(r"[^A-Za-z0-9_\-.]")
 
 
-class ConsumeError(MediatorError, ConnectionError):
-    """JetStream could not be reached, or refused a consumer request; the driver's error is the ``__cause__``."""
 
 
 def subject(prefix: str, type_name: str) -> str:
@@ -355,8 +352,7 @@ class JetStreamConsumer:
         self._client: Client | None = None
         self._subscription: JetStreamContext.PullSubscription | None = None
         self._held: list[Msg] = []
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._runner = Runner(f"nats-consume-{durable}", self._work, lambda: None, self._failed)
 
     def run_once(self, timeout: float | None = None) -> int:
         """Fetch a batch (waiting up to ``timeout`` s, ``fetch_timeout`` by default), deliver it, ack it.
@@ -470,37 +466,27 @@ class JetStreamConsumer:
 
     # -- running ---------------------------------------------------------------------------------
 
-    def run(self, stop: threading.Event | None = None) -> None:
-        """Consume until ``stop`` is set (this consumer's own stop event by default), retrying failures forever."""
-        stop = self._stop if stop is None else stop
-        while not stop.is_set():
-            try:
-                self.run_once()
-            except Exception as exc:
-                self.failures += 1
-                delay = min(self.backoff * 2 ** (self.failures - 1), self.max_backoff)
-                log.error("consumer failed, will retry", consumer=self.durable, stream=self.stream,
-                          attempt=self.failures, retry_in=delay, error_type=qualname(type(exc)), error=str(exc))
-                stop.wait(delay)
-                continue
-            if self.failures:
-                log.info("consumer recovered", consumer=self.durable, failed_attempts=self.failures)
-                self.failures = 0
+    def _work(self) -> bool:
+        self.run_once()  # waits up to fetch_timeout for messages itself: no idle wait needed
+        if self.failures:
+            log.info("consumer recovered", consumer=self.durable, failed_attempts=self.failures)
+            self.failures = 0
+        return True
+
+    def _failed(self, exc: Exception) -> float:
+        self.failures += 1
+        delay: float = min(self.backoff * 2.0 ** (self.failures - 1), self.max_backoff)
+        log.error("consumer failed, will retry", consumer=self.durable, stream=self.stream,
+                  attempt=self.failures, retry_in=delay, error_type=qualname(type(exc)), error=str(exc))
+        return delay
 
     def start(self) -> None:
-        """Consume in a background thread."""
-        if self._thread is not None:
-            raise RuntimeError("The consumer is already started; stop() it first.")
-        self._stop.clear()
-        self._thread = threading.Thread(target=self.run, name=f"nats-consume-{self.durable}", daemon=True)
-        self._thread.start()
+        """Consume in a background thread, retrying failures forever with a capped backoff."""
+        self._runner.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the background thread after its current batch (at most ``fetch_timeout`` s of waiting)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        self._runner.stop(timeout)
 
     def close(self) -> None:
         """Stop, close the connection and stop the loop thread (the durable consumer stays on the server)."""
@@ -514,3 +500,7 @@ class JetStreamConsumer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+__all__ = ["KEY", "META", "MSG_ID", "POSITION", "RECORDED_AT", "TYPE", "VERSION", "ConsumeError",
+           "JetStreamConsumer", "JetStreamPublisher", "PublishError", "headers", "subject", "to_event"]

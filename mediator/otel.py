@@ -14,10 +14,10 @@ import json
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from mediator import current_context
-from mediator._errors import MissingExtraError
-from mediator._messages import kind_of, qualname
-from mediator.readmodels import ReadModels, StoredEvent
+from . import current_context
+from ._errors import MissingExtraError
+from ._messages import kind_of, qualname
+from .readmodels import ReadModels, StoredEvent
 
 try:
     from opentelemetry import metrics, propagate, trace
@@ -162,3 +162,6 @@ def trace_projections(engine: ReadModels, tracer_provider: Any = None) -> None:
 
     engine.event_metadata.append(context_of_commit)
     engine.on_batch.append(record)
+
+
+__all__ = ["Tracing", "instrument", "trace_projections"]

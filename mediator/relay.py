@@ -36,16 +36,15 @@ JetStream; :class:`MemoryPublisher` is the in-memory double for tests.
 from __future__ import annotations
 
 import contextlib
-import threading
-import time
 from collections.abc import Callable, Collection, Sequence
 from typing import Protocol
 
 import structlog
 
-from mediator import MediatorError
-from mediator._messages import qualname
-from mediator.readmodels import NewEvent, Storage, StorageError, StoredEvent
+from ._errors import PublishError
+from ._messages import qualname
+from .readmodels import NewEvent, Storage, StorageError, StoredEvent
+from .readmodels._runner import Runner
 
 log = structlog.get_logger("mediator.relay")
 
@@ -53,12 +52,6 @@ Selection = Collection[str] | Callable[[StoredEvent], bool] | None
 """Which events a relay publishes: type names, a predicate on the stored event, or ``None`` for all."""
 
 
-class PublishError(MediatorError, ConnectionError):
-    """The broker did not acknowledge a batch; the first ``acked`` events of it were acknowledged."""
-
-    def __init__(self, message: str, *, acked: int = 0) -> None:
-        super().__init__(message)
-        self.acked = acked
 
 
 class Publisher(Protocol):
@@ -136,9 +129,8 @@ class Relay:
         """Events this relay has published and checkpointed since it was made."""
         self.failures = 0
         """Failed attempts in a row (0 while the broker is healthy)."""
-        self._stop = threading.Event()
-        self._wakeup = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._head = 0
+        self._runner = Runner(f"mediator-relay-{name}", self._work, self._idle, self._failed, self._give_up_lease)
 
     # -- one batch -------------------------------------------------------------------------------
 
@@ -205,73 +197,21 @@ class Relay:
 
     # -- running ---------------------------------------------------------------------------------
 
-    def run(self, stop: threading.Event | None = None) -> None:
-        """Relay until ``stop`` is set (this relay's own stop event by default), retrying failures forever.
+    def start(self) -> None:
+        """Relay in a background thread until :meth:`stop`, retrying failures forever.
 
         A failure (broker down, storage down) is logged and retried after a capped
         exponential backoff; the checkpoint does not move until the broker acknowledges.
         """
-        stop = self._stop if stop is None else stop
-        while not stop.is_set():
-            head = 0
-            try:
-                head = self.storage.head()
-                _published, moved = self._step()
-            except Exception as exc:  # broker or storage down: wait and try again; never skip, never die
-                self.failures += 1
-                delay = min(self.backoff * 2 ** (self.failures - 1), self.max_backoff)
-                log.error("relay failed, will retry", relay=self.name, attempt=self.failures, retry_in=delay,
-                          error_type=qualname(type(exc)), error=str(exc))
-                stop.wait(delay)
-                continue
-            if self.failures:
-                log.info("relay recovered", relay=self.name, failed_attempts=self.failures)
-                self.failures = 0
-            if not moved:
-                self._idle(stop, head)
-
-    def _idle(self, stop: threading.Event, head: int) -> None:
-        """Wait for a wake-up, a new head of the log, a stop, or ``poll_interval`` s."""
-        deadline = time.monotonic() + self.poll_interval
-        while not stop.is_set() and not self._wakeup.is_set():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            stop.wait(min(left, self.watch_interval))
-            try:
-                if self.storage.head() != head:
-                    break
-            except StorageError:
-                break  # the next batch reports it
-        self._wakeup.clear()
-
-    def wake(self) -> None:
-        """Look at the log now rather than at the next poll (e.g. after a commit in this process)."""
-        self._wakeup.set()
-
-    def start(self) -> None:
-        """Run the relay in a background thread."""
-        if self._thread is not None:
-            raise RuntimeError("The relay is already started; stop() it first.")
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run_thread, name=f"mediator-relay-{self.name}", daemon=True)
-        self._thread.start()
+        self._runner.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the background thread after its current batch, and give up the lease (another relay takes it)."""
-        self._stop.set()
-        self._wakeup.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        self._runner.stop(timeout)
 
-    def _run_thread(self) -> None:
-        try:
-            self.run()
-        finally:  # the lease goes with the thread, whenever it ends
-            if self.leased:
-                with contextlib.suppress(Exception):  # a storage that is down has freed its locks already
-                    self.storage.release(self.checkpoint_name)
+    def wake(self) -> None:
+        """Look at the log now rather than at the next poll (e.g. after a commit in this process)."""
+        self._runner.wake()
 
     def __enter__(self) -> Relay:
         self.start()
@@ -279,6 +219,33 @@ class Relay:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def _work(self) -> bool:
+        self._head = self.storage.head()  # before the batch: an append after this read ends the idle wait
+        _published, moved = self._step()
+        if self.failures:
+            log.info("relay recovered", relay=self.name, failed_attempts=self.failures)
+            self.failures = 0
+        return moved
+
+    def _failed(self, exc: Exception) -> float:
+        # Broker or storage down: wait and try again; never skip, never die.
+        self.failures += 1
+        delay: float = min(self.backoff * 2.0 ** (self.failures - 1), self.max_backoff)
+        log.error("relay failed, will retry", relay=self.name, attempt=self.failures, retry_in=delay,
+                  error_type=qualname(type(exc)), error=str(exc))
+        return delay
+
+    def _idle(self) -> None:
+        """Wait for a wake-up, a new head of the log, a stop, or ``poll_interval`` s."""
+        head = self._head
+        self._runner.idle_until(lambda: self.storage.head() != head, self.poll_interval, self.watch_interval)
+
+    def _give_up_lease(self) -> None:
+        # The lease goes with the thread, whenever it ends.
+        if self.leased:
+            with contextlib.suppress(Exception):  # a storage that is down has freed its locks already
+                self.storage.release(self.checkpoint_name)
 
 
 class Inbox:
@@ -355,3 +322,6 @@ def _is_duplicate(error: BaseException) -> bool:
             return True
         cause = cause.__cause__
     return False
+
+
+__all__ = ["Inbox", "MemoryPublisher", "PublishError", "Publisher", "Relay", "Selection"]

@@ -2,30 +2,27 @@
 
 The storage port is here, and its backends beside it: :mod:`mediator.readmodels.memory` for tests,
 :mod:`mediator.readmodels.sqlite` as the embedded default, :mod:`mediator.readmodels.postgres` (the ``postgres``
-extra) for many processes.
+extra) for many processes. :mod:`mediator.readmodels.contract` is the contract suite every backend passes.
 """
 
-from ._engine import (
-    Consistency,
-    Lag,
-    ReadModels,
-    ReadYourWrites,
-    SyncReadModels,
-    UnitOfWork,
-    consistent,
-    last_token,
-)
+from .._messages import name_by_package as _name_by_package
+from ._engine import Lag, ReadModels
 from ._errors import (
     ConsistencyTimeoutError,
+    DeadLetterNotFoundError,
+    DeadLetterOrderError,
+    ProjectionConfigError,
     ReadModelUnavailableError,
     StorageError,
     UndecodableEventError,
+    UnknownProjectionError,
     UnregisteredEventError,
 )
 from ._ports import (
     BLOCKED,
     PARKED,
     DeadLetter,
+    Generations,
     NewEvent,
     ProjectionSession,
     Storage,
@@ -35,6 +32,8 @@ from ._ports import (
 )
 from ._projections import Delivery, Projection, on
 from ._serialization import EventType, EventTypes
+from ._tokens import Consistency, ReadYourWrites, consistent, last_token
+from ._unit_of_work import SyncReadModels, UnitOfWork
 
 __all__ = [
     "BLOCKED",
@@ -42,22 +41,27 @@ __all__ = [
     "Consistency",
     "ConsistencyTimeoutError",
     "DeadLetter",
+    "DeadLetterNotFoundError",
+    "DeadLetterOrderError",
     "Delivery",
     "EventType",
     "EventTypes",
+    "Generations",
     "Lag",
     "NewEvent",
     "Projection",
+    "ProjectionConfigError",
     "ProjectionSession",
+    "ReadModelUnavailableError",
     "ReadModels",
     "ReadYourWrites",
     "Storage",
-    "ReadModelUnavailableError",
     "StorageError",
     "StoredEvent",
     "SyncReadModels",
     "UndecodableEventError",
     "UnitOfWork",
+    "UnknownProjectionError",
     "UnregisteredEventError",
     "WriteSession",
     "consistent",
@@ -65,3 +69,5 @@ __all__ = [
     "on",
     "table_name",
 ]
+
+_name_by_package(globals())

@@ -5,6 +5,8 @@ Each leaf also subclasses the matching built-in and keeps what it is about as at
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
 from .._errors import MediatorError
 from .._messages import qualname
 
@@ -66,3 +68,40 @@ class UndecodableEventError(MediatorError, ValueError):
         self.version = version
         self.reason = reason
         super().__init__(f"Cannot decode event {type_name!r} v{version}: {reason}")
+
+
+class UnknownProjectionError(MediatorError, LookupError):
+    """A projection was named that the engine does not run."""
+
+    def __init__(self, names: Sequence[str], known: Iterable[str]) -> None:
+        self.names = tuple(names)
+        self.known = tuple(known)
+        listed = ", ".join(map(repr, self.names))
+        super().__init__(f"No projection named {listed}; known: {', '.join(self.known) or 'none'}.")
+
+
+class ProjectionConfigError(MediatorError, ValueError):
+    """A projection cannot be added to the engine as asked (a name taken twice, inline on a split storage)."""
+
+
+class DeadLetterNotFoundError(MediatorError, LookupError):
+    """No dead letter of the projection's current generation is at that position."""
+
+    def __init__(self, projection: str, position: int) -> None:
+        self.projection = projection
+        self.position = position
+        super().__init__(f"No dead letter of {projection!r} at position {position}; list them with "
+                         "`dead-letters list`.")
+
+
+class DeadLetterOrderError(MediatorError, ValueError):
+    """A dead letter waits behind an earlier one of the same key, which must be retried or skipped first."""
+
+    def __init__(self, projection: str, position: int, first: int) -> None:
+        self.projection = projection
+        self.position = position
+        self.first = first
+        super().__init__(
+            f"The dead letter of {projection!r} at position {position} waits behind position {first} with the "
+            f"same key; retry or skip position {first} first, so the key's order holds."
+        )

@@ -3,8 +3,11 @@
 A backend keeps four things: the event log (the outbox: events appended in
 the same transaction as a command's state change), each projection's
 checkpoint (stored in the same transaction as the projection's read-model
-change), dead letters, and which generation of each read model queries see.
-The in-memory, SQLite and PostgreSQL adapters pass the same contract tests.
+change), dead letters, and the generation records of each read model (which one
+queries see, which one a rebuild writes, which projection version built each).
+The port is primitives under the storage's own locks; the rules built on them live
+once, in the engine. The in-memory, SQLite and PostgreSQL backends pass the same
+contract suite, which third-party backends run too (:mod:`mediator.readmodels.contract`).
 """
 
 from __future__ import annotations
@@ -115,6 +118,50 @@ class ProjectionSession(abc.ABC):
         """Remove the dead letter at ``position`` (it was applied or skipped)."""
 
 
+class Generations(abc.ABC):
+    """The generation records of one projection, read and changed inside one transaction under the storage's lock.
+
+    Primitives only: which generation queries read, which one a rebuild is writing, which projection version
+    built each, and their checkpoints. The rules that decide what to claim, swap or record live once, in the
+    engine (:mod:`mediator.readmodels._versions`), and run on these, so every backend follows them alike.
+    Two transactions over the same projection's records never interleave, in any process.
+    """
+
+    name: str
+
+    @abc.abstractmethod
+    def current(self) -> int:
+        """The generation queries read (1 until a rebuild swaps in another)."""
+
+    @abc.abstractmethod
+    def rebuilding(self) -> int | None:
+        """The generation a rebuild is writing, if one is under way."""
+
+    @abc.abstractmethod
+    def version(self, generation: int) -> int | None:
+        """The projection version recorded as having built ``generation``, if any."""
+
+    @abc.abstractmethod
+    def known(self) -> Collection[int]:
+        """Every generation anything is recorded for: a checkpoint, a version, or being current."""
+
+    @abc.abstractmethod
+    def checkpoint(self, generation: int) -> int:
+        """The checkpoint of ``generation`` (0 if it has none)."""
+
+    @abc.abstractmethod
+    def set_current(self, generation: int) -> None:
+        """Make ``generation`` the one queries read."""
+
+    @abc.abstractmethod
+    def set_rebuilding(self, generation: int | None) -> None:
+        """Record ``generation`` as the rebuild under way, or (``None``) that none is."""
+
+    @abc.abstractmethod
+    def add_version(self, generation: int, version: int) -> None:
+        """Record that projection ``version`` built ``generation``, unless a version is recorded already."""
+
+
 class WriteSession(abc.ABC):
     """One command's transaction on the write side: its state change and its events commit together."""
 
@@ -129,19 +176,11 @@ class WriteSession(abc.ABC):
         """A projection session inside this transaction, for inline projections."""
 
     @abc.abstractmethod
-    def swap(self, name: str, generation: int) -> None:
-        """Make ``generation`` the one queries read, in this transaction (for inline projections)."""
+    def generations(self, name: str) -> Generations:
+        """The generation records of ``name`` inside this transaction (for inline projections).
 
-    @abc.abstractmethod
-    def record_version(self, name: str, generation: int, version: int) -> int:
-        """Like :meth:`Storage.record_version`, in this transaction (for inline projections)."""
-
-    @abc.abstractmethod
-    def finish_rebuild(self, name: str, generation: int, old: int) -> bool:
-        """Like :meth:`Storage.finish_rebuild`, in this transaction (for inline projections).
-
-        The live generation is not checked here: the transaction holds the writer lock, so every command's
-        events have been applied inline already.
+        The write transaction holds the writer's lock, so every command's events have been applied inline by
+        the time these are read.
         """
 
     @abc.abstractmethod
@@ -154,7 +193,11 @@ class WriteSession(abc.ABC):
 
 
 class Storage(abc.ABC):
-    """What the read-model engine needs from a backend."""
+    """What the read-model engine needs from a backend.
+
+    A new backend subclasses this (and the three session classes) and runs the contract suite shipped in
+    :mod:`mediator.readmodels.contract` against it.
+    """
 
     supports_inline: bool = True
     """Whether read models can be written in a command's transaction (inline projections)."""
@@ -176,52 +219,25 @@ class Storage(abc.ABC):
         """A projection transaction: committed if the block succeeds, rolled back if it raises."""
 
     @abc.abstractmethod
+    def generations(self, name: str) -> AbstractContextManager[Generations]:
+        """A transaction over the generation records of ``name``, under a lock that serialises such transactions
+        for one projection across processes: committed if the block succeeds, rolled back if it raises."""
+
+    @abc.abstractmethod
     def checkpoint(self, name: str, generation: int) -> int:
-        """The committed checkpoint of a projection generation."""
+        """The committed checkpoint of a projection generation (a read outside any transaction)."""
 
     @abc.abstractmethod
     def current_generation(self, name: str) -> int:
-        """The generation queries read (1 until a rebuild swaps in another)."""
-
-    @abc.abstractmethod
-    def swap(self, name: str, generation: int) -> None:
-        """Make ``generation`` the one queries read, atomically."""
+        """The generation queries read (1 until a rebuild swaps in another); a read outside any transaction."""
 
     @abc.abstractmethod
     def rebuilding(self, name: str) -> int | None:
         """The generation of ``name`` being rebuilt, if a rebuild is under way (in any process)."""
 
     @abc.abstractmethod
-    def claim_rebuild(self, name: str, version: int = 1, *, replacing: int | None = None) -> int:
-        """Start a rebuild of ``name`` into a new generation, or join the one under way; return its generation.
-
-        A new generation is recorded as built by projection ``version``, in the same transaction. With
-        ``replacing``, a rebuild under way into that generation is abandoned for a new one (the engine does
-        this to a rebuild started for an older version); a different rebuild under way is joined instead.
-        Raises :class:`ReadModelUnavailableError`, claiming nothing, when the current generation was built by a
-        newer version: older code never starts a rebuild over newer code's read model.
-        """
-
-    @abc.abstractmethod
     def recorded_version(self, name: str, generation: int) -> int | None:
         """The projection version recorded as having built ``generation``, if one is (a read, never a write)."""
-
-    @abc.abstractmethod
-    def record_version(self, name: str, generation: int, version: int) -> int:
-        """Record that projection ``version`` built ``generation``, unless a version is recorded; return the one
-        recorded. Generations made before versions were recorded get theirs this way, the first time they are
-        looked at."""
-
-    @abc.abstractmethod
-    def finish_rebuild(self, name: str, generation: int, old: int, *, check_live: bool = True) -> bool:
-        """Atomically swap ``generation`` in and end the rebuild, if it is still the rebuild and ``old`` current.
-
-        Returns ``False`` (changing nothing) when another process finished or replaced it first, or, if
-        ``check_live``, when ``old`` has not yet reached the checkpoint of ``generation``: events the replay
-        applied before the live generation did have had no side effects yet, and the live generation must still
-        deliver them. An upgrade passes ``check_live=False``: nobody feeds an outdated generation, and the
-        replay delivered the side effects of every event past its checkpoint itself.
-        """
 
     @abc.abstractmethod
     def all_dead_letters(self, name: str | None = None) -> list[DeadLetter]:

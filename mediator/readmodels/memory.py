@@ -16,13 +16,13 @@ from typing import Any
 
 import attrs
 
-from mediator.readmodels import (
+from ._errors import StorageError
+from ._ports import (
     DeadLetter,
+    Generations,
     NewEvent,
     ProjectionSession,
-    ReadModelUnavailableError,
     Storage,
-    StorageError,
     StoredEvent,
     WriteSession,
     table_name,
@@ -44,19 +44,6 @@ class _State:
         self.rebuilds: dict[str, int] = {}
         self.versions: dict[tuple[str, int], int] = {}
 
-    def _position(self, name: str, generation: int) -> int:
-        tracking = self.tracking.get((name, generation))
-        return 0 if tracking is None else tracking.position
-
-    def finish_rebuild(self, name: str, generation: int, old: int, *, live: bool) -> bool:
-        if self.rebuilds.get(name) != generation or self.generations.get(name, 1) != old:
-            return False
-        if live and self._position(name, old) < self._position(name, generation):  # see SqliteStorage.finish_rebuild
-            return False
-        self.generations[name] = generation
-        del self.rebuilds[name]
-        return True
-
     def working_copy(self) -> _State:
         """A copy to change and later swap in; the log is shared (it is only ever appended to, on commit)."""
         work = _State()
@@ -67,6 +54,44 @@ class _State:
         work.rebuilds = dict(self.rebuilds)
         work.versions = dict(self.versions)
         return work
+
+
+class MemoryGenerations(Generations):
+    """One projection's generation records in a state being changed (a working copy, or a write session's)."""
+
+    def __init__(self, state: _State, name: str) -> None:
+        self.name = name
+        self._state = state
+
+    def current(self) -> int:
+        return self._state.generations.get(self.name, 1)
+
+    def rebuilding(self) -> int | None:
+        return self._state.rebuilds.get(self.name)
+
+    def version(self, generation: int) -> int | None:
+        return self._state.versions.get((self.name, generation))
+
+    def known(self) -> Collection[int]:
+        state, name = self._state, self.name
+        found = {g for (n, g) in state.tracking if n == name} | {g for (n, g) in state.versions if n == name}
+        return found | ({state.generations[name]} if name in state.generations else set())
+
+    def checkpoint(self, generation: int) -> int:
+        tracking = self._state.tracking.get((self.name, generation))
+        return 0 if tracking is None else tracking.position
+
+    def set_current(self, generation: int) -> None:
+        self._state.generations[self.name] = generation
+
+    def set_rebuilding(self, generation: int | None) -> None:
+        if generation is None:
+            self._state.rebuilds.pop(self.name, None)
+        else:
+            self._state.rebuilds[self.name] = generation
+
+    def add_version(self, generation: int, version: int) -> None:
+        self._state.versions.setdefault((self.name, generation), version)
 
 
 class MemoryProjectionSession(ProjectionSession):
@@ -120,14 +145,8 @@ class MemoryWriteSession(WriteSession):
     def projection(self, name: str, generation: int) -> ProjectionSession:
         return MemoryProjectionSession(self._work, name, generation)
 
-    def swap(self, name: str, generation: int) -> None:
-        self._work.generations[name] = generation
-
-    def record_version(self, name: str, generation: int, version: int) -> int:
-        return self._work.versions.setdefault((name, generation), version)
-
-    def finish_rebuild(self, name: str, generation: int, old: int) -> bool:
-        return self._work.finish_rebuild(name, generation, old, live=False)
+    def generations(self, name: str) -> Generations:
+        return MemoryGenerations(self._work, name)
 
     def commit(self) -> None:
         if not self._done:
@@ -188,6 +207,13 @@ class MemoryStorage(Storage):
             yield MemoryProjectionSession(work, name, generation)
             self._state = work
 
+    @contextlib.contextmanager
+    def generations(self, name: str) -> Iterator[Generations]:
+        with self._writer:
+            work = self._state.working_copy()
+            yield MemoryGenerations(work, name)
+            self._state = work
+
     def checkpoint(self, name: str, generation: int) -> int:
         tracking = self._state.tracking.get((name, generation))
         return tracking.position if tracking else 0
@@ -200,37 +226,11 @@ class MemoryStorage(Storage):
         state = self._state
         return state.tables.get(table_name(projection, table, state.generations.get(projection, 1)))
 
-    def swap(self, name: str, generation: int) -> None:
-        with self._writer:
-            self._state.generations[name] = generation
-
     def rebuilding(self, name: str) -> int | None:
         return self._state.rebuilds.get(name)
 
-    def claim_rebuild(self, name: str, version: int = 1, *, replacing: int | None = None) -> int:
-        with self._writer:
-            state = self._state
-            under_way = state.rebuilds.get(name)
-            if under_way is None or under_way == replacing:
-                current = state.versions.get((name, state.generations.get(name, 1)))
-                if current is not None and current > version:
-                    raise ReadModelUnavailableError(name, current, version)
-                known = [g for (n, g) in state.tracking if n == name] + [state.generations.get(name, 1)]
-                known += [g for (n, g) in state.versions if n == name]
-                state.rebuilds[name] = max(known) + 1
-                state.versions[name, state.rebuilds[name]] = version
-            return state.rebuilds[name]
-
     def recorded_version(self, name: str, generation: int) -> int | None:
         return self._state.versions.get((name, generation))
-
-    def record_version(self, name: str, generation: int, version: int) -> int:
-        with self._writer:
-            return self._state.versions.setdefault((name, generation), version)
-
-    def finish_rebuild(self, name: str, generation: int, old: int, *, check_live: bool = True) -> bool:
-        with self._writer:
-            return self._state.finish_rebuild(name, generation, old, live=check_live)
 
     def all_dead_letters(self, name: str | None = None) -> list[DeadLetter]:
         found = []
@@ -238,3 +238,6 @@ class MemoryStorage(Storage):
             if (name is None or projection == name) and generation == self.current_generation(projection):
                 found += [tracking.letters[p] for p in sorted(tracking.letters)]
         return found
+
+
+__all__ = ["MemoryGenerations", "MemoryProjectionSession", "MemoryStorage", "MemoryWriteSession"]

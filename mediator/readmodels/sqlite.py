@@ -24,15 +24,18 @@ from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from mediator.readmodels import (
-    DeadLetter,
-    NewEvent,
-    ProjectionSession,
-    ReadModelUnavailableError,
-    Storage,
-    StorageError,
-    StoredEvent,
-    WriteSession,
+from ._errors import StorageError
+from ._ports import Generations, NewEvent, ProjectionSession, StoredEvent, WriteSession
+from ._sql import (
+    EVENT_COLUMNS,
+    READ_SCHEMA,
+    Dialect,
+    SqlGenerations,
+    SqlProjectionSession,
+    SqlStorage,
+    SqlWriteSession,
+    Statements,
+    translated,
 )
 
 _WRITE_SCHEMA = """
@@ -48,45 +51,12 @@ CREATE TABLE IF NOT EXISTS events (
 );
 """
 
-_READ_SCHEMA = """
-CREATE TABLE IF NOT EXISTS projection_tracking (
-    projection TEXT NOT NULL,
-    generation INTEGER NOT NULL,
-    position INTEGER NOT NULL,
-    PRIMARY KEY (projection, generation)
-);
-CREATE TABLE IF NOT EXISTS projection_generations (
-    projection TEXT PRIMARY KEY,
-    generation INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS projection_rebuilds (
-    projection TEXT PRIMARY KEY,
-    generation INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS projection_versions (
-    projection TEXT NOT NULL,
-    generation INTEGER NOT NULL,
-    version INTEGER NOT NULL,
-    PRIMARY KEY (projection, generation)
-);
-CREATE TABLE IF NOT EXISTS dead_letters (
-    projection TEXT NOT NULL,
-    generation INTEGER NOT NULL,
-    position INTEGER NOT NULL,
-    event_id TEXT NOT NULL,
-    type_name TEXT NOT NULL,
-    key TEXT,
-    reason TEXT NOT NULL,
-    attempts INTEGER NOT NULL,
-    status TEXT NOT NULL,
-    PRIMARY KEY (projection, generation, position)
-);
-"""
-
-_EVENT_COLUMNS = "position, event_id, type_name, version, data, key, recorded_at, meta"
 _INSERT_EVENT = (
     "INSERT INTO events (event_id, type_name, version, data, key, recorded_at, meta) VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
+
+SQLITE = Dialect("SQLite", "?", locks_rows=False, driver_error=sqlite3.Error)
+_SQL = Statements(SQLITE)
 
 
 def connect(path: str | Path, *, timeout: float = 30.0) -> sqlite3.Connection:
@@ -109,124 +79,31 @@ def _abandon(connection: sqlite3.Connection) -> None:
             raise StorageError(f"SQLite failed to roll back: {exc}") from exc
 
 
-def _finish_rebuild_on(connection: sqlite3.Connection, name: str, generation: int, old: int, *, live: bool) -> bool:
-    row = connection.execute(
-        "SELECT r.generation, COALESCE(g.generation, 1) FROM projection_rebuilds r "
-        "LEFT JOIN projection_generations g ON g.projection = r.projection WHERE r.projection = ?", (name,)
-    ).fetchone()
-    if row is None or tuple(row) != (generation, old):
-        return False
-    if not live:  # inline: the command's transaction holds the writer lock; the live generation is never behind
-        return _swap(connection, name, generation)
-    # The replay treats what it applies as replayed; an event it reached before the live generation did would
-    # never get its side effects. Swap only once the live generation has dealt with everything the new one has.
-    positions = dict(connection.execute(
-        "SELECT generation, position FROM projection_tracking WHERE projection = ? AND generation IN (?, ?)",
-        (name, generation, old),
-    ).fetchall())
-    if positions.get(old, 0) < positions.get(generation, 0):
-        return False
-    return _swap(connection, name, generation)
-
-
-def _record_version_on(connection: sqlite3.Connection, name: str, generation: int, version: int) -> int:
-    connection.execute("INSERT INTO projection_versions VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-                       (name, generation, version))
-    row = connection.execute("SELECT version FROM projection_versions WHERE projection = ? AND generation = ?",
-                             (name, generation)).fetchone()
-    return int(row[0])
-
-
-def _swap(connection: sqlite3.Connection, name: str, generation: int) -> bool:
-    connection.execute(
-        "INSERT INTO projection_generations (projection, generation) VALUES (?, ?) "
-        "ON CONFLICT (projection) DO UPDATE SET generation = excluded.generation", (name, generation),
-    )
-    connection.execute("DELETE FROM projection_rebuilds WHERE projection = ?", (name,))
-    return True
-
-
 @contextlib.contextmanager
-def _translated(action: str) -> Iterator[None]:
+def _transaction(connection: sqlite3.Connection, what: str) -> Iterator[sqlite3.Connection]:
+    """``BEGIN IMMEDIATE`` (the file's write lock) on ``connection``: committed if the block succeeds."""
+    with translated(SQLITE, f"begin {what}"):
+        connection.execute("BEGIN IMMEDIATE")
     try:
-        yield
-    except sqlite3.Error as exc:
-        raise StorageError(f"SQLite failed to {action}: {exc}") from exc
+        yield connection
+        connection.execute("COMMIT")
+    except BaseException as exc:
+        _abandon(connection)
+        if isinstance(exc, sqlite3.Error):
+            raise StorageError(f"SQLite failed in {what}: {exc}") from exc
+        raise
 
 
-class SqliteProjectionSession(ProjectionSession):
-    def __init__(self, connection: sqlite3.Connection, name: str, generation: int) -> None:
-        self.name = name
-        self.generation = generation
-        self.handle = connection
-        row = connection.execute(
-            "SELECT position FROM projection_tracking WHERE projection = ? AND generation = ?", (name, generation)
-        ).fetchone()
-        self._position = row[0] if row else 0
-        self._moved = False
-        self._savepoints = 0
-
-    @property
-    def position(self) -> int:
-        return self._position
-
-    def advance(self, position: int) -> None:
-        self._position = position
-        self._moved = True
-
-    def flush(self) -> None:
-        """Write the checkpoint (inside the session's transaction)."""
-        if self._moved:
-            self.handle.execute(
-                "INSERT INTO projection_tracking (projection, generation, position) VALUES (?, ?, ?) "
-                "ON CONFLICT (projection, generation) DO UPDATE SET position = excluded.position",
-                (self.name, self.generation, self._position),
-            )
-            self._moved = False
-
-    @contextlib.contextmanager
-    def savepoint(self) -> Iterator[None]:
-        self._savepoints += 1
-        name = f"sp{self._savepoints}"
-        self.handle.execute(f"SAVEPOINT {name}")
-        try:
-            yield
-        except BaseException:
-            self.handle.execute(f"ROLLBACK TO {name}")
-            self.handle.execute(f"RELEASE {name}")
-            raise
-        self.handle.execute(f"RELEASE {name}")
-
-    def park(self, letter: DeadLetter) -> None:
-        self.handle.execute(
-            "INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (letter.projection, letter.generation, letter.position, letter.event_id, letter.type_name, letter.key,
-             letter.reason, letter.attempts, letter.status),
-        )
-
-    def dead_letters(self) -> list[DeadLetter]:
-        rows = self.handle.execute(
-            "SELECT * FROM dead_letters WHERE projection = ? AND generation = ? ORDER BY position",
-            (self.name, self.generation),
-        ).fetchall()
-        return [DeadLetter(*row) for row in rows]
-
-    def release(self, position: int) -> None:
-        self.handle.execute(
-            "DELETE FROM dead_letters WHERE projection = ? AND generation = ? AND position = ?",
-            (self.name, self.generation, position),
-        )
-
-
-class SqliteWriteSession(WriteSession):
+class SqliteWriteSession(SqlWriteSession):
     def __init__(self, storage: SqliteStorage, connection: sqlite3.Connection) -> None:
-        self._storage = storage
-        self.handle = connection
-        self._projections: list[SqliteProjectionSession] = []
-        self._open = True
+        super().__init__(storage, connection, _SQL)
+        self._storage: SqliteStorage = storage
+
+    def _abandon(self) -> None:
+        _abandon(self.handle)
 
     def append(self, events: Sequence[NewEvent]) -> int:
-        # try/except rather than _translated(): this runs once per command.
+        # try/except rather than translated(): this runs once per command.
         try:
             if not events:
                 row = self.handle.execute("SELECT COALESCE(MAX(position), 0) FROM events").fetchone()
@@ -248,48 +125,17 @@ class SqliteWriteSession(WriteSession):
 
     def projection(self, name: str, generation: int) -> ProjectionSession:
         self._need_one_file(name)
-        session = SqliteProjectionSession(self.handle, name, generation)
+        with translated(SQLITE, "start an inline projection"):
+            session = SqlProjectionSession(self.handle, name, generation, _SQL)
         self._projections.append(session)
         return session
 
-    def swap(self, name: str, generation: int) -> None:
+    def generations(self, name: str) -> Generations:
         self._need_one_file(name)
-        self._storage._swap_on(self.handle, name, generation)
-
-    def record_version(self, name: str, generation: int, version: int) -> int:
-        self._need_one_file(name)
-        with _translated("record a projection version"):
-            return _record_version_on(self.handle, name, generation, version)
-
-    def finish_rebuild(self, name: str, generation: int, old: int) -> bool:
-        self._need_one_file(name)
-        return _finish_rebuild_on(self.handle, name, generation, old, live=False)
-
-    def commit(self) -> None:
-        if self._open:
-            self._open = False
-            try:
-                for session in self._projections:
-                    session.flush()
-                self.handle.execute("COMMIT")
-            except BaseException as exc:
-                _abandon(self.handle)
-                if isinstance(exc, sqlite3.Error):
-                    raise StorageError(f"SQLite failed to commit: {exc}") from exc
-                raise
-            finally:
-                self._storage._give_back(self.handle)
-
-    def rollback(self) -> None:
-        if self._open:
-            self._open = False
-            try:
-                _abandon(self.handle)
-            finally:
-                self._storage._give_back(self.handle)
+        return SqlGenerations(self.handle, name, _SQL)
 
 
-class SqliteStorage(Storage):
+class SqliteStorage(SqlStorage):
     """Event log and write model in ``write_path``; read models in ``read_path`` (the same file by default).
 
     Each write transaction takes a pooled connection of its own (so commands
@@ -297,6 +143,8 @@ class SqliteStorage(Storage):
     thread, closed when the thread ends. Driver errors surface as
     :class:`~mediator.readmodels.StorageError`.
     """
+
+    _sql = _SQL
 
     def __init__(self, write_path: str | os.PathLike[str], read_path: str | os.PathLike[str] | None = None,
                  *, timeout: float = 30.0) -> None:
@@ -310,9 +158,9 @@ class SqliteStorage(Storage):
         self._all_lock = threading.Lock()
         self._pool: list[sqlite3.Connection] = []
         self._closed = False
-        with _translated("create the schema"):
+        with translated(SQLITE, "create the schema"):
             self._write().executescript(_WRITE_SCHEMA)
-            self._read().executescript(_READ_SCHEMA)
+            self._read().executescript(READ_SCHEMA)
 
     def _connection(self, attribute: str, path: Path) -> sqlite3.Connection:
         connection: sqlite3.Connection | None = getattr(self._local, attribute, None)
@@ -370,141 +218,43 @@ class SqliteStorage(Storage):
             raise StorageError(f"SQLite failed to begin a write transaction: {exc}") from exc
         return SqliteWriteSession(self, connection)
 
+    def _rows(self, statement: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        return self._read().execute(statement, params).fetchall()
+
     def read(self, after: int, limit: int, type_names: Collection[str] | None = None) -> list[StoredEvent]:
-        with _translated("read the event log"):
+        with translated(SQLITE, "read the event log"):
             if type_names is None:
                 rows = self._write().execute(
-                    f"SELECT {_EVENT_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?",
+                    f"SELECT {EVENT_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?",
                     (after, limit),
                 ).fetchall()
             else:
                 names = sorted(type_names)
                 marks = ",".join("?" * len(names))
                 rows = self._write().execute(
-                    f"SELECT {_EVENT_COLUMNS} FROM events WHERE position > ? AND type_name IN ({marks}) "
+                    f"SELECT {EVENT_COLUMNS} FROM events WHERE position > ? AND type_name IN ({marks}) "
                     "ORDER BY position LIMIT ?",
                     (after, *names, limit),
                 ).fetchall()
         return list(map(StoredEvent._make, rows))
 
     def head(self) -> int:
-        with _translated("read the head of the log"):
+        with translated(SQLITE, "read the head of the log"):
             row = self._write().execute("SELECT COALESCE(MAX(position), 0) FROM events").fetchone()
         return int(row[0])
 
     @contextlib.contextmanager
     def session(self, name: str, generation: int) -> Iterator[ProjectionSession]:
-        connection = self._read()
-        with _translated("begin a projection transaction"):
-            connection.execute("BEGIN IMMEDIATE")
-        try:
-            session = SqliteProjectionSession(connection, name, generation)
+        with _transaction(self._read(), "a projection transaction") as connection:
+            session = SqlProjectionSession(connection, name, generation, _SQL)
             yield session
             session.flush()
-            connection.execute("COMMIT")
-        except BaseException as exc:
-            _abandon(connection)
-            if isinstance(exc, sqlite3.Error):
-                raise StorageError(f"SQLite failed in a projection transaction: {exc}") from exc
-            raise
 
-    def checkpoint(self, name: str, generation: int) -> int:
-        with _translated("read a checkpoint"):
-            row = self._read().execute(
-                "SELECT position FROM projection_tracking WHERE projection = ? AND generation = ?", (name, generation)
-            ).fetchone()
-        return int(row[0]) if row else 0
-
-    def current_generation(self, name: str) -> int:
-        with _translated("read a generation"):
-            row = self._read().execute(
-                "SELECT generation FROM projection_generations WHERE projection = ?", (name,)
-            ).fetchone()
-        return int(row[0]) if row else 1
-
-    def swap(self, name: str, generation: int) -> None:
-        self._swap_on(self._read(), name, generation)
-
-    def _swap_on(self, connection: sqlite3.Connection, name: str, generation: int) -> None:
-        with _translated("swap a generation"):
-            connection.execute(
-                "INSERT INTO projection_generations (projection, generation) VALUES (?, ?) "
-                "ON CONFLICT (projection) DO UPDATE SET generation = excluded.generation",
-                (name, generation),
-            )
-
-    def rebuilding(self, name: str) -> int | None:
-        with _translated("read a rebuild"):
-            row = self._read().execute(
-                "SELECT generation FROM projection_rebuilds WHERE projection = ?", (name,)
-            ).fetchone()
-        return int(row[0]) if row else None
-
-    def claim_rebuild(self, name: str, version: int = 1, *, replacing: int | None = None) -> int:
-        connection = self._read()
-        with _translated("claim a rebuild"):
-            connection.execute("BEGIN IMMEDIATE")
-            try:
-                row = connection.execute(
-                    "SELECT generation FROM projection_rebuilds WHERE projection = ?", (name,)).fetchone()
-                if row is None or row[0] == replacing:
-                    current = connection.execute(
-                        "SELECT version FROM projection_versions WHERE projection = ? AND generation = COALESCE("
-                        "(SELECT generation FROM projection_generations WHERE projection = ?), 1)", (name, name),
-                    ).fetchone()
-                    if current is not None and current[0] > version:
-                        raise ReadModelUnavailableError(name, int(current[0]), version)
-                    highest = connection.execute(
-                        "SELECT MAX(g) FROM (SELECT generation AS g FROM projection_tracking WHERE projection = ? "
-                        "UNION ALL SELECT generation FROM projection_generations WHERE projection = ? "
-                        "UNION ALL SELECT generation FROM projection_versions WHERE projection = ? "
-                        "UNION ALL SELECT 1)", (name, name, name)).fetchone()[0]
-                    row = (int(highest) + 1,)
-                    connection.execute(
-                        "INSERT INTO projection_rebuilds VALUES (?, ?) "
-                        "ON CONFLICT (projection) DO UPDATE SET generation = excluded.generation", (name, row[0]))
-                    connection.execute("INSERT INTO projection_versions VALUES (?, ?, ?)", (name, row[0], version))
-                connection.execute("COMMIT")
-            except BaseException:
-                _abandon(connection)
-                raise
-        return int(row[0])
-
-    def recorded_version(self, name: str, generation: int) -> int | None:
-        with _translated("read a projection version"):
-            row = self._read().execute(
-                "SELECT version FROM projection_versions WHERE projection = ? AND generation = ?", (name, generation)
-            ).fetchone()
-        return int(row[0]) if row else None
-
-    def record_version(self, name: str, generation: int, version: int) -> int:
-        with _translated("record a projection version"):
-            return _record_version_on(self._read(), name, generation, version)
-
-    def finish_rebuild(self, name: str, generation: int, old: int, *, check_live: bool = True) -> bool:
-        connection = self._read()
-        with _translated("finish a rebuild"):
-            connection.execute("BEGIN IMMEDIATE")
-            try:
-                done = _finish_rebuild_on(connection, name, generation, old, live=check_live)
-                connection.execute("COMMIT")
-            except BaseException:
-                _abandon(connection)
-                raise
-        return done
-
-    def all_dead_letters(self, name: str | None = None) -> list[DeadLetter]:
-        query = (
-            "SELECT d.* FROM dead_letters d LEFT JOIN projection_generations g ON g.projection = d.projection "
-            "WHERE d.generation = COALESCE(g.generation, 1)"
-        )
-        params: tuple[Any, ...] = ()
-        if name is not None:
-            query += " AND d.projection = ?"
-            params = (name,)
-        with _translated("read dead letters"):
-            rows = self._read().execute(query + " ORDER BY d.projection, d.position", params).fetchall()
-        return [DeadLetter(*row) for row in rows]
+    @contextlib.contextmanager
+    def generations(self, name: str) -> Iterator[Generations]:
+        # BEGIN IMMEDIATE takes the read database's one write lock: no two of these interleave, in any process.
+        with _transaction(self._read(), "a transaction on generation records") as connection:
+            yield SqlGenerations(connection, name, _SQL)
 
     def close(self) -> None:
         self._closed = True
@@ -514,3 +264,6 @@ class SqliteStorage(Storage):
             self._all.clear()
             self._pool.clear()
         self._local = threading.local()
+
+
+__all__ = ["SqliteStorage", "SqliteWriteSession", "connect"]

@@ -141,7 +141,7 @@ def test_a_broker_down_keeps_the_events_in_the_log_until_it_is_back(tmp_path: Pa
             storage.close()
     assert broker.published == selected_in(SqliteStorage(tmp_path / "app.db"))
     failed = [line for line in logs if line["event"] == "relay failed, will retry"]
-    assert failed[0]["error_type"] == "mediator.relay.PublishError"
+    assert failed[0]["error_type"] == "mediator.PublishError"
     assert max(line["retry_in"] for line in failed) == 0.02  # the backoff is capped
     assert any(line["event"] == "relay recovered" for line in logs)
 

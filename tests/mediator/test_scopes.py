@@ -449,9 +449,9 @@ def test_what_a_scoped_resource_dispatches_on_exit_joins_the_dispatch() -> None:
 def test_ids_are_random_version_4_uuids_in_hex() -> None:
     import uuid
 
-    from mediator._context import _new_id
+    from mediator._context import new_id
 
-    made = {_new_id() for _ in range(2000)}
+    made = {new_id() for _ in range(2000)}
     assert len(made) == 2000
     for value in made:
         parsed = uuid.UUID(hex=value)

@@ -17,6 +17,7 @@ from mediator.readmodels import (
     consistent,
     last_token,
 )
+from mediator.readmodels._versions import finish_rebuild
 
 from .bank import Deposit, Deposited, GetBalance, make_bank
 
@@ -253,10 +254,10 @@ def test_an_event_the_rebuild_replays_first_still_gets_its_side_effect_once(stor
     new = bank.engine.rebuild("balances")
     bank.mediator.send(Deposit(account="b", amount=4))  # the live generation has not seen this one yet
     track = bank.engine._tracks["balances"]
-    bank.engine.run_batch(track, new, replaying=True)
-    bank.engine._maybe_swap(track)
+    bank.engine.applier.run_batch(track, new, replaying=True)
+    bank.engine.rebuilds.maybe_swap(track)
     assert storage.current_generation("balances") == 1  # not swapped while the live generation lags behind
-    assert not storage.finish_rebuild("balances", new, old=1)  # and storage refuses it too
+    assert not finish_rebuild(storage, "balances", new, old=1)  # and the rule refuses it too
     bank.engine.catch_up()
     assert storage.current_generation("balances") == 2
     assert bank.projection.side_effects == [("b", False)]  # once, by the live generation

@@ -17,6 +17,7 @@ import pytest
 
 from mediator import Registry
 from mediator.readmodels import Delivery, NewEvent, ReadModels, StorageError, StoredEvent, consistent, last_token
+from mediator.readmodels._versions import swap
 from tests import postgres
 
 from .bank import Balances, Deposit, GetBalance, PostgresBalances, deposit, event_types, make_bank
@@ -468,7 +469,7 @@ def test_after_the_server_ended_every_connection_each_operation_works_at_the_fir
         ("a catch-up", bank.engine.catch_up, 1),
         ("a rebuild's claim", lambda: bank.engine.rebuild("balances"), 2),
         ("a rebuild's finish", bank.engine.finish_rebuilds, None),
-        ("a swap", lambda: pg.swap("balances", 2), None),
+        ("a swap", lambda: swap(pg, "balances", 2), None),
         ("a checkpoint", lambda: pg.checkpoint("balances", 2), 2),
     ]
     for label, operation, expected in operations:

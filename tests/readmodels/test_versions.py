@@ -4,6 +4,7 @@ never fed or read by code of another version, and swapped in once it has caught 
 import pytest
 
 from mediator.readmodels import Delivery, ReadModelUnavailableError, Storage, consistent
+from mediator.readmodels._versions import record_version
 
 from .bank import Balances, BalancesInCents, Deposit, GetBalance, make_bank
 
@@ -14,7 +15,7 @@ def test_a_new_read_model_is_recorded_as_built_by_its_projections_version(storag
     bank.engine.catch_up()
     assert bank.balances() == {"a": 500}
     assert (storage.current_generation("balances"), storage.rebuilding("balances")) == (1, None)  # no rebuild
-    assert storage.record_version("balances", 1, 99) == 2
+    assert record_version(storage, "balances", 1, 99) == 2
 
 
 def test_a_read_model_built_by_an_older_version_is_rebuilt_and_served_once_swapped_in(storage: Storage) -> None:
@@ -41,7 +42,7 @@ def test_a_read_model_built_by_an_older_version_is_rebuilt_and_served_once_swapp
     # The old generation had delivered a and b; the deposit it never saw gets its side effects from the replay.
     assert new.projection.side_effects == [("c", False)]
     assert storage.all_dead_letters() == []
-    assert storage.record_version("balances", 2, 1) == 2
+    assert record_version(storage, "balances", 2, 1) == 2
 
 
 def test_code_older_than_the_read_model_stands_down(storage: Storage) -> None:
@@ -135,7 +136,7 @@ def test_a_rebuild_asked_for_by_hand_is_built_by_this_codes_version(storage: Sto
     generation = bank.engine.rebuild("balances")
     bank.engine.finish_rebuilds()
     assert storage.current_generation("balances") == generation
-    assert storage.record_version("balances", generation, 1) == 2
+    assert record_version(storage, "balances", generation, 1) == 2
     assert bank.balances() == {"a": 500}
 
 
@@ -185,7 +186,7 @@ def test_newer_code_replaces_an_older_rebuild_claimed_while_it_looked(storage: S
     new.engine.catch_up()
     monkeypatch.undo()
     new.engine.finish_rebuilds()
-    assert storage.record_version("balances", storage.current_generation("balances"), 1) == 2
+    assert record_version(storage, "balances", storage.current_generation("balances"), 1) == 2
     assert new.balances() == {"a": 500}
     assert new.projection.applied == [500]  # into its own generation, never the old version's replay
 

@@ -16,6 +16,7 @@ from structlog.testing import capture_logs
 
 from adapters.shop_app import Shop, build_shop
 from adapters.shop_http import asgi
+from mediator.readmodels._versions import record_version
 from mediator.testing import settle
 
 ADMIN = {"X-Admin": "1"}
@@ -277,7 +278,7 @@ def test_an_order_keeps_its_shipping_address_for_shipping_only(server: tuple[htt
 def test_a_read_model_being_rebuilt_for_a_new_version_is_a_503_to_retry(tmp_path: Path) -> None:
     shop = build_shop(tmp_path / "shop.db", logging=False)
     # As a read database made by the previous release would be: its dashboard built by version 1.
-    shop.storage.record_version("dashboard", shop.storage.current_generation("dashboard"), 1)
+    record_version(shop.storage, "dashboard", shop.storage.current_generation("dashboard"), 1)
     try:
         with serving(asgi(shop)) as client:
             ids = setup_shop(client)

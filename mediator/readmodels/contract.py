@@ -1,0 +1,349 @@
+"""The storage contract: the cases every backend of the read-model engine passes, shipped for third parties.
+
+Subclass :class:`StorageContract` once per backend, name the subclass ``Test...`` so pytest collects it, and
+make a fresh, empty storage in :meth:`~StorageContract.create_storage`; the in-memory, SQLite and PostgreSQL
+backends run exactly these cases::
+
+    from mediator.readmodels.contract import StorageContract
+
+    class TestMyStorage(StorageContract):
+        def create_storage(self):
+            return MyStorage(...)
+
+        def dispose_storage(self, storage):  # optional: the default closes it
+            storage.close()
+
+Each case uses :attr:`~StorageContract.storage`, made on first use and disposed of after the case. Plain
+classes with ``assert``: pytest runs them as they are (so does ``unittest`` with a ``TestCase`` mixed in), and
+nothing here needs pytest installed.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import attrs
+
+from ._errors import ReadModelUnavailableError, StorageError
+from ._ports import BLOCKED, PARKED, DeadLetter, NewEvent, Storage
+from ._versions import claim, claim_rebuild, finish, finish_rebuild, record, record_version, swap
+
+
+def event(n: int, key: str | None = "k") -> NewEvent:
+    """A new event ``n`` of key ``key``, its data ``{"n": n}``."""
+    return NewEvent(f"id-{n}-{time.monotonic_ns()}", "t.happened", 1, f'{{"n": {n}}}', key, 1000.0 + n)
+
+
+class _raises:
+    """Expect the block to raise ``error`` saying ``match`` (``pytest.raises``, without needing pytest)."""
+
+    def __init__(self, error: type[BaseException], match: str = "") -> None:
+        self.error = error
+        self.match = match
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
+        if exc is None:
+            raise AssertionError(f"{self.error.__name__} was not raised")
+        if not isinstance(exc, self.error):
+            return False
+        assert self.match in str(exc), f"{exc!r} does not say {self.match!r}"
+        return True
+
+
+class StorageContract:
+    """The cases; a subclass per backend says how to make one (see the module's documentation)."""
+
+    _storage: Storage | None = None
+
+    def create_storage(self) -> Storage:
+        """A fresh, empty storage for one case."""
+        raise NotImplementedError("Subclass StorageContract and make your storage in create_storage().")
+
+    def dispose_storage(self, storage: Storage) -> None:
+        """Release what :meth:`create_storage` made (the default closes it)."""
+        storage.close()
+
+    @property
+    def storage(self) -> Storage:
+        """The case's storage, made on first use."""
+        if self._storage is None:
+            self._storage = self.create_storage()
+        return self._storage
+
+    def teardown_method(self, method: object = None) -> None:
+        """Dispose of the case's storage, if it made one."""
+        if self._storage is not None:
+            storage, self._storage = self._storage, None
+            self.dispose_storage(storage)
+
+    def _append(self, *batches: list[NewEvent]) -> None:
+        for batch in batches:
+            session = self.storage.begin()
+            session.append(batch)
+            session.commit()
+
+    # -- the log ---------------------------------------------------------------------------------------
+
+    def test_an_empty_log_has_head_zero(self) -> None:
+        assert self.storage.head() == 0
+        assert self.storage.read(0, 10) == []
+
+    def test_appended_events_get_consecutive_positions_in_commit_order(self) -> None:
+        storage = self.storage
+        self._append([event(1), event(2)], [event(3)])
+        stored = storage.read(0, 10)
+        assert [e.position for e in stored] == [1, 2, 3]
+        assert [e.data for e in stored] == ['{"n": 1}', '{"n": 2}', '{"n": 3}']
+        assert storage.head() == 3
+        assert [e.position for e in storage.read(1, 1)] == [2]
+        assert [e.position for e in storage.events(after=1, batch=1)] == [2, 3]
+
+    def test_append_returns_the_last_position(self) -> None:
+        session = self.storage.begin()
+        assert session.append([event(1), event(2)]) == 2
+        session.commit()
+
+    def test_rolled_back_events_are_never_seen(self) -> None:
+        storage = self.storage
+        session = storage.begin()
+        session.append([event(1)])
+        session.rollback()
+        assert storage.head() == 0
+        self._append([event(2)])
+        assert [e.position for e in storage.read(0, 10)] == [1]
+
+    def test_uncommitted_events_are_invisible_to_readers(self) -> None:
+        storage = self.storage
+        session = storage.begin()
+        session.append([event(1)])
+        seen: list[int] = []
+        reader = threading.Thread(target=lambda: seen.append(storage.head()))
+        reader.start()
+        reader.join()
+        session.commit()
+        assert seen == [0]
+        assert storage.head() == 1
+
+    def test_read_can_filter_by_type(self) -> None:
+        self._append([event(1), NewEvent("other", "t.other", 1, "{}", None, 1.0), event(2)])
+        assert [e.position for e in self.storage.read(0, 10, {"t.other"})] == [2]
+
+    def test_event_metadata_is_stored_with_the_event(self) -> None:
+        self._append([event(1)._replace(meta='{"traceparent": "00-abc-def-01"}')])
+        (stored,) = self.storage.read(0, 1)
+        assert stored.meta == '{"traceparent": "00-abc-def-01"}'
+
+    def test_a_second_writer_waits_for_the_first(self) -> None:
+        # SQLite makes the second writer wait in begin(), PostgreSQL in append(): either way its events cannot
+        # take positions until the first writer's are committed, so commit order is log order.
+        storage = self.storage
+        first = storage.begin()
+        first.append([event(1)])
+        order: list[str] = []
+
+        def second_writer() -> None:
+            session = storage.begin()
+            session.append([event(2)])
+            order.append("second appended")
+            session.commit()
+
+        thread = threading.Thread(target=second_writer)
+        thread.start()
+        time.sleep(0.1)
+        order.append("first commits")
+        first.commit()
+        thread.join()
+        assert order == ["first commits", "second appended"]
+        assert [e.data for e in storage.read(0, 10)] == ['{"n": 1}', '{"n": 2}']
+
+    # -- projection sessions: checkpoints and dead letters ----------------------------------------------
+
+    def test_checkpoint_commits_with_the_session_and_rolls_back_with_it(self) -> None:
+        storage = self.storage
+        with storage.session("p", 1) as s:
+            s.advance(5)
+        assert storage.checkpoint("p", 1) == 5
+        with _raises(RuntimeError), storage.session("p", 1) as s:
+            s.advance(9)
+            raise RuntimeError("projection failed")
+        assert storage.checkpoint("p", 1) == 5
+        assert storage.checkpoint("p", 2) == 0
+
+    def test_dead_letters_are_kept_listed_and_released(self) -> None:
+        storage = self.storage
+        parked = DeadLetter("p", 1, 3, "e3", "t", "k", "boom", 5, PARKED)
+        blocked = DeadLetter("p", 1, 4, "e4", "t", "k", "waits", 0, BLOCKED)
+        with storage.session("p", 1) as s:
+            s.park(blocked)
+            s.park(parked)
+        assert storage.all_dead_letters("p") == [parked, blocked]
+        with storage.session("p", 1) as s:
+            assert s.dead_letters() == [parked, blocked]
+            s.park(attrs.evolve(parked, attempts=6))  # parking a position again replaces its letter
+        assert storage.all_dead_letters("p")[0].attempts == 6
+        with storage.session("p", 1) as s:
+            s.release(3)
+        assert storage.all_dead_letters() == [blocked]
+
+    # -- generation records: the primitives ---------------------------------------------------------------
+
+    def test_generation_records_start_empty(self) -> None:
+        storage = self.storage
+        assert (storage.current_generation("p"), storage.rebuilding("p"), storage.recorded_version("p", 1)) == (
+            1, None, None)
+        with storage.generations("p") as records:
+            assert (records.current(), records.rebuilding(), records.version(1), records.checkpoint(1)) == (
+                1, None, None, 0)
+            assert set(records.known()) <= {1}
+
+    def test_generation_records_change_together_and_roll_back_together(self) -> None:
+        storage = self.storage
+        with storage.generations("p") as records:
+            records.set_rebuilding(3)
+            records.add_version(3, 2)
+        assert (storage.rebuilding("p"), storage.recorded_version("p", 3)) == (3, 2)
+        with _raises(RuntimeError), storage.generations("p") as records:
+            records.set_current(3)
+            records.set_rebuilding(None)
+            raise RuntimeError("changed my mind")
+        assert (storage.current_generation("p"), storage.rebuilding("p")) == (1, 3)
+        with storage.generations("p") as records:
+            records.set_current(3)
+            records.set_rebuilding(None)
+        assert (storage.current_generation("p"), storage.rebuilding("p")) == (3, None)
+        assert storage.current_generation("q") == 1  # per projection
+
+    def test_the_first_version_recorded_for_a_generation_stays(self) -> None:
+        storage = self.storage
+        with storage.generations("p") as records:
+            records.add_version(1, 3)
+            records.add_version(1, 4)
+            assert records.version(1) == 3
+        assert storage.recorded_version("p", 1) == 3
+
+    def test_every_generation_anything_is_recorded_for_is_known(self) -> None:
+        storage = self.storage
+        with storage.session("p", 4) as s:  # left behind by an interrupted rebuild: a checkpoint only
+            s.advance(1)
+        with storage.generations("p") as records:
+            records.add_version(6, 1)
+            records.set_current(2)
+        with storage.generations("p") as records:
+            assert {2, 4, 6} <= set(records.known()) <= {1, 2, 4, 6}
+            assert records.checkpoint(4) == 1
+        with storage.generations("q") as records:
+            assert set(records.known()) <= {1}
+
+    def test_transactions_on_one_projections_records_take_turns(self) -> None:
+        storage = self.storage
+        order: list[str] = []
+        inside = threading.Event()
+
+        def second() -> None:
+            inside.wait()
+            with storage.generations("p") as records:
+                order.append(f"second sees {records.rebuilding()}")
+
+        thread = threading.Thread(target=second)
+        thread.start()
+        with storage.generations("p") as records:
+            records.set_rebuilding(2)
+            inside.set()
+            time.sleep(0.1)
+            order.append("first commits")
+        thread.join()
+        assert order == ["first commits", "second sees 2"]
+
+    def test_the_write_session_changes_generation_records_in_its_own_transaction(self) -> None:
+        storage = self.storage
+        session = storage.begin()
+        try:
+            if not storage.supports_inline:
+                with _raises(StorageError, "separate file"):
+                    session.generations("p")
+                with _raises(StorageError, "separate file"):
+                    session.projection("p", 1)
+                return
+            session.generations("p").set_current(3)
+            session.projection("p", 3).advance(7)
+        finally:
+            session.rollback()
+        assert storage.current_generation("p") == 1
+        assert storage.checkpoint("p", 3) == 0
+        session = storage.begin()
+        session.generations("p").add_version(3, 5)
+        session.commit()
+        assert storage.recorded_version("p", 3) == 5
+
+    # -- the engine's rules, on these primitives -------------------------------------------------------------
+
+    def test_a_rebuild_is_claimed_once_and_finished_only_if_nothing_moved(self) -> None:
+        storage = self.storage
+        with storage.session("p", 4) as s:  # a generation left behind by an interrupted rebuild
+            s.advance(1)
+        assert claim_rebuild(storage, "p") == 5
+        assert claim_rebuild(storage, "p") == 5  # a second claim joins the first
+        assert storage.rebuilding("p") == 5
+        assert not finish_rebuild(storage, "p", 5, old=2)  # the current generation is 1, not 2
+        assert not finish_rebuild(storage, "p", 6, old=1)  # not the rebuild under way
+        assert finish_rebuild(storage, "p", 5, old=1)
+        assert (storage.current_generation("p"), storage.rebuilding("p")) == (5, None)
+        assert not finish_rebuild(storage, "p", 5, old=1)  # already finished, by someone
+
+    def test_a_rebuild_is_claimed_for_a_version_and_can_replace_one_for_another(self) -> None:
+        storage = self.storage
+        first = claim_rebuild(storage, "p", 2)
+        assert record_version(storage, "p", first, 9) == 2  # recorded with the claim
+        assert claim_rebuild(storage, "p", 3) == first  # without replacing, a claim joins whatever is under way
+        assert claim_rebuild(storage, "p", 3, replacing=first + 5) == first  # replacing another: joins this one
+        second = claim_rebuild(storage, "p", 3, replacing=first)
+        assert second > first
+        assert (storage.rebuilding("p"), record_version(storage, "p", second, 9)) == (second, 3)
+        assert not finish_rebuild(storage, "p", first, old=1)  # the abandoned one can no longer be swapped in
+
+    def test_no_rebuild_is_claimed_for_a_version_older_than_the_current_generations(self) -> None:
+        storage = self.storage
+        assert record_version(storage, "p", 1, 3) == 3
+        with _raises(ReadModelUnavailableError, "built by version 3"):
+            claim_rebuild(storage, "p", 2)
+        assert storage.rebuilding("p") is None
+        assert claim_rebuild(storage, "p", 3) == 2  # the same version may rebuild
+
+    def test_an_upgrade_is_swapped_in_without_waiting_for_the_generation_it_replaces(self) -> None:
+        storage = self.storage
+        with storage.session("p", 1) as live:
+            live.advance(2)
+        generation = claim_rebuild(storage, "p", 2)
+        with storage.session("p", generation) as replay:
+            replay.advance(5)
+        assert not finish_rebuild(storage, "p", generation, old=1)  # the live generation is behind the replay
+        assert finish_rebuild(storage, "p", generation, old=1, live=False)
+        assert (storage.current_generation("p"), storage.rebuilding("p")) == (generation, None)
+
+    def test_a_swap_makes_a_generation_current(self) -> None:
+        storage = self.storage
+        with storage.session("p", 2) as s:
+            s.park(DeadLetter("p", 2, 1, "e", "t", None, "x", 1, PARKED))
+        assert storage.all_dead_letters("p") == []  # generation 2 is not current yet
+        swap(storage, "p", 2)
+        assert storage.current_generation("p") == 2
+        assert len(storage.all_dead_letters("p")) == 1
+
+    def test_the_rules_run_inside_a_write_session_for_inline_projections(self) -> None:
+        storage = self.storage
+        if not storage.supports_inline:
+            return
+        session = storage.begin()
+        assert record(session.generations("p"), 3, 5) == 5
+        session.rollback()
+        session = storage.begin()
+        records = session.generations("p")
+        assert record(records, 3, 6) == 6  # the rolled-back one was never recorded
+        generation = claim(records, 6)
+        assert finish(records, generation, 1, live=False)
+        session.commit()
+        assert (record_version(storage, "p", 3, 7), storage.current_generation("p")) == (6, generation)
