@@ -20,7 +20,7 @@ from ._behaviours import ExceptionHooks, Validation
 from ._compile import Build, compile_call, type_name
 from ._di import Compiler, Lifetime
 from ._errors import HandlerNotFoundError, WiringError
-from ._messages import Command, Event, Kind, Query, StreamQuery, declared_result, kind_of, qualname
+from ._messages import BASES, Kind, declared_result, kind_of, qualname
 from ._notify import ASYNC_RUNNERS, SYNC_RUNNERS, PublishStrategy
 from ._records import AppliesTo, BehaviourRegistration, HandlerRegistration, Registrations, applies
 
@@ -103,7 +103,6 @@ def compile_steps(registrations: list[BehaviourRegistration], message_type: type
     return steps
 
 
-_KIND_BASES: dict[Kind, type] = {Kind.COMMAND: Command, Kind.QUERY: Query, Kind.STREAM: StreamQuery, Kind.EVENT: Event}
 
 
 def _reach(applies_to: AppliesTo) -> list[tuple[Kind, type]]:
@@ -113,9 +112,9 @@ def _reach(applies_to: AppliesTo) -> list[tuple[Kind, type]]:
     for target in targets:
         kind = target if isinstance(target, Kind) else kind_of(target)
         if kind is None:  # everything, Message itself, or a mixin that messages of any kind may share
-            reach += _KIND_BASES.items()
+            reach += BASES.items()
         else:
-            reach.append((kind, target if isinstance(target, type) else _KIND_BASES[kind]))
+            reach.append((kind, target if isinstance(target, type) else BASES[kind]))
     return list(dict.fromkeys(reach))
 
 

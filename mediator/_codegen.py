@@ -9,7 +9,7 @@ code shows its lines, and the names inside it are derived from what they stand f
 >>> say = function("say", ["name"], [f"return greeting + ' ' + {who}(name)"], namespace, about="a doctest")
 >>> say("ada")
 'hello ADA'
->>> print(source_of(say), end="")
+>>> print("".join(linecache.getlines(say.__code__.co_filename)), end="")
 def say(name):
     return greeting + ' ' + name_of(name)
 """
@@ -64,8 +64,3 @@ def function(name: str, params: Iterable[str], lines: Iterable[str], namespace: 
     linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
     generated: Callable[..., Any] = namespace[name]
     return generated
-
-
-def source_of(generated: Callable[..., Any]) -> str:
-    """The source of a function made by :func:`function` (for ``explain`` and for tests)."""
-    return "".join(linecache.getlines(generated.__code__.co_filename))

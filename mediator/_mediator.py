@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._context import DispatchContext, Scope, _current
 from ._errors import HandlerNotFoundError, NotAMessageError
-from ._messages import Command, Event, Kind, Query, StreamQuery, kind_of, qualname
+from ._messages import BASES, Command, Event, Kind, Query, StreamQuery, kind_of, qualname
 from ._notify import PublishStrategy
 
 if TYPE_CHECKING:
@@ -23,26 +23,20 @@ if TYPE_CHECKING:
 R = TypeVar("R")
 T = TypeVar("T")
 
-_EXPECTED = {
-    Kind.COMMAND: "Command",
-    Kind.QUERY: "Query",
-    Kind.STREAM: "StreamQuery",
-    Kind.EVENT: "Event",
-}
 _VERB = {Kind.COMMAND: "send", Kind.QUERY: "ask", Kind.STREAM: "stream", Kind.EVENT: "publish"}
 
 
 def _miss(message: object, expected: Kind) -> Exception:
     if isinstance(message, type) and kind_of(message) is not None:
-        error = NotAMessageError(message, _EXPECTED[expected])
+        error = NotAMessageError(message, BASES[expected].__name__)
         error.args = (f"{qualname(message)} was passed as a class; pass an instance: {message.__name__}(...).",)
         return error
     kind = kind_of(type(message))
     if kind is None:
-        return NotAMessageError(message, _EXPECTED[expected])
+        return NotAMessageError(message, BASES[expected].__name__)
     if kind is not expected:
-        error = NotAMessageError(message, _EXPECTED[expected])
-        error.args = (f"{error.args[0][:-1]} (it is a {_EXPECTED[kind]}: use {_VERB[kind]}() for it).",)
+        error = NotAMessageError(message, BASES[expected].__name__)
+        error.args = (f"{error.args[0][:-1]} (it is a {BASES[kind].__name__}: use {_VERB[kind]}() for it).",)
         return error
     return HandlerNotFoundError(type(message))
 

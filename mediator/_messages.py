@@ -63,19 +63,20 @@ class Kind(enum.Enum):
         return f"Kind.{self.name}"
 
 
-_KIND_BASES: tuple[tuple[type[Message], Kind], ...] = (
-    (Command, Kind.COMMAND),
-    (Query, Kind.QUERY),
-    (StreamQuery, Kind.STREAM),
-    (Event, Kind.EVENT),
-)
+BASES: dict[Kind, type[Message]] = {
+    Kind.COMMAND: Command,
+    Kind.QUERY: Query,
+    Kind.STREAM: StreamQuery,
+    Kind.EVENT: Event,
+}
+"""The base class of each kind of message."""
 
 
 def kind_of(message_type: object) -> Kind | None:
     """Return the kind of a message class, or ``None`` if it is not a message."""
     if not isinstance(message_type, type):
         return None
-    for base, kind in _KIND_BASES:
+    for kind, base in BASES.items():
         if issubclass(message_type, base):
             return kind
     return None

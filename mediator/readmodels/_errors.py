@@ -81,7 +81,12 @@ class UnknownProjectionError(MediatorError, LookupError):
 
 
 class ProjectionConfigError(MediatorError, ValueError):
-    """A projection cannot be added to the engine as asked (a name taken twice, inline on a split storage)."""
+    """A projection is defined or added wrongly (no name, an event applied twice, a name taken twice, inline on
+    a storage that keeps read models apart)."""
+
+
+class EventRegistrationError(MediatorError, ValueError):
+    """An event class cannot be registered as asked (not an attrs ``Event``, an upcaster missing, a name taken)."""
 
 
 class DeadLetterNotFoundError(MediatorError, LookupError):

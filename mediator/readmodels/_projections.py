@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
 from .._messages import Event, qualname
+from ._errors import ProjectionConfigError
 from ._ports import ProjectionSession
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -72,17 +73,17 @@ class Projection:
     """Raise it when the projection's tables or what it writes change: a read model built by an older version
     is then rebuilt, by the first engine of the new version that runs, and served again once swapped in."""
     handlers: dict[type, Callable[[Any, ProjectionSession], None]]
-    key_of: Callable[[Any], str | None] | None = None
 
     def __init__(self) -> None:
         if not getattr(type(self), "name", None):
-            raise TypeError(f"{qualname(type(self))} needs a class attribute `name` (its stable storage name).")
+            raise ProjectionConfigError(
+                f"{qualname(type(self))} needs a class attribute `name` (its stable storage name).")
         self.handlers = {}
         for attribute in dir(type(self)):
             method = getattr(self, attribute, None)
             for event_type in getattr(method, _APPLIES, ()):
                 if event_type in self.handlers:
-                    raise TypeError(f"{qualname(type(self))} applies {qualname(event_type)} twice.")
+                    raise ProjectionConfigError(f"{qualname(type(self))} applies {qualname(event_type)} twice.")
                 self.handlers[event_type] = method  # type: ignore[assignment]
 
     def setup(self, session: ProjectionSession) -> None:

@@ -24,7 +24,7 @@ import attrs
 
 from .. import _codegen
 from .._messages import Event, qualname
-from ._errors import UndecodableEventError, UnregisteredEventError
+from ._errors import EventRegistrationError, UndecodableEventError, UnregisteredEventError
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -66,17 +66,17 @@ class EventTypes:
     ) -> None:
         """Register ``cls`` (an attrs ``Event``) under ``name`` (its qualified name by default)."""
         if not (isinstance(cls, type) and issubclass(cls, Event) and attrs.has(cls)):
-            raise TypeError(f"{qualname(cls)} is not an attrs Event class; only those can be stored.")
+            raise EventRegistrationError(f"{qualname(cls)} is not an attrs Event class; only those can be stored.")
         entry = EventType(cls, name or qualname(cls), version, dict(upcasters or {}))
         missing = [v for v in range(1, version) if v not in entry.upcasters]
         if missing:
-            raise ValueError(
+            raise EventRegistrationError(
                 f"{qualname(cls)} is at version {version} but has no upcaster from version(s) {missing}; "
                 "register one per older version (each returns the next version's data)."
             )
         known = self._by_name.get(entry.name)
         if known is not None and known.cls is not cls:
-            raise ValueError(f"The event name {entry.name!r} is already used by {qualname(known.cls)}.")
+            raise EventRegistrationError(f"The event name {entry.name!r} is already used by {qualname(known.cls)}.")
         self._by_class[cls] = entry
         self._by_name[entry.name] = entry
 

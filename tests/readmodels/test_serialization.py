@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mediator import Event
-from mediator.readmodels import EventTypes, UndecodableEventError
+from mediator.readmodels import EventRegistrationError, EventTypes, UndecodableEventError
 
 Sku = NewType("Sku", str)
 
@@ -97,7 +97,7 @@ def test_undecodable_data_is_refused_with_its_reason(name: str, version: int, da
 
 def test_registration_mistakes_are_refused_at_once() -> None:
     types = EventTypes()
-    with pytest.raises(TypeError, match="not an attrs Event class"):
+    with pytest.raises(EventRegistrationError, match="not an attrs Event class"):
         types.register(Line)
     with pytest.raises(ValueError, match=r"no upcaster from version\(s\) \[1\]"):
         types.register(Renamed, version=2)
