@@ -25,8 +25,6 @@ if TYPE_CHECKING:
     from ._records import HookRegistration
 
 
-
-
 def _collect(errors: dict[str, list[str]], found: Iterable[tuple[str, str]]) -> None:
     for field, problem in found:
         errors.setdefault(field, []).append(problem)
@@ -301,8 +299,6 @@ class Handled:
     """
 
     value: Any = None
-
-
 
 
 class ExceptionHooks:

@@ -103,8 +103,6 @@ def compile_steps(registrations: list[BehaviourRegistration], message_type: type
     return steps
 
 
-
-
 def _reach(applies_to: AppliesTo) -> list[tuple[Kind, type]]:
     """Each kind a behaviour registered with ``applies_to`` can run for, with a message class to specialise it to."""
     targets = applies_to if isinstance(applies_to, tuple) else (applies_to,)
@@ -138,8 +136,7 @@ def _compile_step(reg: BehaviourRegistration, message_type: type, kind: Kind, bu
     if isinstance(behaviour, type) and reg.lifetime is not Lifetime.SINGLETON:
         return _per_dispatch_step(reg, name, kind, build, strict)
     if isinstance(behaviour, type):
-        if not build.compiler.register_concrete(behaviour, Lifetime.SINGLETON):
-            return None
+        build.compiler.register_concrete(behaviour, Lifetime.SINGLETON)
         behaviour = build.resolve(behaviour, behaviour)
         if behaviour is None:
             return None
@@ -172,8 +169,7 @@ def _per_dispatch_step(reg: BehaviourRegistration, name: str, kind: Kind, build:
     if not _takes_message_and_next(func, extra=1):
         build.problem(f"Behaviour {name}.{method} must accept (message, next); fix its signature.")
         return None
-    if not build.compiler.register_concrete(behaviour, reg.lifetime):
-        return None
+    build.compiler.register_concrete(behaviour, reg.lifetime)
     provider = build.compiler.provider(behaviour, behaviour)
     if provider is None or provider.make is None:
         return None

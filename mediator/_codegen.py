@@ -16,6 +16,7 @@ def say(name):
 
 from __future__ import annotations
 
+import builtins
 import itertools
 import keyword
 import linecache
@@ -25,8 +26,15 @@ from typing import Any
 
 _counter = itertools.count(1)
 _NOT_NAME = re.compile(r"\W+")
-_LOCALS = frozenset({"message", "event", "scope", "instance", "data", "extra", "v"})
-"""Parameter and local names generated functions use, which a global of the same name would be hidden by."""
+_TAKEN = frozenset({
+    # parameters and locals of generated functions, which would hide a global of the same name
+    "message", "event", "scope", "instance", "data", "extra", "v",
+    # the generated functions themselves, defined in the same globals
+    "call", "make", "get", "publish", "convert", "encode", "read_fields",
+    # builtins the generated code calls
+    *dir(builtins),
+})
+"""Names :meth:`Namespace.add` never hands out."""
 
 
 class Namespace(dict[str, Any]):
@@ -44,7 +52,7 @@ class Namespace(dict[str, Any]):
         if base[0].isdigit() or keyword.iskeyword(base):
             base = f"_{base}"
         name, suffix = base, 2
-        while name in self or name in _LOCALS:
+        while name in self or name in _TAKEN:
             name, suffix = f"{base}_{suffix}", suffix + 1
         self[name] = value
         return name
@@ -57,10 +65,15 @@ def function(name: str, params: Iterable[str], lines: Iterable[str], namespace: 
     ``about`` names what it was generated for, in the file name tracebacks show
     (``<mediator say for a doctest #3>``).
     """
+    if name in namespace:
+        raise ValueError(f"The generated function {name!r} would replace a global of the same name.")
     body = "".join(f"    {line}\n" for line in lines) or "    pass\n"
     source = f"{'async ' if is_async else ''}def {name}({', '.join(params)}):\n{body}"
     filename = f"<mediator {name} for {about} #{next(_counter)}>"
-    exec(compile(source, filename, "exec"), namespace)  # build-time code generation, never per call
+    # A plain dict as the globals, never the Namespace itself: CPython caches global lookups only in exact dicts,
+    # and a generated function runs on every dispatch.
+    globals_ = dict(namespace)
+    exec(compile(source, filename, "exec"), globals_)  # build-time code generation, never per call
     linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
-    generated: Callable[..., Any] = namespace[name]
+    generated: Callable[..., Any] = globals_[name]
     return generated

@@ -141,8 +141,7 @@ def compile_call(
             return None
         if kind is not None:
             _check_signature(func, 1, message_type, kind, build, label)
-        if not compiler.register_concrete(target, lifetime):
-            return None
+        compiler.register_concrete(target, lifetime)
         provider = compiler.provider(target, target)
         if provider is None:
             return None
@@ -177,10 +176,11 @@ def _instance_call(func: Callable[[Any, Any], Any], provider: Provider) -> Calla
     if provider.make is None:
         return typing.cast(Callable[[Any], Any], func.__get__(provider.value))
     namespace = _codegen.Namespace(handle=func, current=_context._current)
-    if provider.lifetime is Lifetime.TRANSIENT and provider.builder is not None and not provider.origin:
+    if provider.lifetime is Lifetime.TRANSIENT and provider.builder is not None:
         # Build the handler inline: one generated frame instead of a factory call per dispatch.
         build = namespace.add(getattr(provider.builder, "__name__", "builder"), provider.builder)
-        args, needs_scope = arguments(provider.dep_names, namespace, positional_names(provider.builder, 0))
+        args, needs_scope = arguments(provider.dep_names, namespace, positional_names(provider.builder, 0),
+                                      provider.given)
         lines = [SCOPE_LINE] if needs_scope else []
         lines.append(f"return handle({build}({args}), message)")
     else:

@@ -13,7 +13,6 @@ on each use, with punq's own lifetimes.
 from __future__ import annotations
 
 import enum
-import functools
 import inspect
 import sys
 import types
@@ -53,6 +52,8 @@ class Service:
     builder: Callable[..., Any] | None = None
     instance: Any = None
     """The instance itself, for a service registered with one (``builder`` is then ``None``)."""
+    given: dict[str, Any] = attrs.field(factory=dict)
+    """Arguments fixed at registration (punq's ``**kwargs``, for services registered on punq directly)."""
 
 
 @attrs.frozen
@@ -74,8 +75,7 @@ class Provider:
     """Whether the service is, or depends on, the mediator: whoever uses it may dispatch nested
     messages, which must join the caller's scope, so the caller's chain opens one."""
     builder: Callable[..., Any] | None = None
-    origin: str = ""
-    """Where the provider comes from, when not the registry: ``" from the punq container"``."""
+    given: dict[str, Any] = attrs.field(factory=dict)
 
     @property
     def deps(self) -> tuple[Provider, ...]:
@@ -89,7 +89,7 @@ class Provider:
 
     def describe(self) -> str:
         """Name the service with its lifetime, e.g. ``app.OrderRepo (scoped)``."""
-        return f"{qualname(self.service)} ({self.lifetime.value}{self.origin})"
+        return f"{qualname(self.service)} ({self.lifetime.value})"
 
 
 def _context_from_scope(scope: Scope) -> DispatchContext:
@@ -122,6 +122,18 @@ def _stub() -> None:
     pass
 
 
+def _globals_of(func: Any) -> dict[str, Any]:
+    """The namespace ``func``'s annotations are written in: its module's, for a class its constructor's module
+    (a public class may name its package as ``__module__``, not the private module that defines it)."""
+    target = getattr(func, "__func__", func)
+    if isinstance(target, type):
+        init = getattr(target, "__init__", None)
+        defined_in = getattr(init, "__globals__", {}).get("__name__") if isinstance(init, types.FunctionType) else None
+        module = sys.modules.get(defined_in or target.__module__)
+        return dict(vars(module)) if module is not None else {}
+    return dict(getattr(target, "__globals__", {}))
+
+
 def parameters_needed(func: Callable[..., Any], skip: int) -> list[tuple[str, Any, bool]]:
     """List ``(name, annotation, has_default)`` of ``func``'s parameters after the first ``skip``.
 
@@ -139,11 +151,8 @@ def parameters_needed(func: Callable[..., Any], skip: int) -> list[tuple[str, An
     wanted = {p.name: p.annotation for p in params if p.annotation is not p.empty}
     hints: dict[str, Any] = {}
     if wanted:
-        if isinstance(func, type):
-            namespace = vars(sys.modules[func.__module__]) if func.__module__ in sys.modules else {}
-        else:
-            namespace = getattr(getattr(func, "__func__", func), "__globals__", {})
-        view = types.FunctionType(_stub.__code__, dict(namespace))
+        namespace = _globals_of(func)
+        view = types.FunctionType(_stub.__code__, namespace)
         view.__annotations__ = wanted
         try:
             hints = typing.get_type_hints(view)
@@ -160,7 +169,7 @@ class Compiler:
         self.container = container
         self.problems: list[str] = []
         self._providers: dict[Any, Provider] = {DispatchContext: _CONTEXT_PROVIDER, Scope: _SCOPE_PROVIDER}
-        self._foreign: dict[Any, Provider | None] = {}
+        self._foreign: dict[Any, Service | None] = {}
         self._building: list[Any] = []
 
     def check_annotations(self) -> None:
@@ -177,27 +186,24 @@ class Compiler:
         self._providers[service] = Provider(service, Lifetime.SINGLETON, None, value, dispatches=True)
 
     def is_registered(self, service: Any) -> bool:
-        return service in self._providers or service in self.services or self._from_container(service) is not None
+        return service in self._providers or self._record(service) is not None
 
-    def register_concrete(self, cls: type, lifetime: Lifetime) -> bool:
+    def register_concrete(self, cls: type, lifetime: Lifetime) -> None:
         """Record ``cls`` as built by itself with ``lifetime``, unless something provides it already."""
         if not self.is_registered(cls):
             self.services[cls] = Service(cls, lifetime, cls)
-        return True
 
     def provider(self, service: Any, needed_by: Any) -> Provider | None:
         """Compile the provider of a registered service, or record a problem and return ``None``."""
         if service in self._providers:
             return self._providers[service]
-        record = self.services.get(service)
+        record = self._record(service)
         if record is None:
-            foreign = self._from_container(service)
-            if foreign is None:
-                self.problems.append(
-                    f"{qualname(needed_by)} needs {qualname(service)}, which is not registered; "
-                    f"register it with registry.singleton/transient/scoped({_short(service)}, ...)."
-                )
-            return foreign
+            self.problems.append(
+                f"{qualname(needed_by)} needs {qualname(service)}, which is not registered; "
+                f"register it with registry.singleton/transient/scoped({_short(service)}, ...)."
+            )
+            return None
         if service in self._building:
             cycle = " -> ".join(qualname(s) for s in [*self._building, service])
             self.problems.append(f"Dependency cycle: {cycle}; break it with a factory or a lazy lookup.")
@@ -211,31 +217,23 @@ class Compiler:
             self._providers[service] = provider
         return provider
 
-    def _from_container(self, service: Any) -> Provider | None:
-        """A provider for a service registered on the punq container directly, or ``None`` if it has none."""
-        if service not in self._foreign:
-            try:
-                self.container.resolve(service)  # once, at build: a service punq cannot make is reported now
-            except punq.MissingDependencyError:
-                self._foreign[service] = None
-            except Exception as exc:
-                self.problems.append(f"Resolving {qualname(service)} from the punq container failed: {exc!r}.")
-                self._foreign[service] = None
-            else:
-                self._foreign[service] = Provider(service, Lifetime.TRANSIENT,
-                                                  functools.partial(self.container.resolve, service),
-                                                  origin=", from the punq container")
-        return self._foreign[service]
+    def _record(self, service: Any) -> Service | None:
+        """The registry's record of ``service``, or one made from the punq container's own registration of it."""
+        record = self.services.get(service)
+        if record is None and service not in self._foreign:
+            self._foreign[service] = punq_registration(self.container, service)
+        return record if record is not None else self._foreign[service]
 
     def _compile(self, record: Service) -> Provider | None:
         service, lifetime, builder = record.key, record.lifetime, record.builder
         if builder is None:
             return Provider(service, Lifetime.SINGLETON, None, record.instance)
-        deps = self.dependencies(builder, service)
+        deps = self.dependencies(builder, service, record.given)
         if deps is None:
             return None
         dispatches = any(d.dispatches for d in deps.values())
-        common: dict[str, Any] = {"dep_names": deps, "dispatches": dispatches, "builder": builder}
+        common: dict[str, Any] = {"dep_names": deps, "dispatches": dispatches, "builder": builder,
+                                  "given": record.given}
         if lifetime is Lifetime.SINGLETON:
             bad = [d for d in deps.values() if d.lifetime is Lifetime.SCOPED or d.needs_scope]
             if bad:
@@ -245,25 +243,28 @@ class Compiler:
                 )
                 return None
             try:
-                value = builder(**{n: p.get(None) for n, p in deps.items()})
+                value = builder(**record.given, **{n: p.get(None) for n, p in deps.items()})
             except Exception as exc:
                 self.problems.append(f"Building singleton {qualname(service)} failed: {exc!r}.")
                 return None
             return Provider(service, lifetime, None, value, **common)
-        make, needs_scope = factory(builder, deps)
+        make, needs_scope = factory(builder, deps, record.given)
         if lifetime is Lifetime.SCOPED:
             return Provider(service, lifetime, _scoped(service, make, needs_scope), needs_scope=True, **common)
         return Provider(service, lifetime, make, needs_scope=needs_scope, **common)
 
-    def dependencies(self, builder: Callable[..., Any], needed_by: Any) -> dict[str, Provider] | None:
-        """Compile providers for a service builder's parameters (a class's constructor's, or a factory's)."""
-        return self._needs(builder, 0, needed_by)
+    def dependencies(self, builder: Callable[..., Any], needed_by: Any,
+                     given: dict[str, Any] | None = None) -> dict[str, Provider] | None:
+        """Compile providers for a service builder's parameters (a class's constructor's, or a factory's),
+        but those ``given`` at registration."""
+        return self._needs(builder, 0, needed_by, given or {})
 
     def callable_dependencies(self, func: Callable[..., Any], skip: int) -> dict[str, Provider] | None:
         """Compile providers for a handler function's parameters after the message."""
-        return self._needs(func, skip, func)
+        return self._needs(func, skip, func, {})
 
-    def _needs(self, func: Callable[..., Any], skip: int, needed_by: Any) -> dict[str, Provider] | None:
+    def _needs(self, func: Callable[..., Any], skip: int, needed_by: Any,
+               given: dict[str, Any]) -> dict[str, Provider] | None:
         deps: dict[str, Provider] = {}
         ok = True
         try:
@@ -272,6 +273,8 @@ class Compiler:
             self.problems.append(str(exc))
             return None
         for name, annotation, has_default in needed:
+            if name in given:
+                continue
             if annotation is inspect.Parameter.empty:
                 if has_default:
                     continue
@@ -309,15 +312,15 @@ def positional_names(func: Any, skip: int) -> list[str]:
     return names
 
 
-def arguments(deps: dict[str, Provider], namespace: _codegen.Namespace,
-              order: list[str] | None = None) -> tuple[str, bool]:
+def arguments(deps: dict[str, Provider], namespace: _codegen.Namespace, order: list[str] | None = None,
+              given: dict[str, Any] | None = None) -> tuple[str, bool]:
     """Render the call arguments for ``deps``; say whether any needs the ``scope`` variable.
 
     Each dependency is named in ``namespace`` after its parameter (its value for a singleton, ``make_<name>``
     for a factory). When the names are exactly the leading parameters in ``order``, they are passed by
     position (cheaper to call); otherwise by keyword.
     """
-    expressions: dict[str, str] = {}
+    expressions: dict[str, str] = {name: namespace.add(name, value) for name, value in (given or {}).items()}
     needs_scope = False
     for name, dep in deps.items():
         if dep.make is None:
@@ -335,10 +338,11 @@ SCOPE_LINE = "scope = current.get().scope"
 """The generated line that gets the dispatch's scope (``current`` must be in the namespace)."""
 
 
-def factory(builder: Callable[..., Any], deps: dict[str, Provider]) -> tuple[Callable[..., Any], bool]:
-    """Compile ``builder(**deps)`` into ``make()`` or, if a dep needs one, ``make(scope)``."""
+def factory(builder: Callable[..., Any], deps: dict[str, Provider],
+            given: dict[str, Any] | None = None) -> tuple[Callable[..., Any], bool]:
+    """Compile ``builder(**given, **deps)`` into ``make()`` or, if a dep needs one, ``make(scope)``."""
     namespace = _codegen.Namespace()
-    args, needs_scope = arguments(deps, namespace, positional_names(builder, 0))
+    args, needs_scope = arguments(deps, namespace, positional_names(builder, 0), given)
     if not args:
         return builder, False
     build = namespace.add(_short(builder), builder)
@@ -360,3 +364,20 @@ def _scoped(service: Any, make: Callable[..., Any], needs_scope: bool) -> Callab
     ]
     return typing.cast(Callable[[Scope], Any],
                        _codegen.function("get", ["scope"], lines, namespace, about=qualname(service)))
+
+
+def punq_registration(container: punq.Container, service: Any) -> Service | None:
+    """The newest registration of ``service`` made on ``container`` directly, as a :class:`Service` record.
+
+    punq offers no public accessor for its registrations; this one reads them from the name-mangled table of
+    the punq versions the project pins (``punq>=0.7,<0.10``), once, at build, and a test fails on a punq that
+    changed it. Such a service is compiled like the registry's own: its dependencies come from the same
+    providers (so a singleton is shared and a scoped service is the scope's), never from punq at dispatch.
+    """
+    table: Any = getattr(container.registrations, "_Registry__registrations", None)
+    found = [] if table is None else list(table.get(service))
+    if not found:
+        return None
+    newest = found[-1]  # an instance registered on punq is a singleton whose builder returns it
+    lifetime = Lifetime.SINGLETON if newest.scope == punq.Scope.singleton else Lifetime.TRANSIENT
+    return Service(service, lifetime, newest.builder, given=dict(newest.args))

@@ -21,7 +21,6 @@ M = TypeVar("M")
 R = TypeVar("R")
 
 
-
 class Behaviour(Protocol[M, R]):
     """A step around a handler: run code before and after ``next``, or short-circuit it."""
 

@@ -89,8 +89,6 @@ POSITION = "Mediator-Position"
 _NOT_IN_SUBJECT = re.compile(r"[^A-Za-z0-9_\-.]")
 
 
-
-
 def subject(prefix: str, type_name: str) -> str:
     """The subject events of ``type_name`` are published on: ``<prefix>.<type name>``, made subject-safe.
 

@@ -52,8 +52,6 @@ Selection = Collection[str] | Callable[[StoredEvent], bool] | None
 """Which events a relay publishes: type names, a predicate on the stored event, or ``None`` for all."""
 
 
-
-
 class Publisher(Protocol):
     """Where a relay sends events: a broker's client."""
 

@@ -26,6 +26,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from .._errors import MediatorError
 from ._engine import ReadModels
 from ._projections import Delivery
 
@@ -131,6 +132,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             applied = getattr(engine, args.action)(args.name, args.position)
             out = f"{args.action}: {args.name} position {args.position}; {applied} event(s) applied"
+    except MediatorError as exc:  # an unknown projection or position, a storage that is down: one line, not a trace
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     finally:
         engine.storage.close()
     print(out)

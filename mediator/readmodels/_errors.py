@@ -80,13 +80,15 @@ class UnknownProjectionError(MediatorError, LookupError):
         super().__init__(f"No projection named {listed}; known: {', '.join(self.known) or 'none'}.")
 
 
-class ProjectionConfigError(MediatorError, ValueError):
+class ProjectionConfigError(MediatorError, ValueError, TypeError):
     """A projection is defined or added wrongly (no name, an event applied twice, a name taken twice, inline on
-    a storage that keeps read models apart)."""
+    a storage that keeps read models apart). A ``ValueError`` and a ``TypeError``, the built-ins these
+    mistakes raised before they joined the tree."""
 
 
-class EventRegistrationError(MediatorError, ValueError):
-    """An event class cannot be registered as asked (not an attrs ``Event``, an upcaster missing, a name taken)."""
+class EventRegistrationError(MediatorError, ValueError, TypeError):
+    """An event class cannot be registered as asked (not an attrs ``Event``, an upcaster missing, a name taken).
+    A ``ValueError`` and a ``TypeError``, the built-ins these mistakes raised before they joined the tree."""
 
 
 class DeadLetterNotFoundError(MediatorError, LookupError):

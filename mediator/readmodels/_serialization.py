@@ -29,8 +29,6 @@ from ._errors import EventRegistrationError, UndecodableEventError, Unregistered
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 
 
-
-
 @attrs.frozen
 class EventType:
     """One registered event class: its stable name, current version and upcasters by from-version."""
@@ -60,6 +58,8 @@ class EventTypes:
     def __init__(self) -> None:
         self._by_class: dict[type, EventType] = {}
         self._by_name: dict[str, EventType] = {}
+        self.classes = self._by_class.keys()
+        """The registered classes (a live view: ``cls in types.classes`` is one lookup, for hot paths)."""
 
     def register(
         self, cls: type, *, name: str | None = None, version: int = 1, upcasters: Mapping[int, Upcaster] | None = None

@@ -195,55 +195,68 @@ class SqlProjectionSession(ProjectionSession):
 
 
 class SqlGenerations(Generations):
-    """A projection's generation records on a SQL connection, inside the transaction its storage opened."""
+    """A projection's generation records on a SQL connection, inside the transaction its storage opened.
+
+    The driver's errors surface as :class:`StorageError` naming what failed, as everywhere else.
+    """
 
     def __init__(self, connection: Any, name: str, statements: Statements) -> None:
         self.name = name
         self._connection = connection
         self._sql = statements
 
-    def _value(self, statement: str, params: Sequence[Any]) -> Any:
-        row = self._connection.execute(statement, params).fetchone()
-        return None if row is None else row[0]
+    def _rows(self, action: str, statement: str, params: Sequence[Any]) -> list[Any]:
+        with translated(self._sql.dialect, action):
+            return list(self._connection.execute(statement, params).fetchall())
+
+    def _value(self, action: str, statement: str, params: Sequence[Any]) -> Any:
+        rows = self._rows(action, statement, params)
+        return rows[0][0] if rows else None
+
+    def _change(self, action: str, statement: str, params: Sequence[Any]) -> None:
+        with translated(self._sql.dialect, action):
+            self._connection.execute(statement, params)
 
     def current(self) -> int:
-        return int(self._value(self._sql.current, (self.name,)) or 1)
+        return int(self._value("read a generation", self._sql.current, (self.name,)) or 1)
 
     def rebuilding(self) -> int | None:
-        found = self._value(self._sql.rebuilding, (self.name,))
+        found = self._value("read a rebuild", self._sql.rebuilding, (self.name,))
         return None if found is None else int(found)
 
     def version(self, generation: int) -> int | None:
-        found = self._value(self._sql.version, (self.name, generation))
+        found = self._value("read a projection version", self._sql.version, (self.name, generation))
         return None if found is None else int(found)
 
     def known(self) -> Collection[int]:
-        rows = self._connection.execute(self._sql.known, (self.name, self.name, self.name)).fetchall()
+        rows = self._rows("read the generations", self._sql.known, (self.name, self.name, self.name))
         return {int(row[0]) for row in rows}
 
     def checkpoint(self, generation: int) -> int:
-        return int(self._value(self._sql.checkpoint, (self.name, generation)) or 0)
+        return int(self._value("read a checkpoint", self._sql.checkpoint, (self.name, generation)) or 0)
 
     def set_current(self, generation: int) -> None:
-        self._connection.execute(self._sql.set_current, (self.name, generation))
+        self._change("swap a generation", self._sql.set_current, (self.name, generation))
 
     def set_rebuilding(self, generation: int | None) -> None:
         if generation is None:
-            self._connection.execute(self._sql.clear_rebuilding, (self.name,))
+            self._change("end a rebuild", self._sql.clear_rebuilding, (self.name,))
         else:
-            self._connection.execute(self._sql.set_rebuilding, (self.name, generation))
+            self._change("claim a rebuild", self._sql.set_rebuilding, (self.name, generation))
 
     def add_version(self, generation: int, version: int) -> None:
-        self._connection.execute(self._sql.add_version, (self.name, generation, version))
+        self._change("record a projection version", self._sql.add_version, (self.name, generation, version))
 
 
 class SqlWriteSession(WriteSession):
     """A command's transaction on a pooled connection: inline projections' checkpoints flushed, then COMMIT."""
 
-    def __init__(self, storage: Any, connection: Any, statements: Statements) -> None:
+    _sql: Statements
+    """The backend's statements (a class attribute of each backend's session)."""
+
+    def __init__(self, storage: Any, connection: Any) -> None:
         self._storage = storage
         self.handle = connection
-        self._sql = statements
         self._projections: list[SqlProjectionSession] = []
         self._open = True
 

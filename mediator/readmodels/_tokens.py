@@ -38,11 +38,6 @@ def last_token() -> int | None:
     return _last_token.get()
 
 
-def set_last_token(position: int) -> None:
-    """Remember ``position`` as this thread's or task's last commit (the unit of work does, on commit)."""
-    _last_token.set(position)
-
-
 @attrs.define
 class Consistency:
     """What :func:`consistent` asked for, and whether the answer came back stale."""

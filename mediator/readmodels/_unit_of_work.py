@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from .. import Event, Scope, current_context
-from .._context import new_id
+from .._context import _current, new_id
 from .._messages import qualname
 from ._errors import StorageError, UnregisteredEventError
 from ._ports import NewEvent, WriteSession
 from ._projections import Delivery
-from ._tokens import set_last_token
+from ._tokens import _last_token
 from ._versions import Track, record, unrecorded_version
 
 if TYPE_CHECKING:
@@ -61,14 +61,15 @@ class UnitOfWork:
 
     def _used_outside_a_command(self) -> None:
         # A command needs none of this: SyncReadModels commits or rolls back itself, so its scope has no exit.
-        if self._scope is not None and self.depth == 0:
+        if self._scope is not None:
             scope, self._scope = self._scope, None
             scope.on_exit(self._end)
 
     @property
     def session(self) -> WriteSession:
         if self._session is None:
-            self._used_outside_a_command()
+            if not self.depth:
+                self._used_outside_a_command()
             self._session = self.engine.storage.begin()
         return self._session
 
@@ -79,9 +80,10 @@ class UnitOfWork:
 
     def record(self, event: Event, *, key: str | None = None) -> None:
         """Record ``event`` to be appended when the command commits; ``key`` orders it (e.g. an order id)."""
-        if event.__class__ not in self.engine.types:
+        if event.__class__ not in self.engine.types.classes:
             raise UnregisteredEventError(event.__class__)
-        self._used_outside_a_command()
+        if not self.depth:  # (tested here rather than in the call: every command records)
+            self._used_outside_a_command()
         self._events.append((event, key))
 
     def commit(self) -> int:
@@ -130,14 +132,23 @@ class SyncReadModels:
                 uow.rollback()
 
     def handle(self, message: Any, next: Callable[[Any], Any]) -> Any:
-        uow = UnitOfWork.of(current_context().scope, self.engine)
+        # UnitOfWork.of and _leave written out: every command comes through here.
+        scope = _current.get().scope  # type: ignore[union-attr]  # needs_scope: there is always a context
+        uow: UnitOfWork | None = scope.get(UnitOfWork)
+        if uow is None:
+            uow = UnitOfWork(self.engine, scope)
+            scope.put(UnitOfWork, uow)
         uow.depth += 1
         try:
             result = next(message)
         except BaseException:
-            self._leave(uow, False)
+            uow.depth -= 1
+            if not uow.depth:
+                uow.rollback()
             raise
-        self._leave(uow, True)
+        uow.depth -= 1
+        if not uow.depth:  # only the outermost command commits; nested ones joined its transaction
+            uow.commit()
         return result
 
     async def handle_async(self, message: Any, next: Callable[[Any], Any]) -> Any:
@@ -200,8 +211,8 @@ class Writer:
             engine.versions.known[track.name, generation] = built_by
             if built_by == track.version:
                 track.ready.add(generation)
-        set_last_token(position)
-        if new:  # a runner in this process: wake it now rather than at its next poll
+        _last_token.set(position)
+        if new and engine._running:  # a runner in this process: wake it now rather than at its next poll
             engine.wake()
         return position
 

@@ -44,6 +44,15 @@ class _State:
         self.rebuilds: dict[str, int] = {}
         self.versions: dict[tuple[str, int], int] = {}
 
+    def records_copy(self) -> _State:
+        """A copy whose generation records can change apart (read models and checkpoints stay shared)."""
+        work = _State()
+        work.log, work.tables, work.tracking = self.log, self.tables, self.tracking
+        work.generations = dict(self.generations)
+        work.rebuilds = dict(self.rebuilds)
+        work.versions = dict(self.versions)
+        return work
+
     def working_copy(self) -> _State:
         """A copy to change and later swap in; the log is shared (it is only ever appended to, on commit)."""
         work = _State()
@@ -210,7 +219,7 @@ class MemoryStorage(Storage):
     @contextlib.contextmanager
     def generations(self, name: str) -> Iterator[Generations]:
         with self._writer:
-            work = self._state.working_copy()
+            work = self._state.records_copy()
             yield MemoryGenerations(work, name)
             self._state = work
 

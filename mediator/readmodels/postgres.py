@@ -90,10 +90,10 @@ _SQL = Statements(POSTGRES)
 
 
 class PostgresWriteSession(SqlWriteSession):
-    def __init__(self, storage: PostgresStorage, connection: psycopg.Connection[Any]) -> None:
-        super().__init__(storage, connection, _SQL)
-        self._storage: PostgresStorage = storage
-        self._appended = False
+    _sql = _SQL
+    _storage: PostgresStorage
+    _appended = False
+    """Whether this transaction holds the log's row lock (taken by the first append, held to commit)."""
 
     def _abandon(self) -> None:
         _abandon(self.handle)

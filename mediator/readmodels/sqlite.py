@@ -95,9 +95,8 @@ def _transaction(connection: sqlite3.Connection, what: str) -> Iterator[sqlite3.
 
 
 class SqliteWriteSession(SqlWriteSession):
-    def __init__(self, storage: SqliteStorage, connection: sqlite3.Connection) -> None:
-        super().__init__(storage, connection, _SQL)
-        self._storage: SqliteStorage = storage
+    _sql = _SQL
+    _storage: SqliteStorage
 
     def _abandon(self) -> None:
         _abandon(self.handle)
@@ -125,8 +124,10 @@ class SqliteWriteSession(SqlWriteSession):
 
     def projection(self, name: str, generation: int) -> ProjectionSession:
         self._need_one_file(name)
-        with translated(SQLITE, "start an inline projection"):
+        try:  # not translated(): this runs per inline projection per command
             session = SqlProjectionSession(self.handle, name, generation, _SQL)
+        except sqlite3.Error as exc:
+            raise StorageError(f"SQLite failed to start an inline projection: {exc}") from exc
         self._projections.append(session)
         return session
 

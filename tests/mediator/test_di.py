@@ -159,3 +159,69 @@ def test_an_async_dispatch_after_build_never_resolves_through_punq(monkeypatch: 
     asyncio.run(main())
     assert calls == []
     assert [uow.outcome for uow in UnitOfWork.instances] == ["commit"] * 6
+
+
+class Greeting:
+    """Registered on a punq container directly, not through the registry."""
+
+    def __init__(self, clock: Clock, uow: UnitOfWork) -> None:
+        self.clock = clock
+        self.uow = uow
+        self.text = "hello"
+
+
+def test_services_registered_on_the_punq_container_directly_share_the_registrys_lifetimes() -> None:
+    container = punq.Container()
+    container.register(Greeting)  # punq's transient, depending on a singleton and a scoped service of the registry
+    registry = Registry(container)
+    registry.singleton(Clock)
+    registry.scoped(UnitOfWork)
+    seen: list[Greeting] = []
+
+    def add(command: Add, greeting: Greeting, uow: UnitOfWork, clock: Clock) -> int:
+        assert greeting.uow is uow  # the scope's, not one punq made
+        assert greeting.clock is clock  # the registry's singleton, not punq's own
+        seen.append(greeting)
+        return command.value + len(greeting.text)
+
+    registry.handle(Add).by(add)
+    mediator = registry.build()
+    assert mediator.send(Add(value=1)) == 6
+    assert mediator.send(Add(value=1)) == 6
+    assert seen[0] is not seen[1]  # transient, as punq registered it
+    assert "Greeting (transient)" in str(mediator.explain(Add))
+
+
+def test_an_instance_registered_on_the_punq_container_is_a_singleton() -> None:
+    clock = Clock()
+    container = punq.Container()
+    container.register(Clock, instance=clock)
+    registry = Registry(container)
+
+    def add(command: Add, given: Clock) -> int:
+        assert given is clock
+        return command.value + given.offset
+
+    registry.handle(Add).by(add)
+    assert registry.build().send(Add(value=1)) == 2
+
+
+def test_the_punq_versions_pinned_keep_their_registrations_where_the_build_reads_them() -> None:
+    # punq has no public accessor for its registrations; a punq that moved them fails here, not in production.
+    from mediator._di import Lifetime as Lifetimes
+    from mediator._di import punq_registration
+
+    container = punq.Container()
+    container.register(Ids, scope=punq.Scope.transient)
+    container.register(Clock, scope=punq.Scope.singleton)
+    found = punq_registration(container, Ids)
+    assert found is not None
+    assert (found.builder, found.lifetime) == (Ids, Lifetimes.TRANSIENT)
+    assert punq_registration(container, Clock).lifetime is Lifetimes.SINGLETON  # type: ignore[union-attr]
+    assert punq_registration(container, NameHandler) is None
+
+
+def test_services_registered_through_the_registry_are_also_in_its_punq_container() -> None:
+    registry = Registry()
+    registry.singleton(Clock)
+    assert isinstance(registry.container.resolve(Clock), Clock)
