@@ -23,7 +23,7 @@ import attrs
 from adapters.shop_memory import MemoryReadViews, MemoryWriteModel
 from adapters.shop_sqlite import WRITE_SCHEMA, SqliteReadViews, SqliteWriteModel
 from domain.events import ALL_EVENTS
-from handlers import commands, queries
+from handlers import commands, queries, validation
 from handlers.authorization import QUERIES, Authorize, AuthorizeQueries
 from handlers.commands import Clock, ShopCommands
 from handlers.ports import ReadViews, WriteModel
@@ -126,7 +126,7 @@ def build_shop(
         trace_projections(engine, tracer_provider)
     if logging:
         registry.behaviour(Logging())
-    registry.behaviour(Validation())
+    registry.behaviour(Validation(check_types=True))  # every field of every message as its annotation says
     registry.behaviour(RetryOnConflict(), applies_to=Kind.COMMAND)  # outside the transaction it reruns
     engine.install(registry)
     if authorize:
@@ -134,6 +134,7 @@ def build_shop(
         registry.behaviour(AuthorizeQueries(), applies_to=QUERIES)
     commands.register(registry, ShopCommands(model, clock))
     queries.register(registry, ShopQueries(views))
+    validation.register(registry)
     return Shop(registry.build(), engine, storage, registry, model, views)
 
 

@@ -1,9 +1,10 @@
 """The reference shop over HTTP (FastAPI): every command and query as a route.
 
-Run it with ``uvicorn adapters.shop_http:app`` (``SHOP_DB`` names the SQLite
-file, ``shop.db`` by default). Who is acting comes from headers, a stand-in for
-real authentication: ``X-Customer-Id: <id>`` for a customer, ``X-Admin: 1``
-for staff.
+Run it with ``SHOP_JWT_KEY=... uvicorn adapters.shop_http:app`` (``SHOP_DB`` names the SQLite file, ``shop.db``
+by default; :func:`adapters.shop_app.shop_from_env` says the rest). Who is acting comes from a signed bearer token,
+``Authorization: Bearer <JWT>`` verified with ``SHOP_JWT_KEY``: its ``sub`` the customer, ``"staff": true`` for
+staff (:mod:`adapters.shop_web`). ``SHOP_TRUST_HEADERS=1`` takes identity from ``X-Customer-Id`` and
+``X-Admin: 1`` headers instead, which anyone can send: development only.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, StringConstraints, field_validator
 
 from adapters.shop_app import Shop, shop_from_env
-from adapters.shop_web import STATUS_OF, data, principal_of
+from adapters.shop_web import STATUS_OF, data, identity
 from domain.errors import NotFound
 from domain.messages import (
     CancelOrder,
@@ -41,6 +42,7 @@ from domain.messages import (
 )
 from mediator import AsyncMediator
 from mediator.fastapi import Mediated, MediatorMiddleware, install_error_handlers
+from mediator.http import MAX_BODY
 
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 Email = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^[^@\s]+@[^@\s]+$", max_length=254)]
@@ -98,11 +100,19 @@ class Transition(BaseModel):
     expected_version: Annotated[int, Field(ge=1)] | None = None
 
 
-def create_app(shop: Shop, *, consistency_timeout: float = 5.0) -> FastAPI:
+def create_app(shop: Shop, *, consistency_timeout: float = 5.0, jwt_key: str | None = None,
+               trust_headers: bool | None = None, max_body: int | None = MAX_BODY) -> FastAPI:
     """The shop's FastAPI application around an already built ``Shop``.
 
     ``consistency_timeout`` is how long a read sent with ``X-Consistent-With`` waits before answering 503.
+    ``jwt_key`` (else ``SHOP_JWT_KEY``) verifies the bearer tokens; ``trust_headers`` (else
+    ``SHOP_TRUST_HEADERS=1``) takes identity from headers instead, for development only
+    (:func:`adapters.shop_web.identity`). ``max_body`` is the largest request body, in bytes.
+
+    Raises:
+        adapters.shop_web.IdentityConfigError: with neither a key nor the development flag.
     """
+    principal = identity(jwt_key=jwt_key, trust_headers=trust_headers)
     mediator: AsyncMediator = shop.registry.build_async()
     app = FastAPI(title="Reference shop")
     app.state.mediator = mediator  # routes get it through the `Mediated` dependency
@@ -193,22 +203,30 @@ def create_app(shop: Shop, *, consistency_timeout: float = 5.0) -> FastAPI:
     async def daily_sales(mediator: Mediated, since: dt.date | None = None) -> Any:
         return data(await mediator.ask(GetDailySales(since=since)))
 
-    wrapped = MediatorMiddleware(app, mediator, principal_of, consistency_timeout=consistency_timeout,
-                                 head=shop.storage.head)
+    wrapped = MediatorMiddleware(app, mediator, principal, consistency_timeout=consistency_timeout,
+                                 head=shop.storage.head, max_body=max_body, status_of=STATUS_OF)
     app.state.asgi = wrapped
     return app
 
 
-def asgi(shop: Shop, *, consistency_timeout: float = 5.0) -> Any:
-    """The full ASGI application: the FastAPI routes inside the mediator middleware."""
-    app = create_app(shop, consistency_timeout=consistency_timeout)
+def asgi(shop: Shop, *, consistency_timeout: float = 5.0, jwt_key: str | None = None,
+         trust_headers: bool | None = None, max_body: int | None = MAX_BODY) -> Any:
+    """The full ASGI application: the FastAPI routes inside the mediator middleware (options as
+    :func:`create_app`)."""
+    app = create_app(shop, consistency_timeout=consistency_timeout, jwt_key=jwt_key, trust_headers=trust_headers,
+                     max_body=max_body)
     return app.state.asgi
 
 
 def _default() -> Any:  # for `uvicorn adapters.shop_http:app`, configured as adapters.shop_app.shop_from_env says
     shop = shop_from_env()
+    try:
+        app = asgi(shop)  # refuses to start without SHOP_JWT_KEY (or SHOP_TRUST_HEADERS=1)
+    except BaseException:
+        shop.close()
+        raise
     shop.engine.start()  # runs the background-delivered projections this process holds, and helps with rebuilds
-    return asgi(shop)
+    return app
 
 
 def __getattr__(name: str) -> Any:  # `app` is built on first access, so importing this module builds nothing

@@ -24,13 +24,13 @@ import datetime as dt
 import functools
 import re
 import unicodedata
-from collections.abc import Callable
 from typing import Any, TypeVar
 
 import psycopg
 from psycopg import errors
 
 from adapters.shop_sqlite import INDEXES, PROJECTION_TABLES, TABLES, SqlReadQueries, _db, listings
+from adapters.shop_storage import refused_or_down, translating
 from domain.errors import ConcurrencyConflict
 from domain.events import OrderLine
 from domain.messages import (
@@ -38,7 +38,7 @@ from domain.messages import (
 )
 from domain.model import Order, OrderStatus, Product, Stock
 from handlers.ports import WriteModel
-from mediator.readmodels import ProjectionSession, ReadModels, StorageError
+from mediator.readmodels import ProjectionSession, ReadModels
 from mediator.readmodels.postgres import PostgresStorage
 
 WRITE_SCHEMA = """
@@ -73,31 +73,13 @@ _LOST_RACE = (errors.DeadlockDetected, errors.SerializationFailure)
 """What PostgreSQL raises on the statement it aborts when two transactions each wait for the other."""
 
 
-def _storage_errors_translated(cls: type[T]) -> type[T]:
-    """Wrap each public method so a lost connection (a restart, a network failure) is a ``StorageError``.
-
-    Errors in the statements themselves, and the conflicts the methods raise, pass through unchanged.
-    """
-    for name, method in list(vars(cls).items()):
-        if callable(method) and not name.startswith("_"):
-            setattr(cls, name, _translating(method))
-    return cls
+_ERRORS = refused_or_down(refused=(psycopg.DataError, psycopg.IntegrityError, UnicodeEncodeError),
+                          down=(psycopg.OperationalError, psycopg.errors.InFailedSqlTransaction),
+                          passed=_LOST_RACE)
+"""A lost race passes unchanged: the caller's conflict handling decides."""
 
 
-def _translating(method: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(method)
-    def call(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return method(*args, **kwargs)
-        except _LOST_RACE:
-            raise  # a lost race, not a lost connection: the caller's conflict handling decides
-        except psycopg.OperationalError as exc:
-            raise StorageError(f"PostgreSQL failed in the write model: {exc}") from exc
-
-    return call
-
-
-@_storage_errors_translated
+@translating("PostgreSQL", _ERRORS)
 class PostgresWriteModel(WriteModel):
     """Aggregates to and from the write tables; ``tx`` is the command's ``psycopg.Connection``."""
 
@@ -217,6 +199,7 @@ def _ddl(columns: str) -> str:
     return re.sub(r"\bTEXT\b", 'TEXT COLLATE "C"', columns)
 
 
+@translating("PostgreSQL", _ERRORS)
 class PostgresReadViews(SqlReadQueries):
     """Read models as tables of the shop's schema; search is a ``tsvector`` column with a GIN index."""
 

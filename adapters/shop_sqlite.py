@@ -10,6 +10,7 @@ from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from typing import Any, ClassVar
 
+from adapters.shop_storage import refused_or_down, translating
 from domain.errors import ConcurrencyConflict
 from domain.events import OrderLine
 from domain.messages import (
@@ -50,6 +51,11 @@ CREATE INDEX IF NOT EXISTS orders_by_customer ON orders (customer_id);
 """
 
 
+_ERRORS = refused_or_down(refused=(sqlite3.IntegrityError, sqlite3.DataError, OverflowError, UnicodeEncodeError),
+                          down=(sqlite3.OperationalError, sqlite3.DatabaseError))
+
+
+@translating("SQLite", _ERRORS)
 class SqliteWriteModel(WriteModel):
     """Aggregates to and from the write tables; ``tx`` is the command's ``sqlite3.Connection``."""
 
@@ -332,6 +338,7 @@ def listings(rows: Iterable[Sequence[Any]]) -> tuple[ProductListing, ...]:
                                 available=r[4], version=r[5]) for r in rows)
 
 
+@translating("SQLite", _ERRORS)
 class SqliteReadViews(SqlReadQueries):
     """Read models as tables of the read database; the search read model is an FTS5 table."""
 

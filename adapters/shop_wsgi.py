@@ -1,8 +1,9 @@
 """The shop on the sync ``Mediator`` in a plain WSGI app: no web framework needed (Flask works the same way).
 
-``ShopRoutes`` serves ``POST /orders`` and ``GET /orders/<id>``; :class:`mediator.wsgi.MediatorWSGI` around it
-gives each request its dispatch scope (the principal from the headers), the ``X-Consistency-Token`` of its
-last command, read-your-writes with ``X-Consistent-With``, and the JSON answers of errors, as the ASGI app has.
+``ShopRoutes`` serves ``POST /orders``, ``GET /orders/<id>`` and (for staff) ``GET /dashboard``;
+:class:`mediator.wsgi.MediatorWSGI` around it gives each request its dispatch scope (the principal from its bearer
+token, as :mod:`adapters.shop_web` says), the ``X-Consistency-Token`` of its last command, read-your-writes with
+``X-Consistent-With``, a body limit, and the JSON answers of errors, as the ASGI app has.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ import json
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from adapters.shop_web import STATUS_OF, data, principal_of
+from adapters.shop_web import STATUS_OF, data, identity
 from domain.errors import NotFound
-from domain.messages import GetOrderDetails, OrderItem, PlaceOrder
+from domain.messages import GetOrderDetails, GetSalesDashboard, OrderItem, PlaceOrder
 from mediator import Mediator
+from mediator.http import MAX_BODY
 from mediator.wsgi import MediatorWSGI, StartResponse
 
 
@@ -47,13 +49,16 @@ class ShopRoutes:
             if details is None:
                 raise NotFound("order", order_id)
             return 200, data(details)
+        if method == "GET" and path == "/dashboard":
+            return 200, data(self.mediator.ask(GetSalesDashboard()))
         return 404, {"error": "not_found", "detail": f"No route {method} {path}."}
 
 
 def _order(environ: dict[str, Any]) -> PlaceOrder:
     """The ``PlaceOrder`` a request's JSON body asks for; :class:`MalformedBody` if it is not one."""
     try:
-        body = json.loads(environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0)) or b"{}")
+        # MediatorWSGI's input: the body's CONTENT_LENGTH bytes, or a chunked one's up to its limit, else none.
+        body = json.loads(environ["wsgi.input"].read() or b"{}")
         items = tuple(OrderItem(product_id=str(i["product_id"]), quantity=_quantity(i["quantity"]))
                       for i in body["items"])
         address = body.get("shipping_address", "")
@@ -70,10 +75,14 @@ def _quantity(value: object) -> int:
     return value
 
 
-def wsgi_app(mediator: Mediator, head: Callable[[], int] | None = None) -> MediatorWSGI:
+def wsgi_app(mediator: Mediator, head: Callable[[], int] | None = None, *, jwt_key: str | None = None,
+             trust_headers: bool | None = None, max_body: int | None = MAX_BODY) -> MediatorWSGI:
     """The shop's WSGI application: its routes inside :class:`~mediator.wsgi.MediatorWSGI`.
 
     ``head`` (the log's last position, ``storage.head``) lets it refuse a token no read model could reach.
+    ``jwt_key`` (else ``SHOP_JWT_KEY``) verifies the bearer tokens; ``trust_headers`` (else
+    ``SHOP_TRUST_HEADERS=1``) takes identity from headers instead, for development only
+    (:func:`adapters.shop_web.identity`). ``max_body`` is the largest request body, in bytes.
     """
-    return MediatorWSGI(ShopRoutes(mediator), mediator, principal_of, head=head,
-                        status_of={**STATUS_OF, MalformedBody: (400, "bad_request")})
+    return MediatorWSGI(ShopRoutes(mediator), mediator, identity(jwt_key=jwt_key, trust_headers=trust_headers),
+                        head=head, status_of={**STATUS_OF, MalformedBody: (400, "bad_request")}, max_body=max_body)

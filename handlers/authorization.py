@@ -2,10 +2,11 @@
 
 Staff (an admin principal) may do anything. A customer may register, place
 orders for themself, cancel their own orders and read their own orders;
-everything else is staff work. A denied command raises :class:`Forbidden`
-before its handler runs and is logged with the message type and the principal
-(the ``Logging`` behaviour, if outside, logs the failed dispatch too, with the
-message's non-sensitive fields). Dispatches with no principal at all are
+everything else is staff work, the sales dashboard and daily sales included.
+A denied command or query raises :class:`Forbidden` (:class:`SignInRequired`
+when the caller is anonymous) before its handler runs and is logged with the
+message type and the principal (the ``Logging`` behaviour, if outside, logs the
+failed dispatch too, with the message's non-sensitive fields). Dispatches with no principal at all are
 trusted in-process code (tests, scripts); the HTTP adapters always set one,
 anonymous when nobody is signed in.
 """
@@ -22,7 +23,9 @@ from domain.errors import DomainError
 from domain.messages import (
     CancelOrder,
     GetCustomerOrders,
+    GetDailySales,
     GetOrderDetails,
+    GetSalesDashboard,
     PlaceOrder,
     RegisterCustomer,
     ReserveStock,
@@ -34,7 +37,9 @@ from .ports import WriteModel
 
 log = structlog.get_logger("shop.authorization")
 
-QUERIES = (GetCustomerOrders, GetOrderDetails)
+STAFF_QUERIES = (GetSalesDashboard, GetDailySales)
+"""The queries only staff may send."""
+QUERIES = (GetCustomerOrders, GetOrderDetails, *STAFF_QUERIES)
 """The queries ``AuthorizeQueries`` guards."""
 
 
@@ -57,7 +62,17 @@ class Forbidden(DomainError, PermissionError):
         self.message_type = message_type
         self.principal = principal
         who = "an anonymous caller" if principal == ANONYMOUS else f"customer {principal.customer_id!r}"
-        super().__init__(f"{who} may not send {message_type.__name__}.")
+        super().__init__(f"{who} may not send {message_type.__name__}"
+                         + ("; sign in first." if principal == ANONYMOUS else "."))
+
+
+class SignInRequired(Forbidden):
+    """An anonymous caller sent what needs someone signed in (the HTTP adapters answer 401, not 403)."""
+
+
+def denied(message_type: type, principal: Principal) -> Forbidden:
+    """The error for ``principal`` denied ``message_type``: :class:`SignInRequired` when anonymous."""
+    return (SignInRequired if principal == ANONYMOUS else Forbidden)(message_type, principal)
 
 
 Rule = Callable[[Any, Principal, "Authorize"], bool]
@@ -119,7 +134,7 @@ class Authorize:
             return
         log.warning("command denied", message_type=_type_name(message), customer_id=principal.customer_id,
                     admin=principal.admin)
-        raise Forbidden(type(message), principal)
+        raise denied(type(message), principal)
 
     def handle(self, message: Any, next: Callable[[Any], Any]) -> Any:
         self._check(message)
@@ -132,7 +147,8 @@ class Authorize:
 
 
 class AuthorizeQueries:
-    """Reads of a customer's orders: only that customer or staff. Someone else's order reads as missing."""
+    """Reads of a customer's orders: only that customer or staff; someone else's order reads as missing. The
+    sales figures (:data:`STAFF_QUERIES`): staff only."""
 
     needs_scope = True
 
@@ -153,10 +169,12 @@ class AuthorizeQueries:
 
     def _check(self, message: Any) -> None:
         principal = self._principal()
-        if (isinstance(message, GetCustomerOrders) and principal is not None and not principal.admin
-                and principal.customer_id != message.customer_id):
+        if principal is None or principal.admin:
+            return
+        if isinstance(message, STAFF_QUERIES) or (
+                isinstance(message, GetCustomerOrders) and principal.customer_id != message.customer_id):
             log.warning("query denied", message_type=_type_name(message), customer_id=principal.customer_id)
-            raise Forbidden(type(message), principal)
+            raise denied(type(message), principal)
 
     def handle(self, message: Any, next: Callable[[Any], Any]) -> Any:
         self._check(message)

@@ -15,6 +15,7 @@ from ._compile import Build
 from ._context import DispatchContext, Scope, current_context
 from ._di import Lifetime
 from ._errors import (
+    AuthenticationError,
     ConsumeError,
     HandlerNotFoundError,
     HookError,
@@ -38,6 +39,7 @@ from ._registry import HandlerBinder, Handles, Registry, Validates, handles
 __all__ = [
     "AsyncBehaviour",
     "AsyncMediator",
+    "AuthenticationError",
     "Behaviour",
     "Build",
     "Command",

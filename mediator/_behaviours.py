@@ -17,7 +17,8 @@ import attrs
 import structlog
 
 from ._context import _current
-from ._errors import HookError, ValidationError, ValidatorError
+from ._errors import HookError, UnresolvedAnnotationsError, ValidationError, ValidatorError
+from ._fields import FieldChecker, field_checker
 from ._messages import field_names, fields_reader, kind_of, qualname, sensitive_fields
 
 if TYPE_CHECKING:
@@ -81,28 +82,55 @@ class Validation:
     The handler never runs on invalid input (for a stream: before its first
     item). A validator that raises (say, its database is down) surfaces as a
     ``ValidatorError``, never as "invalid".
+
+    With ``check_types=True``, the fields of an attrs message are first checked
+    against their annotations, by a checker generated once per message type at
+    build: ``int`` is a whole number (not ``bool``) within 64 bits, ``float`` and
+    ``Decimal`` are finite, text has no NUL character nor lone surrogate, and
+    collections and nested attrs classes are checked item by item (problems at
+    ``items[0].quantity``). A message with wrongly typed fields is refused with
+    those problems before any validator runs, so validators only see values of
+    the declared types.
     """
 
     needs_scope = False
 
+    def __init__(self, *, check_types: bool = False) -> None:
+        self.check_types = check_types
+
     def for_message(self, message_type: type, build: Build) -> Validation | None:
         validators = build.validators(message_type)
-        if not validators:
+        check_fields = None
+        if self.check_types:
+            try:
+                check_fields = field_checker(message_type)
+            except UnresolvedAnnotationsError as exc:
+                build.problem(f"{exc} (Validation(check_types=True) checks the fields by their annotations.)")
+        if not validators and check_fields is None:
             return None
         if not build.is_async:
             for validator in validators:
                 if validator.is_async:
                     build.problem(f"Validator {validator.description} is async; use build_async().")
-        return _BoundValidation(validators, build.is_async)
+        return _BoundValidation(validators, build.is_async, check_fields)
+
+
+def _refuse(message: Any, problems: Iterable[tuple[str, str]]) -> ValidationError:
+    errors: dict[str, list[str]] = {}
+    _collect(errors, problems)
+    return ValidationError(message, errors)
 
 
 class _BoundValidation(Validation):
-    def __init__(self, validators: tuple[Invoker, ...], is_async: bool) -> None:
+    def __init__(self, validators: tuple[Invoker, ...], is_async: bool, check_fields: FieldChecker | None) -> None:
         self.validators = validators
         self.is_async = is_async
+        self.check_fields = check_fields
         self.needs_scope = any(v.needs_scope for v in validators)
 
     def _check(self, message: Any) -> None:
+        if self.check_fields is not None and (wrong := self.check_fields(message)):
+            raise _refuse(message, wrong)
         errors: dict[str, list[str]] = {}
         for validator in self.validators:
             try:
@@ -113,6 +141,8 @@ class _BoundValidation(Validation):
             raise ValidationError(message, errors)
 
     async def _check_async(self, message: Any) -> None:
+        if self.check_fields is not None and (wrong := self.check_fields(message)):
+            raise _refuse(message, wrong)
         errors: dict[str, list[str]] = {}
         for validator in self.validators:
             try:
@@ -248,8 +278,12 @@ class _BoundLogging:
 
     def _failed(self, message: Any, started: int, exc: BaseException) -> None:
         if self.enabled(self.error_level):
-            self.log_error("message failed", outcome="error", error_type=qualname(type(exc)),
-                           **self._fields(message, started))
+            fields = self._fields(message, started)
+            try:
+                self.log_error("message failed", outcome="error", error_type=qualname(type(exc)), **fields)
+            except RecursionError:  # a field nested deeper than the renderer goes (a refused message, likely)
+                fields["fields"] = "<nested too deeply to log>"
+                self.log_error("message failed", outcome="error", error_type=qualname(type(exc)), **fields)
 
     def handle(self, message: Any, next: Callable[[Any], Any]) -> Any:
         started = time.perf_counter_ns()

@@ -29,8 +29,9 @@ _NOT_NAME = re.compile(r"\W+")
 _TAKEN = frozenset({
     # parameters and locals of generated functions, which would hide a global of the same name
     "message", "event", "scope", "instance", "data", "extra", "v",
+    "found", "problems", "collection", "mapping", "index", "key",
     # the generated functions themselves, defined in the same globals
-    "call", "make", "get", "publish", "convert", "encode", "read_fields",
+    "call", "make", "get", "publish", "convert", "encode", "read_fields", "check",
     # builtins the generated code calls
     *dir(builtins),
 })

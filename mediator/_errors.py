@@ -136,3 +136,31 @@ class PublishError(MediatorError, ConnectionError):
 
 class ConsumeError(MediatorError, ConnectionError):
     """JetStream could not be reached, or refused a consumer request; the driver's error is the ``__cause__``."""
+
+
+class AuthenticationError(MediatorError, PermissionError):
+    """A request's credential is missing where one is needed, or is not valid (forged, expired, malformed).
+
+    A principal resolver raises it; the HTTP embeddings answer 401 with a ``WWW-Authenticate`` challenge of
+    ``scheme``. ``reason`` says what is wrong with the credential, never what it holds; it is safe to show the
+    client. ``missing`` is true when no credential was sent at all (the challenge then carries no error code).
+    """
+
+    def __init__(self, reason: str, *, missing: bool = False, scheme: str = "Bearer") -> None:
+        self.reason = reason
+        self.missing = missing
+        self.scheme = scheme
+        super().__init__(f"{reason}; send a valid credential: Authorization: {scheme} <credential>.")
+
+
+class RequestTooLargeError(MediatorError, ValueError):
+    """A request's body is larger than the embedding's ``max_body``; the HTTP embeddings answer 413.
+
+    Raised by the request body the embeddings hand the application (ASGI ``receive``, WSGI ``wsgi.input``) once
+    more than ``limit`` bytes have come, so no more than that is ever held.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        super().__init__(f"The request body is larger than {limit} bytes; send at most {limit} bytes, or raise "
+                         "the embedding's max_body.")

@@ -1,27 +1,42 @@
 """Embedding an ``AsyncMediator`` in a FastAPI (or any ASGI) service; needs the ``fastapi`` extra.
 
-``MediatorMiddleware`` opens one dispatch scope per request (its principal
-and correlation id taken from the request), returns the consistency token of
-the request's last command in the ``X-Consistency-Token`` header, and makes
-queries of a request that sends ``X-Consistent-With: <token>`` wait for their
-read models to reach it, so a client reads its own writes across requests.
-``install_error_handlers`` maps the framework's and the application's errors to HTTP
-(see :mod:`mediator.http` for the protocol, which the WSGI embedding shares).
+``MediatorMiddleware`` opens one dispatch scope per request (its principal from the principal resolver, its
+correlation id from the request), returns the consistency token of the request's last command in the
+``X-Consistency-Token`` header, makes queries of a request that sends ``X-Consistent-With: <token>`` wait for
+their read models to reach it, so a client reads its own writes across requests, refuses a body over
+``max_body`` with 413, and logs each failure on one line. ``install_error_handlers`` maps the framework's and the
+application's errors to HTTP (see :mod:`mediator.http` for the protocol, which the WSGI embedding shares).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import uuid
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
+from contextvars import ContextVar
 from typing import Annotated, Any
 
+import attrs
 import structlog
 
-from . import AsyncMediator, MediatorError, ValidationError, current_context
-from ._errors import MissingExtraError
-from .http import CONSISTENT_HEADER, CORRELATION_HEADER, TOKEN_HEADER, StatusMap, parse_token, problem_for
+from . import AsyncMediator, AuthenticationError, MediatorError, ValidationError, current_context
+from ._errors import MissingExtraError, RequestTooLargeError
+from .http import (
+    CONSISTENT_HEADER,
+    CORRELATION_HEADER,
+    MAX_BODY,
+    TOKEN_HEADER,
+    PrincipalResolver,
+    Problem,
+    StatusMap,
+    asgi_headers,
+    check_length,
+    correlation_id_of,
+    log_failure,
+    parse_token,
+    problem_for,
+    too_large,
+)
 from .readmodels import ConsistencyTimeoutError, StorageError, consistent, last_token
 
 try:
@@ -44,59 +59,175 @@ _CORRELATION = CORRELATION_HEADER.lower()
 
 log = structlog.get_logger("mediator.http")
 
+_logged: ContextVar[list[BaseException] | None] = ContextVar("mediator_http_logged", default=None)
+"""The failures of the request in hand that its error handlers have logged: the middleware logs the others."""
+
 
 class MediatorMiddleware:
-    """Pure ASGI middleware: a dispatch scope per request, and read-your-writes across requests.
+    """Pure ASGI middleware: a dispatch scope per request, read-your-writes across requests, a body limit, one
+    log line per failure.
+
+    An exception the application lets out is answered here if the application has not answered it (with
+    :func:`mediator.http.problem_for`, else 500), logged once (:func:`mediator.http.log_failure`: no traceback,
+    no local variables), and not passed on to the server, which would log it again with its traceback.
 
     Args:
         app: the ASGI application to wrap.
         mediator: the async mediator the routes dispatch through.
-        principal: turns the request's headers into the principal of its dispatch scope; required, so that
-            an unauthenticated request is an anonymous principal, never the trusted "no principal".
+        principal: the principal resolver (:data:`mediator.http.PrincipalResolver`): turns the request's headers
+            (lower-case names, each its first value) into the principal of its dispatch scope, or raises
+            :class:`~mediator.AuthenticationError` (answered 401). Required, so that an unauthenticated request
+            is an anonymous principal, never the trusted "no principal".
         consistency_timeout: how long a query waits for a requested token before answering 503.
         head: the position of the last write in the log (``storage.head``); given it, a token beyond that
             position, which this service never issued and no read model can reach, is refused with 400
             instead of waiting for the timeout.
+        max_body: the most bytes of a request body the application may read; a larger ``Content-Length`` is
+            answered 413 before any of it is read, and a body streamed without one is cut off with 413 once it
+            passes the limit. ``None`` lifts the limit.
+        status_of: the application's errors and the status and error code each answers with, for those it
+            lets out of the application unanswered.
     """
 
-    def __init__(self, app: ASGIApp, mediator: AsyncMediator, principal: Callable[[Mapping[str, str]], Any],
-                 consistency_timeout: float = 5.0, head: Callable[[], int] | None = None) -> None:
+    def __init__(self, app: ASGIApp, mediator: AsyncMediator, principal: PrincipalResolver,
+                 consistency_timeout: float = 5.0, head: Callable[[], int] | None = None, *,
+                 max_body: int | None = MAX_BODY, status_of: StatusMap | None = None) -> None:
         self.app = app
         self.mediator = mediator
         self.principal = principal
         self.consistency_timeout = consistency_timeout
         self.head = head
+        self.max_body = max_body
+        self.status_of: StatusMap = dict(status_of or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        correlation_id = headers.get(_CORRELATION) or uuid.uuid4().hex
+        headers = asgi_headers(scope.get("headers", ()))
+        correlation_id = correlation_id_of(headers.get(_CORRELATION))
+        answer = _Answer(send, correlation_id, last_token(), scope.get("http_version", "1.1") in ("1.0", "1.1"))
+        refused = check_length(headers.get("content-length"), self.max_body)
+        if refused is not None:
+            await answer.problem(refused)
+            return
+        try:
+            principal = self.principal(headers)
+        except Exception as exc:  # AuthenticationError: 401; anything else is the resolver's failure
+            await self._failed(exc, answer)
+            return
         try:
             wanted = parse_token(headers.get(_CONSISTENT), self.head)
         except ValueError as exc:
-            await _respond(send, 400, {"error": "bad_request", "detail": str(exc)})
+            await answer.problem(Problem(400, "bad_request", str(exc)))
             return
-        before = last_token()
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                extra = [(_CORRELATION.encode(), correlation_id.encode())]
-                token = last_token()
-                if token is not None and token != before:
-                    extra.append((_TOKEN, str(token).encode()))
-                message["headers"] = [*message.get("headers", []), *extra]
-            await send(message)
-
+        body = _Body(receive, self.max_body)
         waiting = consistent(wanted, timeout=self.consistency_timeout) if wanted else contextlib.nullcontext()
-        async with self.mediator.scope(correlation_id=correlation_id, principal=self.principal(headers)):
-            with waiting, _incoming_trace(headers):
-                await self.app(scope, receive, send_with_headers)
+        logged = _logged.set([])
+        try:
+            async with self.mediator.scope(correlation_id=correlation_id, principal=principal):
+                with waiting, _incoming_trace(headers):
+                    await self.app(scope, body, answer.unless(body))
+        except Exception as exc:
+            if body.exceeded is None:
+                await self._failed(exc, answer)
+                return
+        finally:
+            _logged.reset(logged)
+        if body.exceeded is not None and not answer.started:  # whatever the application made of it
+            await answer.problem(too_large(body.exceeded))
+
+    async def _failed(self, exc: Exception, answer: _Answer) -> None:
+        """Log ``exc`` once (unless the application's error handler did, before answering it), and answer it
+        unless the application did (Starlette answers, then re-raises)."""
+        found = problem_for(exc, self.status_of)
+        if not any(exc is seen for seen in _logged.get() or ()):
+            _log(exc, found, answer.correlation_id)
+        if not answer.started:
+            await answer.problem(found or _internal(answer.correlation_id))
+        # else the answer is on its way; one cut short ends the connection when this returns
+
+
+def _log(exc: BaseException, found: Problem | None, correlation_id: str) -> None:
+    """Log ``exc`` as its problem says (an unknown error as "request failed"), and note it as logged."""
+    if found is None:
+        log_failure(log, "request failed", exc, correlation_id=correlation_id)
+    elif found.log is not None:
+        log_failure(log, found.log, exc, level=found.level, correlation_id=correlation_id)
+    seen = _logged.get()
+    if seen is not None:
+        seen.append(exc)
+
+
+def _internal(correlation_id: str) -> Problem:
+    return Problem(500, "internal", "Something went wrong; it has been logged.",
+                   extra={"correlation_id": correlation_id})
+
+
+@attrs.define
+class _Body:
+    """The request's ``receive``, cut off with :class:`~mediator.http.RequestTooLargeError` past ``limit``."""
+
+    receive: Receive
+    limit: int | None
+    seen: int = 0
+    exceeded: int | None = None
+    """The limit, once the body has passed it."""
+
+    async def __call__(self) -> Message:
+        if self.exceeded is not None:
+            raise RequestTooLargeError(self.exceeded)
+        message = await self.receive()
+        if self.limit is not None and message["type"] == "http.request":
+            self.seen += len(message.get("body", b""))
+            if self.seen > self.limit:
+                self.exceeded = self.limit
+                raise RequestTooLargeError(self.limit)
+        return message
+
+
+@attrs.define
+class _Answer:
+    """The response on its way: the correlation id and consistency token added, and whether it has started."""
+
+    send: Send
+    correlation_id: str
+    before: int | None
+    http1: bool
+    """HTTP/1 (where a 413 asks to close the connection, so the rest of the body is not read: HTTP/2 has no such
+    header, and resets the stream instead)."""
+    started: bool = False
+
+    async def forward(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+            extra = [(_CORRELATION.encode(), self.correlation_id.encode("ascii"))]
+            token = last_token()
+            if token is not None and token != self.before:
+                extra.append((_TOKEN, str(token).encode()))
+            message["headers"] = [*message.get("headers", []), *extra]
+        await self.send(message)
+
+    def unless(self, body: _Body) -> Send:
+        """``forward``, dropping what the application answers once ``body`` has passed its limit (a 413 goes
+        instead, whatever it made of the error: FastAPI answers a body it cannot read with 400)."""
+        async def send(message: Message) -> None:
+            if body.exceeded is None or self.started:
+                await self.forward(message)
+        return send
+
+    async def problem(self, found: Problem) -> None:
+        payload = json.dumps(found.body()).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+                   *((name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in found.headers)]
+        if found.status == 413 and self.http1:
+            headers.append((b"connection", b"close"))
+        await self.forward({"type": "http.response.start", "status": found.status, "headers": headers})
+        await self.send({"type": "http.response.body", "body": payload})
 
 
 @contextlib.contextmanager
-def _incoming_trace(headers: Mapping[str, str]) -> Any:
+def _incoming_trace(headers: dict[str, str]) -> Any:
     """Join the caller's trace (W3C ``traceparent``) when OpenTelemetry is installed; do nothing otherwise."""
     try:
         from opentelemetry import context, propagate
@@ -108,13 +239,6 @@ def _incoming_trace(headers: Mapping[str, str]) -> Any:
         yield
     finally:
         context.detach(token)
-
-
-async def _respond(send: Send, status: int, body: dict[str, Any]) -> None:
-    payload = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
-    await send({"type": "http.response.body", "body": payload})
 
 
 def current_mediator(request: Request) -> AsyncMediator:
@@ -132,12 +256,21 @@ def problem(status: int, error: str, detail: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": error, "detail": detail, **extra}, status_code=status)
 
 
-def install_error_handlers(app: FastAPI, status_of: StatusMap) -> None:
-    """Map errors to HTTP as :func:`mediator.http.problem_for` does: validation 422 with field errors,
-    ``status_of`` for the application's, a read model not caught up in time, being rebuilt, or the storage
-    unavailable 503 (with ``Retry-After``), anything else 500.
+def _response(found: Problem) -> JSONResponse:
+    answer = JSONResponse(found.body(), status_code=found.status)
+    answer.headers.update(dict(found.headers))
+    return answer
 
-    A 500 carries the correlation id and no detail from the exception, so nothing internal leaks.
+
+def install_error_handlers(app: FastAPI, status_of: StatusMap) -> None:
+    """Map errors to HTTP as :func:`mediator.http.problem_for` does: a missing or invalid credential 401 (with
+    ``WWW-Authenticate``), a body too large 413, validation 422 with field errors, ``status_of`` for the
+    application's, a value the database refused 422, a conflicting write 409, a read model not caught up in time,
+    being rebuilt, or the storage unavailable 503 (with ``Retry-After``), anything else 500.
+
+    A 500 carries the correlation id and no detail from the exception, so nothing internal leaks; the failure is
+    logged on one line, without a traceback (and :class:`MediatorMiddleware`, to which Starlette passes it on
+    after answering, does not log it again).
     """
 
     @app.exception_handler(RequestValidationError)
@@ -150,35 +283,35 @@ def install_error_handlers(app: FastAPI, status_of: StatusMap) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        names = {404: "not_found", 405: "method_not_allowed"}
+        names = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}
         return problem(exc.status_code, names.get(exc.status_code, "http_error"), str(exc.detail))
 
     async def mapped(request: Request, exc: Exception) -> JSONResponse:
         found = problem_for(exc, status_of)
         if found is None:  # pragma: no cover - registered only for the types problem_for maps
             raise exc
-        if found.log is not None:
-            log.error(found.log, error_type=type(exc).__name__, error=str(exc))
-        answer = JSONResponse(found.body(), status_code=found.status)
-        answer.headers.update(dict(found.headers))
-        return answer
+        _log(exc, found, _correlation_id(request))
+        return _response(found)
 
     # One handler per mapped type, so Starlette answers them where they are raised; only what is left reaches
-    # the catch-all below (which Starlette re-raises to the server after answering, as a 500 should be).
-    for error_type in (ValidationError, StorageError, ConsistencyTimeoutError, *status_of):
+    # the catch-all below (which Starlette passes on to the middleware after answering, as a 500 should be).
+    for error_type in (AuthenticationError, RequestTooLargeError, ValidationError, StorageError,
+                       ConsistencyTimeoutError, *status_of):
         app.add_exception_handler(error_type, mapped)
 
     @app.exception_handler(Exception)
     async def anything(request: Request, exc: Exception) -> JSONResponse:
-        if isinstance(exc, MediatorError):
-            log.error("request failed", error_type=type(exc).__name__)
-        else:
-            log.exception("request failed")
-        try:
-            correlation_id = current_context().correlation_id
-        except MediatorError:
-            correlation_id = request.headers.get(CORRELATION_HEADER, "")
-        return problem(500, "internal", "Something went wrong; it has been logged.", correlation_id=correlation_id)
+        found = problem_for(exc, status_of)  # a database driver's error, by what it means
+        correlation_id = _correlation_id(request)
+        _log(exc, found, correlation_id)  # before the answer goes, so the line is there when the client has it
+        return _response(found or _internal(correlation_id))
+
+
+def _correlation_id(request: Request) -> str:
+    try:
+        return current_context().correlation_id
+    except MediatorError:  # not under MediatorMiddleware
+        return correlation_id_of(request.headers.get(CORRELATION_HEADER))
 
 
 __all__ = ["Mediated", "MediatorMiddleware", "current_mediator", "install_error_handlers", "problem"]

@@ -49,18 +49,29 @@ def instrument(engine: ReadModels, meter_provider: MeterProvider | None = None) 
         return [Observation(row.seconds_behind, _attributes(row.projection, row.generation, row.rebuilding))
                 for row in engine.lag()]
 
-    def parked(options: CallbackOptions) -> Iterable[Observation]:
-        counts = dict.fromkeys(engine.projections, 0)
-        for letter in engine.dead_letters():
-            counts[letter.projection] = counts.get(letter.projection, 0) + 1
-        return [Observation(count, {"projection": name}) for name, count in counts.items()]
+    def current(field: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def observe(options: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(getattr(row, field), {"projection": row.projection})
+                    for row in engine.lag() if not row.rebuilding]
+        return observe
+
+    def stalled(options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(int(row.health in ("stalled", "holding")), {"projection": row.projection})
+                for row in engine.lag() if not row.rebuilding]
 
     meter.create_observable_gauge("mediator.projection.lag.positions", [lag_positions], unit="{event}",
-                                  description="Events between the head of the log and the projection's checkpoint")
+                                  description="Events between the head of the log and the last position up to which "
+                                              "the projection applied every event (parked ones are not applied)")
     meter.create_observable_gauge("mediator.projection.lag.seconds", [lag_seconds], unit="s",
                                   description="Age of the oldest event the projection has not applied")
-    meter.create_observable_gauge("mediator.projection.parked", [parked], unit="{event}",
-                                  description="Parked and blocked events of the projection")
+    meter.create_observable_gauge("mediator.projection.parked", [current("parked")], unit="{event}",
+                                  description="Events of the projection that failed, parked and retried on a schedule")
+    meter.create_observable_gauge("mediator.projection.blocked", [current("blocked")], unit="{event}",
+                                  description="Events waiting behind a parked event of their key")
+    meter.create_observable_gauge("mediator.projection.parked.age", [current("oldest_parked_seconds")], unit="s",
+                                  description="Age of the oldest parked or blocked event")
+    meter.create_observable_gauge("mediator.projection.stalled", [stalled], unit="1",
+                                  description="1 while the projection's events fail alike (its store is failing)")
     return meter
 
 

@@ -43,7 +43,7 @@ import structlog
 
 from ._errors import PublishError
 from ._messages import qualname
-from .readmodels import NewEvent, Storage, StorageError, StoredEvent
+from .readmodels import NewEvent, Storage, StorageDataError, StorageError, StoredEvent
 from .readmodels._runner import Runner
 
 log = structlog.get_logger("mediator.relay")
@@ -254,11 +254,16 @@ class Inbox:
     commands' transactions). ``accept`` keeps only those type names; the rest are
     dropped (a consumer should filter by subject rather than receive them at all).
 
+    One bad message never holds up the others: an event the storage refuses (a value it cannot store, such as a
+    NUL character in PostgreSQL text) is *quarantined* with the reason (``storage.quarantined(name)``), and the
+    rest of the batch is appended. A storage that is down raises :class:`~mediator.readmodels.StorageError`:
+    nothing is acknowledged, and the broker delivers the batch again.
+
     The storage must refuse a second event with the same id (SQLite and
     PostgreSQL do, with a UNIQUE column); the in-memory storage does not.
     """
 
-    def __init__(self, storage: Storage, *, accept: Collection[str] | None = None) -> None:
+    def __init__(self, storage: Storage, *, accept: Collection[str] | None = None, name: str = "inbox") -> None:
         from mediator.readmodels.memory import MemoryStorage
 
         if isinstance(storage, MemoryStorage):
@@ -266,15 +271,18 @@ class Inbox:
                             "PostgreSQL storage.")
         self.storage = storage
         self.accept = None if accept is None else frozenset(accept)
+        self.name = name
         self.received = 0
         """New events appended since this inbox was made."""
         self.duplicates = 0
         """Events dropped because their id was already in the log."""
+        self.quarantined = 0
+        """Events the storage refused, kept aside with why, since this inbox was made."""
 
     def receive(self, events: Sequence[NewEvent]) -> int:
         """Append the events of ``events`` not yet in the log, in order, and commit; return how many were new.
 
-        When this returns, they are committed: the caller may acknowledge them to the broker.
+        When this returns, they are committed (or quarantined): the caller may acknowledge them to the broker.
         """
         accepted = [e for e in events if self.accept is None or e.type_name in self.accept]
         unique: dict[str, NewEvent] = {}
@@ -284,29 +292,46 @@ class Inbox:
         batch = list(unique.values())
         if not batch:
             return 0
-        if self._append(batch):  # the usual case: none of them seen before, one transaction
+        if self._append(batch) == _APPENDED:  # the usual case: none seen before, none refused: one transaction
             self.received += len(batch)
             return len(batch)
-        new = sum(self._append([event]) for event in batch)  # a repeat among them: one at a time
+        new = 0
+        for event in batch:  # a repeat or a refused event among them: one at a time
+            outcome = self._append([event])
+            if outcome == _APPENDED:
+                new += 1
+            elif outcome == _DUPLICATE:
+                self.duplicates += 1
+            else:
+                self.storage.quarantine(self.name, event, outcome)
+                self.quarantined += 1
+                log.error("received event quarantined", inbox=self.name, event_id=event.event_id,
+                          type_name=event.type_name, reason=outcome)
         self.received += new
-        self.duplicates += len(batch) - new
         return new
 
-    def _append(self, events: Sequence[NewEvent]) -> bool:
-        """Append ``events`` in one transaction; ``False`` (nothing appended) if one of their ids is in the log."""
+    def _append(self, events: Sequence[NewEvent]) -> str:
+        """Append ``events`` in one transaction: ``_APPENDED``, ``_DUPLICATE`` (one of their ids is in the log;
+        nothing appended), or the reason the storage refused them (nothing appended)."""
         session = self.storage.begin()
         try:
             session.append(events)
             session.commit()
+        except StorageDataError as exc:
+            session.rollback()
+            return str(exc)
         except StorageError as exc:
             session.rollback()
             if _is_duplicate(exc):
-                return False
+                return _DUPLICATE
             raise
         except BaseException:
             session.rollback()
             raise
-        return True
+        return _APPENDED
+
+
+_APPENDED, _DUPLICATE = "appended", "duplicate"
 
 
 def _is_duplicate(error: BaseException) -> bool:

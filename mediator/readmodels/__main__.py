@@ -4,6 +4,7 @@
     python -m mediator.readmodels --app myapp.wiring:engine rebuild NAME
     python -m mediator.readmodels --app myapp.wiring:engine dead-letters list [NAME]
     python -m mediator.readmodels --app myapp.wiring:engine dead-letters retry NAME POSITION
+    python -m mediator.readmodels --app myapp.wiring:engine dead-letters retry --all [NAME]
     python -m mediator.readmodels --app myapp.wiring:engine dead-letters skip NAME POSITION
     python -m mediator.readmodels --app myapp.wiring:engine worker [--once] [--only NAME,NAME...]
 
@@ -23,11 +24,13 @@ import importlib
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from .._errors import MediatorError
 from ._engine import ReadModels
+from ._ports import PARKED
 from ._projections import Delivery
 
 
@@ -55,21 +58,37 @@ def render(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def status(engine: ReadModels) -> str:
     rows = [
         (lag.projection, lag.generation, engine.built_by(lag.projection, lag.generation, record=False),
-         "rebuilding" if lag.rebuilding else "current", engine.delivery(lag.projection).value, lag.checkpoint,
-         lag.positions_behind, f"{lag.seconds_behind:.3f}", lag.parked)
+         "rebuilding" if lag.rebuilding else "current", lag.health, engine.delivery(lag.projection).value,
+         lag.checkpoint, lag.applied, lag.positions_behind, f"{lag.seconds_behind:.3f}", lag.parked, lag.blocked,
+         f"{lag.oldest_parked_seconds:.0f}" if lag.parked or lag.blocked else "")
         for lag in engine.lag()
     ]
-    headers = ("projection", "generation", "version", "state", "delivery", "checkpoint", "behind", "seconds behind",
-               "parked")
+    headers = ("projection", "generation", "version", "state", "health", "delivery", "checkpoint", "applied",
+               "behind", "seconds behind", "parked", "blocked", "oldest parked (s)")
     return f"head of the log: {engine.storage.head()}\n" + render(headers, rows)
 
 
+def _when(retry_at: float | None) -> str:
+    if retry_at is None:
+        return "by an operator"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(retry_at))
+
+
 def dead_letters(engine: ReadModels, name: str | None) -> str:
-    rows = [(d.projection, d.position, d.status, d.key or "", d.type_name, d.attempts, d.reason)
+    rows = [(d.projection, d.position, d.status, d.key or "", d.type_name, d.attempts,
+             _when(d.retry_at) if d.status == PARKED else "", d.reason)
             for d in engine.dead_letters(name)]
     if not rows:
         return "no dead letters"
-    return render(("projection", "position", "status", "key", "event type", "attempts", "reason"), rows)
+    return render(("projection", "position", "status", "key", "event type", "attempts", "next retry", "reason"),
+                  rows)
+
+
+def retry_all(engine: ReadModels, name: str | None) -> str:
+    outcome = engine.retry_all(name)
+    lines = [f"retry: {projection}: {applied} event(s) applied, {still} still parked"
+             for projection, (applied, still) in outcome.items()]
+    return "\n".join(lines) or "no projections"
 
 
 def rebuild(engine: ReadModels, name: str) -> str:
@@ -109,10 +128,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     letters_commands = letters.add_subparsers(dest="action", required=True)
     listing = letters_commands.add_parser("list")
     listing.add_argument("name", nargs="?")
-    for action in ("retry", "skip"):
-        sub = letters_commands.add_parser(action)
-        sub.add_argument("name")
-        sub.add_argument("position", type=int)
+    retry_parser = letters_commands.add_parser("retry", help="apply a parked event (or --all) and those behind it")
+    retry_parser.add_argument("--all", action="store_true", help="retry every parked event (of NAME, or of all)")
+    retry_parser.add_argument("name", nargs="?")
+    retry_parser.add_argument("position", type=int, nargs="?")
+    skip_parser = letters_commands.add_parser("skip", help="drop a parked event unapplied; apply those behind it")
+    skip_parser.add_argument("name")
+    skip_parser.add_argument("position", type=int)
     worker_parser = commands.add_parser("worker", help="run the worker-delivered projections")
     worker_parser.add_argument("--once", action="store_true", help="catch up once and exit")
     worker_parser.add_argument("--only", metavar="NAMES", type=lambda v: [n for n in v.split(",") if n],
@@ -129,6 +151,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             out = worker(engine, args.once, args.only)
         elif args.action == "list":
             out = dead_letters(engine, args.name)
+        elif args.action == "retry" and args.all:
+            out = retry_all(engine, args.name)
+        elif args.name is None or args.position is None:
+            parser.error(f"dead-letters {args.action} needs NAME and POSITION, or --all")
         else:
             applied = getattr(engine, args.action)(args.name, args.position)
             out = f"{args.action}: {args.name} position {args.position}; {applied} event(s) applied"

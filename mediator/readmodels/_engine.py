@@ -24,7 +24,7 @@ from .. import Kind, Scope
 from .._messages import qualname
 from ._apply import Applier
 from ._errors import ProjectionConfigError, UnknownProjectionError
-from ._ports import DeadLetter, Storage, StoredEvent, table_name
+from ._ports import PARKED, DeadLetter, Storage, StoredEvent, table_name
 from ._projections import Delivery, Projection
 from ._rebuilds import Rebuilds
 from ._runner import Runner
@@ -41,15 +41,34 @@ log = structlog.get_logger("mediator.readmodels")
 
 @attrs.frozen
 class Lag:
-    """How far one projection generation is behind the head of the log."""
+    """How far one projection generation is behind the head of the log, parked and blocked events counted.
+
+    A projection with a parked event has not applied it, nor what waits behind it: ``applied`` stops before
+    the earliest, and the behind figures count from there, so a degraded projection never looks current.
+    """
 
     projection: str
     generation: int
     rebuilding: bool
     checkpoint: int
     positions_behind: int
+    """From the head of the log back to :attr:`applied`."""
     seconds_behind: float
+    """The age of the oldest event not applied yet (0 when none is)."""
     parked: int
+    """Events that failed, parked (retried on a schedule)."""
+    blocked: int = 0
+    """Events waiting behind a parked event of their key."""
+    applied: int = 0
+    """The position up to which every event has been applied."""
+    oldest_parked_seconds: float = 0.0
+    """The age of the oldest parked or blocked event."""
+    health: str = "ok"
+    """``ok``; ``parked`` (it has dead letters); ``stalled`` (its events fail alike: its store is failing);
+    ``holding`` (an event failed with nothing after it yet to tell its fault from the projection's). The last
+    two are known only in the process that runs the projection."""
+    error: str | None = None
+    """Why it is stalled or holding, in that process."""
 
 
 class ReadModels:
@@ -60,8 +79,14 @@ class ReadModels:
             :class:`~mediator.readmodels.memory.MemoryStorage`).
         types: the registered event types.
         batch_size: events a background projection applies per transaction.
-        max_attempts: tries of a failing event before it is parked.
-        backoff: seconds before the first retry; doubled per attempt, capped at 30 s.
+        max_attempts: quick tries of a parked event (the first failure included) before the slow schedule.
+        backoff: seconds before the first quick retry of a parked event, and before a stalled projection or a
+            held event is tried again; doubled each time, capped at ``max_backoff``.
+        max_backoff: the longest wait between two quick tries, and between two tries of a stalled projection.
+        heal_interval: seconds before the first try of the slow schedule; doubled each time, capped at an hour.
+        heal_attempts: tries of the slow schedule; after those, a parked event waits for an operator.
+        stall_limit: seconds a projection may stall at the same event before that event is taken for poison after
+            all (events of different keys failing alike in a row look like an outage).
         poll_interval: how often an idle runner runs its projections anyway (for retries, and rebuilds started
             by other processes).
         watch_interval: how often an idle runner looks at the head of the log for events committed by other
@@ -74,13 +99,18 @@ class ReadModels:
     """
 
     def __init__(self, storage: Storage, types: EventTypes, *, batch_size: int = 500, max_attempts: int = 5,
-                 backoff: float = 0.05, poll_interval: float = 0.2, watch_interval: float = 0.002,
+                 backoff: float = 0.05, max_backoff: float = 5.0, heal_interval: float = 60.0, heal_attempts: int = 10,
+                 stall_limit: float = 300.0, poll_interval: float = 0.2, watch_interval: float = 0.002,
                  retire_after: float = 5.0, standby_interval: float = 0.05) -> None:
         self.storage = storage
         self.types = types
         self.batch_size = batch_size
         self.max_attempts = max_attempts
         self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.heal_interval = heal_interval
+        self.heal_attempts = heal_attempts
+        self.stall_limit = stall_limit
         self.poll_interval = poll_interval
         self.watch_interval = watch_interval
         self.retire_after = retire_after
@@ -229,8 +259,7 @@ class ReadModels:
                         continue
                     done = self.applier.run_batch(track, generation, replaying, ignore_backoff=ignore_backoff)
                     total += done
-                    # Without backoff, a failing event is tried again at once until it is parked.
-                    progressed = progressed or done > 0 or (ignore_backoff and bool(track.attempts))
+                    progressed = progressed or done > 0
                 self.rebuilds.maybe_swap(track)
         return total
 
@@ -317,28 +346,47 @@ class ReadModels:
         return bool(mine) and not any(self.storage.holds(name) for name in mine)
 
     def _idle_wait(self) -> float:
-        now = time.monotonic()
-        soonest = min((t.not_before for t in self._tracks.values() if t.not_before > now), default=None)
-        return self.poll_interval if soonest is None else max(0.0, min(self.poll_interval, soonest - now))
+        """How long an idle runner may wait: until its next poll, a backoff's end or a parked event's retry."""
+        now, wall = time.monotonic(), time.time()
+        due = [t.not_before - now for t in self._tracks.values() if t.not_before > now]
+        due += [t.next_retry - wall for t in self._tracks.values() if t.next_retry is not None]
+        return max(0.0, min([self.poll_interval, *due]))
 
     # -- operations: lag, rebuilds, dead letters ----------------------------------------------------
 
     def lag(self) -> list[Lag]:
         """Lag per projection generation (a rebuild shows as a second, ``rebuilding`` row)."""
-        head = self.storage.head()
+        storage = self.storage
+        head = storage.head()
         now = time.time()
         rows = []
         for track in self._tracks.values():
-            current = self.storage.current_generation(track.name)
-            rebuild = self.storage.rebuilding(track.name)
-            generations = [(current, False)] + ([(rebuild, True)] if rebuild is not None else [])
-            parked = len(self.storage.all_dead_letters(track.name))
-            for generation, rebuilding in generations:
-                checkpoint = self.storage.checkpoint(track.name, generation)
-                oldest = self.storage.read(checkpoint, 1) if checkpoint < head else []
-                rows.append(Lag(track.name, generation, rebuilding, checkpoint, head - checkpoint,
-                                round(now - oldest[0].recorded_at, 3) if oldest else 0.0, parked))
+            current = storage.current_generation(track.name)
+            rebuild = storage.rebuilding(track.name)
+            letters = storage.all_dead_letters(track.name)
+            parked = sum(1 for letter in letters if letter.status == PARKED)
+            oldest = self._age(letters[0].position, now) if letters else 0.0
+            health, error = self._health(track, bool(letters))
+            for generation, rebuilding in [(current, False)] + ([(rebuild, True)] if rebuild is not None else []):
+                applied = storage.applied(track.name, generation)
+                first_behind = self._age(applied + 1, now) if applied < head else 0.0
+                counts = (0, 0, 0.0) if rebuilding else (parked, len(letters) - parked, oldest)
+                rows.append(Lag(track.name, generation, rebuilding, storage.checkpoint(track.name, generation),
+                                head - applied, first_behind, counts[0], counts[1], applied, counts[2],
+                                "ok" if rebuilding else health, None if rebuilding else error))
         return rows
+
+    def _age(self, position: int, now: float) -> float:
+        found = self.storage.read(position - 1, 1)
+        return round(now - found[0].recorded_at, 3) if found else 0.0
+
+    @staticmethod
+    def _health(track: Track, degraded: bool) -> tuple[str, str | None]:
+        if track.stall is not None:
+            return "stalled", f"{track.stall.error_type}: {track.stall.error}"
+        if track.holding is not None:
+            return "holding", track.holding.error
+        return ("parked" if degraded else "ok"), None
 
     def log_lag(self) -> list[Lag]:
         """Log one structlog line per projection generation with its lag; return the rows."""
@@ -346,7 +394,7 @@ class ReadModels:
         for row in rows:
             log.info("projection lag", projection=row.projection, generation=row.generation,
                      rebuilding=row.rebuilding, checkpoint=row.checkpoint, positions_behind=row.positions_behind,
-                     seconds_behind=row.seconds_behind, parked=row.parked)
+                     seconds_behind=row.seconds_behind, parked=row.parked, blocked=row.blocked, health=row.health)
         return rows
 
     def rebuild(self, name: str) -> int:
@@ -384,6 +432,12 @@ class ReadModels:
         """Apply the parked event at ``position`` again, then those waiting behind it; return how many applied."""
         self._track(name)
         return self.applier.release(name, position, apply_first=True)
+
+    def retry_all(self, name: str | None = None) -> dict[str, tuple[int, int]]:
+        """Retry every parked event now, of projection ``name`` or of all: per projection, how many events applied
+        and how many stay parked."""
+        names = [self._track(name).name] if name is not None else list(self._tracks)
+        return {each: self.applier.release_all(each) for each in names}
 
     def skip(self, name: str, position: int) -> int:
         """Drop the parked event at ``position`` unapplied; apply those waiting behind it; return how many applied."""

@@ -5,14 +5,23 @@ Each leaf also subclasses the matching built-in and keeps what it is about as at
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from .._errors import MediatorError
 from .._messages import qualname
 
+if TYPE_CHECKING:
+    from ._ports import DeadLetter
+
 
 class StorageError(MediatorError, RuntimeError):
     """The storage backend failed; the driver's error is the ``__cause__``."""
+
+
+class StorageDataError(StorageError, ValueError):
+    """The storage refused a value (a NUL character, a number out of its range, text it cannot encode): the
+    input's fault, not an outage. HTTP embeddings answer it 422; a projection parks the event that wrote it."""
 
 
 class ReadModelUnavailableError(StorageError):
@@ -36,17 +45,32 @@ class ReadModelUnavailableError(StorageError):
 
 
 class ConsistencyTimeoutError(MediatorError, TimeoutError):
-    """A query asked to be consistent with a token, and its read models did not catch up in time."""
+    """A query asked to be consistent with a token, and its read models did not reach it in time.
 
-    def __init__(self, token: int, behind: dict[str, int], timeout: float) -> None:
+    ``behind`` has the position each lagging read model has applied up to; ``parked`` the dead letter that holds
+    back each read model that cannot reach the token until that event is applied (then it answered at once,
+    rather than wait for a timeout it could not beat).
+    """
+
+    def __init__(self, token: int, behind: dict[str, int], timeout: float,
+                 parked: Mapping[str, DeadLetter] | None = None) -> None:
         self.token = token
         self.behind = behind
         self.timeout = timeout
+        self.parked = dict(parked or {})
         lagging = ", ".join(f"{name} at {position}" for name, position in behind.items())
-        super().__init__(
-            f"Read models did not reach position {token} within {timeout:g} s ({lagging}); retry, raise the "
-            "timeout, or accept a stale answer with consistent(..., stale_ok=True)."
-        )
+        held = "; ".join(
+            f"{name} has a parked event at position {letter.position}"
+            + (f" (key {letter.key!r})" if letter.key is not None else "") + f": {letter.reason}"
+            for name, letter in self.parked.items())
+        if held:
+            super().__init__(f"Read models cannot reach position {token} ({lagging}): {held}. The runner retries "
+                             "parked events on a schedule; `dead-letters list` shows them, `retry` applies them.")
+        else:
+            super().__init__(
+                f"Read models did not reach position {token} within {timeout:g} s ({lagging}); retry, raise the "
+                "timeout, or accept a stale answer with consistent(..., stale_ok=True)."
+            )
 
 
 class UnregisteredEventError(MediatorError, LookupError):
@@ -57,6 +81,23 @@ class UnregisteredEventError(MediatorError, LookupError):
         super().__init__(
             f"{qualname(event_type)} is not a registered event type; register it with event_types.register(...) "
             "so it can be stored."
+        )
+
+
+class EventFieldError(MediatorError, ValueError):
+    """An event's fields do not hold what their annotations declare, so it is not stored: it would not read back.
+
+    ``errors`` maps each field (a dotted path, ``lines[0].quantity``) to its problems. The command that recorded
+    the event fails with this error, and nothing of it is written.
+    """
+
+    def __init__(self, event: object, errors: Mapping[str, Sequence[str]]) -> None:
+        self.event = event
+        self.errors: dict[str, tuple[str, ...]] = {field: tuple(problems) for field, problems in errors.items()}
+        detail = "; ".join(f"{field or '<event>'}: {', '.join(problems)}" for field, problems in self.errors.items())
+        super().__init__(
+            f"Event {qualname(type(event))} cannot be stored: {detail}; build it from values of its fields' declared "
+            "types (Validation(check_types=True) refuses such values in the commands that make events)."
         )
 
 

@@ -26,7 +26,9 @@ try:
 except ModuleNotFoundError as _missing:  # pragma: no cover - exercised by the wheel test
     raise MissingExtraError("mediator.readmodels.postgres", "postgres", _missing.name) from _missing
 
-POSTGRES = Dialect("PostgreSQL", "%s", locks_rows=True, driver_error=psycopg.Error)
+POSTGRES = Dialect("PostgreSQL", "%s", locks_rows=True, driver_error=psycopg.Error,
+                   data_errors=(psycopg.DataError, UnicodeEncodeError))
+"""NUL characters and numbers out of range are ``DataError``; text with lone surrogates fails to encode."""
 
 
 def connection_options(schema: str) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 import attrs
 
-from ._errors import StorageError
+from ._errors import StorageDataError, StorageError
 
 
 class NewEvent(NamedTuple):
@@ -55,7 +55,8 @@ class StoredEvent(NamedTuple):
 
 
 PARKED = "parked"
-"""A dead letter whose event failed every attempt."""
+"""A dead letter whose event failed: moved aside at once, so the projection's other keys go on, and retried by the
+runner on a schedule (see :attr:`DeadLetter.retry_at`)."""
 BLOCKED = "blocked"
 """A dead letter held back only because an earlier event with the same key is parked."""
 
@@ -73,6 +74,21 @@ class DeadLetter:
     reason: str
     attempts: int
     status: str
+    retry_at: float | None = None
+    """When the runner tries a parked event again (seconds since the epoch); ``None``: only an operator does."""
+
+
+@attrs.frozen
+class Quarantined:
+    """A received event an inbox could not append (the storage refused it), kept with why."""
+
+    inbox: str
+    event_id: str
+    type_name: str
+    reason: str
+    event: str
+    """The event as received, as JSON with every character escaped that a database could refuse."""
+    received_at: float
 
 
 class ProjectionSession(abc.ABC):
@@ -240,8 +256,21 @@ class Storage(abc.ABC):
         """The projection version recorded as having built ``generation``, if one is (a read, never a write)."""
 
     @abc.abstractmethod
+    def applied(self, name: str, generation: int) -> int:
+        """The last position up to which every event of the generation has been applied: its checkpoint, or the
+        position just before its earliest dead letter (a parked event is not applied, nor what waits behind it)."""
+
+    @abc.abstractmethod
     def all_dead_letters(self, name: str | None = None) -> list[DeadLetter]:
         """Dead letters of current generations, of one projection or all."""
+
+    @abc.abstractmethod
+    def quarantine(self, inbox: str, event: NewEvent, reason: str) -> None:
+        """Keep ``event``, received by ``inbox`` and refused by this storage, with why (committed at once)."""
+
+    @abc.abstractmethod
+    def quarantined(self, inbox: str | None = None) -> list[Quarantined]:
+        """The events quarantined by ``inbox`` (or by every inbox), oldest first."""
 
     leases: bool = False
     """Whether runners hold projections by lease (:meth:`acquire`): then another process's runner may be the
@@ -266,9 +295,10 @@ class Storage(abc.ABC):
         """Whether ``exc``, raised while applying an event, is the storage failing rather than the event.
 
         Such failures (a dropped connection, a deadlock, a server restart) are retried without counting
-        as the event's attempts, so they never park a healthy event. Backends add their driver's errors.
+        as the event's attempts, so they never park a healthy event. Backends add their driver's errors. A value
+        the storage refuses (:class:`StorageDataError`) is the event's fault, never transient.
         """
-        return isinstance(exc, StorageError)
+        return isinstance(exc, StorageError) and not isinstance(exc, StorageDataError)
 
     def holds(self, name: str) -> bool:
         """Whether this process holds projection ``name`` (see :meth:`acquire`); without locks, always."""

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from ._apply import FAILED
 from ._errors import ReadModelUnavailableError, UnknownProjectionError
 from ._projections import Delivery
 from ._versions import Track, finish, finish_rebuild
@@ -110,7 +111,7 @@ class Rebuilds:
                 for stored in events:
                     if live_from is not None:
                         projection_session.replaying = stored.position <= live_from
-                    if not engine.applier.deal_with(track, projection_session, stored, blocked, careful=True):
+                    if engine.applier.deal_with(track, projection_session, stored, blocked) is FAILED:
                         session.rollback()  # a failing event: retry after its backoff
                         return False
                     projection_session.advance(stored.position)

@@ -4,7 +4,12 @@ An event class is registered under a stable name and a version. Stored data
 carries both; reading data of an older version runs the registered upcasters,
 one version step at a time, before the class is built. Unknown names and data
 that no longer fits raise :class:`UndecodableEventError`, which the projection runner
-parks with its reason instead of crashing.
+parks with its reason instead of crashing; decoding raises nothing else, whatever a row holds.
+
+Nothing is stored that cannot be read back: before an event is encoded, its fields are checked against their
+annotations (the checker ``Validation(check_types=True)`` runs on messages), and an event that fails is refused
+with :class:`EventFieldError`, so the command recording it fails and writes nothing. The decoder holds numbers to
+the same rules (whole numbers within 64 bits, finite floats and decimals).
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import decimal
 import enum
 import json
 import json.scanner
+import math
+import reprlib
 import types
 import typing
 import uuid
@@ -23,8 +30,9 @@ from typing import Any
 import attrs
 
 from .. import _codegen
+from .._fields import INT_MAX, INT_MIN, Problems, field_checker
 from .._messages import Event, qualname
-from ._errors import EventRegistrationError, UndecodableEventError, UnregisteredEventError
+from ._errors import EventFieldError, EventRegistrationError, UndecodableEventError, UnregisteredEventError
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -99,7 +107,10 @@ class EventTypes:
         return types.MappingProxyType(self._by_name)
 
     def decoder(self, entry: EventType) -> Callable[[str], Any]:
-        """A function decoding data stored at ``entry``'s current version (no upcasting)."""
+        """A function decoding data stored at ``entry``'s current version (no upcasting).
+
+        Whatever the data, it returns the event or raises :class:`UndecodableEventError`, never anything else.
+        """
         convert = _CONVERTERS.get(entry.cls) or _CONVERTERS.setdefault(entry.cls, _converter(entry.cls))
         loads = json.loads
         scan = _SCAN
@@ -107,6 +118,7 @@ class EventTypes:
         # without json.loads's wrapping (about half its cost for a small event); anything else takes loads.
 
         def decode(data: str) -> Any:
+            fields = None
             try:
                 try:
                     fields, end = scan(data, 0)
@@ -116,7 +128,7 @@ class EventTypes:
                     fields = loads(data)  # raises for trailing data, or skips trailing whitespace
                 return convert(fields)
             except Exception as exc:
-                raise UndecodableEventError(entry.name, entry.version, f"{type(exc).__name__}: {exc}") from exc
+                raise UndecodableEventError(entry.name, entry.version, _reason(exc, fields)) from exc
 
         return decode
 
@@ -126,17 +138,36 @@ class EventTypes:
         return entry.cls if entry else None
 
     def encode(self, event: object) -> tuple[str, int, str]:
-        """Return ``(name, version, json)`` for an event."""
+        """Return ``(name, version, json)`` for an event.
+
+        The event's fields are checked against their annotations first (as ``Validation(check_types=True)``
+        checks a message's), so nothing is stored that :meth:`decode` would refuse.
+
+        Raises:
+            UnregisteredEventError: if the event's class is not registered.
+            EventFieldError: naming each field whose value does not fit its declared type.
+        """
         entry = self.entry(type(event))
-        return entry.name, entry.version, _dumps(_encoder(entry.cls)(event))
+        try:
+            return entry.name, entry.version, _dumps(_encoder(entry.cls)(event))
+        except RecursionError:  # a field not checked (``Any``) holding something nested too deep for JSON
+            raise EventFieldError(event, _too_deep(event)) from None
 
     def decode(self, name: str, version: int, data: str) -> Any:
-        """Rebuild the event stored as ``(name, version, data)``, upcasting old versions."""
-        entry = self._by_name.get(name)
+        """Rebuild the event stored as ``(name, version, data)``, upcasting old versions.
+
+        Whatever the row holds, it returns the event or raises :class:`UndecodableEventError`, never anything else.
+        """
+        entry = self._by_name.get(name) if isinstance(name, str) else None
         if entry is None:
             raise UndecodableEventError(name, version, "no event type is registered under this name")
+        if type(version) is not int:
+            raise UndecodableEventError(name, version, f"its version {_short.repr(version)} is not a whole number")
         if version > entry.version:
             raise UndecodableEventError(name, version, f"newer than the registered version {entry.version}")
+        if version < 1:
+            raise UndecodableEventError(name, version, "versions start at 1")
+        fields = None
         try:
             fields = json.loads(data)
             for step in range(version, entry.version):
@@ -145,18 +176,21 @@ class EventTypes:
         except UndecodableEventError:
             raise
         except Exception as exc:
-            raise UndecodableEventError(name, version, f"{type(exc).__name__}: {exc}") from exc
+            raise UndecodableEventError(name, version, _reason(exc, fields)) from exc
 
 
 _dumps = json.JSONEncoder(separators=(",", ":"), sort_keys=True).encode
 _ENCODERS: dict[type, Callable[[Any], Any]] = {}
 _PLAIN = (str, int, float, bool, type(None))
+_short = reprlib.Repr()
+_short.maxlevel, _short.maxstring, _short.maxother = 2, 40, 40
 
 
 def _encoder(cls: type) -> Callable[[Any], Any]:
-    """``to_data`` for one attrs class, generated once: plain fields are copied, the rest converted."""
+    """``to_data`` for one attrs class, generated once: the fields checked, plain ones copied, the rest converted."""
     encode = _ENCODERS.get(cls)
     if encode is None:
+        check = field_checker(cls)  # resolves the annotations as get_type_hints does, or raises naming them
         hints = typing.get_type_hints(cls)
         parts = []
         for field in attrs.fields(cls):
@@ -164,9 +198,41 @@ def _encoder(cls: type) -> Callable[[Any], Any]:
             value = f"event.{field.name}"
             parts.append(f"{field.name!r}: {value if plain else f'to_data({value})'}")
         namespace = _codegen.Namespace(to_data=to_data)
-        encode = _ENCODERS[cls] = _codegen.function(
-            "encode", ["event"], [f"return {{{', '.join(parts)}}}"], namespace, about=f"event {qualname(cls)}")
+        lines = []
+        if check is not None:  # checked first: a plain field is copied as it is, so it must be what it says
+            checked, refuse = namespace.add("check fields", check), namespace.add("refuse", _refuse)
+            lines += [f"if problems := {checked}(event):", f"    {refuse}(event, problems)"]
+        lines.append(f"return {{{', '.join(parts)}}}")
+        encode = _ENCODERS[cls] = _codegen.function("encode", ["event"], lines, namespace,
+                                                    about=f"event {qualname(cls)}")
     return encode
+
+
+def _refuse(event: object, problems: Problems) -> None:
+    errors: dict[str, list[str]] = {}
+    for field, problem in problems:
+        errors.setdefault(field, []).append(problem)
+    raise EventFieldError(event, errors)
+
+
+def _too_deep(event: object) -> dict[str, list[str]]:
+    """The fields of ``event`` too deeply nested to store (found again one by one, as the event failed)."""
+    found: dict[str, list[str]] = {}
+    for field in attrs.fields(typing.cast(Any, type(event))):
+        try:
+            _dumps(to_data(getattr(event, field.name)))
+        except RecursionError:
+            found[field.name] = ["is nested too deeply to store"]
+        except Exception:  # another problem of this field (the one looked for is depth)
+            continue
+    return found or {"": ["is nested too deeply to store"]}
+
+
+def _reason(exc: BaseException, fields: Any) -> str:
+    """Why stored data could not be decoded, for the dead letter: the error, or that it is no JSON object."""
+    if fields is not None and not isinstance(fields, dict):
+        return f"the data is a JSON {type(fields).__name__}, not an object"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def to_data(value: Any) -> Any:
@@ -188,8 +254,15 @@ def to_data(value: Any) -> Any:
     raise TypeError(f"Cannot store a {qualname(type(value))} in an event; use a JSON-friendly type.")
 
 
+def _finite_decimal(data: Any) -> decimal.Decimal:
+    value = decimal.Decimal(data)
+    if not value.is_finite():
+        raise ValueError(f"{_short.repr(data)} is not a finite decimal number")
+    return value
+
+
 _PARSERS: dict[Any, Callable[[Any], Any]] = {
-    decimal.Decimal: decimal.Decimal,
+    decimal.Decimal: _finite_decimal,
     uuid.UUID: uuid.UUID,
     dt.datetime: dt.datetime.fromisoformat,
     dt.date: dt.date.fromisoformat,
@@ -255,9 +328,8 @@ def _attrs_converter(cls: type) -> Callable[[Any], Any]:
         convert = namespace.add(f"convert_{field.name}", _CONVERTERS.get(hint) or _converter(hint))
         name = field.alias or field.name
         value = f"data[{field.name!r}]"
-        if hint in (str, int, float, bool):  # the common case inline: no call when the JSON type is already right
-            expected = namespace.add(f"{field.name}_type", hint)
-            value = f"(v if type(v := {value}) is {expected} else {convert}(v))"
+        if hint in (str, int, float, bool):  # the common case inline: no call when the JSON value is already right
+            value = f"(v if {_INLINE[hint].format(first=f'v := {value}')} else {convert}(v))"
         else:
             value = f"{convert}({value})"
         if field.default is attrs.NOTHING:
@@ -268,13 +340,29 @@ def _attrs_converter(cls: type) -> Callable[[Any], Any]:
     return _codegen.function("convert", ["data"], lines, namespace, about=f"event {qualname(cls)}")
 
 
+_INLINE = {
+    str: "type({first}) is str",
+    bool: "type({first}) is bool",
+    int: f"type({{first}}) is int and {INT_MIN} <= v <= {INT_MAX}",
+    float: "type({first}) is float and -1e999 < v < 1e999",  # 1e999 is infinity: NaN and infinities go to the call
+}
+"""A value of these types decodes with no call when this holds: what the encoder's field check lets through."""
+
+
 def _checker(tp: type) -> Callable[[Any], Any]:
+    """Decode a JSON value of type ``tp`` exactly, numbers within what the encoder stores (64 bits, finite)."""
     def check(data: Any) -> Any:
-        if type(data) is tp:
+        if tp in (int, float) and type(data) is int:
+            if not INT_MIN <= data <= INT_MAX:
+                raise ValueError(f"{_short.repr(data)} is beyond the 64-bit range")
+            return float(data) if tp is float else data
+        if tp is float and type(data) is float:
+            if not math.isfinite(data):
+                raise ValueError(f"{data} is not a finite number")
             return data
-        if tp is float and type(data) is int:
-            return float(data)
-        raise TypeError(f"expected {tp.__name__}, got {data!r}")
+        if type(data) is tp and tp in (str, bool):
+            return data
+        raise TypeError(f"expected {tp.__name__}, got {_short.repr(data)}")
 
     return check
 
@@ -291,7 +379,7 @@ def _from_union(tp: Any, data: Any) -> Any:
             return from_data(option, data)
         except (TypeError, ValueError, decimal.InvalidOperation) as exc:
             errors.append(exc)
-    raise ValueError(f"{data!r} fits none of {tp}: {errors}")
+    raise ValueError(f"{_short.repr(data)} fits none of {tp}: {errors}")
 
 
 def _from_collection(tp: Any, origin: Any, data: Any) -> Any:

@@ -10,13 +10,15 @@ its checkpoint row (PostgreSQL, whose transactions run side by side) or relies o
 from __future__ import annotations
 
 import contextlib
+import json
+import time
 from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
 import attrs
 
-from ._errors import StorageError
-from ._ports import DeadLetter, Generations, ProjectionSession, Storage, WriteSession
+from ._errors import StorageDataError, StorageError
+from ._ports import DeadLetter, Generations, NewEvent, ProjectionSession, Quarantined, Storage, WriteSession
 
 READ_SCHEMA = """
 CREATE TABLE IF NOT EXISTS projection_tracking (
@@ -49,13 +51,34 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     reason TEXT NOT NULL,
     attempts INTEGER NOT NULL,
     status TEXT NOT NULL,
+    retry_at DOUBLE PRECISION,
     PRIMARY KEY (projection, generation, position)
+);
+CREATE TABLE IF NOT EXISTS inbox_quarantine (
+    inbox TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    type_name TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    event TEXT NOT NULL,
+    received_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (inbox, event_id)
 );
 """
 """The tables of checkpoints, generation records and dead letters, in SQL both dialects read alike."""
 
 EVENT_COLUMNS = "position, event_id, type_name, version, data, key, recorded_at, meta"
-_LETTER_COLUMNS = "projection, generation, position, event_id, type_name, key, reason, attempts, status"
+_LETTER_COLUMNS = "projection, generation, position, event_id, type_name, key, reason, attempts, status, retry_at"
+_QUARANTINE_COLUMNS = "inbox, event_id, type_name, reason, event, received_at"
+
+
+def upgrade_schema(connection: Any, dialect: Dialect) -> None:
+    """Bring tables made by an earlier release up to :data:`READ_SCHEMA` (columns added since), idempotently."""
+    if dialect.marker == "?":
+        columns = {row[1] for row in connection.execute("PRAGMA table_info(dead_letters)").fetchall()}
+        if "retry_at" not in columns:
+            connection.execute("ALTER TABLE dead_letters ADD COLUMN retry_at DOUBLE PRECISION")
+    else:
+        connection.execute("ALTER TABLE dead_letters ADD COLUMN IF NOT EXISTS retry_at DOUBLE PRECISION")
 
 
 @attrs.frozen
@@ -71,6 +94,9 @@ class Dialect:
     sessions of one generation can run at once; SQLite runs one writing transaction at a time anyway."""
     driver_error: type[Exception]
     """The driver's root error, translated into :class:`~mediator.readmodels.StorageError`."""
+    data_errors: tuple[type[Exception], ...] = ()
+    """Errors that mean the database refused a value (translated into
+    :class:`~mediator.readmodels.StorageDataError`, the input's fault, never transient)."""
 
     def sql(self, text: str) -> str:
         """``text``, written with ``?`` markers, in this dialect."""
@@ -109,10 +135,10 @@ class Statements:
             "INSERT INTO projection_versions (projection, generation, version) VALUES (?, ?, ?) "
             "ON CONFLICT (projection, generation) DO NOTHING")
         self.park = q(
-            f"INSERT INTO dead_letters ({_LETTER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            f"INSERT INTO dead_letters ({_LETTER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (projection, generation, position) DO UPDATE SET event_id = excluded.event_id, "
             "type_name = excluded.type_name, key = excluded.key, reason = excluded.reason, "
-            "attempts = excluded.attempts, status = excluded.status")
+            "attempts = excluded.attempts, status = excluded.status, retry_at = excluded.retry_at")
         self.dead_letters = q(
             f"SELECT {_LETTER_COLUMNS} FROM dead_letters WHERE projection = ? AND generation = ? ORDER BY position")
         self.release = q("DELETE FROM dead_letters WHERE projection = ? AND generation = ? AND position = ?")
@@ -122,6 +148,25 @@ class Statements:
             "WHERE d.generation = COALESCE(g.generation, 1)")
         self.all_dead_letters = current_letters + " ORDER BY d.projection, d.position"
         self.dead_letters_of = q(current_letters + " AND d.projection = ? ORDER BY d.position")
+        self.applied = q(
+            "SELECT (SELECT position FROM projection_tracking WHERE projection = ? AND generation = ?), "
+            "(SELECT MIN(position) FROM dead_letters WHERE projection = ? AND generation = ?)")
+        self.quarantine = q(
+            f"INSERT INTO inbox_quarantine ({_QUARANTINE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (inbox, event_id) DO UPDATE SET reason = excluded.reason, event = excluded.event, "
+            "received_at = excluded.received_at")
+        self.quarantined = f"SELECT {_QUARANTINE_COLUMNS} FROM inbox_quarantine ORDER BY received_at, event_id"
+        self.quarantined_by = q(f"SELECT {_QUARANTINE_COLUMNS} FROM inbox_quarantine WHERE inbox = ? "
+                                "ORDER BY received_at, event_id")
+
+
+def translate(dialect: Dialect, action: str, exc: BaseException) -> StorageError:
+    """The framework's error for ``exc`` raised by the driver while doing ``action``: a :class:`StorageDataError`
+    if the database refused a value, else a :class:`StorageError`. Only the first line of the driver's message is
+    kept: PostgreSQL's ``DETAIL`` lines carry the values (an e-mail, an address), which must not reach logs."""
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    kind = StorageDataError if isinstance(exc, dialect.data_errors) else StorageError
+    return kind(f"{dialect.name} failed to {action}: {first_line}")
 
 
 @contextlib.contextmanager
@@ -129,8 +174,8 @@ def translated(dialect: Dialect, action: str) -> Iterator[None]:
     """Raise the driver's errors inside the block as :class:`StorageError`, saying what failed."""
     try:
         yield
-    except dialect.driver_error as exc:
-        raise StorageError(f"{dialect.name} failed to {action}: {exc}") from exc
+    except (dialect.driver_error, *dialect.data_errors) as exc:
+        raise translate(dialect, action, exc) from exc
 
 
 class SqlProjectionSession(ProjectionSession):
@@ -184,7 +229,10 @@ class SqlProjectionSession(ProjectionSession):
         self.handle.execute(f"RELEASE SAVEPOINT {name}")
 
     def park(self, letter: DeadLetter) -> None:
-        self.handle.execute(self._sql.park, attrs.astuple(letter))
+        # A letter's texts come from the log and from errors: escape what the database could refuse (a lone
+        # surrogate from a row that was not UTF-8, a NUL), or parking the event would fail the projection.
+        fields = tuple(_printable(value) if isinstance(value, str) else value for value in attrs.astuple(letter))
+        self.handle.execute(self._sql.park, fields)
 
     def dead_letters(self) -> list[DeadLetter]:
         rows = self.handle.execute(self._sql.dead_letters, (self.name, self.generation)).fetchall()
@@ -275,8 +323,8 @@ class SqlWriteSession(WriteSession):
                 with contextlib.suppress(StorageError):  # the failure to report is the commit's
                     self._abandon()
                 dialect = self._sql.dialect
-                if isinstance(exc, dialect.driver_error):
-                    raise StorageError(f"{dialect.name} failed to commit: {exc}") from exc
+                if isinstance(exc, (dialect.driver_error, *dialect.data_errors)):
+                    raise translate(dialect, "commit", exc) from exc
                 raise
             finally:
                 self._storage._give_back(self.handle)
@@ -318,6 +366,31 @@ class SqlStorage(Storage):
         found = self._value("read a projection version", self._sql.version, (name, generation))
         return None if found is None else int(found)
 
+    def applied(self, name: str, generation: int) -> int:
+        with translated(self._sql.dialect, "read a checkpoint"):
+            ((checkpoint, first_letter),) = self._rows(self._sql.applied, (name, generation, name, generation))
+        checkpoint = int(checkpoint or 0)
+        return checkpoint if first_letter is None else min(checkpoint, int(first_letter) - 1)
+
+    def quarantine(self, inbox: str, event: NewEvent, reason: str) -> None:
+        escaped = json.dumps(event._asdict(), ensure_ascii=True)  # \u0000 and lone surrogates as escapes
+        row = (inbox, _printable(event.event_id), _printable(event.type_name), _printable(reason), escaped,
+               time.time())
+        with translated(self._sql.dialect, "quarantine a received event"):
+            self._change(self._sql.quarantine, row)
+
+    def _change(self, statement: str, params: Sequence[Any]) -> None:
+        """Run a write of its own, committed at once (each backend says how)."""
+        raise NotImplementedError
+
+    def quarantined(self, inbox: str | None = None) -> list[Quarantined]:
+        with translated(self._sql.dialect, "read quarantined events"):
+            if inbox is None:
+                rows = self._rows(self._sql.quarantined, ())
+            else:
+                rows = self._rows(self._sql.quarantined_by, (inbox,))
+        return [Quarantined(*row) for row in rows]
+
     def all_dead_letters(self, name: str | None = None) -> list[DeadLetter]:
         with translated(self._sql.dialect, "read dead letters"):
             if name is None:
@@ -325,3 +398,10 @@ class SqlStorage(Storage):
             else:
                 rows = self._rows(self._sql.dead_letters_of, (name,))
         return [DeadLetter(*row) for row in rows]
+
+
+def _printable(text: str) -> str:
+    """``text`` with what a database could refuse (NUL, lone surrogates) escaped, for keys and reasons."""
+    if text.isascii() and "\0" not in text:
+        return text
+    return json.dumps(text, ensure_ascii=True)[1:-1]

@@ -20,6 +20,7 @@ import attrs
 
 from .._messages import qualname
 from ._errors import ConsistencyTimeoutError
+from ._ports import DeadLetter
 from ._projections import Delivery
 
 if TYPE_CHECKING:
@@ -64,7 +65,11 @@ def consistent(token: int | None, *, timeout: float = 5.0, stale_ok: bool = Fals
 
 
 class Progress:
-    """Where waiters for a token learn that projections moved: woken by this process's runner, polling otherwise."""
+    """Where waiters for a token learn that projections moved: woken by this process's runner, polling otherwise.
+
+    A projection has reached a token when every event up to it has been applied: its checkpoint is past the
+    token *and* none of its events at or before the token is parked or blocked (:meth:`Storage.applied`).
+    """
 
     def __init__(self, engine: ReadModels) -> None:
         self.engine = engine
@@ -76,19 +81,30 @@ class Progress:
             self.condition.notify_all()
 
     def behind(self, token: int, names: Iterable[str]) -> dict[str, int]:
-        """The checkpoints of ``names`` that are still below ``token`` (empty when all have reached it)."""
+        """The positions applied by those of ``names`` that have not reached ``token`` (empty when all have)."""
         storage, tracks = self.engine.storage, self.engine._tracks
         behind = {}
         for name in names:
             if tracks[name].delivery is Delivery.INLINE:
                 continue
-            position = storage.checkpoint(name, storage.current_generation(name))
+            position = storage.applied(name, storage.current_generation(name))
             if position < token:
                 behind[name] = position
         return behind
 
+    def parked(self, token: int, names: Iterable[str], before: float | None = None) -> dict[str, DeadLetter]:
+        """The earliest dead letter at or before ``token`` of each of ``names`` that has one; with ``before`` (a
+        time), only those no automatic retry may clear by then: waiting for those cannot help."""
+        found = {}
+        for name in names:
+            letters = [letter for letter in self.engine.storage.all_dead_letters(name) if letter.position <= token]
+            if letters and (before is None or _not_retried_by(letters[0], before)):
+                found[name] = letters[0]
+        return found
+
     def wait(self, token: int, names: Iterable[str], timeout: float) -> bool:
-        """Wait until the projections ``names`` have reached ``token``; ``False`` on timeout.
+        """Wait until the projections ``names`` have reached ``token``; ``False`` on timeout, or at once when a
+        parked event holds one back that no automatic retry can clear within the timeout.
 
         Runner threads in this process wake the waiter as soon as they commit a
         batch; progress made by a worker process is seen by polling the
@@ -96,18 +112,34 @@ class Progress:
         """
         names = list(names)
         deadline = time.monotonic() + timeout
+        wall_deadline = time.time() + timeout
         # Progress made elsewhere (a worker, or another process's runner holding the projection's lease) is
         # not announced here: poll for it. With leases, always: this runner may lose one at any moment.
         remote = self.engine.storage.leases or not all(self.engine.runs_here(name) for name in names)
         pause = 0.00025
+        checked_letters = False
         with self.condition:
-            while self.behind(token, names):
+            while behind := self.behind(token, names):
+                if not checked_letters and self._held_by_letters(token, behind, wall_deadline):
+                    return False
+                checked_letters = True
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
                 self.condition.wait(min(left, pause) if remote else left)
                 pause = min(pause * 2, 0.005)
         return True
+
+    def _held_by_letters(self, token: int, behind: dict[str, int], wall_deadline: float) -> bool:
+        """Whether one of the projections behind is held back by a parked event nothing clears before the
+        deadline (checked once per wait: a checkpoint short of the token is the usual, cheap case)."""
+        storage = self.engine.storage
+        stuck = [name for name in behind if storage.checkpoint(name, storage.current_generation(name)) >= token]
+        return bool(stuck) and bool(self.parked(token, stuck, before=wall_deadline))
+
+
+def _not_retried_by(letter: DeadLetter, when: float) -> bool:
+    return letter.retry_at is None or letter.retry_at > when
 
 
 class ReadYourWrites:
@@ -139,9 +171,10 @@ class ReadYourWrites:
             self.engine.check_available(name)
         if not self.engine.wait(wanted.token, self.reads, timeout=wanted.timeout):
             if not wanted.stale_ok:
-                storage = self.engine.storage
-                behind = {n: storage.checkpoint(n, storage.current_generation(n)) for n in self.reads}
-                raise ConsistencyTimeoutError(wanted.token, behind, wanted.timeout)
+                progress = self.engine.progress
+                behind = progress.behind(wanted.token, self.reads)
+                raise ConsistencyTimeoutError(wanted.token, behind, wanted.timeout,
+                                              progress.parked(wanted.token, behind))
             wanted.stale = True
 
     def handle(self, message: Any, next: Callable[[Any], Any]) -> Any:

@@ -20,6 +20,7 @@ import structlog
 from .. import Event, Scope, current_context
 from .._context import _current, new_id
 from .._messages import qualname
+from ._apply import FAILED
 from ._errors import StorageError, UnregisteredEventError
 from ._ports import NewEvent, WriteSession
 from ._projections import Delivery
@@ -246,7 +247,7 @@ class Writer:
             missed = engine.storage.read(projection_session.position,
                                          min(engine.batch_size, first - 1 - projection_session.position))
             for stored in missed:
-                if not engine.applier.deal_with(track, projection_session, stored, blocked, careful=True):
+                if engine.applier.deal_with(track, projection_session, stored, blocked) is FAILED:
                     raise StorageError(
                         f"Inline projection {track.name!r} cannot apply the event at position {stored.position} "
                         "it missed; commands are refused until it can (see the log for the error)."

@@ -107,14 +107,40 @@ def swap(storage: Storage, name: str, generation: int) -> None:
 
 # -- the engine's side: which generations this code runs --------------------------------------------------------
 
+@attrs.frozen
+class Stall:
+    """A projection that stopped because its events fail alike (its store is down, say), not one event."""
+
+    error_type: str
+    error: str
+    since: float
+    """When it stalled (seconds since the epoch)."""
+    position: int
+    """The first event it could not apply."""
+    rounds: int = 1
+
+
+@attrs.frozen
+class Holding:
+    """An event that failed with no other event to compare it with: held, not parked, until one is."""
+
+    position: int
+    attempts: int
+    error: str
+
+
 @attrs.define
 class Track:
     """A projection as the engine runs it."""
 
     projection: Projection
     delivery: Delivery
-    attempts: dict[tuple[int, int], int] = attrs.field(factory=dict)
     not_before: float = 0.0
+    """While stalled or holding: no batch before this (monotonic time)."""
+    stall: Stall | None = None
+    holding: Holding | None = None
+    next_retry: float | None = None
+    """When the earliest of its parked events is due to be tried again (seconds since the epoch)."""
     ready: set[int] = attrs.field(factory=set)
     """Generations whose ``setup`` a committed session has run."""
     retired: list[tuple[int, float]] = attrs.field(factory=list)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import threading
+import time
 from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
@@ -22,6 +24,7 @@ from ._ports import (
     Generations,
     NewEvent,
     ProjectionSession,
+    Quarantined,
     Storage,
     StoredEvent,
     WriteSession,
@@ -178,6 +181,7 @@ class MemoryStorage(Storage):
 
     def __init__(self) -> None:
         self._state = _State()
+        self._quarantined: dict[tuple[str, str], Quarantined] = {}
         self._writer = threading.Lock()
         self._owner: int | None = None
 
@@ -240,6 +244,22 @@ class MemoryStorage(Storage):
 
     def recorded_version(self, name: str, generation: int) -> int | None:
         return self._state.versions.get((name, generation))
+
+    def applied(self, name: str, generation: int) -> int:
+        tracking = self._state.tracking.get((name, generation))
+        if tracking is None:
+            return 0
+        return min([tracking.position, *(position - 1 for position in tracking.letters)])
+
+    def quarantine(self, inbox: str, event: NewEvent, reason: str) -> None:
+        escaped = json.dumps(event._asdict(), ensure_ascii=True)
+        with self._writer:
+            self._quarantined[inbox, event.event_id] = Quarantined(
+                inbox, event.event_id, event.type_name, reason, escaped, time.time())
+
+    def quarantined(self, inbox: str | None = None) -> list[Quarantined]:
+        found = [q for (name, _id), q in self._quarantined.items() if inbox is None or name == inbox]
+        return sorted(found, key=lambda q: (q.received_at, q.event_id))
 
     def all_dead_letters(self, name: str | None = None) -> list[DeadLetter]:
         found = []

@@ -54,7 +54,9 @@ from ._sql import (
     SqlStorage,
     SqlWriteSession,
     Statements,
+    translate,
     translated,
+    upgrade_schema,
 )
 
 try:
@@ -118,8 +120,8 @@ class PostgresWriteSession(SqlWriteSession):
             cursor = self.handle.cursor()
             cursor.executemany(_INSERT_EVENT, [(first + i, *e) for i, e in enumerate(events)])
             return last
-        except psycopg.Error as exc:
-            raise StorageError(f"PostgreSQL failed to append events: {exc}") from exc
+        except (psycopg.Error, UnicodeEncodeError) as exc:
+            raise translate(POSTGRES, "append events", exc) from exc
 
     def projection(self, name: str, generation: int) -> ProjectionSession:
         # Inline projections write under the log's lock, as on SQLite: commands apply them in log order.
@@ -176,6 +178,7 @@ class PostgresStorage(Connections, SqlStorage):
             setup.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(schema, "__schema__"),))
             setup.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
             setup.execute(_SCHEMA)
+            upgrade_schema(setup, POSTGRES)
             setup.execute("COMMIT")
 
     async def async_connect(self) -> psycopg.AsyncConnection[Any]:
@@ -202,6 +205,9 @@ class PostgresStorage(Connections, SqlStorage):
             return self._rows(statement, params)
         except psycopg.OperationalError as exc:
             raise StorageError(f"PostgreSQL failed to run a query: {exc}") from exc
+
+    def _change(self, statement: str, params: Sequence[Any]) -> None:
+        self._read().execute(statement, params)  # autocommit: committed at once
 
     def read_connection(self) -> psycopg.Connection[Any]:
         """This thread's connection, for query handlers (autocommit: every statement sees the latest commit).
@@ -337,7 +343,9 @@ class PostgresStorage(Connections, SqlStorage):
     def transient(self, exc: BaseException) -> bool:
         # Connection failures (a restart included: AdminShutdown), deadlocks, serialisation failures, lock and
         # statement timeouts: none says anything about the event being applied.
-        return isinstance(exc, StorageError | psycopg.OperationalError | psycopg.errors.TransactionRollback
+        if isinstance(exc, StorageError):
+            return super().transient(exc)
+        return isinstance(exc, psycopg.OperationalError | psycopg.errors.TransactionRollback
                           | psycopg.errors.InFailedSqlTransaction)
 
     def holds(self, name: str) -> bool:

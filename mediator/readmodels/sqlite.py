@@ -35,7 +35,9 @@ from ._sql import (
     SqlStorage,
     SqlWriteSession,
     Statements,
+    translate,
     translated,
+    upgrade_schema,
 )
 
 _WRITE_SCHEMA = """
@@ -55,19 +57,36 @@ _INSERT_EVENT = (
     "INSERT INTO events (event_id, type_name, version, data, key, recorded_at, meta) VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 
-SQLITE = Dialect("SQLite", "?", locks_rows=False, driver_error=sqlite3.Error)
+_DATA_ERRORS: tuple[type[Exception], ...] = (sqlite3.DataError, OverflowError, UnicodeEncodeError)
+"""What sqlite3 raises for a value it cannot store: the input's fault, not the database's."""
+_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, *_DATA_ERRORS)
+SQLITE = Dialect("SQLite", "?", locks_rows=False, driver_error=sqlite3.Error, data_errors=_DATA_ERRORS)
 _SQL = Statements(SQLITE)
 
 
-def connect(path: str | Path, *, timeout: float = 30.0) -> sqlite3.Connection:
-    """Open a connection the way the engine uses them: autocommit (we BEGIN ourselves), WAL, busy timeout."""
+SYNCHRONOUS = ("NORMAL", "FULL", "EXTRA")
+
+
+def connect(path: str | Path, *, timeout: float = 30.0, synchronous: str = "NORMAL") -> sqlite3.Connection:
+    """Open a connection the way the engine uses them: autocommit (we BEGIN ourselves), WAL, busy timeout.
+
+    ``synchronous`` is SQLite's setting: ``NORMAL`` (in WAL mode, a commit survives the process crashing, but not
+    the machine losing power before the next checkpoint), ``FULL`` (every commit is synced to disk: it survives
+    power loss too, at a cost per commit), ``EXTRA`` (``FULL`` and the directory synced as well).
+    """
+    if synchronous not in SYNCHRONOUS:
+        raise ValueError(f"synchronous={synchronous!r}: use one of {', '.join(SYNCHRONOUS)}.")
     connection = sqlite3.connect(
         str(path), timeout=timeout, isolation_level=None, check_same_thread=False
     )
     connection.execute("PRAGMA journal_mode=WAL")
-    connection.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes; WAL checkpoints on fsync
+    connection.execute(f"PRAGMA synchronous={synchronous}")
     connection.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
     return connection
+
+
+def _lenient_text(data: bytes) -> str:
+    return data.decode("utf-8", errors="surrogateescape")
 
 
 def _abandon(connection: sqlite3.Connection) -> None:
@@ -89,8 +108,8 @@ def _transaction(connection: sqlite3.Connection, what: str) -> Iterator[sqlite3.
         connection.execute("COMMIT")
     except BaseException as exc:
         _abandon(connection)
-        if isinstance(exc, sqlite3.Error):
-            raise StorageError(f"SQLite failed in {what}: {exc}") from exc
+        if isinstance(exc, _ERRORS):
+            raise translate(SQLITE, f"run {what}", exc) from exc
         raise
 
 
@@ -112,8 +131,8 @@ class SqliteWriteSession(SqlWriteSession):
                 cursor = execute(_INSERT_EVENT, e)  # NewEvent is a tuple in the column order
             # Positions are handed out under the writer's lock, so the last row id is the last position.
             return int(cursor.lastrowid or 0)
-        except sqlite3.Error as exc:
-            raise StorageError(f"SQLite failed to append events: {exc}") from exc
+        except _ERRORS as exc:
+            raise translate(SQLITE, "append events", exc) from exc
 
     def _need_one_file(self, name: str) -> None:
         if not self._storage.supports_inline:
@@ -127,7 +146,7 @@ class SqliteWriteSession(SqlWriteSession):
         try:  # not translated(): this runs per inline projection per command
             session = SqlProjectionSession(self.handle, name, generation, _SQL)
         except sqlite3.Error as exc:
-            raise StorageError(f"SQLite failed to start an inline projection: {exc}") from exc
+            raise translate(SQLITE, "start an inline projection", exc) from exc
         self._projections.append(session)
         return session
 
@@ -148,12 +167,13 @@ class SqliteStorage(SqlStorage):
     _sql = _SQL
 
     def __init__(self, write_path: str | os.PathLike[str], read_path: str | os.PathLike[str] | None = None,
-                 *, timeout: float = 30.0) -> None:
+                 *, timeout: float = 30.0, synchronous: str = "NORMAL") -> None:
         self.write_path = Path(write_path)
         self.read_path = Path(read_path) if read_path is not None else self.write_path
         self.single_file = self.read_path.resolve() == self.write_path.resolve()
         self.supports_inline = self.single_file
         self.timeout = timeout
+        self.synchronous = synchronous
         self._local = threading.local()
         self._all: set[sqlite3.Connection] = set()
         self._all_lock = threading.Lock()
@@ -162,6 +182,7 @@ class SqliteStorage(SqlStorage):
         with translated(SQLITE, "create the schema"):
             self._write().executescript(_WRITE_SCHEMA)
             self._read().executescript(READ_SCHEMA)
+            upgrade_schema(self._read(), SQLITE)
 
     def _connection(self, attribute: str, path: Path) -> sqlite3.Connection:
         connection: sqlite3.Connection | None = getattr(self._local, attribute, None)
@@ -173,7 +194,7 @@ class SqliteStorage(SqlStorage):
         return connection
 
     def _open(self, path: Path) -> sqlite3.Connection:
-        connection = connect(path, timeout=self.timeout)
+        connection = connect(path, timeout=self.timeout, synchronous=self.synchronous)
         with self._all_lock:
             self._all.add(connection)
         return connection
@@ -188,8 +209,15 @@ class SqliteStorage(SqlStorage):
             self._pool.append(connection)  # list.append and .pop are atomic: no lock on the command path
 
     def _write(self) -> sqlite3.Connection:
-        """This thread's connection to the write database, for reading the log (never for writing)."""
-        return self._connection("write", self.write_path)
+        """This thread's connection to the write database, for reading the log (never for writing).
+
+        Text that is not UTF-8 (a row written by other means) is read with its bad bytes escaped rather than
+        failing the read, so such an event is parked as undecodable instead of stopping every projection.
+        """
+        connection = self._connection("write", self.write_path)
+        if connection.text_factory is str:
+            connection.text_factory = _lenient_text
+        return connection
 
     def _read(self) -> sqlite3.Connection:
         return self._connection("read", self.read_path)
@@ -197,7 +225,7 @@ class SqliteStorage(SqlStorage):
     def transient(self, exc: BaseException) -> bool:
         # "database is locked" (another process held the lock past the busy timeout), a disk I/O error.
         if isinstance(exc, StorageError):
-            return True
+            return super().transient(exc)
         return isinstance(exc, sqlite3.OperationalError) and any(
             word in str(exc) for word in ("database is locked", "database table is locked", "disk I/O error"))
 
@@ -221,6 +249,9 @@ class SqliteStorage(SqlStorage):
 
     def _rows(self, statement: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         return self._read().execute(statement, params).fetchall()
+
+    def _change(self, statement: str, params: Sequence[Any]) -> None:
+        self._read().execute(statement, params)  # autocommit: committed at once
 
     def read(self, after: int, limit: int, type_names: Collection[str] | None = None) -> list[StoredEvent]:
         with translated(SQLITE, "read the event log"):

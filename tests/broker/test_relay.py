@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -171,8 +172,7 @@ def received(event_id: str) -> NewEvent:
     return NewEvent(event_id, name, version, data, "o-1", 1.0)
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
-def test_the_inbox_appends_each_event_id_once(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+def downstream(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Storage:
     storage: Storage
     if backend == "sqlite":
         storage = SqliteStorage(tmp_path / "downstream.db")
@@ -186,12 +186,39 @@ def test_the_inbox_appends_each_event_id_once(backend: str, tmp_path: Path, requ
         request.addfinalizer(pg.drop_schema)
         storage = pg
     request.addfinalizer(storage.close)
+    return storage
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_the_inbox_appends_each_event_id_once(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    storage = downstream(backend, tmp_path, request)
     inbox = Inbox(storage)
     assert inbox.receive([received("a"), received("b"), received("a")]) == 2
     assert inbox.receive([received("b"), received("c")]) == 1  # a repeat among new ones
     assert inbox.receive([received("c")]) == 0
     assert [e.event_id for e in storage.events()] == ["a", "b", "c"]
     assert (inbox.received, inbox.duplicates) == (3, 3)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_one_event_the_storage_refuses_is_quarantined_and_the_rest_of_the_batch_appends(
+        backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    storage = downstream(backend, tmp_path, request)
+    inbox = Inbox(storage, name="orders-in")
+    nul = received("nul")._replace(data='{"order_id": "o-\u0000"}'.replace("\\u0000", "\0"))
+    surrogate = received("surrogate")._replace(type_name="shop.OrderPlaced\udc80")
+    refused = [nul, surrogate] if backend == "postgres" else [surrogate]  # SQLite stores a NUL, not a surrogate
+    batch = [received("a"), *refused, received("b")]
+    assert inbox.receive(batch) == len(batch) - len(refused)  # the good ones, on the first delivery
+    assert [e.event_id for e in storage.events()] == [e.event_id for e in batch if e not in refused]
+    kept = storage.quarantined("orders-in")
+    assert [q.event_id for q in kept] == [e.event_id for e in refused]
+    assert all("refused" in q.reason or "failed to append" in q.reason for q in kept)
+    assert all(json.loads(q.event)["event_id"] == q.event_id for q in kept)  # kept whole, escaped
+    assert inbox.quarantined == len(refused)
+    assert inbox.receive(batch) == 0  # delivered again: the good ones are duplicates, the bad ones kept once
+    assert len(storage.quarantined("orders-in")) == len(refused)
+    assert storage.quarantined("elsewhere") == []
 
 
 def test_the_inbox_refuses_a_storage_without_unique_event_ids() -> None:

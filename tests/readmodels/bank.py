@@ -168,6 +168,8 @@ class Balances(Projection):
         super().__init__()
         self.view = view
         self.poison: set[str] = set()
+        self.down = False  # the store the projection writes to fails for every event (an outage, not a bad event)
+        self.attempts: list[str] = []  # the account of every event the projection was asked to apply
         self.side_effects: list[tuple[str, bool]] = []
         self.applied: list[int] = []  # amounts, in the order this projection applied them (any generation)
         self.pause = 0.0  # seconds to sleep per event: a slow projection, to be killed mid-batch
@@ -180,6 +182,9 @@ class Balances(Projection):
 
     @on(Deposited)
     def deposited(self, event: Deposited, session: ProjectionSession) -> None:
+        self.attempts.append(event.account)
+        if self.down:
+            raise ConnectionError("the balances store is unreachable")
         if event.account in self.poison:
             raise ValueError(f"cannot project account {event.account}")
         if self.pause:

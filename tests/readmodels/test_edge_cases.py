@@ -8,7 +8,7 @@ import pytest
 
 from mediator import Command, Event, Query
 from mediator.readmodels import PARKED, Delivery, EventTypes, NewEvent, Storage, UnitOfWork
-from mediator.testing import assert_settled, settle
+from mediator.testing import settle
 
 from .bank import Deposit, Deposited, event_types, make_bank
 
@@ -33,17 +33,6 @@ def test_a_key_blocked_in_the_middle_of_a_batch_blocks_the_rest_of_it(storage: S
     assert [(d.position, d.status) for d in bank.engine.dead_letters()] == [(2, PARKED), (3, "blocked")]
 
 
-def test_a_blocked_letter_cannot_jump_the_queue(storage: Storage) -> None:
-    bank = make_bank(storage, max_attempts=1, backoff=0)
-    bank.projection.poison.add("a")
-    bank.mediator.send(Deposit(account="a", amount=1))
-    bank.mediator.send(Deposit(account="a", amount=10))
-    bank.engine.catch_up()
-    bank.projection.poison.clear()
-    with pytest.raises(ValueError, match="waits behind position 1"):
-        bank.engine.retry("balances", 2)
-    assert bank.engine.retry("balances", 1) == 2
-    assert bank.balances() == {"a": 11}
 
 
 def test_an_unknown_event_type_converges_once_it_is_registered(storage: Storage) -> None:
@@ -153,21 +142,6 @@ def test_two_rebuilds_at_once_share_one_generation(storage: Storage) -> None:
     assert first.balances() == {"x": 4}
 
 
-def test_each_attempt_runs_the_projection_once(storage: Storage) -> None:
-    bank = make_bank(storage, max_attempts=3, backoff=0)
-    calls = []
-    original = bank.projection.handlers[Deposited]
-
-    def counting(event: Deposited, session: object) -> None:
-        calls.append(event.amount)
-        original(event, session)  # type: ignore[arg-type]
-
-    bank.projection.handlers[Deposited] = counting
-    bank.projection.poison.add("a")
-    bank.mediator.send(Deposit(account="a", amount=1))
-    bank.engine.catch_up(ignore_backoff=True)
-    assert calls == [1, 1, 1]
-    assert bank.engine.dead_letters()[0].attempts == 3
 
 
 def test_async_commands_interleaved_on_one_loop_both_commit(storage: Storage) -> None:
@@ -205,17 +179,6 @@ def test_event_types_used_here_are_registered() -> None:
     assert Deposited in event_types()
 
 
-def test_assert_settled_names_what_is_behind_and_what_is_parked(storage: Storage) -> None:
-    bank = make_bank(storage, max_attempts=1)
-    bank.projection.poison.add("bad")
-    bank.mediator.send(Deposit(account="bad", amount=1))
-    with pytest.raises(AssertionError, match="balances g1 is 1 behind"):
-        assert_settled(bank.engine)
-    settle(bank.engine)
-    with pytest.raises(AssertionError, match=r"balances parked position 1 \(parked\): ValueError: cannot project"):
-        assert_settled(bank.engine)
-    bank.engine.skip("balances", 1)
-    assert_settled(bank.engine)
 
 
 def test_an_old_version_in_the_log_is_upcast_before_the_projection_sees_it(storage: Storage) -> None:

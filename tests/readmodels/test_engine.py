@@ -7,8 +7,6 @@ import pytest
 from structlog.testing import capture_logs
 
 from mediator.readmodels import (
-    BLOCKED,
-    PARKED,
     ConsistencyTimeoutError,
     Delivery,
     NewEvent,
@@ -121,84 +119,8 @@ def test_duplicate_delivery_applies_each_event_once(storage: Storage) -> None:
     assert bank.balances() == {"a": 20}
 
 
-def test_a_poison_event_is_retried_then_parked_and_only_its_key_waits(storage: Storage) -> None:
-    bank = make_bank(storage, max_attempts=3, backoff=0)
-    bank.projection.poison.add("bad")
-    bank.mediator.send(Deposit(account="good", amount=1))
-    bank.mediator.send(Deposit(account="bad", amount=10))
-    bank.mediator.send(Deposit(account="good", amount=2))
-    bank.mediator.send(Deposit(account="bad", amount=20))
-    with capture_logs() as logs:
-        bank.engine.catch_up(ignore_backoff=True)
-    assert [entry["attempt"] for entry in logs if entry["event"] == "projection failed, will retry"] == [1, 2]
-    assert bank.balances() == {"good": 3}
-    letters = bank.engine.dead_letters("balances")
-    assert [(d.position, d.status, d.attempts) for d in letters] == [(2, PARKED, 3), (4, BLOCKED, 0)]
-    assert "cannot project account bad" in letters[0].reason
-    assert "waits behind an earlier parked event with key 'bad'" in letters[1].reason
-
-    # the bug is fixed: retrying the parked event applies it and the one that waited behind it, in order
-    bank.projection.poison.clear()
-    assert bank.engine.retry("balances", 2) == 2
-    assert bank.balances() == {"good": 3, "bad": 30}
-    assert bank.engine.dead_letters() == []
-    bank.mediator.send(Deposit(account="bad", amount=1))
-    bank.engine.catch_up()
-    assert bank.balances() == {"good": 3, "bad": 31}
 
 
-def test_a_parked_key_is_applied_in_log_order_once_released(storage: Storage) -> None:
-    bank = make_bank(storage, max_attempts=1, backoff=0)
-    bank.projection.poison.add("bad")
-    for account, amount in [("bad", 1), ("good", 2), ("bad", 3), ("bad", 4), ("good", 5)]:
-        bank.mediator.send(Deposit(account=account, amount=amount))
-    bank.engine.catch_up()
-    assert bank.projection.applied == [2, 5]  # the other key went on
-    bank.projection.poison.clear()
-    assert bank.engine.retry("balances", 1) == 3
-    assert bank.projection.applied == [2, 5, 1, 3, 4]  # the parked key, in the order of the log
-
-
-def test_a_failing_event_waits_out_a_doubling_backoff(storage: Storage, monkeypatch: pytest.MonkeyPatch) -> None:
-    clock = [1000.0]
-    monkeypatch.setattr(time, "monotonic", lambda: clock[0])  # the engine reads time.monotonic() at each call
-    bank = make_bank(storage, max_attempts=4, backoff=5)
-    bank.projection.poison.add("bad")
-    bank.mediator.send(Deposit(account="bad", amount=1))
-    attempts = []
-    for now in (1000.0, 1004.9, 1005.0, 1014.9, 1015.0, 1034.9, 1035.0):
-        clock[0] = now
-        with capture_logs() as logs:
-            bank.engine.catch_up()
-        attempts += [(now, e.get("attempt", "parked")) for e in logs if e["log_level"] in ("warning", "error")]
-    # retried after 5 s, then 10 s, then 20 s; the fourth try parks it
-    assert attempts == [(1000.0, 1), (1005.0, 2), (1015.0, 3), (1035.0, "parked")]
-    assert [letter.attempts for letter in bank.engine.dead_letters()] == [4]
-
-
-def test_retrying_while_still_broken_keeps_the_order(storage: Storage) -> None:
-    bank = make_bank(storage, max_attempts=1, backoff=0)
-    bank.projection.poison.add("bad")
-    for amount in (1, 2, 3):
-        bank.mediator.send(Deposit(account="bad", amount=amount))
-    bank.engine.catch_up()
-    assert bank.engine.retry("balances", 1) == 0
-    assert [(d.position, d.status) for d in bank.engine.dead_letters()] == [(1, PARKED), (2, BLOCKED), (3, BLOCKED)]
-
-
-def test_skipping_a_parked_event_releases_the_ones_behind_it(storage: Storage) -> None:
-    bank = make_bank(storage, max_attempts=1, backoff=0)
-    bank.projection.poison.add("bad")
-    bank.mediator.send(Deposit(account="bad", amount=100))
-    bank.engine.catch_up()
-    bank.projection.poison.clear()
-    bank.mediator.send(Deposit(account="bad", amount=5))
-    bank.engine.catch_up()
-    assert bank.balances() == {}
-    assert bank.engine.skip("balances", 1) == 1
-    assert bank.balances() == {"bad": 5}
-    with pytest.raises(LookupError, match="No dead letter of 'balances' at position 1"):
-        bank.engine.skip("balances", 1)
 
 
 def test_an_unknown_event_type_is_parked_with_a_clear_reason(storage: Storage) -> None:

@@ -23,7 +23,7 @@ def collect(reader: InMemoryMetricReader) -> dict[str, list[Any]]:
 
 
 def test_metrics_follow_the_engine(storage: Storage) -> None:
-    bank = make_bank(storage, max_attempts=1, backoff=0)
+    bank = make_bank(storage)
     reader = InMemoryMetricReader()
     instrument(bank.engine, MeterProvider(metric_readers=[reader]))
     bank.projection.poison.add("bad")
@@ -37,11 +37,21 @@ def test_metrics_follow_the_engine(storage: Storage) -> None:
 
     bank.engine.catch_up()
     after = collect(reader)
-    assert after["mediator.projection.lag.positions"][0].value == 0
+    # the parked event at position 2 is not applied: the projection is still 2 behind, not current
+    assert after["mediator.projection.lag.positions"][0].value == 2
     assert after["mediator.projection.parked"][0].value == 1
+    assert after["mediator.projection.blocked"][0].value == 0
+    assert after["mediator.projection.parked.age"][0].value >= 0
+    assert after["mediator.projection.stalled"][0].value == 0
     (applied,) = after["mediator.projection.events_applied"]
     assert applied.value == 3
     assert dict(applied.attributes) == {"projection": "balances"}
+
+    bank.projection.down = True  # its store fails: every event alike
+    for account in ("c", "d"):
+        bank.mediator.send(Deposit(account=account, amount=1))
+    bank.engine.catch_up()
+    assert collect(reader)["mediator.projection.stalled"][0].value == 1
 
 
 def test_lag_is_logged_through_structlog(storage: Storage) -> None:

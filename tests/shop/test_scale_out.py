@@ -23,7 +23,8 @@ import pytest
 
 from tests import postgres
 
-from .test_http import ADMIN, setup_shop
+from .test_http import setup_shop
+from .tokens import ADMIN, KEY, as_customer
 
 ROOT = Path(__file__).resolve().parents[2]
 SPLIT: tuple[list[str], ...] = (
@@ -39,7 +40,7 @@ def free_port() -> int:
 @contextlib.contextmanager
 def processes(pg_schema: str) -> Iterator[tuple[list[httpx.Client], list[subprocess.Popen[str]]]]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SHOP_POSTGRES": postgres.DSN, "SHOP_SCHEMA": pg_schema,
-           "SHOP_DELIVERY": "worker"}
+           "SHOP_DELIVERY": "worker", "SHOP_JWT_KEY": KEY}
     started: list[subprocess.Popen[str]] = []
     clients: list[httpx.Client] = []
     try:
@@ -68,7 +69,7 @@ def processes(pg_schema: str) -> Iterator[tuple[list[httpx.Client], list[subproc
             clients.append(client)
             while True:
                 with contextlib.suppress(httpx.TransportError):
-                    if client.get("/dashboard").status_code == 200:
+                    if client.get("/dashboard", headers=ADMIN).status_code == 200:
                         break
                 assert time.monotonic() < deadline, "a service process did not start"
                 time.sleep(0.05)
@@ -96,7 +97,7 @@ def stop(started: list[subprocess.Popen[str]]) -> None:
 def test_reads_in_one_service_process_see_writes_made_in_another(pg_schema: str) -> None:
     with processes(pg_schema) as ((writes, reads), workers):
         ids = setup_shop(writes)
-        as_customer = {"X-Customer-Id": ids["customer"]}
+        buyer = as_customer(ids["customer"])
         placed = []
         for round_ in range(5):  # the stock is 5
             if round_ == 2:  # halfway, the worker of the order projections dies; the standby takes them over
@@ -105,16 +106,16 @@ def test_reads_in_one_service_process_see_writes_made_in_another(pg_schema: str)
                 workers[0].wait(timeout=10)
             answer = writes.post("/orders", json={"customer_id": ids["customer"],
                                                   "items": [{"product_id": ids["product"], "quantity": 1}]},
-                                 headers=as_customer)
+                                 headers=buyer)
             assert answer.status_code == 201, answer.text
             placed.append(answer.json()["order_id"])
             token = {"X-Consistent-With": answer.headers["x-consistency-token"]}
-            details = reads.get(f"/orders/{placed[-1]}", headers={**as_customer, **token})
+            details = reads.get(f"/orders/{placed[-1]}", headers={**buyer, **token})
             assert details.status_code == 200, details.text
             assert details.json()["status"] == "placed"
             inventory = reads.get(f"/products/{ids['product']}/inventory", headers=token).json()
             assert (inventory["on_hand"], inventory["reserved"]) == (5, round_ + 1)
-            mine = reads.get(f"/customers/{ids['customer']}/orders", headers={**as_customer, **token}).json()
+            mine = reads.get(f"/customers/{ids['customer']}/orders", headers={**buyer, **token}).json()
             assert sorted(o["order_id"] for o in mine) == sorted(placed)
         stock = writes.post(f"/products/{ids['product']}/stock", json={"delta": 10, "reason": "delivery"},
                             headers=ADMIN)

@@ -11,6 +11,7 @@ from domain.messages import OrderItem, PlaceOrder
 from mediator.testing import settle
 
 from .test_shop import stocked
+from .tokens import ADMIN, KEY
 
 
 def provider() -> tuple[TracerProvider, InMemorySpanExporter]:
@@ -55,14 +56,14 @@ def test_dispatch_spans_join_the_incoming_http_trace(tmp_path: Path) -> None:
 
     tracer_provider, exporter = provider()
     shop = build_shop(tmp_path / "shop.db", logging=False, tracer_provider=tracer_provider)
-    app = asgi(shop)
+    app = asgi(shop, jwt_key=KEY)
     trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
     transport = httpx.ASGITransport(app=app)
 
     async def call() -> httpx.Response:
         async with httpx.AsyncClient(transport=transport, base_url="http://shop") as client:
             return await client.post("/categories", json={"name": "Lamps"}, headers={
-                "X-Admin": "1", "traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"})
+                **ADMIN, "traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"})
 
     import asyncio
 

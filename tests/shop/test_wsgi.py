@@ -12,6 +12,7 @@ from adapters.shop_app import Shop, build_shop
 from adapters.shop_wsgi import wsgi_app
 
 from .test_shop import stocked
+from .tokens import KEY, as_customer
 
 
 class Quiet(WSGIRequestHandler):
@@ -23,7 +24,8 @@ class Quiet(WSGIRequestHandler):
 def client(tmp_path: Path) -> Iterator[tuple[httpx.Client, Shop]]:
     shop = build_shop(tmp_path / "shop.db", logging=False)
     shop.engine.start()
-    server = make_server("127.0.0.1", 0, wsgi_app(shop.mediator, head=shop.storage.head), handler_class=Quiet)
+    app = wsgi_app(shop.mediator, head=shop.storage.head, jwt_key=KEY)
+    server = make_server("127.0.0.1", 0, app, handler_class=Quiet)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -39,11 +41,11 @@ def test_a_sync_service_places_an_order_and_reads_it_back(client: tuple[httpx.Cl
     http, shop = client
     customer, _lamps, desk, _floor = stocked(shop)
     placed = http.post("/orders", json={"customer_id": customer, "items": [{"product_id": desk, "quantity": 2}]},
-                       headers={"X-Customer-Id": customer})
+                       headers=as_customer(customer))
     assert placed.status_code == 201
     token = placed.headers["x-consistency-token"]
     details = http.get(f"/orders/{placed.json()['order_id']}",
-                       headers={"X-Consistent-With": token, "X-Customer-Id": customer})
+                       headers={"X-Consistent-With": token, **as_customer(customer)})
     assert details.status_code == 200
     assert details.json()["total"] == "50.00"
 
@@ -54,17 +56,17 @@ def test_the_sync_service_maps_errors(client: tuple[httpx.Client, Shop]) -> None
     assert http.get("/orders/missing").status_code == 404
     assert http.post("/orders", content=b"nonsense").status_code == 400
     other = http.post("/orders", json={"customer_id": customer, "items": [{"product_id": desk, "quantity": 1}]},
-                      headers={"X-Customer-Id": "someone-else"})
+                      headers=as_customer("someone-else"))
     assert (other.status_code, other.json()["error"]) == (403, "forbidden")
     too_many = http.post("/orders", json={"customer_id": customer, "items": [{"product_id": desk, "quantity": 99}]},
-                         headers={"X-Customer-Id": customer})
+                         headers=as_customer(customer))
     assert (too_many.status_code, too_many.json()["error"]) == (409, "rule_violation")
 
 
 def test_the_sync_service_refuses_odd_quantities_and_tokens(client: tuple[httpx.Client, Shop]) -> None:
     http, shop = client
     customer, _lamps, desk, _floor = stocked(shop)
-    who = {"X-Customer-Id": customer}
+    who = as_customer(customer)
     for quantity in ("1e400", "1.9", "true", '"2"'):
         body = f'{{"customer_id": "{customer}", "items": [{{"product_id": "{desk}", "quantity": {quantity}}}]}}'
         assert http.post("/orders", content=body.encode(), headers=who).status_code == 400, quantity

@@ -1,0 +1,1 @@
+"""Tests of the HTTP embeddings: mediator.http, mediator.fastapi, mediator.wsgi."""
