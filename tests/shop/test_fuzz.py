@@ -24,7 +24,7 @@ import pytest
 
 from domain import messages
 from domain.errors import DomainError
-from domain.messages import UpdateProductStock
+from domain.messages import DiscontinueProduct, PlaceOrder, UpdateProductStock
 from handlers.authorization import ANONYMOUS, Principal
 from mediator import Command, MediatorError, Query
 from mediator.testing import settle
@@ -55,6 +55,8 @@ MESSAGES: tuple[type[Any], ...] = tuple(
     cls for cls in vars(messages).values()
     if isinstance(cls, type) and attrs.has(cls) and issubclass(cls, Command | Query)
     and cls.__module__ == messages.__name__)
+
+WEIGHTED = MESSAGES + (PlaceOrder,) * 3  # the command that feeds most read models, drawn four times as often
 
 
 @attrs.define
@@ -101,13 +103,17 @@ class Fuzz:
 
     def build(self, cls: type[Any], hostility: float) -> Any:
         hints = typing.get_type_hints(cls)
-        return cls(**{f.name: self.rng.choice(HOSTILE) if self.rng.random() < hostility
-                      else self.plausible(hints[f.name], f.name) for f in attrs.fields(cls) if f.init})
+        values = {f.name: self.rng.choice(HOSTILE) if self.rng.random() < hostility
+                  else self.plausible(hints[f.name], f.name) for f in attrs.fields(cls) if f.init}
+        if cls is DiscontinueProduct and values["product_id"] in self.world.products[:2]:
+            # The two stocked products stay on sale, so plausible orders go through for the whole run.
+            values["product_id"] = self.rng.choice(self.world.products[2:] or ["missing"])
+        return cls(**values)
 
     def one(self) -> None:
         world, rng = self.world, self.rng
         self.hostility = rng.choice([0.0, 0.0, 0.15, 0.5])  # half the messages plausible throughout
-        message = self.build(rng.choice(MESSAGES), self.hostility)
+        message = self.build(rng.choice(WEIGHTED), self.hostility)
         principal = rng.choice([Principal(admin=True), Principal(admin=True),
                                 Principal(customer_id=rng.choice(world.customers)), ANONYMOUS])
         shop = world.shop
@@ -155,7 +161,7 @@ def test_every_input_succeeds_or_raises_an_error_of_the_tree_and_writes_nothing_
             fuzz.outside[:20])
         assert fuzz.partial == []
         assert fuzz.accepted > SIZE // 20  # the run reached the handlers, not only the validators
-        assert fuzz.world.orders  # orders were placed (and so stock reserved, dashboards fed)
+        assert len(fuzz.world.orders) >= SIZE // 100  # orders placed all along (stock reserved, dashboards fed)
         settle(shop.engine)
         letters = shop.engine.dead_letters()
         assert letters == [], [(d.projection, d.type_name, d.reason) for d in letters]
