@@ -34,7 +34,7 @@ from ._messages import Command, Event, Kind, Message, Query, StreamQuery, sensit
 from ._messages import name_by_package as _name_by_package
 from ._notify import PublishStrategy
 from ._pipeline import AsyncBehaviour, Behaviour
-from ._registry import HandlerBinder, Handles, Registry, Validates, handles
+from ._registry import HandlerBinder, HandlerMark, Handles, Registry, Validates, handles
 
 __all__ = [
     "AsyncBehaviour",
@@ -50,6 +50,7 @@ __all__ = [
     "Explanation",
     "Handled",
     "HandlerBinder",
+    "HandlerMark",
     "HandlerNotFoundError",
     "Handles",
     "HookError",

@@ -7,6 +7,7 @@ passed, all written out once as generated source, so a dispatch inspects nothing
 from __future__ import annotations
 
 import inspect
+import types
 import typing
 from collections.abc import Callable
 from typing import Any
@@ -98,9 +99,19 @@ def _check_signature(func: Callable[..., Any], skip: int, message_type: type, ki
             f"{label} is registered for {qualname(message_type)} but its message parameter is annotated "
             f"{qualname(annotation)}; fix the annotation or the registration."
         )
-    if kind is Kind.EVENT or "return" not in hints:
+    if "return" not in hints:
+        return  # unannotated: nothing to compare
+    returned = hints["return"]
+    if kind is Kind.EVENT:
+        # publish() drops what a handler returns: an annotation promising a value (or, on a sync function, an
+        # awaitable that nobody would await) says the handler was written for something else.
+        if not _compatible(returned, None):
+            build.problem(
+                f"{label} returns {type_name(returned)} but is registered for the event {qualname(message_type)}, "
+                "whose handlers return None (async ones: when awaited); fix the annotation or the registration."
+            )
         return
-    declared, returned = declared_result(message_type), hints["return"]
+    declared = declared_result(message_type)
     if kind is Kind.STREAM:
         args = typing.get_args(returned)
         returned = args[0] if args else Any
@@ -111,8 +122,17 @@ def _check_signature(func: Callable[..., Any], skip: int, message_type: type, ki
         )
 
 
+_NEVER = (typing.NoReturn, typing.Never)
+"""Return annotations of a handler that always raises: they fit any result, as they do for mypy."""
+
+
+def _is_union(tp: Any) -> bool:
+    return typing.get_origin(tp) is typing.Union or isinstance(tp, types.UnionType)
+
+
 def _compatible(returned: Any, declared: Any) -> bool:
-    if declared is Any or returned is Any or returned == declared:
+    """Whether a handler annotated to return ``returned`` answers ``declared``; unsure cases are compatible."""
+    if declared is Any or returned is Any or returned == declared or returned in _NEVER:
         return True
     if declared is None:
         declared = type(None)
@@ -120,8 +140,10 @@ def _compatible(returned: Any, declared: Any) -> bool:
         returned = type(None)
     if isinstance(returned, type) and isinstance(declared, type):
         return issubclass(returned, declared)
+    if _is_union(returned):
+        return all(_compatible(r, declared) for r in typing.get_args(returned))
     origin = typing.get_origin(declared)
-    if origin is typing.Union or type(declared).__name__ == "UnionType":
+    if _is_union(declared):
         return any(_compatible(returned, d) for d in typing.get_args(declared))
     if typing.get_origin(returned) is not None and origin is not None:
         return _compatible(typing.get_origin(returned), origin)

@@ -13,7 +13,7 @@ def test_all_is_sorted_and_complete() -> None:
 def test_exported_members() -> None:
     assert mediator.__all__ == [
         "AsyncBehaviour", "AsyncMediator", "AuthenticationError", "Behaviour", "Build", "Command", "ConsumeError",
-        "DispatchContext", "Event", "ExceptionHooks", "Explanation", "Handled", "HandlerBinder",
+        "DispatchContext", "Event", "ExceptionHooks", "Explanation", "Handled", "HandlerBinder", "HandlerMark",
         "HandlerNotFoundError", "Handles", "HookError", "Kind", "Lifetime", "Logging", "Mediator", "MediatorError",
         "Message", "MissingExtraError", "NotAMessageError", "PublishError", "PublishStrategy", "Query", "Registry",
         "RegistryFrozenError", "Scope", "ScopeError", "StreamQuery", "Validates", "Validation", "ValidationError",
