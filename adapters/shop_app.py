@@ -16,41 +16,37 @@ import datetime as dt
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import attrs
 
-from adapters.shop_memory import MemoryReadViews, MemoryWriteModel
-from adapters.shop_sqlite import WRITE_SCHEMA, SqliteReadViews, SqliteWriteModel
+from adapters.shop_memory import MemoryWriteModel
+from adapters.shop_sqlite import WRITE_SCHEMA, SqliteWriteModel
 from domain.events import ALL_EVENTS
 from handlers import commands, queries, validation
 from handlers.authorization import QUERIES, Authorize, AuthorizeQueries
 from handlers.commands import Clock, ShopCommands
-from handlers.ports import ReadViews, WriteModel
+from handlers.ports import WriteModel
 from handlers.projections import all_projections
 from handlers.queries import ShopQueries
 from handlers.retry import RetryOnConflict
 from mediator import Kind, Logging, Mediator, Registry, Validation
-from mediator.readmodels import Delivery, EventTypes, ReadModels, Storage
+from mediator.readmodels import Delivery, EventTypes, ReadModels, ReadStore, RoutedStorage, Storage
 from mediator.readmodels.memory import MemoryStorage
 from mediator.readmodels.sqlite import SqliteStorage
-
-if TYPE_CHECKING:
-    from mediator.readmodels.postgres import PostgresStorage
 
 T = TypeVar("T")
 
 
 @attrs.define
 class Shop:
-    """The built application: its mediator, its read-model engine and storage, and the ports its handlers use."""
+    """The built application: its mediator, its read-model engine and storage, and its write model."""
 
     mediator: Mediator
     engine: ReadModels
     storage: Storage
     registry: Registry
     model: WriteModel
-    views: ReadViews
 
     def inspect(self, look: Callable[[WriteModel, Any], T]) -> T:
         """Read the write model (``look(model, tx)``) in a transaction that is then rolled back."""
@@ -87,36 +83,44 @@ def build_shop(
     logging: bool = True,
     authorize: bool = True,
     tracer_provider: Any = None,
+    read_stores: Mapping[str, ReadStore] | None = None,
     **engine_options: Any,
 ) -> Shop:
     """Build the whole shop: on SQLite (write model and log in ``write_path``, read models in ``read_path``,
     the same file by default); on PostgreSQL when ``postgres`` is a libpq DSN (everything in ``schema``, which
     is created with the shop's tables if missing); or entirely in memory for tests when neither is given.
+    ``read_stores`` keeps some projections' read models in stores of their own (``{"inventory":
+    RedisReadStore(url)}``), the log and the write model staying where they are.
 
     Raises:
         ValueError: if both a SQLite path and a PostgreSQL DSN are given.
     """
     storage: Storage
-    views: ReadViews
     model: WriteModel
     if postgres is not None:
         if write_path is not None or read_path is not None:
             raise ValueError("build_shop takes a SQLite path or a PostgreSQL DSN (postgres=...), not both.")
-        from adapters.shop_postgres import PostgresReadViews, PostgresWriteModel  # psycopg: an optional extra
+        from adapters.shop_postgres import WRITE_SCHEMA as POSTGRES_WRITE_SCHEMA  # psycopg: an optional extra
+        from adapters.shop_postgres import PostgresWriteModel
+        from mediator.readmodels.postgres import PostgresStorage
 
-        storage = on_postgres = _postgres_storage(postgres, schema)
-        engine = ReadModels(storage, event_types(), **engine_options)
-        views, model = PostgresReadViews(on_postgres, engine), PostgresWriteModel()
+        storage, model = PostgresStorage(postgres, schema=schema), PostgresWriteModel()
+        create: Callable[[Any], None] | None = _statements_of(POSTGRES_WRITE_SCHEMA)
     elif write_path is None:
-        storage = MemoryStorage()
-        engine = ReadModels(storage, event_types(), **engine_options)
-        views, model = MemoryReadViews(storage), MemoryWriteModel()
+        storage, model, create = MemoryStorage(), MemoryWriteModel(), None
     else:
         storage = SqliteStorage(Path(write_path), Path(read_path) if read_path is not None else None)
-        storage._write().executescript(WRITE_SCHEMA)
-        engine = ReadModels(storage, event_types(), **engine_options)
-        views, model = SqliteReadViews(storage, engine), SqliteWriteModel()
-    for projection in all_projections(views):
+        model, create = SqliteWriteModel(), _statements_of(WRITE_SCHEMA)
+    if create is not None:
+        try:  # the write model's tables, made once for every process sharing the database
+            storage.ensure_schema("shop", create)
+        except BaseException:
+            storage.close()
+            raise
+    if read_stores:
+        storage = RoutedStorage(storage, read_stores)
+    engine = ReadModels(storage, event_types(), **engine_options)
+    for projection in all_projections():
         engine.add(projection, delivery=delivery)
     registry = Registry()
     if tracer_provider is not None:  # the otel extra: a span per dispatch, projections as spans too
@@ -133,21 +137,28 @@ def build_shop(
         registry.behaviour(Authorize(model), applies_to=Kind.COMMAND)
         registry.behaviour(AuthorizeQueries(), applies_to=QUERIES)
     commands.register(registry, ShopCommands(model, clock))
-    queries.register(registry, ShopQueries(views))
+    queries.register(registry, ShopQueries(engine))
     validation.register(registry)
-    return Shop(registry.build(), engine, storage, registry, model, views)
+    return Shop(registry.build(), engine, storage, registry, model)
 
 
 def shop_from_env(environ: Mapping[str, str] = os.environ, **options: Any) -> Shop:
     """The shop configured by environment variables, for service and worker processes.
 
     ``SHOP_POSTGRES`` (a libpq DSN) with ``SHOP_SCHEMA`` (default ``public``) builds it on PostgreSQL;
-    otherwise ``SHOP_DB`` names the SQLite file (default ``shop.db``). ``SHOP_DELIVERY`` is how projections
-    are delivered: ``background`` (the default: each service process's runner takes its share), ``worker``
-    (only ``python -m mediator.readmodels --app adapters.shop_app:engine_from_env worker`` processes run
-    them) or ``inline``. ``options`` go to :func:`build_shop`.
+    otherwise ``SHOP_DB`` names the SQLite file (default ``shop.db``). ``SHOP_REDIS`` (a redis-py URL) serves the
+    projections named in ``SHOP_REDIS_PROJECTIONS`` (comma-separated, default ``inventory``) from Redis.
+    ``SHOP_DELIVERY`` is how projections are delivered: ``background`` (the default: each service process's
+    runner takes its share), ``worker`` (only ``python -m mediator.readmodels --app
+    adapters.shop_app:engine_from_env worker`` processes run them) or ``inline``. ``options`` go to
+    :func:`build_shop`.
     """
     delivery = Delivery(environ.get("SHOP_DELIVERY", "background"))
+    if environ.get("SHOP_REDIS") and "read_stores" not in options:
+        from mediator.readmodels.redis import RedisReadStore  # redis-py: an optional extra
+
+        on_redis = environ.get("SHOP_REDIS_PROJECTIONS", "inventory").split(",")
+        options["read_stores"] = dict.fromkeys(on_redis, RedisReadStore(environ["SHOP_REDIS"]))
     if environ.get("SHOP_POSTGRES"):
         return build_shop(postgres=environ["SHOP_POSTGRES"], schema=environ.get("SHOP_SCHEMA", "public"),
                           delivery=delivery, **options)
@@ -159,23 +170,12 @@ def engine_from_env() -> ReadModels:
     return shop_from_env().engine
 
 
-def _postgres_storage(dsn: str, schema: str) -> PostgresStorage:
-    """A :class:`~mediator.readmodels.postgres.PostgresStorage` on ``schema`` with the shop's write tables in it."""
-    from adapters.shop_postgres import WRITE_SCHEMA as POSTGRES_WRITE_SCHEMA
-    from mediator.readmodels.postgres import PostgresStorage, lock_key
+def _statements_of(script: str) -> Callable[[Any], None]:
+    """Run each statement of ``script`` (no ``;`` inside one) on a driver connection, one ``execute`` each: sqlite3
+    takes one statement at a time (its ``executescript`` would commit the transaction it runs in)."""
+    def create(handle: Any) -> None:
+        for statement in script.split(";"):
+            if statement.strip():
+                handle.execute(statement)
 
-    storage = PostgresStorage(dsn, schema=schema)
-    try:
-        session = storage.begin()
-        try:
-            # Two processes starting at once would race on the catalogue with CREATE ... IF NOT EXISTS: take turns.
-            session.handle.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(schema, "__shop_schema__"),))
-            session.handle.execute(POSTGRES_WRITE_SCHEMA)
-        except BaseException:
-            session.rollback()
-            raise
-        session.commit()
-    except BaseException:
-        storage.close()
-        raise
-    return storage
+    return create

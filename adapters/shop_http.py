@@ -114,8 +114,7 @@ def create_app(shop: Shop, *, consistency_timeout: float = 5.0, jwt_key: str | N
     """
     principal = identity(jwt_key=jwt_key, trust_headers=trust_headers)
     mediator: AsyncMediator = shop.registry.build_async()
-    app = FastAPI(title="Reference shop")
-    app.state.mediator = mediator  # routes get it through the `Mediated` dependency
+    app = FastAPI(title="Reference shop")  # routes get the mediator from the middleware (`Mediated`)
     install_error_handlers(app, STATUS_OF)
 
     def created(key: str, value: str) -> JSONResponse:
@@ -204,7 +203,7 @@ def create_app(shop: Shop, *, consistency_timeout: float = 5.0, jwt_key: str | N
         return data(await mediator.ask(GetDailySales(since=since)))
 
     wrapped = MediatorMiddleware(app, mediator, principal, consistency_timeout=consistency_timeout,
-                                 head=shop.storage.head, max_body=max_body, status_of=STATUS_OF)
+                                 engine=shop.engine, max_body=max_body, status_of=STATUS_OF)
     app.state.asgi = wrapped
     return app
 

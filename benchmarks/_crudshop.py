@@ -20,7 +20,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from adapters.shop_sqlite import money
 from domain.messages import (
     CategorySales,
     CustomerOrderSummary,
@@ -32,6 +31,7 @@ from domain.messages import (
     ProductListing,
     SalesDashboard,
 )
+from handlers.queries import money
 from mediator.readmodels.sqlite import connect
 
 from ._shopdata import OPENING_STOCK, Block, Catalog

@@ -13,7 +13,9 @@ the work. Run as ``python -m benchmarks._instructions MODE N`` under valgrind by
   ``framework_tax`` pair);
 - ``apply`` / ``raw``: ``N`` events projected by the engine / the same rows
   upserted by batched ``executemany`` (the ``projection_apply`` pair); the log is
-  filled in both, so the difference is the applying alone.
+  filled in both, so the difference is the applying alone;
+- ``typed``: the same events projected into a typed table (``TypedBalances``),
+  against ``apply`` (the ``typed_projection`` pair).
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ def _child(mode: str, n: int, work: bool) -> None:
     from . import sync
 
     with sync.quiet_logging(), tempfile.TemporaryDirectory(prefix="mediator-instructions-") as tmp:
-        if mode in ("apply", "raw"):
+        if mode in ("apply", "typed", "raw"):
             _applying(Path(tmp), mode, n, work)
         else:
             _commands(Path(tmp), mode, n, work)
@@ -72,6 +74,9 @@ def _applying(folder: Path, mode: str, n: int, work: bool) -> None:
         if work:
             bench.engine.catch_up()
         bench.storage.close()
+        return
+    if mode == "typed":
+        sync.typed_apply(path, n, catch_up=work)
         return
     connection = connect(folder / "raw.db")
     connection.execute("CREATE TABLE raw_balance (account TEXT PRIMARY KEY, amount INTEGER)")

@@ -66,6 +66,10 @@ Scenarios (``ratio`` is this / reference, times, so lower is better):
   reported beside the other, with no target.
 - ``dashboard_reader``: time per dashboard read served by that reader process, in
   each load's family; reference: crud.
+- ``inventory_p50`` / ``_p99`` (family ``"read store"``): ``GetProductInventory`` served from its read model in
+  SQLite (the cqrs shop) and from the same projection's read model in Redis (a second shop, fed the same
+  catalogue, whose ``inventory`` projection keeps it in a :class:`~mediator.readmodels.redis.RedisReadStore` at
+  ``MEDIATOR_BENCH_REDIS``), called in turn; reference: SQLite. Left out, saying why, without a Redis.
 - ``projection_lag_p50`` / ``_p99`` (cqrs; families ``"alone"`` and each load's):
   from a checkout's events being stamped, just before its commit, to the last of
   the six projections committing them (``engine.on_batch`` runs after each batch
@@ -111,6 +115,7 @@ from domain.messages import (
     GetCustomerOrders,
     GetDailySales,
     GetOrderDetails,
+    GetProductInventory,
     GetSalesDashboard,
     ListProductsByCategory,
     OrderItem,
@@ -535,9 +540,47 @@ def _run(size: Size, rng: random.Random, data: shopdata.Catalog, blocks: list[sh
             latencies.append(measure_reads(both, size, rng))
             read_results(results, f"{total:,} orders", latencies[-1])
         growth_results(results, latencies[0], latencies[-1])
+        read_store_results(results, both, Path(tmp), size, rng, progress)
         load_results(results, both)
         checkout_results(results, measure_checkouts(both, Path(tmp), size, rng, progress))
     return results
+
+
+REDIS = os.environ.get("MEDIATOR_BENCH_REDIS", "redis://127.0.0.1:6379/0")
+"""The Redis the read-store comparison serves the inventory read model from (skipped when it does not answer)."""
+
+
+def read_store_results(results: list[Result], both: Both, folder: Path, size: Size, rng: random.Random,
+                       progress: Callable[[str], None]) -> None:
+    """``GetProductInventory`` served from the read model in SQLite (the cqrs shop) and from the same read model
+    in Redis (a second shop whose ``inventory`` projection keeps it there, fed the same catalogue): p50 and p99,
+    called in turn; reference: SQLite."""
+    try:
+        from mediator.readmodels.redis import RedisReadStore
+
+        store = RedisReadStore(REDIS, prefix=f"bench-{os.getpid()}")
+    except Exception as exc:  # the redis extra not installed, or no server: the comparison is left out, said why
+        progress(f"scenario: no Redis read store ({type(exc).__name__}: {exc}); its comparison is left out")
+        return
+    progress("scenario: the inventory read model served from SQLite and from Redis")
+    on_redis = build_shop(folder / "redis-log.db", logging=False, read_stores={"inventory": store})
+    try:
+        shopdata.CqrsLoader(on_redis, both.data).load_catalog()
+        settle(on_redis.engine)
+        products = [rng.choice(both.data.products).product_id for _ in range(size.lookups)]
+        ask_sqlite, ask_redis = both.shop.mediator.ask, on_redis.mediator.ask
+        sqlite, redis = alternating(lambda p: ask_sqlite(GetProductInventory(product_id=p)),
+                                    lambda p: ask_redis(GetProductInventory(product_id=p)), products)
+        if ask_redis(GetProductInventory(product_id=products[0])) is None:
+            raise Disagreement("the inventory read model in Redis has no row for a loaded product")
+    finally:
+        store.drop_all()
+        on_redis.close()
+    for q, at in (("p50", 50), ("p99", 99)):
+        reference = percentile(sqlite, at)
+        results.append(Result("scenario", f"inventory_{q}", "read store", "sqlite", reference * 1e9, 1.0))
+        results.append(Result("scenario", f"inventory_{q}", "read store", "redis", percentile(redis, at) * 1e9,
+                              percentile(redis, at) / reference))
 
 
 Found = dict[tuple[str, str, str], Result]
@@ -550,6 +593,11 @@ def summary(results: list[Result]) -> str:
     lines = ["| measure | crud | cqrs | cqrs vs crud | target |", "|---|---:|---:|---|---|"]
     lines += _read_rows(by, sizes[0], sizes[-1])
     lines += _checkout_rows(by)
+    for q in ("p50", "p99"):
+        if (f"inventory_{q}", "read store", "redis") in by:
+            sqlite, redis = (by[(f"inventory_{q}", "read store", k)].median_ns / 1e6 for k in ("sqlite", "redis"))
+            lines.append(f"| inventory lookup {q}, its read model in SQLite vs in Redis | - | {sqlite:,.3f} ms / "
+                         f"{redis:,.3f} ms | Redis {_versus(sqlite / redis)} than SQLite | as measured |")
     load = {k: by[("load", sizes[-1], k)].median_ns / 1e3 for k in ("crud", "cqrs")}
     write, project = (by[(s, sizes[-1], "cqrs")].median_ns / 1e3 for s in ("load_write", "load_projections"))
     lines.append(f"| bulk load per order, {sizes[-1]} | {load['crud']:,.0f} µs | {load['cqrs']:,.0f} µs "

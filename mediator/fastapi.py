@@ -1,15 +1,18 @@
 """Embedding an ``AsyncMediator`` in a FastAPI (or any ASGI) service; needs the ``fastapi`` extra.
 
 ``MediatorMiddleware`` opens one dispatch scope per request (its principal from the principal resolver, its
-correlation id from the request), returns the consistency token of the request's last command in the
-``X-Consistency-Token`` header, makes queries of a request that sends ``X-Consistent-With: <token>`` wait for
-their read models to reach it, so a client reads its own writes across requests, refuses a body over
-``max_body`` with 413, and logs each failure on one line. ``install_error_handlers`` maps the framework's and the
-application's errors to HTTP (see :mod:`mediator.http` for the protocol, which the WSGI embedding shares).
+correlation id from the request), hands its mediator to the routes that ask for it with :data:`Mediated`, returns
+the consistency token of the request's last command in the ``X-Consistency-Token`` header, makes queries of a
+request that sends ``X-Consistent-With: <token>`` wait for their read models to reach it, so a client reads its own
+writes across requests (given the read-model ``engine``, a token beyond its last write is refused with 400),
+refuses a body over ``max_body`` with 413, and logs each failure on one line. ``install_error_handlers`` maps the
+framework's and the application's errors to HTTP (see :mod:`mediator.http` for the protocol, which the WSGI
+embedding shares).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -26,18 +29,24 @@ from .http import (
     CORRELATION_HEADER,
     MAX_BODY,
     TOKEN_HEADER,
+    EmbeddingConfigError,
     PrincipalResolver,
     Problem,
+    ReadModelEngine,
     StatusMap,
     asgi_headers,
     check_length,
+    check_principal,
+    check_token,
     correlation_id_of,
+    head_of,
     log_failure,
     parse_token,
     problem_for,
+    resolve_principal,
     too_large,
 )
-from .readmodels import ConsistencyTimeoutError, StorageError, consistent, last_token
+from .readmodels import ConsistencyTimeoutError, StorageError, consistent, fresh_token, last_token
 
 try:
     from fastapi import Depends, FastAPI, Request
@@ -67,6 +76,11 @@ class MediatorMiddleware:
     """Pure ASGI middleware: a dispatch scope per request, read-your-writes across requests, a body limit, one
     log line per failure.
 
+    Wrap the FastAPI (or Starlette) application in it and serve what it returns: ``MediatorMiddleware(app, ...)``
+    is built at once, so a wrong argument fails at start-up (``app.add_middleware`` works too, but builds it at
+    the first request). Each request's ``request.state.mediator`` is ``mediator``, which routes receive through
+    :data:`Mediated`.
+
     An exception the application lets out is answered here if the application has not answered it (with
     :func:`mediator.http.problem_for`, else 500), logged once (:func:`mediator.http.log_failure`: no traceback,
     no local variables), and not passed on to the server, which would log it again with its traceback.
@@ -75,28 +89,38 @@ class MediatorMiddleware:
         app: the ASGI application to wrap.
         mediator: the async mediator the routes dispatch through.
         principal: the principal resolver (:data:`mediator.http.PrincipalResolver`): turns the request's headers
-            (lower-case names, each its first value) into the principal of its dispatch scope, or raises
-            :class:`~mediator.AuthenticationError` (answered 401). Required, so that an unauthenticated request
-            is an anonymous principal, never the trusted "no principal".
+            (lower-case names, each its first value) into the principal of its dispatch scope, which behaviours
+            and handlers read as ``current_context().principal``, or raises :class:`~mediator.AuthenticationError`
+            (answered 401). Required, and never answering ``None``, so that an unauthenticated request is an
+            anonymous principal, never the trusted "no principal" of in-process code.
         consistency_timeout: how long a query waits for a requested token before answering 503.
         head: the position of the last write in the log (``storage.head``); given it, a token beyond that
             position, which this service never issued and no read model can reach, is refused with 400
             instead of waiting for the timeout.
+        engine: the read-model engine (:class:`~mediator.readmodels.ReadModels`) the mediator was built with:
+            ``head`` is then its storage's. Give one of the two: without either, a token beyond the last write
+            waits for the timeout and answers 503.
         max_body: the most bytes of a request body the application may read; a larger ``Content-Length`` is
             answered 413 before any of it is read, and a body streamed without one is cut off with 413 once it
             passes the limit. ``None`` lifts the limit.
         status_of: the application's errors and the status and error code each answers with, for those it
-            lets out of the application unanswered.
+            lets out of the application unanswered (a bare ASGI app, or the principal resolver); errors a route
+            raises are answered by the handlers of :func:`install_error_handlers`.
+
+    Raises:
+        EmbeddingConfigError: at construction, when ``principal`` is not a function, or ``head``/``engine`` give
+            no position of the log.
     """
 
     def __init__(self, app: ASGIApp, mediator: AsyncMediator, principal: PrincipalResolver,
                  consistency_timeout: float = 5.0, head: Callable[[], int] | None = None, *,
-                 max_body: int | None = MAX_BODY, status_of: StatusMap | None = None) -> None:
+                 engine: ReadModelEngine | None = None, max_body: int | None = MAX_BODY,
+                 status_of: StatusMap | None = None) -> None:
         self.app = app
         self.mediator = mediator
-        self.principal = principal
+        self.principal = check_principal(principal, "MediatorMiddleware")
         self.consistency_timeout = consistency_timeout
-        self.head = head
+        self.head = head_of(head, engine, "MediatorMiddleware")
         self.max_body = max_body
         self.status_of: StatusMap = dict(status_of or {})
 
@@ -104,23 +128,38 @@ class MediatorMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        with fresh_token():  # the token header is this request's own command's, never one the caller's context held
+            await self._serve(scope, receive, send)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = asgi_headers(scope.get("headers", ()))
         correlation_id = correlation_id_of(headers.get(_CORRELATION))
-        answer = _Answer(send, correlation_id, last_token(), scope.get("http_version", "1.1") in ("1.0", "1.1"))
+        answer = _Answer(send, correlation_id, scope.get("http_version", "1.1") in ("1.0", "1.1"))
         refused = check_length(headers.get("content-length"), self.max_body)
         if refused is not None:
             await answer.problem(refused)
             return
         try:
-            principal = self.principal(headers)
+            principal = resolve_principal(self.principal, headers)
         except Exception as exc:  # AuthenticationError: 401; anything else is the resolver's failure
             await self._failed(exc, answer)
             return
         try:
-            wanted = parse_token(headers.get(_CONSISTENT), self.head)
+            wanted = parse_token(headers.get(_CONSISTENT))
         except ValueError as exc:
             await answer.problem(Problem(400, "bad_request", str(exc)))
             return
+        if wanted is not None and self.head is not None:
+            try:  # off the event loop: it reads the storage
+                refused = await asyncio.to_thread(check_token, wanted, self.head)
+            except Exception as exc:  # the storage is down: 503
+                await self._failed(exc, answer)
+                return
+            if refused is not None:
+                await answer.problem(refused)
+                return
+        # The request's own state (Starlette's ``request.state``), so lifespan state shared by requests is untouched.
+        scope = {**scope, "state": {**scope.get("state", {}), "mediator": self.mediator}}
         body = _Body(receive, self.max_body)
         waiting = consistent(wanted, timeout=self.consistency_timeout) if wanted else contextlib.nullcontext()
         logged = _logged.set([])
@@ -192,7 +231,6 @@ class _Answer:
 
     send: Send
     correlation_id: str
-    before: int | None
     http1: bool
     """HTTP/1 (where a 413 asks to close the connection, so the rest of the body is not read: HTTP/2 has no such
     header, and resets the stream instead)."""
@@ -202,8 +240,8 @@ class _Answer:
         if message["type"] == "http.response.start":
             self.started = True
             extra = [(_CORRELATION.encode(), self.correlation_id.encode("ascii"))]
-            token = last_token()
-            if token is not None and token != self.before:
+            token = last_token()  # inside fresh_token(): a command of this request's
+            if token is not None:
                 extra.append((_TOKEN, str(token).encode()))
             message["headers"] = [*message.get("headers", []), *extra]
         await self.send(message)
@@ -242,8 +280,20 @@ def _incoming_trace(headers: dict[str, str]) -> Any:
 
 
 def current_mediator(request: Request) -> AsyncMediator:
-    """The FastAPI dependency that hands a route the application's mediator (``app.state.mediator``)."""
-    mediator: AsyncMediator = request.app.state.mediator
+    """The FastAPI dependency that hands a route the mediator of :class:`MediatorMiddleware` (which puts it in
+    ``request.state``), else ``app.state.mediator``.
+
+    Raises:
+        EmbeddingConfigError: when there is neither: the application is served without the middleware.
+    """
+    mediator: AsyncMediator | None = getattr(request.state, "mediator", None)
+    if mediator is None:
+        mediator = getattr(request.app.state, "mediator", None)
+    if mediator is None:
+        raise EmbeddingConfigError(
+            "No mediator for this request: serve the application wrapped in "
+            "MediatorMiddleware(app, mediator, principal=...), which hands its mediator to routes, or set "
+            "app.state.mediator.")
     return mediator
 
 
@@ -262,16 +312,29 @@ def _response(found: Problem) -> JSONResponse:
     return answer
 
 
-def install_error_handlers(app: FastAPI, status_of: StatusMap) -> None:
+def install_error_handlers(app: FastAPI, status_of: StatusMap | None = None) -> None:
     """Map errors to HTTP as :func:`mediator.http.problem_for` does: a missing or invalid credential 401 (with
-    ``WWW-Authenticate``), a body too large 413, validation 422 with field errors, ``status_of`` for the
-    application's, a value the database refused 422, a conflicting write 409, a read model not caught up in time,
-    being rebuilt, or the storage unavailable 503 (with ``Retry-After``), anything else 500.
+    ``WWW-Authenticate``), a body too large 413, validation 422 with field errors (FastAPI's request validation
+    and the mediator's :class:`~mediator.ValidationError` alike), ``status_of`` for the application's, a value the
+    database refused 422, a conflicting write 409, a read model not caught up in time, being rebuilt, or the
+    storage unavailable 503 (with ``Retry-After``), anything else 500.
+
+    The application's own errors (a thing not found, a conflicting change) answer only as ``status_of`` maps
+    them, the most specific class first; one it does not map is a 500. The framework's other errors (a message
+    with no handler, a scope misused, a wiring problem) are bugs of the service: they stay 500s even where
+    ``status_of`` maps a built-in they derive from (a :class:`~mediator.HandlerNotFoundError` is a
+    ``LookupError``), so a missing handler never passes for a missing thing.
 
     A 500 carries the correlation id and no detail from the exception, so nothing internal leaks; the failure is
     logged on one line, without a traceback (and :class:`MediatorMiddleware`, to which Starlette passes it on
     after answering, does not log it again).
+
+    >>> class NoteNotFound(LookupError): ...
+    >>> class NoteExists(ValueError): ...
+    >>> app = FastAPI()
+    >>> install_error_handlers(app, {NoteNotFound: (404, "not_found"), NoteExists: (409, "conflict")})
     """
+    status_of = dict(status_of or {})
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -286,25 +349,17 @@ def install_error_handlers(app: FastAPI, status_of: StatusMap) -> None:
         names = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}
         return problem(exc.status_code, names.get(exc.status_code, "http_error"), str(exc.detail))
 
-    async def mapped(request: Request, exc: Exception) -> JSONResponse:
-        found = problem_for(exc, status_of)
-        if found is None:  # pragma: no cover - registered only for the types problem_for maps
-            raise exc
-        _log(exc, found, _correlation_id(request))
-        return _response(found)
-
-    # One handler per mapped type, so Starlette answers them where they are raised; only what is left reaches
-    # the catch-all below (which Starlette passes on to the middleware after answering, as a 500 should be).
-    for error_type in (AuthenticationError, RequestTooLargeError, ValidationError, StorageError,
-                       ConsistencyTimeoutError, *status_of):
-        app.add_exception_handler(error_type, mapped)
-
-    @app.exception_handler(Exception)
-    async def anything(request: Request, exc: Exception) -> JSONResponse:
-        found = problem_for(exc, status_of)  # a database driver's error, by what it means
+    async def answer(request: Request, exc: Exception) -> JSONResponse:
+        found = problem_for(exc, status_of)  # also a database driver's error, by what it means
         correlation_id = _correlation_id(request)
         _log(exc, found, correlation_id)  # before the answer goes, so the line is there when the client has it
         return _response(found or _internal(correlation_id))
+
+    # One handler per mapped type, so Starlette answers them where they are raised; only what is left reaches
+    # the catch-all (which Starlette passes on to the middleware after answering, as a 500 should be).
+    for error_type in (AuthenticationError, RequestTooLargeError, ValidationError, StorageError,
+                       ConsistencyTimeoutError, *status_of, Exception):
+        app.add_exception_handler(error_type, answer)
 
 
 def _correlation_id(request: Request) -> str:

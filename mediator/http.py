@@ -12,7 +12,10 @@ and how a failure is logged.
   with commas: the text before the first comma);
 - a body larger than ``max_body`` (:data:`MAX_BODY` by default) is answered 413, and no more of it is read;
 - the principal resolver turns the headers into the dispatch scope's principal, or raises
-  :class:`~mediator.AuthenticationError`, answered 401 with a ``WWW-Authenticate`` challenge;
+  :class:`~mediator.AuthenticationError`, answered 401 with a ``WWW-Authenticate`` challenge. It is required, and
+  may not answer ``None``: that is the principal of trusted in-process code, so a request would run as one;
+- given the read-model engine (``engine=``) or the head of its log (``head=``), a token beyond the last write,
+  which no read model can ever reach, is answered 400 at once; without either it waits out the timeout (503);
 - errors of the framework answer as JSON problems, ``{"error": ..., "detail": ...}``, with the status
   :func:`problem_for` gives them, the application's own errors with the statuses it maps them to, and a database
   driver's errors by what they mean: a value the database refused 422, a conflicting write 409, anything else
@@ -37,15 +40,18 @@ from __future__ import annotations
 import os
 import re
 import sys
+import typing
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 
-from ._errors import AuthenticationError, RequestTooLargeError, ValidationError
+from ._errors import AuthenticationError, MediatorError, RequestTooLargeError, ValidationError
 from ._messages import qualname
-from .readmodels import ConsistencyTimeoutError, ReadModelUnavailableError, StorageError
+from .readmodels import ConsistencyTimeoutError, ReadModelUnavailableError, StorageError, TokenBeyondHeadError
+
+# The one use of the engine's private token variable outside it, until mediator.readmodels offers this itself.
 
 TOKEN_HEADER = "X-Consistency-Token"
 """The response header with the commit position of the request's last command."""
@@ -67,7 +73,87 @@ A 401 carries a ``WWW-Authenticate: Bearer`` challenge."""
 PrincipalResolver = Callable[[Mapping[str, str]], Any]
 """A principal resolver: the request's headers (lower-case names, each its first value) to the principal of its
 dispatch scope. It returns an anonymous principal for a request without a credential, and raises
-:class:`~mediator.AuthenticationError` for a credential that is not valid (or missing where it must be sent)."""
+:class:`~mediator.AuthenticationError` for a credential that is not valid (or missing where it must be sent).
+
+The principal is what behaviours and handlers see as ``current_context().principal`` (an authorization behaviour
+decides with it, a handler records who acted). It is never ``None``: a scope with no principal is trusted
+in-process code (a test, a script), which an HTTP request must not pass for."""
+
+
+class EmbeddingConfigError(MediatorError, TypeError):
+    """An HTTP embedding was given something it cannot work with: no principal resolver, or one that answered
+    ``None``; a ``head`` or an ``engine`` that gives no log position; a route asking for the mediator outside the
+    middleware. The message names the fix."""
+
+
+class _Log(Protocol):
+    def head(self) -> int: ...
+
+
+class ReadModelEngine(Protocol):
+    """What an embedding reads of a read-model engine (:class:`mediator.readmodels.ReadModels` is one): the head
+    of its storage's log, the position of the last write."""
+
+    @property
+    def storage(self) -> _Log: ...
+
+
+def check_principal(principal: object, embedding: str) -> PrincipalResolver:
+    """``principal`` if it is a principal resolver; raise :class:`EmbeddingConfigError` naming the fix if not
+    (``embedding`` names the class being built)."""
+    if principal is None:
+        raise EmbeddingConfigError(
+            f"{embedding} needs principal=, a function of the request's headers that returns who is acting (an "
+            "anonymous principal for a request without a credential) or raises mediator.AuthenticationError; "
+            "see mediator.http.PrincipalResolver.")
+    if not callable(principal):
+        raise EmbeddingConfigError(
+            f"{embedding}'s principal= is a {qualname(type(principal))}, not a function; pass a function of the "
+            "request's headers that returns who is acting (see mediator.http.PrincipalResolver).")
+    return principal
+
+
+def resolve_principal(resolver: PrincipalResolver, headers: Mapping[str, str]) -> Any:
+    """The principal ``resolver`` gives the request with ``headers``.
+
+    Raises:
+        AuthenticationError: from the resolver, for a credential that is not valid.
+        EmbeddingConfigError: when the resolver answers ``None``, which would run the request as trusted code.
+    """
+    found = resolver(headers)
+    if found is None:
+        raise EmbeddingConfigError(
+            f"The principal resolver {_name_of(resolver)} returned None; return an anonymous principal for a "
+            "request without a credential (None is the principal of trusted in-process code).")
+    return found
+
+
+def _name_of(function: object) -> str:
+    """A function's qualified name, or its class's for a callable object (whose repr may hold a secret key)."""
+    return qualname(function if hasattr(function, "__qualname__") else type(function))
+
+
+def head_of(head: object, engine: object, embedding: str) -> Callable[[], int] | None:
+    """The function giving the head of the log (``engine.storage.head``, else ``head``); ``None`` with neither.
+
+    Raises:
+        EmbeddingConfigError: naming the fix, when both are given, or either gives no log position.
+    """
+    if head is not None and engine is not None:
+        raise EmbeddingConfigError(f"{embedding} was given both head= and engine=; give engine= alone (the "
+                                   "ReadModels the mediator was built with).")
+    if engine is not None:
+        found = getattr(getattr(engine, "storage", None), "head", None)
+        if not callable(found):
+            raise EmbeddingConfigError(
+                f"{embedding}'s engine= is a {qualname(type(engine))}, which has no storage.head(); pass the "
+                "mediator.readmodels.ReadModels the mediator was built with.")
+        return typing.cast(Callable[[], int], found)
+    if head is not None and not callable(head):
+        raise EmbeddingConfigError(
+            f"{embedding}'s head= is a {qualname(type(head))}, not a function; pass storage.head itself (not "
+            "storage.head()), or engine= with the ReadModels the mediator was built with.")
+    return typing.cast(Callable[[], int] | None, head)
 
 
 def parse_token(value: str | None, head: Callable[[], int] | None = None) -> int | None:
@@ -82,10 +168,24 @@ def parse_token(value: str | None, head: Callable[[], int] | None = None) -> int
     if not _TOKEN.fullmatch(value.strip()):
         raise ValueError(f"{CONSISTENT_HEADER} must be a token from {TOKEN_HEADER} (digits), not {value[:40]!r}.")
     token = int(value)
-    if head is not None and token > (last := head()):
-        raise ValueError(f"{CONSISTENT_HEADER} {token} is beyond the last write ({last}); send back a token from "
-                         f"{TOKEN_HEADER}.")
+    if head is not None:
+        refused = check_token(token, head)
+        if refused is not None:
+            raise ValueError(refused.detail)
     return token
+
+
+def check_token(token: int, head: Callable[[], int]) -> Problem | None:
+    """The answer to a request whose ``X-Consistent-With`` token is beyond the head of the log (``head()``, the
+    position of the last write), which no read model can ever reach: 400. ``None`` when the token is within it.
+
+    Whatever ``head`` raises (the storage is down) goes to the caller, to answer as :func:`problem_for` says.
+    """
+    last = head()
+    if token <= last:
+        return None
+    return Problem(400, "bad_request", f"{CONSISTENT_HEADER} {token} is beyond the last write ({last}); send back "
+                   f"a token from {TOKEN_HEADER}.")
 
 
 def correlation_id_of(value: str | None) -> str:
@@ -169,6 +269,8 @@ def problem_for(exc: BaseException, status_of: StatusMap = {}) -> Problem | None
     422 with the problems per field; a read model that has not caught up, or is being rebuilt, and a storage
     that is down answer 503 with ``Retry-After``: the same request succeeds later. A storage or driver error
     caused by the request's data answers 422 (a value the database refused) or 409 (a conflicting write).
+    The framework's other errors (a message with no handler, a wiring problem) are bugs: ``status_of`` maps them
+    only by a framework class, never by a built-in one derives from (``LookupError``, ``ValueError``).
     """
     if isinstance(exc, AuthenticationError):
         return Problem(401, "unauthenticated", exc.reason, (("WWW-Authenticate", challenge(exc)),),
@@ -178,6 +280,8 @@ def problem_for(exc: BaseException, status_of: StatusMap = {}) -> Problem | None
     if isinstance(exc, ValidationError):
         fields = {field or "request": list(problems) for field, problems in exc.errors.items()}
         return Problem(422, "validation", "The request is invalid.", extra={"fields": fields})
+    if isinstance(exc, TokenBeyondHeadError):  # the engine found it so: no wiring of head= needed
+        return Problem(400, "bad_request", str(exc))
     if isinstance(exc, ConsistencyTimeoutError):
         if getattr(exc, "parked", None):  # an event it could not apply holds it back: not a matter of a second
             return Problem(503, "read_model_held_back", "A read model this request reads is held back by an event "
@@ -195,7 +299,10 @@ def problem_for(exc: BaseException, status_of: StatusMap = {}) -> Problem | None
         # restarting, and the request may succeed if sent again shortly.
         fault = "data" if isinstance(exc, ValueError) else _driver_fault(exc)
         return _storage_problem(fault or "unavailable")
-    for error_type in type(exc).__mro__:  # the most specific mapping wins, whatever the order of status_of
+    mapped: Iterable[type] = type(exc).__mro__
+    if isinstance(exc, MediatorError):  # a bug of the service (a missing handler is a LookupError): never answered
+        mapped = [cls for cls in mapped if issubclass(cls, MediatorError)]  # through a built-in status_of maps
+    for error_type in mapped:  # the most specific mapping wins, whatever the order of status_of
         if error_type in status_of:
             status, error = status_of[error_type]
             headers = (("WWW-Authenticate", "Bearer"),) if status == 401 else ()
@@ -330,7 +437,9 @@ def _short_path(path: str) -> str:
 RequestTooLargeError.__module__ = __name__  # public here, defined with the framework's other errors
 
 __all__ = [
-    "CONSISTENT_HEADER", "CORRELATION_HEADER", "MAX_BODY", "TOKEN_HEADER", "AuthenticationError", "PrincipalResolver",
-    "Problem", "RequestTooLargeError", "StatusMap", "asgi_headers", "challenge", "check_length", "correlation_id_of",
-    "failure_fields", "log_failure", "parse_token", "problem_for", "too_large", "wsgi_headers",
+    "CONSISTENT_HEADER", "CORRELATION_HEADER", "MAX_BODY", "TOKEN_HEADER", "AuthenticationError",
+    "EmbeddingConfigError", "PrincipalResolver", "Problem", "ReadModelEngine", "RequestTooLargeError", "StatusMap",
+    "asgi_headers", "challenge", "check_length", "check_principal", "check_token", "correlation_id_of",
+    "failure_fields", "head_of", "log_failure", "parse_token", "problem_for", "resolve_principal",
+    "too_large", "wsgi_headers",
 ]

@@ -19,7 +19,9 @@ JSON problems: the protocol of :mod:`mediator.http`, which the ASGI embedding sp
 >>> def app(environ, start_response):
 ...     start_response("200 OK", [("Content-Type", "text/plain")])
 ...     return [mediator.ask(Greet(name=environ["PATH_INFO"][1:])).encode()]
->>> service = MediatorWSGI(app, mediator, principal=lambda headers: headers.get("x-user"), max_body=10)
+>>> def who(headers):  # the principal resolver: who is acting, "anonymous" without a credential
+...     return headers.get("x-user", "anonymous")
+>>> service = MediatorWSGI(app, mediator, principal=who, max_body=10)
 >>> environ = {"PATH_INFO": "/ada", "HTTP_X_CONSISTENT_WITH": "x"}
 >>> setup_testing_defaults(environ)
 >>> def start_response(status, headers, exc_info=None):
@@ -57,16 +59,21 @@ from .http import (
     TOKEN_HEADER,
     PrincipalResolver,
     Problem,
+    ReadModelEngine,
     StatusMap,
     check_length,
+    check_principal,
+    check_token,
     correlation_id_of,
+    head_of,
     log_failure,
     parse_token,
     problem_for,
+    resolve_principal,
     too_large,
     wsgi_headers,
 )
-from .readmodels import consistent, last_token
+from .readmodels import consistent, fresh_token, last_token
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -94,31 +101,44 @@ class MediatorWSGI:
         app: the WSGI application to wrap.
         mediator: the sync mediator the application dispatches through.
         principal: the principal resolver (:data:`mediator.http.PrincipalResolver`): turns the request's headers
-            (lower-case names, each its first value) into the principal of its dispatch scope, or raises
-            :class:`~mediator.AuthenticationError` (answered 401). Required, so that an unauthenticated request
-            is an anonymous principal, never "no principal".
+            (lower-case names, each its first value) into the principal of its dispatch scope, which behaviours
+            and handlers read as ``current_context().principal``, or raises :class:`~mediator.AuthenticationError`
+            (answered 401). Required, and never answering ``None``, so that an unauthenticated request is an
+            anonymous principal, never the trusted "no principal" of in-process code.
         consistency_timeout: how long a query waits for a requested token before answering 503.
         head: the position of the last write in the log (``storage.head``); given it, a token beyond that
             position is refused with 400 instead of waiting for the timeout.
+        engine: the read-model engine (:class:`~mediator.readmodels.ReadModels`) the mediator was built with:
+            ``head`` is then its storage's. Give one of the two: without either, a token beyond the last write
+            waits for the timeout and answers 503.
         status_of: the application's errors and the status and error code each answers with.
         max_body: the most bytes of a request body the application may read from ``wsgi.input``; a larger
             ``CONTENT_LENGTH`` is answered 413 before any of it is read, and a body sent without one (which a
             server marks with ``wsgi.input_terminated``) is cut off with 413 once it passes the limit. ``None``
             lifts the limit.
+
+    Raises:
+        EmbeddingConfigError: at construction, when ``principal`` is not a function, or ``head``/``engine`` give
+            no position of the log.
     """
 
     def __init__(self, app: WSGIApp, mediator: Mediator, principal: PrincipalResolver, *,
                  consistency_timeout: float = 5.0, head: Callable[[], int] | None = None,
-                 status_of: StatusMap | None = None, max_body: int | None = MAX_BODY) -> None:
+                 engine: ReadModelEngine | None = None, status_of: StatusMap | None = None,
+                 max_body: int | None = MAX_BODY) -> None:
         self.app = app
         self.mediator = mediator
-        self.principal = principal
+        self.principal = check_principal(principal, "MediatorWSGI")
         self.consistency_timeout = consistency_timeout
-        self.head = head
+        self.head = head_of(head, engine, "MediatorWSGI")
         self.status_of: StatusMap = dict(status_of or {})
         self.max_body = max_body
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        with fresh_token():  # the token header is this request's own command's, never one the caller's context held
+            return self._serve(environ, start_response)
+
+    def _serve(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
         headers = wsgi_headers(environ)
         correlation_id = correlation_id_of(headers.get(_CORRELATION))
         echoed = [(CORRELATION_HEADER, correlation_id)]
@@ -126,16 +146,22 @@ class MediatorWSGI:
         if refused is not None:
             return _json(start_response, refused, echoed)
         try:
-            principal = self.principal(headers)
+            principal = resolve_principal(self.principal, headers)
         except Exception as exc:  # AuthenticationError: 401; anything else is the resolver's failure
             return self._failed(exc, start_response, echoed)
         try:
-            wanted = parse_token(headers.get(_CONSISTENT), self.head)
+            wanted = parse_token(headers.get(_CONSISTENT))
         except ValueError as exc:
             return _json(start_response, Problem(400, "bad_request", str(exc)), echoed)
+        if wanted is not None and self.head is not None:
+            try:
+                refused = check_token(wanted, self.head)
+            except Exception as exc:  # the storage is down: 503
+                return self._failed(exc, start_response, echoed)
+            if refused is not None:
+                return _json(start_response, refused, echoed)
         body = _Body.of(environ, self.max_body)
         response = _Response()
-        before = last_token()
         waiting = consistent(wanted, timeout=self.consistency_timeout) if wanted else contextlib.nullcontext()
         try:
             with self.mediator.scope(correlation_id=correlation_id, principal=principal), waiting:
@@ -152,7 +178,7 @@ class MediatorWSGI:
                 return self._failed(exc, start_response, echoed)
         if body.exceeded is not None:  # whatever the application made of it
             return _json(start_response, too_large(body.exceeded), echoed)
-        extra = [(TOKEN_HEADER, str(token))] if token is not None and token != before else []
+        extra = [(TOKEN_HEADER, str(token))] if token is not None else []
         start_response(response.status, [*response.headers, *echoed, *extra])
         return [b"".join(response.chunks)]
 

@@ -6,25 +6,33 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from mediator.readmodels import Storage
+from mediator.readmodels import RoutedStorage, Storage
 from mediator.readmodels.memory import MemoryStorage
 from mediator.readmodels.sqlite import SqliteStorage
-from tests import postgres
+from tests import postgres, redis_server
 
-KINDS = ("memory", "sqlite", "sqlite-two-files", "postgres")
+KINDS = ("memory", "sqlite", "sqlite-two-files", "postgres", "sqlite+redis")
+"""``sqlite+redis``: the log in SQLite and the ``balances`` projection's read models in Redis (a RoutedStorage)."""
 
 
 @contextlib.contextmanager
 def opened(kind: str, folder: Path) -> Iterator[Storage]:
     """A fresh storage of ``kind`` (files in ``folder``); PostgreSQL skips, or in CI fails, when absent."""
     backend: Storage
-    drop_schema = None
+    drop_schema = empty_first = None
     if kind == "memory":
         backend = MemoryStorage()
     elif kind == "sqlite":
         backend = SqliteStorage(folder / "app.db")
     elif kind == "sqlite-two-files":
         backend = SqliteStorage(folder / "write.db", folder / "read.db")
+    elif kind == "sqlite+redis":
+        redis_server.require()
+        from mediator.readmodels.redis import RedisReadStore
+
+        redis = RedisReadStore(redis_server.URL, prefix=redis_server.new_prefix())
+        backend = RoutedStorage(SqliteStorage(folder / "app.db"), {"balances": redis})
+        empty_first = redis.drop_all
     else:
         postgres.require()
         from mediator.readmodels.postgres import PostgresStorage
@@ -34,6 +42,8 @@ def opened(kind: str, folder: Path) -> Iterator[Storage]:
     try:
         yield backend
     finally:
+        if empty_first is not None:  # its keys go before its connections close
+            empty_first()
         backend.close()
         if drop_schema is not None:
             drop_schema()

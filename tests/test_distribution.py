@@ -22,7 +22,7 @@ from tests.conftest import skip_or_fail
 ROOT = Path(__file__).resolve().parent.parent
 SHOP = ("domain", "handlers", "adapters", "benchmarks", "tests")
 EXTRAS = {"mediator.readmodels.postgres": "postgres", "mediator.fastapi": "fastapi", "mediator.otel": "otel",
-          "mediator.nats": "nats"}
+          "mediator.nats": "nats", "mediator.readmodels.redis": "redis"}
 
 
 def _tracked_copy(into: Path) -> Path:

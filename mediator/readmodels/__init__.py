@@ -9,18 +9,23 @@ from .._messages import name_by_package as _name_by_package
 from ._engine import Lag, ReadModels
 from ._errors import (
     ConsistencyTimeoutError,
+    DatabaseNotFoundError,
     DeadLetterNotFoundError,
     DeadLetterOrderError,
     EventFieldError,
     EventRegistrationError,
     ProjectionConfigError,
     ReadModelUnavailableError,
+    RowFieldError,
     StorageDataError,
     StorageError,
+    TableQueryError,
+    TokenBeyondHeadError,
     UndecodableEventError,
     UnknownProjectionError,
     UnregisteredEventError,
 )
+from ._opening import existing_only
 from ._ports import (
     BLOCKED,
     PARKED,
@@ -29,21 +34,25 @@ from ._ports import (
     NewEvent,
     ProjectionSession,
     Quarantined,
+    ReadStore,
     Storage,
     StoredEvent,
     WriteSession,
-    table_name,
 )
 from ._projections import Delivery, Projection, on
+from ._routed import RoutedStorage
 from ._serialization import EventType, EventTypes
-from ._tokens import Consistency, ReadYourWrites, consistent, last_token
+from ._tables import Codec, Prefix, Query, Range, Table, table_name
+from ._tokens import Consistency, ReadYourWrites, consistent, fresh_token, last_token
 from ._unit_of_work import SyncReadModels, UnitOfWork
 
 __all__ = [
     "BLOCKED",
     "PARKED",
+    "Codec",
     "Consistency",
     "ConsistencyTimeoutError",
+    "DatabaseNotFoundError",
     "DeadLetter",
     "DeadLetterNotFoundError",
     "DeadLetterOrderError",
@@ -55,24 +64,35 @@ __all__ = [
     "Generations",
     "Lag",
     "NewEvent",
+    "Prefix",
     "Projection",
     "ProjectionConfigError",
     "ProjectionSession",
     "Quarantined",
+    "Query",
+    "Range",
     "ReadModelUnavailableError",
     "ReadModels",
+    "ReadStore",
     "ReadYourWrites",
+    "RoutedStorage",
+    "RowFieldError",
     "Storage",
     "StorageDataError",
     "StorageError",
     "StoredEvent",
     "SyncReadModels",
+    "Table",
+    "TableQueryError",
+    "TokenBeyondHeadError",
     "UndecodableEventError",
     "UnitOfWork",
     "UnknownProjectionError",
     "UnregisteredEventError",
     "WriteSession",
     "consistent",
+    "existing_only",
+    "fresh_token",
     "last_token",
     "on",
     "table_name",

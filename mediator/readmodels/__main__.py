@@ -7,55 +7,92 @@
     python -m mediator.readmodels --app myapp.wiring:engine dead-letters retry --all [NAME]
     python -m mediator.readmodels --app myapp.wiring:engine dead-letters skip NAME POSITION
     python -m mediator.readmodels --app myapp.wiring:engine worker [--once] [--only NAME,NAME...]
+    python -m mediator.readmodels --app myapp.wiring:app describe
 
-``--app`` names a ``ReadModels`` object, or a function returning one, as
-``module:attribute``. ``worker`` runs the projections delivered as
-``Delivery.WORKER`` (and rebuilds) until stopped with SIGTERM or Ctrl-C; ``--only``
-limits it to some of them. Several workers may run at once: on PostgreSQL each
-projection is run by one of them at a time (a lease), and another takes it over
-when that one dies. ``worker --once`` and ``rebuild`` take no lease: they may run
-beside the lease holder, whose batches and theirs take turns on the checkpoint row.
+``--app`` names, as ``module:attribute``, a ``ReadModels`` engine, a ``Mediator`` (or ``AsyncMediator``), an
+object with ``.engine`` and/or ``.mediator`` (an application's composition root), or a function taking no
+arguments that returns one of those. ``describe`` prints what the mediator runs for each message type (its
+behaviours in order, its handler and their lifetimes) and the engine's projections; every other command needs
+the engine.
+
+``worker`` runs the projections delivered as ``Delivery.WORKER`` (and rebuilds) until stopped with SIGTERM or
+Ctrl-C; ``--only`` limits it to some of them. Several workers may run at once: on PostgreSQL each projection is
+run by one of them at a time (a lease), and another takes it over when that one dies. ``worker --once`` and
+``rebuild`` take no lease: they may run beside the lease holder, whose batches and theirs take turns on the
+checkpoint row.
+
+Only ``worker`` creates a database (the SQLite file, the PostgreSQL schema and tables) that is not there yet:
+starting the workers is how a deployment may begin. Every other command opens only a database that exists, and a
+mistyped path is an error rather than a new, empty database reported as current.
+
+Exit status: 0 when the command did all it was asked; 1 when it failed or left something undone (a database that
+is not there or is down, no dead letter at that position, an event that stays parked, an application that raised
+while it was imported or built); 2 when the command line is wrong (an ``--app`` module or attribute that is not
+there, an object that is neither engine nor mediator, an unknown projection name); 130 when interrupted. Errors
+are one line on stderr (``--traceback`` shows the whole trace instead).
+
+Tables go to stdout: coloured on a terminal (unless ``NO_COLOR`` is set), plain aligned text when piped.
+``rebuild`` and ``worker --once`` show their progress (events/s, positions to go, time left) on stderr when it
+is a terminal. Unless the application configures structlog itself, the engine's warnings and errors go to stderr
+while a command runs (its info lines say what the command's own output says), never between the lines of a
+table; a running ``worker`` leaves logging as the application has it.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
+import contextlib
+import logging
+import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
-from typing import Any
+import typing
+from collections.abc import Callable, Iterator, Sequence
+from typing import TextIO
+
+import attrs
+import structlog
 
 from .._errors import MediatorError
+from .._messages import Kind, qualname
+from ._console import BOLD, GREEN, RED, YELLOW, Progress, StatusLine, paint, table, wants_colour
 from ._engine import ReadModels
-from ._ports import PARKED
+from ._errors import UnknownProjectionError
+from ._loading import App, BadAppError, load
+from ._opening import existing_only
+from ._ports import BLOCKED, PARKED
 from ._projections import Delivery
 
 
-def load(spec: str) -> ReadModels:
-    """Import ``module:attribute`` and return the engine it names (calling it if it is a factory)."""
-    module_name, _, attribute = spec.partition(":")
-    if not attribute:
-        raise SystemExit(f"--app must look like package.module:attribute, not {spec!r}")
-    target: Any = getattr(importlib.import_module(module_name), attribute)
-    engine = target if isinstance(target, ReadModels) else target()
-    if not isinstance(engine, ReadModels):
-        raise SystemExit(f"{spec} gave a {type(engine).__name__}, not a ReadModels engine")
-    return engine
+@attrs.frozen
+class Outcome:
+    """What a command prints on stdout, and whether it did all it was asked (else the exit status is 1)."""
+
+    text: str
+    complete: bool = True
 
 
-def render(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A plain aligned table."""
-    cells = [list(map(str, headers))] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+# -- status and dead letters ---------------------------------------------------------------------------------------
+
+_HEALTH = {"ok": GREEN, "parked": RED, "stalled": RED, "holding": YELLOW}
 
 
-def status(engine: ReadModels) -> str:
+def _status_style(header: str, cell: str) -> str | None:
+    if header == "health":
+        return _HEALTH.get(cell)
+    if header == "state" and cell == "rebuilding":
+        return YELLOW
+    if header in ("behind", "blocked") and cell != "0":
+        return YELLOW
+    if header == "parked" and cell != "0":
+        return RED
+    return None
+
+
+def status(engine: ReadModels, *, colour: bool = False) -> str:
+    """The head of the log and one row per projection generation: lag, health, parked and blocked events."""
     rows = [
         (lag.projection, lag.generation, engine.built_by(lag.projection, lag.generation, record=False),
          "rebuilding" if lag.rebuilding else "current", lag.health, engine.delivery(lag.projection).value,
@@ -65,7 +102,7 @@ def status(engine: ReadModels) -> str:
     ]
     headers = ("projection", "generation", "version", "state", "health", "delivery", "checkpoint", "applied",
                "behind", "seconds behind", "parked", "blocked", "oldest parked (s)")
-    return f"head of the log: {engine.storage.head()}\n" + render(headers, rows)
+    return f"head of the log: {engine.storage.head()}\n" + table(headers, rows, colour=colour, style=_status_style)
 
 
 def _when(retry_at: float | None) -> str:
@@ -74,38 +111,137 @@ def _when(retry_at: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(retry_at))
 
 
-def dead_letters(engine: ReadModels, name: str | None) -> str:
+def dead_letters(engine: ReadModels, name: str | None, *, colour: bool = False) -> str:
+    """The parked and blocked events of projection ``name`` (or of all), with when each is tried next and why."""
     rows = [(d.projection, d.position, d.status, d.key or "", d.type_name, d.attempts,
              _when(d.retry_at) if d.status == PARKED else "", d.reason)
             for d in engine.dead_letters(name)]
     if not rows:
         return "no dead letters"
-    return render(("projection", "position", "status", "key", "event type", "attempts", "next retry", "reason"),
-                  rows)
+    styles = {PARKED: RED, BLOCKED: YELLOW}
+    return table(("projection", "position", "status", "key", "event type", "attempts", "next retry", "reason"),
+                 rows, colour=colour, style=lambda header, cell: styles.get(cell) if header == "status" else None)
 
 
-def retry_all(engine: ReadModels, name: str | None) -> str:
+def release(engine: ReadModels, action: str, name: str, position: int) -> Outcome:
+    """Retry (``action="retry"``) or skip the dead letter at ``position``; incomplete if an event stays parked.
+
+    The engine answers how many events it applied; whether the retried event applied, or one behind it failed,
+    is read back from the dead letters, so a retry that fails again never reads as a success.
+    """
+    before = {letter.position: letter for letter in engine.dead_letters(name)}
+    applied = engine.retry(name, position) if action == "retry" else engine.skip(name, position)
+    key = before[position].key if position in before else None
+    mine = [letter for letter in engine.dead_letters(name)
+            if letter.position == position or (key is not None and letter.key == key)]
+    waiting = sum(1 for letter in mine if letter.status == BLOCKED)
+    behind = f"; {waiting} event(s) of its key wait behind it" if waiting else ""
+    for letter in mine:
+        if letter.position == position and letter.status == PARKED:
+            return Outcome(f"{action}: {name} position {position} failed again and is still parked (attempt "
+                           f"{letter.attempts}): {letter.reason}{behind}", complete=False)
+    lines = [f"{action}: {name} position {position}; {applied} event(s) applied"]
+    lines += [f"{action}: {name} position {letter.position} behind it failed and is parked: {letter.reason}{behind}"
+              for letter in mine if letter.status == PARKED]
+    return Outcome("\n".join(lines), complete=len(lines) == 1)
+
+
+def retry_all(engine: ReadModels, name: str | None) -> Outcome:
+    """Retry every parked event (of ``name``, or of all); per projection what applied and what stays parked."""
     outcome = engine.retry_all(name)
-    lines = [f"retry: {projection}: {applied} event(s) applied, {still} still parked"
-             for projection, (applied, still) in outcome.items()]
-    return "\n".join(lines) or "no projections"
+    lines = []
+    for projection, (applied, still) in outcome.items():
+        lines.append(f"retry: {projection}: {applied} event(s) applied, {still} still parked")
+        lines += [f"  position {letter.position}" + (f" (key {letter.key!r})" if letter.key is not None else "")
+                  + f": {letter.reason}"
+                  for letter in (engine.dead_letters(projection) if still else []) if letter.status == PARKED]
+    return Outcome("\n".join(lines) or "no projections", complete=not any(still for _, still in outcome.values()))
 
 
-def rebuild(engine: ReadModels, name: str) -> str:
-    if name not in engine.projections:
-        raise SystemExit(f"no projection named {name!r}; known: {', '.join(engine.projections)}")
+# -- rebuilds and workers --------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _progress(engine: ReadModels, label: str, measure: Callable[[], tuple[int, int]],
+              status_line: StatusLine | None, *, then: str = "") -> Iterator[None]:
+    """Show ``label``'s progress on ``status_line`` (if any: stderr is a terminal) while the block runs.
+
+    Redrawn as the engine commits batches (``ReadModels.on_applied``); on success it leaves a summary line, on
+    failure the last state.
+    """
+    if status_line is None:
+        yield
+        return
+    progress = Progress(label, measure, status=status_line, colour=wants_colour(status_line.stream), then=then)
+
+    def listener(_name: str, events: int) -> None:
+        # A short batch ends a replay or a catch-up: draw it whatever the interval, or a rebuild's grace period
+        # would be spent showing the state of a batch before the last.
+        if events < engine.batch_size:
+            progress.draw()
+        else:
+            progress.tick()
+
+    engine.on_applied.append(listener)
+    progress.draw()
+    try:
+        yield
+    except BaseException:
+        status_line.end(progress.text())
+        raise
+    finally:
+        engine.on_applied.remove(listener)
+    progress.finish(label)
+
+
+def rebuild(engine: ReadModels, name: str, status_line: StatusLine | None = None) -> str:
+    """Replay projection ``name`` into a fresh generation, swap it in and drop the old one."""
     generation = engine.rebuild(name)
-    engine.finish_rebuilds()  # waits retire_after before dropping the old tables: services may still read them
+    storage = engine.storage
+    start = storage.checkpoint(name, generation)  # a rebuild under way already is joined where it is
+
+    def measure() -> tuple[int, int]:
+        at = storage.checkpoint(name, generation)
+        return at - start, storage.head() - at
+
+    grace = engine.retire_after
+    then = "swapping in" + (f"; the old generation is dropped after {grace:g} s, for queries still reading it"
+                            if grace else "")
+    with _progress(engine, f"rebuild {name}", measure, status_line, then=then):
+        engine.finish_rebuilds()  # waits retire_after before dropping the old tables: services may still read them
     return f"{name}: rebuilt as generation {generation}, now current"
 
 
-def worker(engine: ReadModels, once: bool, only: list[str] | None = None) -> str:
+def _positions(engine: ReadModels, names: Sequence[str]) -> tuple[int, int]:
+    """The checkpoints of the live generations (and rebuilds) of ``names`` added up, and the positions they
+    have still to go to the head of the log."""
+    storage = engine.storage
+    head = storage.head()
+    generations = [(name, storage.current_generation(name)) for name in names]
+    generations += [(name, g) for name in names if (g := storage.rebuilding(name)) is not None]
+    checkpoints = [storage.checkpoint(name, generation) for name, generation in generations]
+    return sum(checkpoints), sum(max(0, head - checkpoint) for checkpoint in checkpoints)
+
+
+def worker(engine: ReadModels, once: bool, only: list[str] | None = None,
+           status_line: StatusLine | None = None) -> str:
+    """Run the worker-delivered projections: once to the head of the log, or until SIGTERM or Ctrl-C."""
     if only is not None:
         unknown = sorted(set(only) - set(engine.projections))
         if unknown:
-            raise SystemExit(f"no projection named {', '.join(unknown)}; known: {', '.join(engine.projections)}")
+            raise UnknownProjectionError(unknown, engine.projections)
     if once:
-        return f"applied {engine.catch_up(deliveries=(Delivery.WORKER,), only=only)} events"
+        names = [name for name in engine.projections
+                 if engine.delivery(name) is Delivery.WORKER and (only is None or name in only)]
+        label = "catch up" + (f" {', '.join(only)}" if only else "")
+        start, _ = _positions(engine, names)
+
+        def measure() -> tuple[int, int]:
+            at, to_go = _positions(engine, names)
+            return at - start, to_go
+
+        with _progress(engine, label, measure, status_line):
+            applied = engine.catch_up(deliveries=(Delivery.WORKER,), only=only)
+        return f"applied {applied} events"
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -116,10 +252,72 @@ def worker(engine: ReadModels, once: bool, only: list[str] | None = None) -> str
     return "worker stopped"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+# -- describe -----------------------------------------------------------------------------------------------------
+
+_KIND_ORDER = {kind: i for i, kind in enumerate(Kind)}
+_PLURALS = {Kind.COMMAND: "commands", Kind.QUERY: "queries", Kind.STREAM: "streams", Kind.EVENT: "events"}
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
+def describe(app: App, *, colour: bool = False) -> str:
+    """What the app's mediator runs for each message type (``explain()``), and the engine's projections."""
+    sections = []
+    if app.mediator is not None:
+        explanations = sorted((app.mediator.explain(t) for t in app.mediator.message_types),
+                              key=lambda e: (_KIND_ORDER[e.kind], qualname(e.message_type)))
+        counts = {kind: sum(1 for e in explanations if e.kind is kind) for kind in Kind}
+        summary = ", ".join(f"{count} {_PLURALS[kind] if count != 1 else kind.value}"
+                            for kind, count in counts.items() if count)
+        sections.append(paint(f"{_count(len(explanations), 'message type')} ({summary or 'none'})", BOLD, colour))
+        for explanation in explanations:
+            first, _, rest = str(explanation).partition("\n")
+            sections.append(paint(first, BOLD, colour) + "\n" + rest)
+    if app.engine is not None:
+        engine = app.engine
+        rows = [(name, projection.version, engine.delivery(name).value,
+                 ", ".join(sorted(engine.types.entry(event_type).name for event_type in projection.handlers)))
+                for name, projection in engine.projections.items()]
+        sections.append(paint(_count(len(rows), "projection"), BOLD, colour) + "\n"
+                        + table(("projection", "version", "delivery", "events"), rows, colour=colour))
+    return "\n\n".join(sections)
+
+
+# -- the command line -------------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _logs_to(sink: StatusLine, colour: bool) -> Iterator[None]:
+    """Send the engine's structlog lines, warnings and worse, to ``sink`` while the block runs.
+
+    structlog prints to stdout by default, between the lines of a table. An application that configures structlog
+    has chosen where its lines go: then nothing changes.
+    """
+    if structlog.is_configured():
+        yield
+        return
+    structlog.configure(
+        processors=[structlog.contextvars.merge_contextvars, structlog.processors.add_log_level,
+                    structlog.processors.StackInfoRenderer(), structlog.dev.set_exc_info,
+                    structlog.processors.TimeStamper(fmt="%Y-%m-%d %H:%M:%S", utc=False),
+                    structlog.dev.ConsoleRenderer(colors=colour)],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(typing.cast(TextIO, sink)),  # it calls write() and flush()
+    )
+    try:
+        yield
+    finally:
+        structlog.reset_defaults()
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mediator.readmodels", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--app", required=True, help="module:attribute of a ReadModels engine or a factory")
+    parser.add_argument("--app", required=True,
+                        help="module:attribute of an engine, a mediator, an object with .engine/.mediator, or a "
+                             "function returning one")
+    parser.add_argument("--traceback", action="store_true", help="on an error, show the whole traceback")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("status", help="lag and parked events per projection")
     rebuild_parser = commands.add_parser("rebuild", help="replay a projection into a fresh generation, then swap")
@@ -135,36 +333,75 @@ def main(argv: Sequence[str] | None = None) -> int:
     skip_parser = letters_commands.add_parser("skip", help="drop a parked event unapplied; apply those behind it")
     skip_parser.add_argument("name")
     skip_parser.add_argument("position", type=int)
-    worker_parser = commands.add_parser("worker", help="run the worker-delivered projections")
+    worker_parser = commands.add_parser("worker", help="run the worker-delivered projections (may create the "
+                                                       "database)")
     worker_parser.add_argument("--once", action="store_true", help="catch up once and exit")
     worker_parser.add_argument("--only", metavar="NAMES", type=lambda v: [n for n in v.split(",") if n],
                                help="comma-separated projections this worker may run (default: all)")
-    args = parser.parse_args(argv)
+    commands.add_parser("describe", help="each message type's behaviours, handler and lifetimes; the projections")
+    return parser
 
-    engine = load(args.app)
+
+def _run(args: argparse.Namespace, app: App, status_line: StatusLine | None) -> Outcome:
+    colour = wants_colour(sys.stdout)
+    if args.command == "describe":
+        return Outcome(describe(app, colour=colour))
+    action: str | None = getattr(args, "action", None)
+    engine = app.need_engine(f"{args.command} {action}" if action else args.command)
+    if args.command == "status":
+        return Outcome(status(engine, colour=colour))
+    if args.command == "rebuild":
+        return Outcome(rebuild(engine, args.name, status_line))
+    if args.command == "worker":
+        return Outcome(worker(engine, args.once, args.only, status_line))
+    if action == "list":
+        return Outcome(dead_letters(engine, args.name, colour=colour))
+    if action == "retry" and args.all:
+        return retry_all(engine, args.name)
+    assert action in ("retry", "skip")
+    return release(engine, action, args.name, args.position)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return its exit status (see the module)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "dead-letters" and args.action == "retry":
+        if args.all and args.position is not None:
+            parser.error("dead-letters retry --all takes a NAME at most, no POSITION")
+        if not args.all and (args.name is None or args.position is None):
+            parser.error("dead-letters retry needs NAME and POSITION, or --all")
+    stderr = sys.stderr
+    status_line = StatusLine(stderr)
+    running_worker = args.command == "worker" and not args.once
     try:
-        if args.command == "status":
-            out = status(engine)
-        elif args.command == "rebuild":
-            out = rebuild(engine, args.name)
-        elif args.command == "worker":
-            out = worker(engine, args.once, args.only)
-        elif args.action == "list":
-            out = dead_letters(engine, args.name)
-        elif args.action == "retry" and args.all:
-            out = retry_all(engine, args.name)
-        elif args.name is None or args.position is None:
-            parser.error(f"dead-letters {args.action} needs NAME and POSITION, or --all")
-        else:
-            applied = getattr(engine, args.action)(args.name, args.position)
-            out = f"{args.action}: {args.name} position {args.position}; {applied} event(s) applied"
-    except MediatorError as exc:  # an unknown projection or position, a storage that is down: one line, not a trace
-        print(f"error: {exc}", file=sys.stderr)
+        with contextlib.ExitStack() as stack:
+            if args.command != "worker":  # a worker may create the database: it is how a deployment starts
+                stack.enter_context(existing_only())
+            app = load(args.app)
+            stack.callback(app.close)
+            if not running_worker:
+                stack.enter_context(_logs_to(status_line, wants_colour(stderr)))
+            outcome = _run(args, app, status_line if stderr.isatty() else None)
+    except KeyboardInterrupt:
+        status_line.end()
+        print("error: interrupted", file=stderr)
+        return 130
+    except (BadAppError, UnknownProjectionError) as exc:  # the command line names what is not there
+        if args.traceback:
+            raise
+        print(f"error: {exc}", file=stderr)
+        return 2
+    except MediatorError as exc:  # a database missing or down, no such dead letter, the app's import failing
+        if args.traceback:
+            raise
+        print(f"error: {exc}", file=stderr)
         return 1
-    finally:
-        engine.storage.close()
-    print(out)
-    return 0
+    try:
+        print(outcome.text, flush=True)
+    except BrokenPipeError:  # `... | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the flush at exit does not fail too
+    return 0 if outcome.complete else 1
 
 
 if __name__ == "__main__":

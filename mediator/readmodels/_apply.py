@@ -93,6 +93,7 @@ class Applier:
         rolled-back session takes its ``CREATE TABLE`` with it.
         """
         if session.generation not in track.ready:
+            session.create_tables(track.projection.tables)
             track.projection.setup(session)
 
     # -- batches -----------------------------------------------------------------------------------

@@ -14,8 +14,9 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable
-from typing import TYPE_CHECKING
+import typing
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 import structlog
@@ -24,14 +25,17 @@ from .. import Kind, Scope
 from .._messages import qualname
 from ._apply import Applier
 from ._errors import ProjectionConfigError, UnknownProjectionError
-from ._ports import PARKED, DeadLetter, Storage, StoredEvent, table_name
+from ._ports import PARKED, DeadLetter, Storage, StoredEvent
 from ._projections import Delivery, Projection
 from ._rebuilds import Rebuilds
 from ._runner import Runner
 from ._serialization import EventTypes
+from ._tables import Table, table_name
 from ._tokens import Progress, ReadYourWrites
 from ._unit_of_work import SyncReadModels, UnitOfWork, Writer
 from ._versions import Track, Versions
+
+R = TypeVar("R")
 
 if TYPE_CHECKING:
     from .. import Registry
@@ -143,7 +147,7 @@ class ReadModels:
         """Add a projection, delivered as ``delivery``."""
         if projection.name in self._tracks:
             raise ProjectionConfigError(f"A projection named {projection.name!r} is already added.")
-        if delivery is Delivery.INLINE and not self.storage.supports_inline:
+        if delivery is Delivery.INLINE and not self.storage.inline_for(projection.name):
             raise ProjectionConfigError(
                 f"Projection {projection.name!r} cannot be inline: this storage keeps read models apart from the "
                 "write database (e.g. SQLite with two files); deliver it in the background or use one file."
@@ -195,6 +199,51 @@ class ReadModels:
         generation = self.storage.current_generation(projection)
         self.versions.check(projection, generation)
         return table_name(projection, table, generation)
+
+    def _current(self, table: Table[Any]) -> str:
+        """The storage name of ``table`` in the generation queries read now (checked as :meth:`table` is)."""
+        projection = table.projection
+        if projection is None or projection not in self._tracks:
+            raise UnknownProjectionError([str(projection)], self._tracks)
+        generation = self.storage.current_generation(projection)
+        self.versions.check(projection, generation)
+        return table.physical(generation)
+
+    def get(self, table: Table[R], key: Any) -> R | None:
+        """The row of a typed read-model ``table`` with ``key`` (a tuple for a key of several fields), for
+        queries: the current generation, as committed. Inside ``consistent(token)`` a query that declares the
+        projection in ``reads`` has waited for it already.
+
+        Raises :class:`ReadModelUnavailableError` while the generation was built by another version of the
+        projection than this code's.
+        """
+        physical = self._current(table)
+        values = self.storage.load_row(table, physical, table.stored_key(key))
+        return None if values is None else typing.cast(R, table.codec.decode(values))
+
+    def find(self, table: Table[R], where: Mapping[str, Any] | None = None, *, order_by: str | Sequence[str] = (),
+             limit: int | None = None, offset: int = 0) -> list[R]:
+        """The rows of ``table`` matching ``where`` (key or lookup fields, each a value or a
+        :class:`Range`), ordered by ``order_by`` (``"-field"`` for descending) and then the key, paged by
+        ``limit`` and ``offset``: the same answer on every backend.
+
+        Raises:
+            TableQueryError: for a field that is not the table's key or one of its lookups.
+        """
+        query = table.query(where, order_by, limit, offset)
+        decode = table.codec.decode
+        return [decode(values) for values in self.storage.select_rows(table, self._current(table), query)]
+
+    def count(self, table: Table[Any], where: Mapping[str, Any] | None = None) -> int:
+        """How many rows of ``table`` match ``where`` (as :meth:`find`)."""
+        query = table.query(where)
+        return self.storage.count_rows(table, self._current(table), query)
+
+    def snapshot(self) -> contextlib.AbstractContextManager[None]:
+        """Reads of this thread inside the block (:meth:`get`, :meth:`find`, :meth:`count`) see one commit, so a
+        query reading several tables (a page and its total, a dashboard's days and categories) never mixes a
+        batch that committed between two of its reads. Nested blocks join the outer one."""
+        return self.storage.snapshot()
 
     def check_available(self, projection: str) -> None:
         """Raise :class:`ReadModelUnavailableError` unless this code can read ``projection``'s current generation."""

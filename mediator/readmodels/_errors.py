@@ -24,6 +24,17 @@ class StorageDataError(StorageError, ValueError):
     input's fault, not an outage. HTTP embeddings answer it 422; a projection parks the event that wrote it."""
 
 
+class DatabaseNotFoundError(StorageError, LookupError):
+    """A storage opened inside ``existing_only()`` (as the command line opens one) found no database, or not its
+    tables, where it would have created them. ``database`` names what it looked for: a file, or a schema."""
+
+    def __init__(self, database: str, problem: str, check: str) -> None:
+        self.database = database
+        self.problem = problem
+        super().__init__(f"{database} {problem}, and this command creates none: check {check}, or start the "
+                         "application (or `python -m mediator.readmodels ... worker`) once to create it.")
+
+
 class ReadModelUnavailableError(StorageError):
     """A read model this code cannot read now: being rebuilt for its projection's version, or built by a newer one.
 
@@ -73,6 +84,17 @@ class ConsistencyTimeoutError(MediatorError, TimeoutError):
             )
 
 
+class TokenBeyondHeadError(MediatorError, ValueError):
+    """A consistency token names a position past the last write: no command committed it, so waiting for it would
+    only time out. Over HTTP, a 400."""
+
+    def __init__(self, token: int, head: int) -> None:
+        self.token = token
+        self.head = head
+        super().__init__(f"Consistency token {token} is beyond the last write ({head}); pass a token from "
+                         "last_token() (over HTTP, from X-Consistency-Token).")
+
+
 class UnregisteredEventError(MediatorError, LookupError):
     """An event class is not registered with the engine's ``EventTypes``, so it cannot be stored or projected."""
 
@@ -99,6 +121,22 @@ class EventFieldError(MediatorError, ValueError):
             f"Event {qualname(type(event))} cannot be stored: {detail}; build it from values of its fields' declared "
             "types (Validation(check_types=True) refuses such values in the commands that make events)."
         )
+
+
+class RowFieldError(MediatorError, ValueError):
+    """A read-model row's fields do not hold what their annotations declare, so it is not stored: it would not read
+    back. ``errors`` maps each field to its problems, as :class:`EventFieldError` does."""
+
+    def __init__(self, row: object, errors: Mapping[str, Sequence[str]]) -> None:
+        self.row = row
+        self.errors: dict[str, tuple[str, ...]] = {field: tuple(problems) for field, problems in errors.items()}
+        detail = "; ".join(f"{field or '<row>'}: {', '.join(problems)}" for field, problems in self.errors.items())
+        super().__init__(f"Row {qualname(type(row))} cannot be stored: {detail}.")
+
+
+class TableQueryError(MediatorError, ValueError):
+    """A read-model table was asked for something it cannot answer: a field that is not a key or a lookup, a
+    malformed key, a bad limit."""
 
 
 class UndecodableEventError(MediatorError, ValueError):

@@ -26,8 +26,17 @@ try:
 except ModuleNotFoundError as _missing:  # pragma: no cover - exercised by the wheel test
     raise MissingExtraError("mediator.readmodels.postgres", "postgres", _missing.name) from _missing
 
-POSTGRES = Dialect("PostgreSQL", "%s", locks_rows=True, driver_error=psycopg.Error,
-                   data_errors=(psycopg.DataError, UnicodeEncodeError))
+POSTGRES = Dialect(
+    "PostgreSQL", "%s", locks_rows=True, driver_error=psycopg.Error,
+    data_errors=(psycopg.DataError, UnicodeEncodeError),
+    # Text in code-point order ("C"), as SQLite, memory and Redis compare it, whatever the database's locale.
+    column_types={"text": 'TEXT COLLATE "C"', "integer": "BIGINT", "real": "DOUBLE PRECISION", "boolean": "BOOLEAN",
+                  "json": "TEXT"},
+    missing_table=lambda exc: isinstance(exc, psycopg.errors.UndefinedTable),
+    table_exists="SELECT 1 WHERE to_regclass(?) IS NOT NULL",  # resolved on the connection's search path
+    in_transaction=lambda connection: connection.info.transaction_status != psycopg.pq.TransactionStatus.IDLE,
+    begin_snapshot="BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+)
 """NUL characters and numbers out of range are ``DataError``; text with lone surrogates fails to encode."""
 
 

@@ -13,15 +13,23 @@ contract suite, which third-party backends run too (:mod:`mediator.readmodels.co
 from __future__ import annotations
 
 import abc
-import functools
+import contextlib
 import time
-from collections.abc import Collection, Iterator, Sequence
+import typing
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import attrs
 
-from ._errors import StorageDataError, StorageError
+from .._messages import qualname
+from ._errors import StorageDataError, StorageError, TableQueryError
+from ._tables import Adding, table_name
+
+if TYPE_CHECKING:
+    from ._tables import Query, Table
+
+R = TypeVar("R")
 
 
 class NewEvent(NamedTuple):
@@ -94,19 +102,224 @@ class Quarantined:
 class ProjectionSession(abc.ABC):
     """One transaction in which a projection changes its read model and moves its checkpoint.
 
-    ``handle`` is the backend's own handle (a ``sqlite3.Connection`` for SQLite,
-    a dict of tables for memory) that the application's read-model code uses;
-    :meth:`table` names a table of this projection's generation.
+    A projection writes its typed tables through :meth:`get`, :meth:`put`, :meth:`update`, :meth:`delete`,
+    :meth:`find` and :meth:`count`, the same on every backend. Writes are kept in the session and written
+    together, a batch per table, before the transaction commits (or before a :meth:`find`, or before raw access
+    through ``handle``), so a projection applying a thousand events makes a few statements, not a thousand.
+
+    ``handle`` is the backend's own handle (a ``sqlite3.Connection`` for SQLite, a psycopg connection for
+    PostgreSQL, a dict of tables for memory) for raw read-model code; :meth:`table` names a table of this
+    projection's generation.
+
+    A backend implements the primitives below the typed methods (:meth:`load_row`, :meth:`write_rows`,
+    :meth:`select_rows`, :meth:`count_rows`, :meth:`create_table`, :meth:`drop_table`) on stored values (see
+    :class:`~mediator.readmodels.Codec`), and the transaction ones (:attr:`position`, :meth:`advance`,
+    :meth:`savepoint`, :meth:`park`, :meth:`dead_letters`, :meth:`release`).
     """
 
     name: str
     generation: int
-    handle: Any
     replaying: bool = False
+    _handle: Any = None
+    _owned: dict[Table[Any], str]
+    _pending_rows: dict[str, tuple[Table[Any], dict[tuple[Any, ...], Any]]] | None = None
+    """Rows written and not yet flushed, per storage table name: the table, and by key the stored values, an
+    :class:`~mediator.readmodels._tables.Adding` (written with ``add=``), or ``None`` (deleted)."""
+
+    @property
+    def handle(self) -> Any:
+        """The backend's own handle, for raw read-model code (typed writes made so far are flushed first)."""
+        if self._pending_rows:
+            self.flush_rows()
+        return self._handle
+
+    @handle.setter
+    def handle(self, value: Any) -> None:
+        self._handle = value
 
     def table(self, table: str) -> str:
         """The storage name of ``table`` in this projection's generation."""
         return table_name(self.name, table, self.generation)
+
+    # -- typed tables ------------------------------------------------------------------------------
+
+    def _own(self, table: Table[Any]) -> str:
+        """The storage name of ``table`` in this generation, checked to be this projection's (once per session)."""
+        try:
+            owned = self._owned
+        except AttributeError:
+            owned = self._owned = {}
+        physical = owned.get(table)
+        if physical is None:
+            if table.projection != self.name:
+                raise TableQueryError(
+                    f"{table!r} belongs to projection {table.projection!r}; the session of {self.name!r} writes and "
+                    "reads only its own tables (read another's through the engine, in a query).")
+            physical = owned[table] = table.physical(self.generation)
+        return physical
+
+    def get(self, table: Table[R], key: Any) -> R | None:
+        """The row of ``table`` with ``key`` (a tuple for a key of several fields), as this session sees it."""
+        try:
+            physical = self._owned[table]  # per row: the common case without a call
+        except (AttributeError, KeyError):
+            physical = self._own(table)
+        stored = table.stored_key(key)
+        pending = self._pending_rows
+        if pending is not None and (written := pending.get(physical)) is not None and stored in written[1]:
+            values = written[1][stored]
+            if type(values) is Adding:
+                values = values.onto(self.load_row(table, physical, stored))
+        else:
+            values = self.load_row(table, physical, stored)
+        return None if values is None else typing.cast(R, table.codec.decode(values))
+
+    def put(self, table: Table[R], row: R, *, add: Sequence[str] = ()) -> None:
+        """Insert ``row`` into ``table``, or replace the row with its key; with ``add``, the row's values of those
+        number fields are added to the stored row's instead of replacing them (a counter, kept without reading
+        the row: the addition is done by the database when the rows are written).
+
+        Raises:
+            RowFieldError: if a field does not hold its declared type (it would not read back).
+        """
+        try:
+            physical = self._owned[table]
+        except (AttributeError, KeyError):
+            physical = self._own(table)
+        if type(row) is not table.row:
+            raise TableQueryError(f"{table!r} holds {qualname(table.row)} rows, not {qualname(type(row))}.")
+        values = table.codec.encode(row)
+        pending = self._pending_rows
+        if pending is not None and (found := pending.get(physical)) is not None:
+            written = found[1]
+        else:
+            written = self._written(table, physical)
+        key = table.key_of(values)
+        if not add:
+            written[key] = values
+            return
+        adding = Adding(values, table.adding_at(add))
+        if key not in written:
+            written[key] = adding
+            return
+        before = written[key]
+        if before is None:  # deleted in this session: the row is new again
+            written[key] = values
+        elif type(before) is not Adding:
+            written[key] = adding.onto(before)
+        elif before.at == adding.at:
+            written[key] = before.then(adding)
+        else:  # adding other fields than before: settle the first with the stored row
+            written[key] = adding.onto(before.onto(self.load_row(table, physical, key)))
+
+    def update(self, table: Table[R], key: Any, **changes: Any) -> R | None:
+        """The row with ``key`` changed by ``changes`` (``attrs.evolve``) and put back; ``None`` (and nothing
+        written) if there is no such row."""
+        row = self.get(table, key)
+        if row is None:
+            return None
+        changed: R = attrs.evolve(row, **changes)  # type: ignore[misc]  # R is an attrs class: Table says so
+        self.put(table, changed)
+        return changed
+
+    def delete(self, table: Table[Any], key: Any) -> None:
+        """Remove the row with ``key`` from ``table`` (nothing happens if there is none)."""
+        physical = self._own(table)
+        self._written(table, physical)[table.stored_key(key)] = None
+
+    def find(self, table: Table[R], where: Mapping[str, Any] | None = None, *, order_by: str | Sequence[str] = (),
+             limit: int | None = None, offset: int = 0) -> list[R]:
+        """The rows of ``table`` matching ``where`` (by key or lookup fields: a value, or a
+        :class:`~mediator.readmodels.Range`), ordered by ``order_by`` (``"-field"`` descending) then the key."""
+        physical = self._own(table)
+        query = table.query(where, order_by, limit, offset)
+        self.flush_rows()
+        decode = table.codec.decode
+        return [decode(values) for values in self.select_rows(table, physical, query)]
+
+    def count(self, table: Table[Any], where: Mapping[str, Any] | None = None) -> int:
+        """How many rows of ``table`` match ``where``."""
+        physical = self._own(table)
+        query = table.query(where)
+        self.flush_rows()
+        return self.count_rows(table, physical, query)
+
+    def _written(self, table: Table[Any], physical: str) -> dict[tuple[Any, ...], Any]:
+        pending = self._pending_rows
+        if pending is None:
+            pending = self._pending_rows = {}
+        written = pending.get(physical)
+        if written is None:
+            written = pending[physical] = (table, {})
+        return written[1]
+
+    def flush_rows(self) -> None:
+        """Write the rows kept so far, a batch per table (the backend calls it before committing)."""
+        pending = self._pending_rows
+        if pending:
+            self._pending_rows = None
+            for physical, (table, rows) in pending.items():
+                puts = [values for values in rows.values() if values is not None and type(values) is not Adding]
+                deletes = [key for key, values in rows.items() if values is None]
+                self.write_rows(table, physical, puts, deletes)
+                adding: dict[tuple[int, ...], list[tuple[Any, ...]]] = {}
+                for values in rows.values():
+                    if type(values) is Adding:
+                        adding.setdefault(values.at, []).append(values.values)
+                for at, added in adding.items():
+                    self.add_rows(table, physical, at, added)
+
+    def discard_rows(self) -> None:
+        """Forget the rows kept and not flushed (a savepoint rolled back)."""
+        self._pending_rows = None
+
+    def create_tables(self, tables: Iterable[Table[Any]]) -> None:
+        """Create ``tables`` in this generation (the engine does, before the generation's first event)."""
+        for table in tables:
+            self.create_table(table, self._own(table))
+
+    def drop_tables(self, tables: Iterable[Table[Any]]) -> None:
+        """Drop ``tables`` from this generation (the engine does, when a rebuild retires it)."""
+        self.discard_rows()
+        for table in tables:
+            self.drop_table(table, self._own(table))
+
+    def create_table(self, table: Table[Any], physical: str) -> None:
+        """Create the storage table ``physical`` for ``table``'s rows, with its key and lookups, if missing."""
+        raise NotImplementedError(f"{type(self).__name__} does not support typed tables")
+
+    def drop_table(self, table: Table[Any], physical: str) -> None:
+        """Drop the storage table ``physical``, if present."""
+        raise NotImplementedError(f"{type(self).__name__} does not support typed tables")
+
+    def load_row(self, table: Table[Any], physical: str, key: tuple[Any, ...]) -> Sequence[Any] | None:
+        """The stored values of the row with stored ``key``, if any."""
+        raise NotImplementedError(f"{type(self).__name__} does not support typed tables")
+
+    def write_rows(self, table: Table[Any], physical: str, puts: list[tuple[Any, ...]],
+                   deletes: list[tuple[Any, ...]]) -> None:
+        """Insert or replace the rows of stored values ``puts`` and remove the rows with stored keys ``deletes``
+        (no key is in both)."""
+        raise NotImplementedError(f"{type(self).__name__} does not support typed tables")
+
+    def add_rows(self, table: Table[Any], physical: str, at: tuple[int, ...], rows: list[tuple[Any, ...]]) -> None:
+        """Insert the rows of stored values ``rows`` whose keys are new; add the values of columns ``at`` of the
+        others to the stored rows' (their other columns replace the stored ones). Keys are distinct.
+
+        The default reads and writes each row; SQL backends do it in one statement per batch.
+        """
+        puts = [Adding(values, at).onto(self.load_row(table, physical, table.key_of(values))) for values in rows]
+        self.write_rows(table, physical, puts, [])
+
+    def select_rows(self, table: Table[Any], physical: str, query: Query) -> Sequence[Sequence[Any]]:
+        """The stored values of the rows ``query`` finds, in its order."""
+        raise NotImplementedError(f"{type(self).__name__} does not support typed tables")
+
+    def count_rows(self, table: Table[Any], physical: str, query: Query) -> int:
+        """How many rows ``query`` finds (its order, limit and offset aside)."""
+        raise NotImplementedError(f"{type(self).__name__} does not support typed tables")
+
+    # -- the transaction ---------------------------------------------------------------------------
 
     @property
     @abc.abstractmethod
@@ -119,7 +332,8 @@ class ProjectionSession(abc.ABC):
 
     @abc.abstractmethod
     def savepoint(self) -> AbstractContextManager[None]:
-        """Undo the read-model changes made inside the block if it raises."""
+        """Undo the read-model changes made inside the block if it raises (typed rows kept but not flushed
+        included: flush them before the savepoint, discard them when it rolls back)."""
 
     @abc.abstractmethod
     def park(self, letter: DeadLetter) -> None:
@@ -208,27 +422,14 @@ class WriteSession(abc.ABC):
         """Discard the state change and the events."""
 
 
-class Storage(abc.ABC):
-    """What the read-model engine needs from a backend.
+class ReadStore(abc.ABC):
+    """Where projections keep their read models, checkpoints, dead letters and generation records: the read side
+    of a :class:`Storage`, or a store of its own for some projections (:class:`~mediator.readmodels.RoutedStorage`
+    routes them there; :class:`~mediator.readmodels.redis.RedisReadStore` is one). Each projection session commits
+    its read-model changes with its checkpoint, in the store's own transaction.
 
-    A new backend subclasses this (and the three session classes) and runs the contract suite shipped in
-    :mod:`mediator.readmodels.contract` against it.
+    A new read store subclasses this and runs :class:`~mediator.readmodels.contract.ReadStoreContract`.
     """
-
-    supports_inline: bool = True
-    """Whether read models can be written in a command's transaction (inline projections)."""
-
-    @abc.abstractmethod
-    def begin(self) -> WriteSession:
-        """Start a command's write transaction (the writer's lock is taken here, so commit order is log order)."""
-
-    @abc.abstractmethod
-    def read(self, after: int, limit: int, type_names: Collection[str] | None = None) -> list[StoredEvent]:
-        """Committed events after ``after``, in order, at most ``limit``; only ``type_names`` if given."""
-
-    @abc.abstractmethod
-    def head(self) -> int:
-        """The position of the last committed event (0 for an empty log)."""
 
     @abc.abstractmethod
     def session(self, name: str, generation: int) -> AbstractContextManager[ProjectionSession]:
@@ -264,20 +465,28 @@ class Storage(abc.ABC):
     def all_dead_letters(self, name: str | None = None) -> list[DeadLetter]:
         """Dead letters of current generations, of one projection or all."""
 
-    @abc.abstractmethod
-    def quarantine(self, inbox: str, event: NewEvent, reason: str) -> None:
-        """Keep ``event``, received by ``inbox`` and refused by this storage, with why (committed at once)."""
+    def snapshot(self) -> AbstractContextManager[None]:
+        """Reads in this thread inside the block see one commit: several tables (and their generation records)
+        read as of the same moment, though projections commit meanwhile. Nested blocks join the outer one.
+        The default reads as usual (each read sees the latest commit)."""
+        return contextlib.nullcontext()
 
-    @abc.abstractmethod
-    def quarantined(self, inbox: str | None = None) -> list[Quarantined]:
-        """The events quarantined by ``inbox`` (or by every inbox), oldest first."""
+    def load_row(self, table: Table[Any], physical: str, key: tuple[Any, ...]) -> Sequence[Any] | None:
+        """The committed stored values of the row with stored ``key`` in storage table ``physical`` (``None`` if
+        there is none, or no such table yet), for queries. Backends with typed tables override the three."""
+        raise NotImplementedError(f"{type(self).__name__} does not support typed tables")
+
+    def select_rows(self, table: Table[Any], physical: str, query: Query) -> Sequence[Sequence[Any]]:
+        """The committed rows ``query`` finds (none if there is no such table yet), for queries."""
+        raise NotImplementedError(f"{type(self).__name__} does not support typed tables")
+
+    def count_rows(self, table: Table[Any], physical: str, query: Query) -> int:
+        """How many committed rows ``query`` finds, for queries."""
+        raise NotImplementedError(f"{type(self).__name__} does not support typed tables")
 
     leases: bool = False
     """Whether runners hold projections by lease (:meth:`acquire`): then another process's runner may be the
     one running a projection, and read-your-writes waits poll its checkpoint rather than wait for this one's."""
-
-    notifies: bool = False
-    """Whether :meth:`wait_for_append` blocks until an append (PostgreSQL's LISTEN) rather than sleeping."""
 
     def close(self) -> None:  # noqa: B027  # optional for backends with nothing to release
         """Release connections or files."""
@@ -310,6 +519,54 @@ class Storage(abc.ABC):
     def release_all(self) -> None:  # noqa: B027  # only backends with locks have anything to give up
         """Give up every projection this process runs, so other runners can take them."""
 
+
+class Storage(ReadStore):
+    """What the read-model engine needs from a backend: the event log (the outbox) and a read store.
+
+    A new backend subclasses this (and the three session classes) and runs the contract suite shipped in
+    :mod:`mediator.readmodels.contract` against it.
+    """
+
+    supports_inline: bool = True
+    """Whether read models can be written in a command's transaction (inline projections)."""
+
+    def inline_for(self, name: str) -> bool:
+        """Whether projection ``name`` can be delivered inline (its read store is the log's database)."""
+        return self.supports_inline
+
+    @abc.abstractmethod
+    def begin(self) -> WriteSession:
+        """Start a command's write transaction (the writer's lock is taken here, so commit order is log order)."""
+
+    @abc.abstractmethod
+    def read(self, after: int, limit: int, type_names: Collection[str] | None = None) -> list[StoredEvent]:
+        """Committed events after ``after``, in order, at most ``limit``; only ``type_names`` if given."""
+
+    @abc.abstractmethod
+    def head(self) -> int:
+        """The position of the last committed event (0 for an empty log)."""
+
+    @abc.abstractmethod
+    def quarantine(self, inbox: str, event: NewEvent, reason: str) -> None:
+        """Keep ``event``, received by ``inbox`` and refused by this storage, with why (committed at once)."""
+
+    @abc.abstractmethod
+    def quarantined(self, inbox: str | None = None) -> list[Quarantined]:
+        """The events quarantined by ``inbox`` (or by every inbox), oldest first."""
+
+    def ensure_schema(self, name: str, create: Callable[[Any], None], *, version: int = 1) -> bool:
+        """Create the application's own write tables: run ``create(handle)`` in a write transaction (``handle`` as
+        a command's unit of work has it), once per ``name`` and ``version`` across every process that shares the
+        storage, under a lock, and record that it ran; ``True`` if it ran now.
+
+        A process that starts beside another waits for the other's ``create`` to commit, then skips its own. A
+        higher ``version`` runs ``create`` again (write it to bring any earlier version's tables up to date).
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not create write schemas")
+
+    notifies: bool = False
+    """Whether :meth:`wait_for_append` blocks until an append (PostgreSQL's LISTEN) rather than sleeping."""
+
     def wait_for_append(self, timeout: float) -> bool:
         """Block until an append may have happened in any process, or ``timeout`` s; ``True`` if one did.
 
@@ -326,9 +583,3 @@ class Storage(abc.ABC):
                 return
             yield from chunk
             after = chunk[-1].position
-
-
-@functools.lru_cache(maxsize=4096)  # called per event by projections: the same few names, over and over
-def table_name(projection: str, table: str, generation: int) -> str:
-    """The storage name of a read-model table: one set of tables per projection generation."""
-    return f"{projection}__{table}__g{generation}"

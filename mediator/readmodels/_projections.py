@@ -25,6 +25,7 @@ from typing import Any, ClassVar, TypeVar
 from .._messages import Event, qualname
 from ._errors import ProjectionConfigError
 from ._ports import ProjectionSession
+from ._tables import Table, tables_by_attribute, tables_of
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -73,11 +74,20 @@ class Projection:
     """Raise it when the projection's tables or what it writes change: a read model built by an older version
     is then rebuilt, by the first engine of the new version that runs, and served again once swapped in."""
     handlers: dict[type, Callable[[Any, ProjectionSession], None]]
+    tables: list[Table[Any]]
+    """The typed tables the class declares (see :class:`~mediator.readmodels.Table`): the engine creates them in
+    a generation before its first event and drops them when a rebuild retires it."""
 
     def __init__(self) -> None:
         if not getattr(type(self), "name", None):
             raise ProjectionConfigError(
                 f"{qualname(type(self))} needs a class attribute `name` (its stable storage name).")
+        self.tables = tables_of(type(self))
+        for attribute, table in tables_by_attribute(type(self)).items():
+            self.__dict__[attribute] = table  # read per event: an instance attribute, not the class's descriptor
+        names = [table.name for table in self.tables]
+        if len(set(names)) != len(names):
+            raise ProjectionConfigError(f"{qualname(type(self))} declares two tables named alike: {sorted(names)}.")
         self.handlers = {}
         for attribute in dir(type(self)):
             method = getattr(self, attribute, None)
@@ -87,7 +97,9 @@ class Projection:
                 self.handlers[event_type] = method  # type: ignore[assignment]
 
     def setup(self, session: ProjectionSession) -> None:
-        """Create this generation's tables (called before its first event). Memory needs none."""
+        """Create this generation's raw tables (called before its first event, after its typed tables are made).
+        Memory needs none; typed tables need none."""
 
     def teardown(self, session: ProjectionSession) -> None:
-        """Drop this generation's tables (called after a rebuild swaps in a newer one)."""
+        """Drop this generation's raw tables (called after a rebuild swaps in a newer one; its typed tables are
+        dropped after)."""

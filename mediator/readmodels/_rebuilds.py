@@ -66,6 +66,7 @@ class Rebuilds:
             elif due <= now:
                 with storage.session(track.name, generation) as session:
                     track.projection.teardown(session)
+                    session.drop_tables(track.projection.tables)
                 track.retired.remove((generation, due))
 
     def maybe_swap(self, track: Track) -> None:

@@ -10,15 +10,18 @@ its checkpoint row (PostgreSQL, whose transactions run side by side) or relies o
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import threading
 import time
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterator, Mapping, Sequence
 from typing import Any
 
 import attrs
 
 from ._errors import StorageDataError, StorageError
 from ._ports import DeadLetter, Generations, NewEvent, ProjectionSession, Quarantined, Storage, WriteSession
+from ._tables import Query, Table
 
 READ_SCHEMA = """
 CREATE TABLE IF NOT EXISTS projection_tracking (
@@ -66,6 +69,15 @@ CREATE TABLE IF NOT EXISTS inbox_quarantine (
 """
 """The tables of checkpoints, generation records and dead letters, in SQL both dialects read alike."""
 
+WRITE_SCHEMAS = """
+CREATE TABLE IF NOT EXISTS write_schemas (
+    name TEXT PRIMARY KEY,
+    version INTEGER NOT NULL
+);
+"""
+"""Which version of each application write schema :meth:`SqlStorage.ensure_schema` has created, in the write
+database."""
+
 EVENT_COLUMNS = "position, event_id, type_name, version, data, key, recorded_at, meta"
 _LETTER_COLUMNS = "projection, generation, position, event_id, type_name, key, reason, attempts, status, retry_at"
 _QUARANTINE_COLUMNS = "inbox, event_id, type_name, reason, event, received_at"
@@ -97,6 +109,21 @@ class Dialect:
     data_errors: tuple[type[Exception], ...] = ()
     """Errors that mean the database refused a value (translated into
     :class:`~mediator.readmodels.StorageDataError`, the input's fault, never transient)."""
+    column_types: Mapping[str, str] = attrs.field(factory=dict)
+    """The column type of each kind of stored value of typed tables (see :mod:`mediator.readmodels._tables`)."""
+    replace: str = "upsert"
+    """How typed rows are written: ``"replace"`` (SQLite's ``INSERT OR REPLACE``) or ``"upsert"``
+    (``INSERT ... ON CONFLICT (key) DO UPDATE``)."""
+    table_options: str = ""
+    """What follows a typed table's definition (SQLite's ``WITHOUT ROWID``: rows clustered by their key)."""
+    missing_table: Callable[[BaseException], bool] = attrs.field(default=lambda exc: False)
+    table_exists: str = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+    """A query with a row if the table named by its one parameter exists (and none, never an error, if not)."""
+    in_transaction: Callable[[Any], bool] = attrs.field(default=lambda connection: connection.in_transaction)
+    """Whether a connection has a transaction open (a snapshot then reads in that one)."""
+    begin_snapshot: str = "BEGIN"
+    """What starts a read-only transaction that reads one commit throughout (:meth:`SqlStorage.snapshot`)."""
+    """Whether a driver error says a table does not exist (a typed table read before its projection ran)."""
 
     def sql(self, text: str) -> str:
         """``text``, written with ``?`` markers, in this dialect."""
@@ -109,6 +136,7 @@ class Statements:
     def __init__(self, dialect: Dialect) -> None:
         q = dialect.sql
         self.dialect = dialect
+        self.rows = RowStatements(dialect)
         self.checkpoint = q("SELECT position FROM projection_tracking WHERE projection = ? AND generation = ?")
         self.lock_checkpoint = self.checkpoint + " FOR UPDATE"
         self.create_checkpoint = q(
@@ -178,8 +206,102 @@ def translated(dialect: Dialect, action: str) -> Iterator[None]:
         raise translate(dialect, action, exc) from exc
 
 
+class RowStatements:
+    """The statements of typed tables in one dialect, made once per storage table and query shape."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.dialect = dialect
+        self._made: dict[Hashable, str] = {}
+        self._gets: dict[str, str] = {}
+
+    def create(self, table: Table[Any], physical: str) -> list[str]:
+        d = self.dialect
+        columns = [f"{c.name} {d.column_types[c.kind]}{'' if c.nullable else ' NOT NULL'}"
+                   for c in table.codec.columns]
+        statements = [f"CREATE TABLE IF NOT EXISTS {physical} ({', '.join(columns)}, "
+                      f"PRIMARY KEY ({', '.join(table.key)})){d.table_options}"]
+        for lookup in table.lookups:
+            index = _index_name(physical, lookup)
+            statements.append(f"CREATE INDEX IF NOT EXISTS {index} ON {physical} ({', '.join(lookup)})")
+        return statements
+
+    def _cached(self, shape: Hashable, make: Callable[[], str]) -> str:
+        statement = self._made.get(shape)
+        if statement is None:
+            statement = self._made[shape] = self.dialect.sql(make())
+        return statement
+
+    def get(self, table: Table[Any], physical: str) -> str:
+        statement = self._gets.get(physical)  # per row read: a plain lookup
+        if statement is None:
+            statement = self._gets[physical] = self.dialect.sql(
+                f"SELECT {', '.join(table.codec.names)} FROM {physical} WHERE {_matching(table.key)}")
+        return statement
+
+    def write(self, table: Table[Any], physical: str) -> str:
+        def make() -> str:
+            names = table.codec.names
+            insert = f"INTO {physical} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
+            if self.dialect.replace == "replace":
+                return f"INSERT OR REPLACE {insert}"
+            rest = [n for n in names if n not in table.key]
+            change = f"UPDATE SET {', '.join(f'{n} = excluded.{n}' for n in rest)}" if rest else "NOTHING"
+            return f"INSERT {insert} ON CONFLICT ({', '.join(table.key)}) DO {change}"
+
+        return self._cached((physical, "write"), make)
+
+    def add(self, table: Table[Any], physical: str, at: tuple[int, ...]) -> str:
+        def make() -> str:
+            names = table.codec.names
+            added = {names[i] for i in at}
+            change = ", ".join(
+                f"{n} = COALESCE({physical}.{n} + excluded.{n}, excluded.{n})" if n in added else f"{n} = excluded.{n}"
+                for n in names if n not in table.key)
+            return (f"INSERT INTO {physical} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))}) "
+                    f"ON CONFLICT ({', '.join(table.key)}) DO UPDATE SET {change}")
+
+        return self._cached((physical, "add", at), make)
+
+    def delete(self, table: Table[Any], physical: str) -> str:
+        return self._cached((physical, "delete"), lambda: f"DELETE FROM {physical} WHERE {_matching(table.key)}")
+
+    def select(self, table: Table[Any], physical: str, query: Query) -> str:
+        def make() -> str:
+            order = ", ".join(f"{c} DESC" if descending else c for c, descending in query.order)
+            statement = f"SELECT {', '.join(table.codec.names)} FROM {physical}{_where(query)} ORDER BY {order}"
+            if query.limit is not None:
+                statement += " LIMIT ?"
+            elif query.offset:
+                statement += " LIMIT -1" if self.dialect.replace == "replace" else ""  # SQLite: no OFFSET alone
+            return statement + (" OFFSET ?" if query.offset else "")
+
+        return self._cached((physical, "select", query.shape), make)
+
+    def count(self, table: Table[Any], physical: str, query: Query) -> str:
+        return self._cached((physical, "count", query.shape[0]),
+                            lambda: f"SELECT COUNT(*) FROM {physical}{_where(query)}")
+
+
+def _matching(fields: Sequence[str]) -> str:
+    return " AND ".join(f"{field} = ?" for field in fields)
+
+
+def _where(query: Query) -> str:
+    return f" WHERE {' AND '.join(f'{c} {op} ?' for c, op, _ in query.where)}" if query.where else ""
+
+
+def _index_name(physical: str, lookup: Sequence[str]) -> str:
+    name = f"{physical}__by_{'_'.join(lookup)}"
+    if len(name) <= 63:  # PostgreSQL cuts identifiers at 63 bytes: keep long ones apart by a digest
+        return name
+    return f"{name[:50]}_{hashlib.sha1(name.encode()).hexdigest()[:12]}"
+
+
 class SqlProjectionSession(ProjectionSession):
     """A projection's transaction on a SQL connection; ``handle`` is that connection (the driver's own)."""
+
+    _reader: Any
+    """The cursor rows are read with (made on the first read)."""
 
     def __init__(self, connection: Any, name: str, generation: int, statements: Statements) -> None:
         self.name = name
@@ -210,36 +332,76 @@ class SqlProjectionSession(ProjectionSession):
         self._moved = True
 
     def flush(self) -> None:
-        """Write the checkpoint (inside the session's transaction), if it moved."""
+        """Write the rows kept and the checkpoint, if it moved (inside the session's transaction)."""
+        self.flush_rows()
         if self._moved:
-            self.handle.execute(self._sql.save_checkpoint, (self.name, self.generation, self._position))
+            self._handle.execute(self._sql.save_checkpoint, (self.name, self.generation, self._position))
             self._moved = False
 
     @contextlib.contextmanager
     def savepoint(self) -> Iterator[None]:
+        self.flush_rows()  # what came before is not the block's to undo
         self._savepoints += 1
         name = f"sp{self._savepoints}"
-        self.handle.execute(f"SAVEPOINT {name}")
+        self._handle.execute(f"SAVEPOINT {name}")
         try:
             yield
         except BaseException:
-            self.handle.execute(f"ROLLBACK TO SAVEPOINT {name}")
-            self.handle.execute(f"RELEASE SAVEPOINT {name}")
+            self.discard_rows()
+            self._handle.execute(f"ROLLBACK TO SAVEPOINT {name}")
+            self._handle.execute(f"RELEASE SAVEPOINT {name}")
             raise
-        self.handle.execute(f"RELEASE SAVEPOINT {name}")
+        self._handle.execute(f"RELEASE SAVEPOINT {name}")
+
+    # -- typed tables: one statement per table and batch, made once per table ------------------------
+
+    def create_table(self, table: Table[Any], physical: str) -> None:
+        for statement in self._sql.rows.create(table, physical):
+            self._handle.execute(statement)
+
+    def drop_table(self, table: Table[Any], physical: str) -> None:
+        self._handle.execute(f"DROP TABLE IF EXISTS {physical}")
+
+    def load_row(self, table: Table[Any], physical: str, key: tuple[Any, ...]) -> Sequence[Any] | None:
+        try:
+            cursor: Any = self._reader
+        except AttributeError:
+            cursor = self._reader = self._handle.cursor()  # one cursor for every row read: none made per row
+        row: Sequence[Any] | None = cursor.execute(self._sql.rows.get(table, physical), key).fetchone()
+        return row
+
+    def write_rows(self, table: Table[Any], physical: str, puts: list[tuple[Any, ...]],
+                   deletes: list[tuple[Any, ...]]) -> None:
+        cursor = self._handle.cursor()
+        if deletes:
+            cursor.executemany(self._sql.rows.delete(table, physical), deletes)
+        if puts:
+            cursor.executemany(self._sql.rows.write(table, physical), puts)
+
+    def add_rows(self, table: Table[Any], physical: str, at: tuple[int, ...], rows: list[tuple[Any, ...]]) -> None:
+        self._handle.cursor().executemany(self._sql.rows.add(table, physical, at), rows)
+
+    def select_rows(self, table: Table[Any], physical: str, query: Query) -> Sequence[Sequence[Any]]:
+        rows: Sequence[Sequence[Any]] = self._handle.execute(
+            self._sql.rows.select(table, physical, query), query.params()).fetchall()
+        return rows
+
+    def count_rows(self, table: Table[Any], physical: str, query: Query) -> int:
+        row = self._handle.execute(self._sql.rows.count(table, physical, query), query.params()[:len(query.where)])
+        return int(row.fetchone()[0])
 
     def park(self, letter: DeadLetter) -> None:
         # A letter's texts come from the log and from errors: escape what the database could refuse (a lone
         # surrogate from a row that was not UTF-8, a NUL), or parking the event would fail the projection.
         fields = tuple(_printable(value) if isinstance(value, str) else value for value in attrs.astuple(letter))
-        self.handle.execute(self._sql.park, fields)
+        self._handle.execute(self._sql.park, fields)
 
     def dead_letters(self) -> list[DeadLetter]:
-        rows = self.handle.execute(self._sql.dead_letters, (self.name, self.generation)).fetchall()
+        rows = self._handle.execute(self._sql.dead_letters, (self.name, self.generation)).fetchall()
         return [DeadLetter(*row) for row in rows]
 
     def release(self, position: int) -> None:
-        self.handle.execute(self._sql.release, (self.name, self.generation, position))
+        self._handle.execute(self._sql.release, (self.name, self.generation, position))
 
 
 class SqlGenerations(Generations):
@@ -343,6 +505,55 @@ class SqlStorage(Storage):
 
     _sql: Statements
 
+    def _read(self) -> Any:
+        """This thread's connection for reads (each backend says how)."""
+        raise NotImplementedError
+
+    def _lock_schema(self, connection: Any, name: str) -> None:
+        """Take, in the write transaction on ``connection``, the lock that serialises creating schema ``name``
+        across processes. SQLite's write transaction holds the file's write lock already."""
+
+    def ensure_schema(self, name: str, create: Callable[[Any], None], *, version: int = 1) -> bool:
+        q = self._sql.dialect.sql
+        session = self.begin()
+        try:
+            with translated(self._sql.dialect, f"create the write schema {name!r}"):
+                self._lock_schema(session.handle, name)
+                row = session.handle.execute(q("SELECT version FROM write_schemas WHERE name = ?"), (name,)).fetchone()
+                if row is not None and row[0] >= version:
+                    session.rollback()
+                    return False
+                create(session.handle)
+                session.handle.execute(q(
+                    "INSERT INTO write_schemas (name, version) VALUES (?, ?) "
+                    "ON CONFLICT (name) DO UPDATE SET version = excluded.version"), (name, version))
+        except BaseException:
+            session.rollback()
+            raise
+        session.commit()
+        return True
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        # Per thread: each thread reads on its own connection. dict.setdefault makes the one local atomically.
+        state = self.__dict__.get("_snapshots") or self.__dict__.setdefault("_snapshots", threading.local())
+        depth = getattr(state, "depth", 0)
+        state.depth = depth + 1
+        try:
+            connection = self._read()
+            if depth or self._sql.dialect.in_transaction(connection):  # inside a transaction of this thread's
+                yield  # connection already (another snapshot, the caller's own): that one reads one commit
+                return
+            with translated(self._sql.dialect, "begin a read snapshot"):
+                connection.execute(self._sql.dialect.begin_snapshot)
+            try:
+                yield
+            finally:
+                with translated(self._sql.dialect, "end a read snapshot"):
+                    connection.execute("COMMIT")
+        finally:
+            state.depth = depth
+
     def _rows(self, statement: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         """Rows of a read-only statement on this thread's read connection (each backend says how)."""
         raise NotImplementedError
@@ -390,6 +601,38 @@ class SqlStorage(Storage):
             else:
                 rows = self._rows(self._sql.quarantined_by, (inbox,))
         return [Quarantined(*row) for row in rows]
+
+    # -- typed tables, for queries: committed rows; a table not made yet has none -------------------
+
+    def _table_rows(self, physical: str, statement: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """Rows of ``statement`` on table ``physical``; none if the table was not made yet. Whether it exists is
+        asked first (once, then remembered), never learnt from a failed statement: inside a transaction (a
+        snapshot, the caller's own) PostgreSQL would abort it."""
+        dialect = self._sql.dialect
+        seen = self.__dict__.get("_tables_seen") or self.__dict__.setdefault("_tables_seen", set())
+        try:
+            if physical not in seen:
+                if not self._rows(dialect.sql(dialect.table_exists), (physical,)):
+                    return []
+                seen.add(physical)
+            return self._rows(statement, params)
+        except (dialect.driver_error, *dialect.data_errors) as exc:
+            if dialect.missing_table(exc):  # dropped since (a retired generation): as if never made
+                seen.discard(physical)
+                return []
+            raise translate(dialect, "read a read-model table", exc) from exc
+
+    def load_row(self, table: Table[Any], physical: str, key: tuple[Any, ...]) -> Sequence[Any] | None:
+        rows = self._table_rows(physical, self._sql.rows.get(table, physical), key)
+        return rows[0] if rows else None
+
+    def select_rows(self, table: Table[Any], physical: str, query: Query) -> Sequence[Sequence[Any]]:
+        return self._table_rows(physical, self._sql.rows.select(table, physical, query), query.params())
+
+    def count_rows(self, table: Table[Any], physical: str, query: Query) -> int:
+        rows = self._table_rows(physical, self._sql.rows.count(table, physical, query),
+                                query.params()[:len(query.where)])
+        return int(rows[0][0]) if rows else 0
 
     def all_dead_letters(self, name: str | None = None) -> list[DeadLetter]:
         with translated(self._sql.dialect, "read dead letters"):

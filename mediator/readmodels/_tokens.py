@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from .._messages import qualname
-from ._errors import ConsistencyTimeoutError
+from ._errors import ConsistencyTimeoutError, TokenBeyondHeadError
 from ._ports import DeadLetter
 from ._projections import Delivery
 
@@ -37,6 +37,17 @@ def last_token() -> int | None:
     Pass it to :func:`consistent` for a later query to read its own writes.
     """
     return _last_token.get()
+
+
+@contextlib.contextmanager
+def fresh_token() -> Iterator[None]:
+    """Start a unit of work of its own (one HTTP request): inside, :func:`last_token` is ``None`` until one of its
+    commands commits, whatever the calling context held; the caller's token is back afterwards."""
+    reset = _last_token.set(None)
+    try:
+        yield
+    finally:
+        _last_token.reset(reset)
 
 
 @attrs.define
@@ -120,8 +131,12 @@ class Progress:
         checked_letters = False
         with self.condition:
             while behind := self.behind(token, names):
-                if not checked_letters and self._held_by_letters(token, behind, wall_deadline):
-                    return False
+                if not checked_letters:
+                    head = self.engine.storage.head()  # the slow path only: a token already reached costs nothing
+                    if token > head:
+                        raise TokenBeyondHeadError(token, head)
+                    if self._held_by_letters(token, behind, wall_deadline):
+                        return False
                 checked_letters = True
                 left = deadline - time.monotonic()
                 if left <= 0:

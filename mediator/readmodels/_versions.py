@@ -17,7 +17,7 @@ import attrs
 import structlog
 
 from ._errors import ReadModelUnavailableError
-from ._ports import Generations, Storage
+from ._ports import Generations, ReadStore
 from ._projections import Delivery, Projection
 
 if TYPE_CHECKING:
@@ -81,25 +81,25 @@ def record(records: Generations, generation: int, version: int) -> int:
 
 # -- the same, each in a transaction of its own ----------------------------------------------------------------
 
-def claim_rebuild(storage: Storage, name: str, version: int = 1, *, replacing: int | None = None) -> int:
+def claim_rebuild(storage: ReadStore, name: str, version: int = 1, *, replacing: int | None = None) -> int:
     """:func:`claim` in a transaction of its own."""
     with storage.generations(name) as records:
         return claim(records, version, replacing)
 
 
-def finish_rebuild(storage: Storage, name: str, generation: int, old: int, *, live: bool = True) -> bool:
+def finish_rebuild(storage: ReadStore, name: str, generation: int, old: int, *, live: bool = True) -> bool:
     """:func:`finish` in a transaction of its own."""
     with storage.generations(name) as records:
         return finish(records, generation, old, live=live)
 
 
-def record_version(storage: Storage, name: str, generation: int, version: int) -> int:
+def record_version(storage: ReadStore, name: str, generation: int, version: int) -> int:
     """:func:`record` in a transaction of its own."""
     with storage.generations(name) as records:
         return record(records, generation, version)
 
 
-def swap(storage: Storage, name: str, generation: int) -> None:
+def swap(storage: ReadStore, name: str, generation: int) -> None:
     """Make ``generation`` the one queries read, whatever rebuild is under way (for tools and tests)."""
     with storage.generations(name) as records:
         records.set_current(generation)

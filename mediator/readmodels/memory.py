@@ -13,7 +13,7 @@ import copy
 import json
 import threading
 import time
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Any
 
 import attrs
@@ -28,8 +28,8 @@ from ._ports import (
     Storage,
     StoredEvent,
     WriteSession,
-    table_name,
 )
+from ._tables import Adding, Query, Table, table_name
 
 
 @attrs.define
@@ -122,13 +122,49 @@ class MemoryProjectionSession(ProjectionSession):
 
     @contextlib.contextmanager
     def savepoint(self) -> Iterator[None]:
-        saved = copy.deepcopy(self.handle)
+        self.flush_rows()
+        saved = copy.deepcopy(self._handle)
         try:
             yield
         except BaseException:
-            self.handle.clear()
-            self.handle.update(saved)
+            self.discard_rows()
+            self._handle.clear()
+            self._handle.update(saved)
             raise
+
+    # -- typed tables: a dict of stored values by key per table, beside the raw tables ---------------
+
+    def create_table(self, table: Table[Any], physical: str) -> None:
+        self._handle.setdefault(physical, {})
+
+    def drop_table(self, table: Table[Any], physical: str) -> None:
+        self._handle.pop(physical, None)
+
+    def load_row(self, table: Table[Any], physical: str, key: tuple[Any, ...]) -> Sequence[Any] | None:
+        rows = self._handle.get(physical)
+        return None if rows is None else rows.get(key)
+
+    def write_rows(self, table: Table[Any], physical: str, puts: list[tuple[Any, ...]],
+                   deletes: list[tuple[Any, ...]]) -> None:
+        rows = self._handle.setdefault(physical, {})
+        for key in deletes:
+            rows.pop(key, None)
+        key_of = table.key_of
+        for values in puts:
+            rows[key_of(values)] = values
+
+    def add_rows(self, table: Table[Any], physical: str, at: tuple[int, ...], rows: list[tuple[Any, ...]]) -> None:
+        stored = self._handle.setdefault(physical, {})
+        key_of = table.key_of
+        for values in rows:
+            key = key_of(values)
+            stored[key] = Adding(values, at).onto(stored.get(key))
+
+    def select_rows(self, table: Table[Any], physical: str, query: Query) -> Sequence[Sequence[Any]]:
+        return query.run(table.codec, self._handle.get(physical, {}).values())
+
+    def count_rows(self, table: Table[Any], physical: str, query: Query) -> int:
+        return len(Query(query.where).run(table.codec, self._handle.get(physical, {}).values()))
 
     def park(self, letter: DeadLetter) -> None:
         self._tracking.letters[letter.position] = letter
@@ -146,6 +182,7 @@ class MemoryWriteSession(WriteSession):
         self._work = storage._state.working_copy()
         self.handle = self._work.tables
         self._pending: list[StoredEvent] = []
+        self._projections: list[MemoryProjectionSession] = []
         self._done = False
 
     def append(self, events: Sequence[NewEvent]) -> int:
@@ -155,13 +192,17 @@ class MemoryWriteSession(WriteSession):
         return start + len(events)
 
     def projection(self, name: str, generation: int) -> ProjectionSession:
-        return MemoryProjectionSession(self._work, name, generation)
+        session = MemoryProjectionSession(self._work, name, generation)
+        self._projections.append(session)
+        return session
 
     def generations(self, name: str) -> Generations:
         return MemoryGenerations(self._work, name)
 
     def commit(self) -> None:
         if not self._done:
+            for session in self._projections:
+                session.flush_rows()
             self._work.log.extend(self._pending)
             self._storage._state = self._work
             self._finish()
@@ -184,6 +225,8 @@ class MemoryStorage(Storage):
         self._quarantined: dict[tuple[str, str], Quarantined] = {}
         self._writer = threading.Lock()
         self._owner: int | None = None
+        self._pins = threading.local()
+        self._schemas: dict[str, int] = {}
 
     def begin(self) -> WriteSession:
         if self._owner == threading.get_ident():
@@ -217,7 +260,9 @@ class MemoryStorage(Storage):
     def session(self, name: str, generation: int) -> Iterator[ProjectionSession]:
         with self._writer:
             work = self._state.working_copy()
-            yield MemoryProjectionSession(work, name, generation)
+            session = MemoryProjectionSession(work, name, generation)
+            yield session
+            session.flush_rows()
             self._state = work
 
     @contextlib.contextmanager
@@ -227,23 +272,63 @@ class MemoryStorage(Storage):
             yield MemoryGenerations(work, name)
             self._state = work
 
+    def ensure_schema(self, name: str, create: Callable[[Any], None], *, version: int = 1) -> bool:
+        session = self.begin()
+        try:
+            if self._schemas.get(name, 0) >= version:
+                session.rollback()
+                return False
+            create(session.handle)
+        except BaseException:
+            session.rollback()
+            raise
+        self._schemas[name] = version  # under the writer's lock, which the session holds until it commits
+        session.commit()
+        return True
+
+    def _seen(self) -> _State:
+        """The committed state this thread reads: the one pinned by :meth:`snapshot`, or the latest."""
+        pinned: _State | None = getattr(self._pins, "state", None)
+        return self._state if pinned is None else pinned
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        outer = getattr(self._pins, "state", None)
+        if outer is None:
+            self._pins.state = self._state  # committed states are never changed, only replaced
+        try:
+            yield
+        finally:
+            if outer is None:
+                self._pins.state = None
+
     def checkpoint(self, name: str, generation: int) -> int:
-        tracking = self._state.tracking.get((name, generation))
+        tracking = self._seen().tracking.get((name, generation))
         return tracking.position if tracking else 0
 
     def current_generation(self, name: str) -> int:
-        return self._state.generations.get(name, 1)
+        return self._seen().generations.get(name, 1)
 
     def read_table(self, projection: str, table: str) -> Any:
         """The current generation's ``table`` of ``projection``, both looked up in one committed state."""
         state = self._state
         return state.tables.get(table_name(projection, table, state.generations.get(projection, 1)))
 
+    def load_row(self, table: Table[Any], physical: str, key: tuple[Any, ...]) -> Sequence[Any] | None:
+        rows = self._seen().tables.get(physical)
+        return None if rows is None else rows.get(key)
+
+    def select_rows(self, table: Table[Any], physical: str, query: Query) -> Sequence[Sequence[Any]]:
+        return query.run(table.codec, self._seen().tables.get(physical, {}).values())
+
+    def count_rows(self, table: Table[Any], physical: str, query: Query) -> int:
+        return len(Query(query.where).run(table.codec, self._seen().tables.get(physical, {}).values()))
+
     def rebuilding(self, name: str) -> int | None:
-        return self._state.rebuilds.get(name)
+        return self._seen().rebuilds.get(name)
 
     def recorded_version(self, name: str, generation: int) -> int | None:
-        return self._state.versions.get((name, generation))
+        return self._seen().versions.get((name, generation))
 
     def applied(self, name: str, generation: int) -> int:
         tracking = self._state.tracking.get((name, generation))

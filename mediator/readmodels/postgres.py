@@ -43,12 +43,14 @@ from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
 from .._errors import MissingExtraError
-from ._errors import StorageError
+from ._errors import DatabaseNotFoundError, StorageError
+from ._opening import may_create
 from ._pgpool import POSTGRES, Connections, _abandon, _checked_schema, connect, connection_options, lock_key
 from ._ports import Generations, NewEvent, ProjectionSession, StoredEvent, WriteSession
 from ._sql import (
     EVENT_COLUMNS,
     READ_SCHEMA,
+    WRITE_SCHEMAS,
     SqlGenerations,
     SqlProjectionSession,
     SqlStorage,
@@ -81,7 +83,7 @@ CREATE TABLE IF NOT EXISTS log_head (
     position BIGINT NOT NULL
 );
 INSERT INTO log_head (only_row, position) VALUES (TRUE, 0) ON CONFLICT DO NOTHING;
-""" + READ_SCHEMA
+""" + WRITE_SCHEMAS + READ_SCHEMA
 
 _INSERT_EVENT = (
     "INSERT INTO events (position, event_id, type_name, version, data, key, recorded_at, meta) "
@@ -143,11 +145,32 @@ class PostgresWriteSession(SqlWriteSession):
         return SqlGenerations(self.handle, name, _SQL)
 
 
+# -- existing_only() (mediator.readmodels._opening): open, never create ------------------------------------------
+_CORE_TABLES = ("events", "log_head", "projection_tracking")
+
+
+def _require_existing(connection: psycopg.Connection[Any], schema: str) -> None:
+    """Raise :class:`DatabaseNotFoundError` unless ``schema`` holds the engine's tables; create nothing."""
+    where = f"PostgreSQL schema {schema!r} in database {connection.info.dbname!r}"
+    if connection.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone() is None:
+        raise DatabaseNotFoundError(where, "does not exist", "the DSN and the schema name")
+    found = {row[0] for row in connection.execute(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = ANY(%s)", (schema, list(_CORE_TABLES)))}
+    missing = [table for table in _CORE_TABLES if table not in found]
+    if missing:
+        tables = f"table {missing[0]}" if len(missing) == 1 else f"tables {', '.join(missing)}"
+        raise DatabaseNotFoundError(where, f"has no {tables}: no read-model engine has set it up",
+                                    "the DSN and the schema name")
+# -- end of existing_only() ------------------------------------------------------------------------------------
+
+
 class PostgresStorage(Connections, SqlStorage):
     """Event log, write model and read models in one PostgreSQL database, under ``schema``.
 
     ``dsn`` is a libpq connection string (``"host=127.0.0.1 dbname=test"``). Each write transaction takes a
-    pooled connection of its own; reads use one connection per thread. The schema is created if missing.
+    pooled connection of its own; reads use one connection per thread. The schema is created if missing (not inside
+    :func:`~mediator.readmodels.existing_only`).
     Driver errors, a server that is down included, surface as :class:`~mediator.readmodels.StorageError`;
     a broken connection is dropped and the next call opens a new one.
     """
@@ -173,6 +196,8 @@ class PostgresStorage(Connections, SqlStorage):
         self._locks_lock = threading.Lock()
         self._listener: psycopg.Connection[Any] | None = None
         with translated(POSTGRES, "create the schema"), self._open() as setup:
+            if not may_create():  # existing_only(): the command line never creates a schema a typo named
+                _require_existing(setup, schema)
             # Two processes creating the schema at once would race on the catalogue: take turns.
             setup.execute("BEGIN")
             setup.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(schema, "__schema__"),))
@@ -208,6 +233,10 @@ class PostgresStorage(Connections, SqlStorage):
 
     def _change(self, statement: str, params: Sequence[Any]) -> None:
         self._read().execute(statement, params)  # autocommit: committed at once
+
+    def _lock_schema(self, connection: Any, name: str) -> None:
+        # Two processes starting at once would race on the catalogue with CREATE ... IF NOT EXISTS: take turns.
+        connection.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(self.schema, f"schema:{name}"),))
 
     def read_connection(self) -> psycopg.Connection[Any]:
         """This thread's connection, for query handlers (autocommit: every statement sees the latest commit).

@@ -24,11 +24,13 @@ from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ._errors import StorageError
+from ._errors import DatabaseNotFoundError, StorageError
+from ._opening import may_create
 from ._ports import Generations, NewEvent, ProjectionSession, StoredEvent, WriteSession
 from ._sql import (
     EVENT_COLUMNS,
     READ_SCHEMA,
+    WRITE_SCHEMAS,
     Dialect,
     SqlGenerations,
     SqlProjectionSession,
@@ -51,7 +53,7 @@ CREATE TABLE IF NOT EXISTS events (
     recorded_at REAL NOT NULL,
     meta TEXT NOT NULL DEFAULT '{}'
 );
-"""
+""" + WRITE_SCHEMAS
 
 _INSERT_EVENT = (
     "INSERT INTO events (event_id, type_name, version, data, key, recorded_at, meta) VALUES (?, ?, ?, ?, ?, ?, ?)"
@@ -60,7 +62,12 @@ _INSERT_EVENT = (
 _DATA_ERRORS: tuple[type[Exception], ...] = (sqlite3.DataError, OverflowError, UnicodeEncodeError)
 """What sqlite3 raises for a value it cannot store: the input's fault, not the database's."""
 _ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, *_DATA_ERRORS)
-SQLITE = Dialect("SQLite", "?", locks_rows=False, driver_error=sqlite3.Error, data_errors=_DATA_ERRORS)
+SQLITE = Dialect(
+    "SQLite", "?", locks_rows=False, driver_error=sqlite3.Error, data_errors=_DATA_ERRORS,
+    column_types={"text": "TEXT", "integer": "INTEGER", "real": "REAL", "boolean": "INTEGER", "json": "TEXT"},
+    replace="replace", table_options=" WITHOUT ROWID",
+    missing_table=lambda exc: isinstance(exc, sqlite3.OperationalError) and "no such table" in str(exc),
+)
 _SQL = Statements(SQLITE)
 
 
@@ -168,6 +175,23 @@ class SqliteWriteSession(SqlWriteSession):
         return SqlGenerations(self.handle, name, _SQL)
 
 
+# -- existing_only() (mediator.readmodels._opening): open, never create ------------------------------------------
+def _require_existing(path: Path, role: str, table: str) -> None:
+    """Raise :class:`DatabaseNotFoundError` unless ``path`` is a SQLite file holding ``table``; never create it.
+
+    Opened with ``mode=rw``: unlike a plain connect, that fails rather than create a missing file.
+    """
+    where = f"SQLite {role} {str(path.resolve())!r}"
+    if not path.is_file():
+        raise DatabaseNotFoundError(where, "does not exist", "the path")
+    with translated(SQLITE, f"open the {role}"), contextlib.closing(
+            sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True)) as connection:
+        found = connection.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()
+    if found is None:
+        raise DatabaseNotFoundError(where, f"has no table {table}: no read-model engine has set it up", "the path")
+# -- end of existing_only() ------------------------------------------------------------------------------------
+
+
 class SqliteStorage(SqlStorage):
     """Event log and write model in ``write_path``; read models in ``read_path`` (the same file by default).
 
@@ -192,6 +216,10 @@ class SqliteStorage(SqlStorage):
         self._all_lock = threading.Lock()
         self._pool: list[sqlite3.Connection] = []
         self._closed = False
+        if not may_create():  # existing_only(): the command line never creates a database a typo named
+            _require_existing(self.write_path, "database" if self.single_file else "write database", "events")
+            _require_existing(self.read_path, "database" if self.single_file else "read database",
+                              "projection_tracking")
         with translated(SQLITE, "create the schema"):
             self._write().executescript(_WRITE_SCHEMA)
             self._read().executescript(READ_SCHEMA)

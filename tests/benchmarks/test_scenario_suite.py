@@ -12,6 +12,7 @@ import pytest
 from benchmarks import _shopdata as shopdata
 from benchmarks import scenario
 from benchmarks._harness import TINY
+from tests import redis_server
 
 READS = ("order_details", "customer_orders", "products_by_category", "dashboard", "daily_sales")
 
@@ -30,6 +31,11 @@ def test_scenario_suite_measures_every_scenario_beside_its_reference() -> None:
         expected |= {("checkout", "alone", kind)}
         expected |= {(scenario_, load, kind) for scenario_ in ("checkout_loaded", "dashboard_reader") for load in loads}
     expected |= {(f"projection_lag_{q}", family, "cqrs") for q in ("p50", "p99") for family in ("alone", *loads)}
+    redis_missing = redis_server.available()
+    if redis_missing is None:  # the inventory read model served from SQLite and from Redis, side by side
+        expected |= {(f"inventory_{q}", "read store", kind) for q in ("p50", "p99") for kind in ("sqlite", "redis")}
+    else:
+        assert any("no Redis read store" in line for line in lines), lines
     assert found == expected
     assert len(results) == len(found)  # no scenario measured twice
     assert all(r.suite == "scenario" and r.median_ns > 0 and r.ratio > 0 for r in results)

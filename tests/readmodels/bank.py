@@ -1,13 +1,10 @@
-"""A small bank for the read-model tests: accounts, deposits, a balances read model on either backend.
+"""A small bank for the read-model tests: accounts, deposits, a balances read model on every backend.
 
-The read model sits behind a port (``BalancesView``) with one implementation per
-backend, the way an application keeps its projections backend-neutral.
+The read model is a typed table, so one projection runs unchanged on memory, SQLite, PostgreSQL and Redis.
 """
 
 from __future__ import annotations
 
-import abc
-import sqlite3
 import time
 from typing import Any
 
@@ -21,11 +18,10 @@ from mediator.readmodels import (
     ProjectionSession,
     ReadModels,
     Storage,
+    Table,
     UnitOfWork,
     on,
 )
-from mediator.readmodels.memory import MemoryStorage
-from mediator.readmodels.sqlite import SqliteStorage
 
 
 @attrs.frozen(kw_only=True)
@@ -46,127 +42,22 @@ class Deposited(Event):
     amount: int
 
 
-class BalancesView(abc.ABC):
-    """The balances read model's port."""
+@attrs.frozen
+class Balance:
+    """One account's balance: the read model's row, the same on every backend."""
 
-    @abc.abstractmethod
-    def create(self, session: ProjectionSession) -> None: ...
-
-    @abc.abstractmethod
-    def drop(self, session: ProjectionSession) -> None: ...
-
-    @abc.abstractmethod
-    def add(self, session: ProjectionSession, account: str, amount: int) -> None: ...
-
-    @abc.abstractmethod
-    def balance(self, engine: ReadModels, account: str) -> int: ...
-
-    @abc.abstractmethod
-    def all(self, engine: ReadModels) -> dict[str, int]: ...
-
-
-class MemoryBalances(BalancesView):
-    def __init__(self, storage: MemoryStorage) -> None:
-        self.storage = storage
-
-    def create(self, session: ProjectionSession) -> None:
-        session.handle.setdefault(session.table("balance"), {})
-
-    def drop(self, session: ProjectionSession) -> None:
-        session.handle.pop(session.table("balance"), None)
-
-    def add(self, session: ProjectionSession, account: str, amount: int) -> None:
-        table = session.handle[session.table("balance")]
-        table[account] = table.get(account, 0) + amount
-
-    def all(self, engine: ReadModels) -> dict[str, int]:
-        engine.check_available("balances")  # what engine.table() checks for the SQL backends
-        return dict(self.storage.read_table("balances", "balance") or {})
-
-    def balance(self, engine: ReadModels, account: str) -> int:
-        return self.all(engine).get(account, 0)
-
-
-class SqliteBalances(BalancesView):
-    def __init__(self, storage: SqliteStorage) -> None:
-        self.storage = storage
-
-    def create(self, session: ProjectionSession) -> None:
-        session.handle.execute(
-            f"CREATE TABLE IF NOT EXISTS {session.table('balance')} (account TEXT PRIMARY KEY, amount INTEGER)"
-        )
-
-    def drop(self, session: ProjectionSession) -> None:
-        session.handle.execute(f"DROP TABLE IF EXISTS {session.table('balance')}")
-
-    def add(self, session: ProjectionSession, account: str, amount: int) -> None:
-        session.handle.execute(
-            f"INSERT INTO {session.table('balance')} (account, amount) VALUES (?, ?) "
-            "ON CONFLICT (account) DO UPDATE SET amount = amount + excluded.amount",
-            (account, amount),
-        )
-
-    def all(self, engine: ReadModels) -> dict[str, int]:
-        connection: sqlite3.Connection = self.storage.read_connection()
-        try:
-            rows = connection.execute(f"SELECT account, amount FROM {engine.table('balances', 'balance')}")
-            return dict(rows.fetchall())
-        except sqlite3.OperationalError:  # no table yet: nothing projected
-            return {}
-
-    def balance(self, engine: ReadModels, account: str) -> int:
-        return self.all(engine).get(account, 0)
-
-
-class PostgresBalances(BalancesView):
-    def __init__(self, storage: Storage) -> None:
-        self.storage = storage
-
-    def create(self, session: ProjectionSession) -> None:
-        session.handle.execute(
-            f"CREATE TABLE IF NOT EXISTS {session.table('balance')} (account TEXT PRIMARY KEY, amount BIGINT)"
-        )
-
-    def drop(self, session: ProjectionSession) -> None:
-        session.handle.execute(f"DROP TABLE IF EXISTS {session.table('balance')}")
-
-    def add(self, session: ProjectionSession, account: str, amount: int) -> None:
-        table = session.table("balance")
-        session.handle.execute(
-            f"INSERT INTO {table} (account, amount) VALUES (%s, %s) "
-            f"ON CONFLICT (account) DO UPDATE SET amount = {table}.amount + excluded.amount",
-            (account, amount),
-        )
-
-    def all(self, engine: ReadModels) -> dict[str, int]:
-        import psycopg
-
-        try:
-            return dict(self.storage.query(  # type: ignore[attr-defined]
-                f"SELECT account, amount FROM {engine.table('balances', 'balance')}"))
-        except psycopg.errors.UndefinedTable:  # no table yet: nothing projected
-            return {}
-
-
-    def balance(self, engine: ReadModels, account: str) -> int:
-        return self.all(engine).get(account, 0)
-
-
-def view_for(storage: Storage) -> BalancesView:
-    """The balances view for ``storage``'s backend."""
-    if isinstance(storage, MemoryStorage):
-        return MemoryBalances(storage)
-    if isinstance(storage, SqliteStorage):
-        return SqliteBalances(storage)
-    return PostgresBalances(storage)
+    account: str
+    amount: int
 
 
 class Balances(Projection):
-    name = "balances"
+    """One projection module for every backend: a typed table, written with ``put(..., add=...)``."""
 
-    def __init__(self, view: BalancesView) -> None:
+    name = "balances"
+    balance = Table(Balance, key="account")
+
+    def __init__(self) -> None:
         super().__init__()
-        self.view = view
         self.poison: set[str] = set()
         self.down = False  # the store the projection writes to fails for every event (an outage, not a bad event)
         self.attempts: list[str] = []  # the account of every event the projection was asked to apply
@@ -174,11 +65,8 @@ class Balances(Projection):
         self.applied: list[int] = []  # amounts, in the order this projection applied them (any generation)
         self.pause = 0.0  # seconds to sleep per event: a slow projection, to be killed mid-batch
 
-    def setup(self, session: ProjectionSession) -> None:
-        self.view.create(session)
-
-    def teardown(self, session: ProjectionSession) -> None:
-        self.view.drop(session)
+    def add(self, session: ProjectionSession, account: str, amount: int) -> None:
+        session.put(self.balance, Balance(account, amount), add=("amount",))
 
     @on(Deposited)
     def deposited(self, event: Deposited, session: ProjectionSession) -> None:
@@ -189,7 +77,7 @@ class Balances(Projection):
             raise ValueError(f"cannot project account {event.account}")
         if self.pause:
             time.sleep(self.pause)
-        self.view.add(session, event.account, event.amount)
+        self.add(session, event.account, event.amount)
         self.applied.append(event.amount)
         if not session.replaying:
             self.side_effects.append((event.account, session.replaying))
@@ -202,7 +90,7 @@ class BalancesInCents(Balances):
 
     @on(Deposited)
     def deposited(self, event: Deposited, session: ProjectionSession) -> None:
-        self.view.add(session, event.account, event.amount * 100)
+        self.add(session, event.account, event.amount * 100)
         self.applied.append(event.amount * 100)
         if not session.replaying:
             self.side_effects.append((event.account, session.replaying))
@@ -217,12 +105,11 @@ def deposit(command: Deposit, uow: UnitOfWork) -> None:
 
 @attrs.define
 class Bank:
-    """Everything a test needs: the engine, the projection, its view, the built mediator."""
+    """Everything a test needs: the engine, the projection, the built mediator."""
 
     storage: Storage
     engine: ReadModels
     projection: Balances
-    view: BalancesView
     registry: Registry
     mediator: Any = None
 
@@ -231,7 +118,7 @@ class Bank:
         return self
 
     def balances(self) -> dict[str, int]:
-        return self.view.all(self.engine)
+        return balances(self.engine)
 
 
 def event_types() -> EventTypes:
@@ -240,18 +127,23 @@ def event_types() -> EventTypes:
     return types
 
 
+def balances(engine: ReadModels) -> dict[str, int]:
+    """Every account's balance, as queries read them."""
+    return {row.account: row.amount for row in engine.find(Balances.balance)}
+
+
+def get_balance(query: GetBalance, engine: ReadModels) -> int:
+    row = engine.get(Balances.balance, query.account)
+    return row.amount if row else 0
+
+
 def make_bank(storage: Storage, delivery: Delivery = Delivery.BACKGROUND, types: EventTypes | None = None,
               projection_class: type[Balances] = Balances, **engine_options: Any) -> Bank:
-    view = view_for(storage)
     engine = ReadModels(storage, types or event_types(), **engine_options)
-    projection = projection_class(view)
+    projection = projection_class()
     engine.add(projection, delivery=delivery)
     registry = Registry()
     engine.install(registry)
     registry.handle(Deposit).by(deposit)
-
-    def get_balance(query: GetBalance, engine: ReadModels) -> int:
-        return view.balance(engine, query.account)
-
     registry.handle(GetBalance).by(get_balance)
-    return Bank(storage, engine, projection, view, registry).build()
+    return Bank(storage, engine, projection, registry).build()

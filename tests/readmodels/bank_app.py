@@ -1,7 +1,8 @@
 """The bank wired from environment variables, for tests that run it in other processes.
 
 ``BANK_DB`` is the SQLite database file, or ``BANK_POSTGRES`` a PostgreSQL DSN with
-``BANK_SCHEMA`` its schema; ``BANK_SLOW`` makes the projection sleep that many seconds
+``BANK_SCHEMA`` its schema; ``BANK_REDIS`` (a redis-py URL) with ``BANK_REDIS_PREFIX`` keeps the balances read
+model in Redis instead (a RoutedStorage over the log); ``BANK_SLOW`` makes the projection sleep that many seconds
 per event (to kill a worker mid-batch); ``BANK_DELIVERY`` the balances projection's delivery
 (``background`` by default). ``python -m mediator.readmodels --app tests.readmodels.bank_app:engine``
 operates it; ``python -m tests.readmodels.bank_app writer N`` sends N deposits;
@@ -15,18 +16,26 @@ import os
 import sys
 import time
 
-from mediator.readmodels import Delivery, ReadModels, Storage
+from mediator.readmodels import Delivery, ReadModels, RoutedStorage, Storage
 from mediator.readmodels.sqlite import SqliteStorage
 
 from .bank import Bank, Deposit, make_bank
 
 
 def storage() -> Storage:
+    log: Storage
     if "BANK_POSTGRES" in os.environ:
         from mediator.readmodels.postgres import PostgresStorage
 
-        return PostgresStorage(os.environ["BANK_POSTGRES"], schema=os.environ["BANK_SCHEMA"])
-    return SqliteStorage(os.environ["BANK_DB"])
+        log = PostgresStorage(os.environ["BANK_POSTGRES"], schema=os.environ["BANK_SCHEMA"])
+    else:
+        log = SqliteStorage(os.environ["BANK_DB"])
+    if "BANK_REDIS" not in os.environ:
+        return log
+    from mediator.readmodels.redis import RedisReadStore
+
+    return RoutedStorage(log, {"balances": RedisReadStore(os.environ["BANK_REDIS"],
+                                                          prefix=os.environ["BANK_REDIS_PREFIX"])})
 
 
 def bank() -> Bank:

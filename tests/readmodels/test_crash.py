@@ -1,4 +1,5 @@
-"""Crash safety, on SQLite and PostgreSQL: a process sending commands and projecting them is SIGKILLed at random.
+"""Crash safety, on SQLite, PostgreSQL, and Redis read models over a PostgreSQL log: a process sending commands and
+projecting them is SIGKILLed at random.
 
 Each kill lands once the child has acknowledged a command in that round, a
 random few milliseconds later. After every kill: each acknowledged (committed)
@@ -22,10 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from mediator.readmodels import Storage
+from mediator.readmodels import RoutedStorage, Storage
 from mediator.readmodels.sqlite import SqliteStorage
 from mediator.testing import settle
-from tests import postgres
+from tests import postgres, redis_server
 
 from .bank import Deposited, event_types, make_bank
 
@@ -33,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ROUNDS = int(os.environ.get("MEDIATOR_CRASH_ROUNDS", "50"))
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+@pytest.mark.parametrize("backend", ["sqlite", "postgres", "postgres+redis"])
 def test_sigkill_at_random_points_loses_nothing_and_applies_nothing_twice(
         backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     ack = tmp_path / "acks.txt"
@@ -49,6 +50,17 @@ def test_sigkill_at_random_points_loses_nothing_and_applies_nothing_twice(
 
         env.update(BANK_POSTGRES=postgres.DSN, BANK_SCHEMA=schema)
         make_storage = functools.partial(PostgresStorage, postgres.DSN, schema=schema)
+        if backend == "postgres+redis":  # the balances read model in Redis, its checkpoint in Redis's transactions
+            redis_server.require()
+            from mediator.readmodels.redis import RedisReadStore
+
+            prefix = redis_server.new_prefix()
+            env.update(BANK_REDIS=redis_server.URL, BANK_REDIS_PREFIX=prefix)
+            request.addfinalizer(lambda: _empty_redis(prefix))
+
+            def make_storage() -> Storage:
+                return RoutedStorage(PostgresStorage(postgres.DSN, schema=schema),
+                                     {"balances": RedisReadStore(redis_server.URL, prefix=prefix)})
     make_storage().close()
     rng = random.Random(1234)
     types = event_types()
@@ -85,6 +97,14 @@ def test_sigkill_at_random_points_loses_nothing_and_applies_nothing_twice(
         assert bank.balances() == resumed, "the resumed read model differs from a full rebuild of the log"
         storage.close()
     assert len(seen) > ROUNDS  # the loop did real work between kills
+
+
+def _empty_redis(prefix: str) -> None:
+    from mediator.readmodels.redis import RedisReadStore
+
+    store = RedisReadStore(redis_server.URL, prefix=prefix)
+    store.drop_all()
+    store.close()
 
 
 def _wait_for_progress(ack: Path, size_before: int, child: subprocess.Popen[bytes]) -> None:

@@ -51,7 +51,7 @@ def test_an_unknown_event_type_converges_once_it_is_registered(storage: Storage)
 
 
 def test_rebuilding_an_inline_projection_replays_without_side_effects(storage: Storage) -> None:
-    if not storage.supports_inline:
+    if not storage.inline_for("balances"):
         with pytest.raises(ValueError, match="cannot be inline"):
             make_bank(storage, Delivery.INLINE)
         return
@@ -71,7 +71,7 @@ def test_rebuilding_an_inline_projection_replays_without_side_effects(storage: S
 
 
 def test_an_inline_projection_added_to_an_existing_log_catches_up_first(storage: Storage) -> None:
-    if not storage.supports_inline:
+    if not storage.inline_for("balances"):
         with pytest.raises(ValueError, match="cannot be inline"):
             make_bank(storage, Delivery.INLINE)
         return

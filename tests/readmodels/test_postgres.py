@@ -20,7 +20,7 @@ from mediator.readmodels import Delivery, NewEvent, ReadModels, StorageError, St
 from mediator.readmodels._versions import swap
 from tests import postgres
 
-from .bank import Balances, Deposit, GetBalance, PostgresBalances, deposit, event_types, make_bank
+from .bank import Balances, Deposit, GetBalance, deposit, event_types, make_bank
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -301,7 +301,7 @@ def test_async_query_handlers_read_through_the_async_driver(pg: Any) -> None:
     import asyncio
 
     engine = ReadModels(pg, event_types())
-    engine.add(Balances(PostgresBalances(pg)))
+    engine.add(Balances())
     registry = Registry()
     engine.install(registry)
     registry.handle(Deposit).by(deposit)
@@ -374,7 +374,7 @@ def test_a_runner_takes_no_lease_on_what_it_does_not_run_and_gives_back_a_rebuil
 def test_a_dropped_connection_while_applying_is_retried_without_parking_the_event(pg: Any) -> None:
     bank = make_bank(pg, Delivery.BACKGROUND, max_attempts=2, backoff=0.01)
     drops = {"left": 3}  # more than max_attempts: counted as the event's failures, it would be parked
-    add = bank.projection.view.add
+    add = bank.projection.add
 
     def dropping(session: Any, account: str, amount: int) -> None:
         if amount == 3 and drops["left"]:
@@ -382,7 +382,7 @@ def test_a_dropped_connection_while_applying_is_retried_without_parking_the_even
             session.handle.execute("SELECT pg_terminate_backend(pg_backend_pid())")  # a restart, a proxy, ...
         add(session, account, amount)
 
-    bank.projection.view.add = dropping  # type: ignore[method-assign]
+    bank.projection.add = dropping  # type: ignore[method-assign]
     for amount in range(1, 6):
         bank.mediator.send(Deposit(account="a", amount=amount))
     for _drop in range(3):  # each drop fails the batch as the storage's failure, not the event's

@@ -4,11 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from mediator.readmodels import Storage
-from mediator.readmodels.contract import StorageContract
+from mediator.readmodels import ReadStore, RoutedStorage, Storage
+from mediator.readmodels.contract import ReadStoreContract, StorageContract
 from mediator.readmodels.memory import MemoryStorage
 from mediator.readmodels.sqlite import SqliteStorage
-from tests import postgres
+from tests import postgres, redis_server
 
 
 class InFolder(StorageContract):
@@ -41,7 +41,7 @@ class TestPostgres(StorageContract):
 
         return PostgresStorage(postgres.DSN, schema=postgres.new_schema())
 
-    def dispose_storage(self, storage: Storage) -> None:
+    def dispose_storage(self, storage: ReadStore) -> None:
         from mediator.readmodels.postgres import PostgresStorage
 
         storage.close()
@@ -52,3 +52,40 @@ class TestPostgres(StorageContract):
 def test_the_contract_needs_a_storage_to_run_on() -> None:
     with pytest.raises(NotImplementedError, match="create_storage"):
         StorageContract().storage
+
+
+class TestRedisReadStore(ReadStoreContract):
+    """Redis as a read store on its own: the read side's cases."""
+
+    def create_storage(self) -> ReadStore:
+        redis_server.require()
+        from mediator.readmodels.redis import RedisReadStore
+
+        return RedisReadStore(redis_server.URL, prefix=redis_server.new_prefix())
+
+    def dispose_storage(self, storage: ReadStore) -> None:
+        from mediator.readmodels.redis import RedisReadStore
+
+        assert isinstance(storage, RedisReadStore)
+        storage.drop_all()
+        storage.close()
+
+
+class TestRoutedToRedis(StorageContract):
+    """A memory log with projection ``p`` (most cases') in Redis and every other one beside the log: the whole
+    contract through the routing."""
+
+    def create_storage(self) -> Storage:
+        redis_server.require()
+        from mediator.readmodels.redis import RedisReadStore
+
+        return RoutedStorage(MemoryStorage(), {"p": RedisReadStore(redis_server.URL, prefix=redis_server.new_prefix())})
+
+    def dispose_storage(self, storage: ReadStore) -> None:
+        from mediator.readmodels.redis import RedisReadStore
+
+        assert isinstance(storage, RoutedStorage)
+        redis = storage.read_stores["p"]
+        assert isinstance(redis, RedisReadStore)
+        redis.drop_all()
+        storage.close()

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from mediator.readmodels import ConsistencyTimeoutError, Storage, consistent, last_token
+from mediator.readmodels import ConsistencyTimeoutError, Storage, TokenBeyondHeadError, consistent, last_token
 
 from .bank import Deposit, GetBalance, make_bank
 
@@ -90,3 +90,16 @@ def test_lag_and_wait_count_a_parked_event_as_not_applied(storage: Storage) -> N
     assert row.seconds_behind >= 0
     assert not bank.engine.wait(token, timeout=0.1)
     assert storage.applied("balances", 1) == 0
+
+
+def test_a_token_beyond_the_last_write_is_refused_at_once_not_waited_for(storage: Storage) -> None:
+    bank = make_bank(storage)
+    bank.mediator.send(Deposit(account="a", amount=1))
+    bank.engine.catch_up()
+    with consistent(1, timeout=5):
+        assert bank.mediator.ask(GetBalance(account="a")) == 1  # reached: the head is never read
+    started = time.monotonic()
+    with pytest.raises(TokenBeyondHeadError) as refused, consistent(2, timeout=5, stale_ok=True):
+        bank.mediator.ask(GetBalance(account="a"))
+    assert time.monotonic() - started < 1
+    assert (refused.value.token, refused.value.head) == (2, 1)

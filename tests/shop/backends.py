@@ -8,17 +8,31 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adapters.shop_app import Shop, build_shop
-from tests import postgres
+from tests import postgres, redis_server
 
 if TYPE_CHECKING:
     from mediator.readmodels.postgres import PostgresStorage
 
-BACKENDS = ["sqlite", "memory", "postgres"]
+BACKENDS = ["sqlite", "memory", "postgres", "sqlite+redis"]
+ON_REDIS = ("inventory", "search", "dashboard")
+"""The projections ``sqlite+redis`` serves from Redis (the rest, and the log, in SQLite)."""
 
 
 @contextlib.contextmanager
 def shop_on(backend: str, folder: Path, **options: Any) -> Iterator[Shop]:
     """The shop built on ``backend``: SQLite in ``folder``, memory, or PostgreSQL in a schema dropped afterwards."""
+    if backend == "sqlite+redis":
+        redis_server.require()
+        from mediator.readmodels.redis import RedisReadStore
+
+        redis = RedisReadStore(redis_server.URL, prefix=redis_server.new_prefix())
+        shop = build_shop(folder / "shop.db", read_stores=dict.fromkeys(ON_REDIS, redis), **options)
+        try:
+            yield shop
+        finally:
+            redis.drop_all()
+            shop.close()
+        return
     if backend != "postgres":
         shop = build_shop(folder / "shop.db" if backend == "sqlite" else None, **options)
         try:

@@ -11,6 +11,7 @@ from structlog.testing import capture_logs
 
 from adapters.shop_app import Shop, build_shop
 from adapters.shop_http import asgi
+from domain.events import OrderPlaced
 from handlers.projections import OrderDetailsProjection
 from mediator.readmodels._versions import record_version
 from mediator.testing import settle
@@ -204,13 +205,13 @@ def test_an_unexpected_failure_is_a_500_with_a_correlation_id_and_nothing_intern
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     shop = build_shop(tmp_path / "shop.db", logging=False)
 
-    def broken_read(product_id: str) -> object:
+    def broken_read(*_args: object) -> object:
         raise KeyError("secret row missing from /srv/shop/secret-read.db")
 
     def broken_write(tx: object, category_id: str, name: str) -> None:
         raise RuntimeError("constraint xyz_secret failed in /srv/shop/handlers.py")
 
-    monkeypatch.setattr(shop.views, "product_inventory", broken_read)
+    monkeypatch.setattr(shop.engine, "get", broken_read)
     monkeypatch.setattr(shop.model, "add_category", broken_write)
     head = shop.storage.head()
     try:
@@ -285,7 +286,7 @@ def test_a_database_that_is_down_is_a_503_to_retry_with_nothing_internal(
     def down(*_args: object) -> object:
         raise StorageError("PostgreSQL failed to begin a write transaction: connection to 10.0.0.7 refused")
 
-    monkeypatch.setattr(shop.views, "product_inventory", down)
+    monkeypatch.setattr(shop.engine, "get", down)
     monkeypatch.setattr(shop.storage, "begin", down)
     try:
         with serving(asgi(shop, jwt_key=KEY), log_level="critical") as client, capture_logs() as logs:
@@ -335,15 +336,15 @@ def test_a_read_held_back_by_a_parked_event_is_a_503_at_once_and_never_stale_dat
     shop = build_shop(tmp_path / "shop.db", logging=False, max_attempts=1)
     details = shop.engine.projections["order_details"]
     assert isinstance(details, OrderDetailsProjection)
-    write = details.views.write
+    placed = details.handlers[OrderPlaced]
     unlucky: list[str] = []
 
-    def buggy(session: Any, table: str, key: dict[str, Any], values: dict[str, Any]) -> None:
-        if table == "orders" and values["customer_id"] in unlucky:
+    def buggy(event: OrderPlaced, session: Any) -> None:
+        if event.customer_id in unlucky:
             raise ZeroDivisionError("total of the order of secret-bob divided by zero")
-        write(session, table, key, values)
+        placed(event, session)
 
-    monkeypatch.setattr(details.views, "write", buggy)
+    monkeypatch.setitem(details.handlers, OrderPlaced, buggy)
     shop.engine.start()
     try:
         with serving(asgi(shop, consistency_timeout=5.0, jwt_key=KEY)) as client, capture_logs() as logs:

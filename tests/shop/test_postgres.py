@@ -297,22 +297,26 @@ def test_two_commands_without_a_version_at_once_both_apply_one_after_a_retry(
 def test_queries_before_anything_is_projected_answer_empty_even_inside_a_transaction(
         storage: PostgresStorage) -> None:
     from adapters.shop_app import event_types
-    from adapters.shop_postgres import PostgresReadViews
+    from handlers.projections import all_projections
+    from handlers.queries import ShopQueries
     from mediator.readmodels import ReadModels
 
-    views = PostgresReadViews(storage, ReadModels(storage, event_types()))  # no projection: no tables
+    engine = ReadModels(storage, event_types())
+    for projection in all_projections():
+        engine.add(projection)  # never run: no tables
+    queries = ShopQueries(engine)
 
     def empty() -> None:
-        assert views.order_details("o1") is None
-        assert views.customer_orders("c1") == ()
-        page = views.products_by_category("k1", 1, 20)
+        assert queries.order_details(GetOrderDetails(order_id="o1")) is None
+        assert queries.customer_orders(GetCustomerOrders(customer_id="c1")) == ()
+        page = queries.products_by_category(ListProductsByCategory(category_id="k1"))
         assert (page.items, page.total) == ((), 0)
-        assert views.product_inventory("p1") is None
-        assert views.search_products("lamp", 10) == ()
-        assert views.sales_dashboard(None) == SalesDashboard(since=None, orders=0, units=0,
-                                                              revenue=Decimal("0.00"), days=(), categories=())
-        assert views.sales_dashboard(dt.date(2026, 1, 1)).days == ()
-        assert views.daily_sales(None) == ()
+        assert queries.product_inventory(GetProductInventory(product_id="p1")) is None
+        assert queries.search(SearchProducts(text="lamp")) == ()
+        assert queries.dashboard(GetSalesDashboard()) == SalesDashboard(
+            since=None, orders=0, units=0, revenue=Decimal("0.00"), days=(), categories=())
+        assert queries.dashboard(GetSalesDashboard(since=dt.date(2026, 1, 1))).days == ()
+        assert queries.daily_sales(GetDailySales()) == ()
 
     empty()  # autocommit: each failed statement is gone with itself
     connection = storage.read_connection()
