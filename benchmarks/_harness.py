@@ -138,7 +138,9 @@ def run_once(call: Callable[[], Any], is_async: bool) -> Any:
 
 
 def percentile(values: Sequence[float], q: float) -> float:
-    """The ``q`` quantile of ``values`` (nearest rank)."""
+    """The ``q`` quantile of ``values`` (nearest rank), ``q`` from 0 to 1."""
+    if not 0 <= q <= 1:
+        raise ValueError(f"a quantile is between 0 and 1, not {q!r} (the p99 is 0.99)")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 

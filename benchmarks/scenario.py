@@ -576,7 +576,7 @@ def read_store_results(results: list[Result], both: Both, folder: Path, size: Si
     finally:
         store.drop_all()
         on_redis.close()
-    for q, at in (("p50", 50), ("p99", 99)):
+    for q, at in (("p50", 0.5), ("p99", 0.99)):
         reference = percentile(sqlite, at)
         results.append(Result("scenario", f"inventory_{q}", "read store", "sqlite", reference * 1e9, 1.0))
         results.append(Result("scenario", f"inventory_{q}", "read store", "redis", percentile(redis, at) * 1e9,

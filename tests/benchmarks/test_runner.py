@@ -4,8 +4,10 @@ import io
 import struct
 from pathlib import Path
 
+import pytest
+
 from benchmarks import _report
-from benchmarks._harness import Result
+from benchmarks._harness import Result, percentile
 from benchmarks._progress import Progress, phase, tick
 
 from ..conftest import skip_or_fail
@@ -90,3 +92,11 @@ def test_without_scenario_results_no_scenario_chart_is_drawn(tmp_path: Path) -> 
     dispatch_only = [r for r in results() if r.suite == "dispatch"]
     assert not _report.reads_chart(dispatch_only, tmp_path / "reads.png")
     assert not (tmp_path / "reads.png").exists()
+
+
+def test_a_percentile_is_asked_as_a_fraction_and_answers_the_nearest_rank() -> None:
+    values = [float(n) for n in range(1, 101)]
+    assert (percentile(values, 0.5), percentile(values, 0.99), percentile(values, 1)) == (51.0, 99.0, 100.0)
+    for wrong in (50, 99, -0.1):  # a percent where a fraction belongs once reported every p50 as the maximum
+        with pytest.raises(ValueError, match="between 0 and 1"):
+            percentile(values, wrong)
