@@ -15,6 +15,7 @@ from __future__ import annotations
 import enum
 import inspect
 import sys
+import threading
 import types
 import typing
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from typing import Any
 import attrs
 import punq
 
-from . import _codegen
+from . import _codegen, _context
 from ._context import _MISSING, DispatchContext, Scope, _current
 from ._errors import ScopeError, UnresolvedAnnotationsError
 from ._messages import qualname
@@ -250,7 +251,7 @@ class Compiler:
             return Provider(service, lifetime, None, value, **common)
         make, needs_scope = factory(builder, deps, record.given)
         if lifetime is Lifetime.SCOPED:
-            return Provider(service, lifetime, _scoped(service, make, needs_scope), needs_scope=True, **common)
+            return Provider(service, lifetime, _scoped(service, builder, make, needs_scope), needs_scope=True, **common)
         return Provider(service, lifetime, make, needs_scope=needs_scope, **common)
 
     def dependencies(self, builder: Callable[..., Any], needed_by: Any,
@@ -351,16 +352,40 @@ def factory(builder: Callable[..., Any], deps: dict[str, Provider],
     return make, needs_scope
 
 
-def _scoped(service: Any, make: Callable[..., Any], needs_scope: bool) -> Callable[[Scope], Any]:
-    """Compile ``get(scope)``: the scope's instance of ``service``, made on first use."""
+def _scoped(service: Any, builder: Any, make: Callable[..., Any], needs_scope: bool) -> Callable[[Scope], Any]:
+    """Compile ``get(scope)``: the scope's instance of ``service``, made on first use.
 
-    def create_unscoped(_scope: Scope) -> Any:
-        return make()
-
-    namespace = _codegen.Namespace(key=service, create=make if needs_scope else create_unscoped, missing=_MISSING)
-    lines = [
-        "instance = scope._instances.get(key, missing)",
-        "return scope.create(key, create) if instance is missing else instance",
+    A class that is a context manager (the common scoped service: a session, a unit of work) is made, entered and
+    registered for its exit right here; anything else, and any thread that finds another making the same
+    instance, goes through ``Scope._make``.
+    """
+    namespace = _codegen.Namespace(key=service, make=make, missing=_MISSING)
+    lines = ["instances = scope._instances", "instance = instances.get(key, missing)"]
+    if not (isinstance(builder, type) and _context.exit_of(builder) is _context._EXIT):
+        lines.append(f"return scope._make(key, make, {needs_scope}) if instance is missing else instance")
+        return typing.cast(Callable[[Scope], Any],
+                           _codegen.function("get", ["scope"], lines, namespace, about=qualname(service)))
+    namespace.update(claims=_context._CLAIMS, get_ident=threading.get_ident, waiting=_context._waiting,
+                     wake=_context.wake_waiters, EXIT=_context._EXIT)
+    lines += [
+        "if instance is not missing:",
+        "    return instance",
+        "claim = (id(scope), key)",
+        "me = get_ident()",
+        "if scope._closed or claims.setdefault(claim, me) != me:",
+        f"    return scope._make(key, make, {needs_scope})  # closed (it raises), or another thread is making it",
+        "try:",
+        f"    made = make({'scope' if needs_scope else ''})",
+        "    instance = made.__enter__()",
+        "    if instance is None:",
+        "        instance = made",
+        "    scope._exits.append((EXIT, made.__exit__))",
+        "    instances[key] = instance",
+        "    return instance",
+        "finally:",
+        "    del claims[claim]",
+        "    if waiting[0]:",
+        "        wake()",
     ]
     return typing.cast(Callable[[Scope], Any],
                        _codegen.function("get", ["scope"], lines, namespace, about=qualname(service)))

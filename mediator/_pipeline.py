@@ -113,7 +113,7 @@ def scoped_sync(chain: Callable[[Any], Any]) -> Callable[[Any], Any]:
     The scope closes while the context is still current, so whatever a resource
     does on exit (a unit of work publishing its events) joins this dispatch.
     """
-    current, context_class, scope_class = _context._current, DispatchContext, Scope
+    current, context_class, root = _context._current, DispatchContext, _context.root_context
 
     def run(message: Any) -> Any:
         parent = current.get()
@@ -123,8 +123,9 @@ def scoped_sync(chain: Callable[[Any], Any]) -> Callable[[Any], Any]:
                 return chain(message)
             finally:
                 current.reset(token)
-        owned = scope_class()
-        token = current.set(context_class(owned, message, None))
+        ctx = root(message, False)
+        owned = ctx.scope
+        token = current.set(ctx)
         try:
             try:
                 result = chain(message)
@@ -141,7 +142,7 @@ def scoped_sync(chain: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
 def scoped_async(chain: Callable[[Any], Awaitable[Any]]) -> Callable[[Any], Awaitable[Any]]:
     """The async twin of :func:`scoped_sync`."""
-    current, context_class, scope_class = _context._current, DispatchContext, Scope
+    current, context_class, root = _context._current, DispatchContext, _context.root_context
 
     async def run(message: Any) -> Any:
         parent = current.get()
@@ -151,8 +152,9 @@ def scoped_async(chain: Callable[[Any], Awaitable[Any]]) -> Callable[[Any], Awai
                 return await chain(message)
             finally:
                 current.reset(token)
-        owned = scope_class(True)
-        token = current.set(context_class(owned, message, None))
+        ctx = root(message, True)
+        owned = ctx.scope
+        token = current.set(ctx)
         try:
             try:
                 result = await chain(message)

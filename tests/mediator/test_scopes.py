@@ -384,13 +384,17 @@ def test_scoped_handler_class_is_one_instance_per_scope() -> None:
     assert len(made) == 2
 
 
-def test_threads_sharing_one_scope_get_one_scoped_instance() -> None:
+@pytest.mark.parametrize("context_manager", [False, True], ids=["plain", "context manager"])
+def test_threads_sharing_one_scope_get_one_scoped_instance(context_manager: bool) -> None:
+    # A class that is a context manager is made by the compiled getter itself, anything else by Scope._make: both
+    # must let one thread make the instance while the others wait for it, and exit it once.
     import contextvars
     import threading
     import time
     from concurrent.futures import ThreadPoolExecutor
 
     made: list[object] = []
+    exited: list[object] = []
     lock = threading.Lock()
 
     class Session:
@@ -399,19 +403,28 @@ def test_threads_sharing_one_scope_get_one_scoped_instance() -> None:
             with lock:
                 made.append(self)
 
+    class ManagedSession(Session):
+        def __enter__(self) -> "ManagedSession":
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            exited.append(self)
+
     def handler(query: GetName, session: Session) -> str:
         return str(id(session))
 
     reg = Registry()
-    reg.scoped(Session)
+    reg.scoped(Session, ManagedSession if context_manager else Session)
     reg.handle(GetName).by(handler)
     mediator = reg.build()
     with mediator.scope():
         ctx = contextvars.copy_context()
-        with ThreadPoolExecutor(2) as pool:
-            ids = list(pool.map(lambda _: ctx.copy().run(mediator.ask, GetName(id=1)), range(2)))
+        with ThreadPoolExecutor(8) as pool:
+            ids = list(pool.map(lambda _: ctx.copy().run(mediator.ask, GetName(id=1)), range(8)))
+        assert exited == []
     assert len(made) == 1
-    assert ids[0] == ids[1]
+    assert len(set(ids)) == 1
+    assert exited == (made if context_manager else [])
 
 
 def test_what_a_scoped_resource_dispatches_on_exit_joins_the_dispatch() -> None:
