@@ -41,9 +41,14 @@ def _count(mode: str, n: int, work: bool) -> int:
          "benchmarks._instructions", mode, str(n), "work" if work else "idle"],
         capture_output=True, text=True, timeout=900, check=True, cwd=Path(__file__).resolve().parents[1],
     )
-    found = re.search(r"refs:\s+([\d,]+)", done.stderr)
+    return refs(done.stderr)
+
+
+def refs(stderr: str) -> int:
+    """The instructions executed, from what valgrind printed."""
+    found = re.search(r"refs:\s+([\d,]+)", stderr)
     if found is None:
-        raise RuntimeError(f"no instruction count in valgrind's output: {done.stderr[-500:]}")
+        raise RuntimeError(f"no instruction count in valgrind's output: {stderr[-500:]}")
     return int(found.group(1).replace(",", ""))
 
 

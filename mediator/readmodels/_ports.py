@@ -99,6 +99,9 @@ class Quarantined:
     received_at: float
 
 
+_UNREAD: Any = object()
+
+
 class ProjectionSession(abc.ABC):
     """One transaction in which a projection changes its read model and moves its checkpoint.
 
@@ -125,12 +128,18 @@ class ProjectionSession(abc.ABC):
     _pending_rows: dict[str, tuple[Table[Any], dict[tuple[Any, ...], Any]]] | None = None
     """Rows written and not yet flushed, per storage table name: the table, and by key the stored values, an
     :class:`~mediator.readmodels._tables.Adding` (written with ``add=``), or ``None`` (deleted)."""
+    _loaded: dict[tuple[str, tuple[Any, ...]], Sequence[Any] | None] | None = None
+    """Rows read from storage in this session and not written since, by storage table name and key: a batch
+    that reads one row for many events (a category's name for each order line) reads it from storage once. Only
+    this projection writes its tables, so what it read stays true until it writes (kept apart in the pending
+    rows, which :meth:`get` looks at first) or flushes (which forgets all of it), or a savepoint rolls back."""
 
     @property
     def handle(self) -> Any:
         """The backend's own handle, for raw read-model code (typed writes made so far are flushed first)."""
         if self._pending_rows:
             self.flush_rows()
+        self._loaded = None  # raw code may change any row
         return self._handle
 
     @handle.setter
@@ -169,10 +178,23 @@ class ProjectionSession(abc.ABC):
         if pending is not None and (written := pending.get(physical)) is not None and stored in written[1]:
             values = written[1][stored]
             if type(values) is Adding:
-                values = values.onto(self.load_row(table, physical, stored))
+                values = values.onto(self._load(table, physical, stored))
         else:
-            values = self.load_row(table, physical, stored)
+            values = self._load(table, physical, stored)
         return None if values is None else typing.cast(R, table.codec.decode(values))
+
+    def _load(self, table: Table[Any], physical: str, stored: tuple[Any, ...]) -> Sequence[Any] | None:
+        """The stored values of a row this session has not written: from storage once per session (see
+        ``_loaded``)."""
+        loaded = self._loaded
+        if loaded is None:
+            loaded = self._loaded = {}
+        else:
+            found = loaded.get((physical, stored), _UNREAD)
+            if found is not _UNREAD:
+                return typing.cast("Sequence[Any] | None", found)
+        values = loaded[physical, stored] = self.load_row(table, physical, stored)
+        return values
 
     def put(self, table: Table[R], row: R, *, add: Sequence[str] = ()) -> None:
         """Insert ``row`` into ``table``, or replace the row with its key; with ``add``, the row's values of those
@@ -210,7 +232,7 @@ class ProjectionSession(abc.ABC):
         elif before.at == adding.at:
             written[key] = before.then(adding)
         else:  # adding other fields than before: settle the first with the stored row
-            written[key] = adding.onto(before.onto(self.load_row(table, physical, key)))
+            written[key] = adding.onto(before.onto(self._load(table, physical, key)))
 
     def update(self, table: Table[R], key: Any, **changes: Any) -> R | None:
         """The row with ``key`` changed by ``changes`` (``attrs.evolve``) and put back; ``None`` (and nothing
@@ -255,6 +277,7 @@ class ProjectionSession(abc.ABC):
 
     def flush_rows(self) -> None:
         """Write the rows kept so far, a batch per table (the backend calls it before committing)."""
+        self._loaded = None
         pending = self._pending_rows
         if pending:
             self._pending_rows = None
@@ -272,6 +295,7 @@ class ProjectionSession(abc.ABC):
     def discard_rows(self) -> None:
         """Forget the rows kept and not flushed (a savepoint rolled back)."""
         self._pending_rows = None
+        self._loaded = None
 
     def create_tables(self, tables: Iterable[Table[Any]]) -> None:
         """Create ``tables`` in this generation (the engine does, before the generation's first event)."""

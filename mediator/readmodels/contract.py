@@ -216,6 +216,33 @@ class ReadStoreContract:
                 s.put(Shelves.items, item("after"))
         assert self._committed() == ["after", "before"]
 
+    def test_a_row_read_again_in_the_session_is_what_it_holds_now(self) -> None:
+        # A session reads a row from storage once and keeps it: whatever it writes, flushes or rolls back after,
+        # a later read must still answer the row as it stands.
+        self._rows(item("s1", count=1), item("s2", count=1))
+        with self.storage.session("p", 1) as s:
+            assert s.get(Shelves.items, "s1") == item("s1", count=1)
+            s.put(Shelves.items, item("s1", count=2))
+            assert s.get(Shelves.items, "s1") == item("s1", count=2)
+            s.find(Shelves.items)  # flushed
+            assert s.get(Shelves.items, "s1") == item("s1", count=2)
+            s.put(Shelves.items, item("s1", count=3), add=["count"])
+            assert s.get(Shelves.items, "s1") == item("s1", count=5)
+            s.delete(Shelves.items, "s2")
+            assert s.get(Shelves.items, "s2") is None
+            s.count(Shelves.items)  # flushed
+            assert s.get(Shelves.items, "s1") == item("s1", count=5)
+            assert s.get(Shelves.items, "s2") is None
+            with _raises(RuntimeError), s.savepoint():
+                s.put(Shelves.items, item("s1", count=9))
+                s.put(Shelves.items, item("s2", count=9))
+                s.find(Shelves.items)  # written inside the savepoint, then undone with it
+                assert s.get(Shelves.items, "s1") == item("s1", count=9)
+                raise RuntimeError("one event failed")
+            assert s.get(Shelves.items, "s1") == item("s1", count=5)
+            assert s.get(Shelves.items, "s2") is None
+        assert self._committed() == ["s1"]
+
     def test_update_delete_and_keys_of_several_fields(self) -> None:
         self._rows(item("s1", count=2))
         with self.storage.session("p", 1) as s:

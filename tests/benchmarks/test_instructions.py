@@ -20,3 +20,22 @@ def test_a_count_is_read_from_valgrinds_report(monkeypatch: pytest.MonkeyPatch) 
 
     monkeypatch.setattr(subprocess, "run", fake_run)
     assert _instructions._count("hand", 10, True) == 1_234_567
+
+
+@pytest.mark.parametrize("mode", ["crud", "write", "apply:dashboard"])
+def test_each_checkout_breakdown_child_runs_with_and_without_its_work(mode: str) -> None:
+    from benchmarks import _checkout_instructions
+
+    for work in (True, False):
+        _checkout_instructions._child(mode, 3, work)
+
+
+def test_the_checkout_breakdown_counts_every_projection_of_the_shop() -> None:
+    from adapters.shop_app import build_shop
+    from benchmarks import _checkout_instructions
+
+    shop = build_shop()
+    try:
+        assert set(_checkout_instructions.PROJECTIONS) == set(shop.engine.projections)
+    finally:
+        shop.close()
