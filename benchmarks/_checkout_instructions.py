@@ -25,6 +25,7 @@ from pathlib import Path
 
 from . import _instructions
 
+SEED = 11
 HISTORY = 500
 """Orders loaded before anything is counted (both shops)."""
 PROJECTIONS = ("order_details", "customer_orders", "catalog", "search", "inventory", "dashboard")
@@ -34,14 +35,10 @@ def _carts(count: int, seed: int = 7) -> list[tuple[str, tuple[tuple[str, int], 
     from . import _shopdata as shopdata
 
     rng = random.Random(seed)
-    data = shopdata.catalog(shopdata_seed())
+    data = shopdata.catalog(SEED)
     customers = [f"cus-{i:08d}" for i in range(HISTORY // shopdata.ORDERS_PER_CUSTOMER)]
     ids = [p.product_id for p in data.products]
     return [(rng.choice(customers), tuple((p, 1) for p in rng.sample(ids, rng.randint(1, 3)))) for _ in range(count)]
-
-
-def shopdata_seed() -> int:
-    return 11
 
 
 def _child(mode: str, n: int, work: bool) -> None:
@@ -52,8 +49,8 @@ def _child(mode: str, n: int, work: bool) -> None:
     from ._crudshop import CrudShop
     from .sync import quiet_logging
 
-    data = shopdata.catalog(shopdata_seed())
-    (block,) = shopdata.history(data, shopdata_seed(), orders=HISTORY, parts=(1,))
+    data = shopdata.catalog(SEED)
+    (block,) = shopdata.history(data, SEED, orders=HISTORY, parts=(1,))
     carts = _carts(50 + n)
     warm, counted = carts[:50], carts[50:] if work else []
     with quiet_logging(), tempfile.TemporaryDirectory(prefix="mediator-checkout-") as tmp:

@@ -43,8 +43,8 @@ class Scope:
     """The lifetime of scoped services: one root dispatch, or an explicit ``mediator.scope()``."""
 
     # No __slots__: what a scope usually keeps (no ids, no principal, sync) are class defaults, so the scope a
-    # dispatch opens for itself is made without calling __init__ (see _pipeline.scoped_sync), which is a third of
-    # what a scoped dispatch costs over a hand-written one.
+    # dispatch opens for itself is made without calling __init__ (root_context). Measured with callgrind, that
+    # saves about 700 of a scoped send's 19k instructions against __slots__ and two __init__ calls.
     correlation_id: str | None = None
     causation_id: str | None = None
     principal: Any = None
