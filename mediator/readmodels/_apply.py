@@ -54,6 +54,9 @@ def _behind(key: str | None) -> str:
     return f"waits behind an earlier parked event with key {key!r}"
 
 
+_DECODED_KEPT = 20_000
+"""Decoded events an engine keeps for its other projections (forgotten all at once past this many)."""
+
 APPLIED, SKIPPED, FAILED, WAITS = object(), object(), object(), object()
 """What :meth:`Applier.deal_with` did with an event."""
 
@@ -85,6 +88,10 @@ class Applier:
         self.engine = engine
         self._last_failure: Exception = Exception()
         """The error of the last event :meth:`deal_with` answered ``FAILED`` for."""
+        self._decoded: dict[int, tuple[str, object]] = {}
+        """Recently decoded events by position, with their ids: the projections of an engine read the same stretch
+        of the log one after another, and each event is decoded once for all of them (events are immutable
+        messages; a projection that changed one would change it for the others too)."""
 
     def set_up(self, track: Track, session: ProjectionSession) -> None:
         """Run the projection's ``setup`` in this session unless a committed session already has.
@@ -174,8 +181,11 @@ class Applier:
         handlers = track.projection.handlers
         registered = self.engine.types.entries()
         decoders: dict[str, Callable[[str], Any]] = {}
+        decoded = self._decoded
+        if len(decoded) > _DECODED_KEPT:
+            decoded.clear()
         for stored in events:
-            position, _event_id, type_name, version, data, key, _recorded_at, _meta = stored  # cheaper than 5 lookups
+            position, event_id, type_name, version, data, key, _recorded_at, _meta = stored  # cheaper than 5 lookups
             entry = registered.get(type_name)
             if entry is None or entry.version != version or (blocked and key in blocked):
                 if self.deal_with(track, session, stored, blocked) is FAILED:
@@ -184,14 +194,19 @@ class Applier:
             apply = handlers.get(entry.cls)
             if apply is None:
                 continue
-            decode = decoders.get(type_name)
-            if decode is None:
-                decode = decoders[type_name] = self.engine.types.decoder(entry)
-            try:
-                event = decode(data)
-            except Exception:  # undecodable: parked by the general way, which says why
-                self.deal_with(track, session, stored, blocked)
-                continue
+            known = decoded.get(position)
+            if known is not None and known[0] == event_id:
+                event = known[1]
+            else:
+                decode = decoders.get(type_name)
+                if decode is None:
+                    decode = decoders[type_name] = self.engine.types.decoder(entry)
+                try:
+                    event = decode(data)
+                except Exception:  # undecodable: parked by the general way, which says why
+                    self.deal_with(track, session, stored, blocked)
+                    continue
+                decoded[position] = (event_id, event)
             try:
                 apply(event, session)
             except Exception as exc:

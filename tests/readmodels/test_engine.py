@@ -10,10 +10,13 @@ from mediator.readmodels import (
     ConsistencyTimeoutError,
     Delivery,
     NewEvent,
+    Projection,
+    ProjectionSession,
     Storage,
     UnregisteredEventError,
     consistent,
     last_token,
+    on,
 )
 from mediator.readmodels._versions import finish_rebuild
 
@@ -335,3 +338,34 @@ def test_a_runner_limited_to_some_projections_runs_only_those(storage: Storage) 
         bank.engine.stop()
     assert other.applied == [2]
     assert bank.projection.applied == []
+
+
+class _Seen(Projection):
+    """Remembers the event objects it was handed."""
+
+    name = "first_seen"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[Deposited] = []
+
+    @on(Deposited)
+    def deposited(self, event: Deposited, session: ProjectionSession) -> None:
+        self.events.append(event)
+
+
+class _SeenToo(_Seen):
+    name = "second_seen"
+
+
+def test_each_event_is_decoded_once_for_every_projection_of_the_engine(storage: Storage) -> None:
+    bank = make_bank(storage)
+    first, second = _Seen(), _SeenToo()
+    bank.engine.add(first)
+    bank.engine.add(second)
+    for amount in (1, 2, 3):
+        bank.mediator.send(Deposit(account="a", amount=amount))
+    bank.engine.catch_up()
+    assert [e.amount for e in first.events] == [1, 2, 3]
+    assert all(a is b for a, b in zip(first.events, second.events, strict=True))  # the same objects, decoded once
+    assert bank.balances() == {"a": 6}
