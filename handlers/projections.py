@@ -156,7 +156,7 @@ class OrderDetailsProjection(Projection):
 
     @on(OrderConfirmed, OrderShipped, OrderCancelled)
     def moved(self, event: OrderConfirmed | OrderShipped | OrderCancelled, session: ProjectionSession) -> None:
-        session.update(self.orders, event.order_id, status=_status(event), version=event.version)
+        session.patch(self.orders, event.order_id, status=_status(event), version=event.version)
 
 
 class CustomerOrdersProjection(Projection):
@@ -176,7 +176,7 @@ class CustomerOrdersProjection(Projection):
 
     @on(OrderConfirmed, OrderShipped, OrderCancelled)
     def moved(self, event: OrderConfirmed | OrderShipped | OrderCancelled, session: ProjectionSession) -> None:
-        session.update(self.orders, (event.customer_id, event.order_id), status=_status(event))
+        session.patch(self.orders, (event.customer_id, event.order_id), status=_status(event))
 
 
 class CatalogProjection(Projection):
@@ -202,15 +202,15 @@ class CatalogProjection(Projection):
 
     @on(PriceChanged)
     def price(self, event: PriceChanged, session: ProjectionSession) -> None:
-        session.update(self.products, event.product_id, price=event.new_price, version=event.version)
+        session.patch(self.products, event.product_id, price=event.new_price, version=event.version)
 
     @on(ProductDiscontinued)
     def discontinued(self, event: ProductDiscontinued, session: ProjectionSession) -> None:
-        session.update(self.products, event.product_id, discontinued=True, version=event.version)
+        session.patch(self.products, event.product_id, discontinued=True, version=event.version)
 
     @on(*STOCK_EVENTS)
     def stock(self, event: StockEvent, session: ProjectionSession) -> None:
-        session.update(self.products, event.product_id, available=event.on_hand - event.reserved)
+        session.patch(self.products, event.product_id, available=event.on_hand - event.reserved)
 
 
 class SearchProjection(CatalogProjection):
@@ -248,7 +248,7 @@ class InventoryProjection(Projection):
 
     @on(*STOCK_EVENTS)
     def stock(self, event: StockEvent, session: ProjectionSession) -> None:
-        session.update(self.inventory, event.product_id, on_hand=event.on_hand, reserved=event.reserved,
+        session.patch(self.inventory, event.product_id, on_hand=event.on_hand, reserved=event.reserved,
                        available=event.on_hand - event.reserved, version=event.version)
 
 

@@ -76,6 +76,13 @@ def field_checker(cls: type) -> FieldChecker | None:
     return checker
 
 
+def value_checker(tp: Any) -> FieldChecker | None:
+    """The check of one value annotated ``tp`` (its problems' paths relative to the value); ``None`` if nothing is
+    checked. For a field given alone, as ``ProjectionSession.patch`` gives them."""
+    rule = _rule(tp)
+    return None if rule is None else rule.check
+
+
 _CHECKERS: dict[type, FieldChecker | None] = {}
 """Compiled once per class, as the event encoders are: a cache of generated code, not a registry."""
 

@@ -129,9 +129,11 @@ class RowFieldError(MediatorError, ValueError):
 
     def __init__(self, row: object, errors: Mapping[str, Sequence[str]]) -> None:
         self.row = row
+        """The row; its class when fields were given alone (``patch``)."""
         self.errors: dict[str, tuple[str, ...]] = {field: tuple(problems) for field, problems in errors.items()}
         detail = "; ".join(f"{field or '<row>'}: {', '.join(problems)}" for field, problems in self.errors.items())
-        super().__init__(f"Row {qualname(type(row))} cannot be stored: {detail}.")
+        what = row if isinstance(row, type) else type(row)
+        super().__init__(f"Row {qualname(what)} cannot be stored: {detail}.")
 
 
 class TableQueryError(MediatorError, ValueError):

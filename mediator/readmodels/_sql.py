@@ -262,6 +262,13 @@ class RowStatements:
 
         return self._cached((physical, "add", at), make)
 
+    def patch(self, table: Table[Any], physical: str, at: tuple[int, ...]) -> str:
+        def make() -> str:
+            names = table.codec.names
+            return f"UPDATE {physical} SET {', '.join(f'{names[i]} = ?' for i in at)} WHERE {_matching(table.key)}"
+
+        return self._cached((physical, "patch", at), make)
+
     def delete(self, table: Table[Any], physical: str) -> str:
         return self._cached((physical, "delete"), lambda: f"DELETE FROM {physical} WHERE {_matching(table.key)}")
 
@@ -380,6 +387,9 @@ class SqlProjectionSession(ProjectionSession):
 
     def add_rows(self, table: Table[Any], physical: str, at: tuple[int, ...], rows: list[tuple[Any, ...]]) -> None:
         self._handle.cursor().executemany(self._sql.rows.add(table, physical, at), rows)
+
+    def patch_rows(self, table: Table[Any], physical: str, at: tuple[int, ...], rows: list[tuple[Any, ...]]) -> None:
+        self._handle.cursor().executemany(self._sql.rows.patch(table, physical, at), rows)
 
     def select_rows(self, table: Table[Any], physical: str, query: Query) -> Sequence[Sequence[Any]]:
         rows: Sequence[Sequence[Any]] = self._handle.execute(

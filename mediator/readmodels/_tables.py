@@ -36,7 +36,7 @@ from typing import Any, Generic, TypeVar, overload
 import attrs
 
 from .. import _codegen
-from .._fields import FieldChecker, Problems, field_checker
+from .._fields import FieldChecker, Problems, field_checker, value_checker
 from .._messages import qualname
 from ._errors import ProjectionConfigError, RowFieldError, TableQueryError
 from ._serialization import from_data, to_data
@@ -95,7 +95,11 @@ class Codec:
         fields = [f for f in attrs.fields(row) if f.init]
         if len(fields) != len(attrs.fields(row)):
             raise ProjectionConfigError(f"{qualname(row)} has fields outside __init__; a row is built from its values.")
+        self.hints = {f.name: hints.get(f.name, Any) for f in fields}
         self.columns = tuple(_column(f.name, hints.get(f.name, Any)) for f in fields)
+        self.patchable = not hasattr(row, "__attrs_post_init__") and not any(
+            f.validator is not None or f.converter is not None for f in fields)
+        """Whether fields can be set alone (``patch``): not if the class validates, converts or derives values."""
         self.names = tuple(c.name for c in self.columns)
         self.index = {name: i for i, name in enumerate(self.names)}
         self.check: FieldChecker | None = field_checker(row)
@@ -276,6 +280,63 @@ class Adding:
         return Adding(tuple(values), self.at)
 
 
+@attrs.frozen(slots=True)
+class Patching:
+    """Fields set with ``patch(...)`` and not yet stored: the values of columns ``at`` (in that order), replacing the
+    stored row's; nothing if no row has the key."""
+
+    values: tuple[Any, ...]
+    at: tuple[int, ...]
+
+    def onto(self, stored: Sequence[Any] | None) -> tuple[Any, ...] | None:
+        """The row this makes of ``stored`` (the row with its key, or ``None``: then there is still none)."""
+        if stored is None:
+            return None
+        values = list(stored)
+        for i, value in zip(self.at, self.values, strict=True):
+            values[i] = value
+        return tuple(values)
+
+    def then(self, later: Patching) -> Patching:
+        """This, and then ``later`` (its values win where both set a column)."""
+        merged = dict(zip(self.at, self.values, strict=True))
+        merged.update(zip(later.at, later.values, strict=True))
+        at = tuple(sorted(merged))
+        return Patching(tuple(merged[i] for i in at), at)
+
+
+@attrs.frozen
+class Patcher:
+    """How ``patch`` stores the fields it was given (the same names, in the same order, each time)."""
+
+    names: tuple[str, ...]
+    """The fields, in column order."""
+    at: tuple[int, ...]
+    checks: tuple[tuple[str, FieldChecker | None, Callable[[Any], Any] | None, bool], ...]
+    """Per field: its name, its check, its encoder and whether it may be ``None``."""
+    row: type
+
+    def encode(self, changes: Mapping[str, Any]) -> tuple[Any, ...]:
+        """The stored values of ``changes``, in column order.
+
+        Raises:
+            RowFieldError: if a value does not hold its field's declared type.
+        """
+        out = []
+        errors: dict[str, list[str]] = {}
+        for name, check, encode, nullable in self.checks:
+            value = changes[name]
+            if check is not None and (problems := check(value)):
+                for path, problem in problems:
+                    errors.setdefault(name + ("" if not path else path if path[0] == "[" else f".{path}"),
+                                      []).append(problem)
+                continue
+            out.append(value if encode is None or (nullable and value is None) else encode(value))
+        if errors:
+            raise RowFieldError(self.row, errors)
+        return tuple(out)
+
+
 def _sortable(value: Any) -> tuple[int, Any]:
     return (0, 0) if value is None else (1, value)  # NULLs first, as SQLite and PostgreSQL's NULLS FIRST
 
@@ -316,6 +377,7 @@ class Table(Generic[R]):
             raise ProjectionConfigError(f"A table of {qualname(row)} needs a key.")
         self.searchable = frozenset({*self.key, *(f for lookup in self.lookups for f in lookup)})
         self._adding: dict[tuple[str, ...], tuple[int, ...]] = {}
+        self._patchers: dict[tuple[str, ...], Patcher | None] = {}
         at = [self.codec.index[f] for f in self.key]
         self.key_of: Callable[[Sequence[Any]], tuple[Any, ...]] = (
             (lambda values, i=at[0]: (values[i],)) if len(at) == 1 else operator.itemgetter(*at))  # type: ignore[misc]
@@ -383,6 +445,35 @@ class Table(Generic[R]):
             found = self._adding[fields] = tuple(sorted(self.codec.index[f] for f in fields))
         return found
 
+    def patcher(self, fields: Iterable[str]) -> Patcher | None:
+        """How to store ``fields`` set alone (``patch``); ``None`` if the row class validates, converts or derives
+        values (then a patch reads the row and puts it back).
+
+        Raises:
+            TableQueryError: for a field the row does not have, a field of the key, or no field at all.
+        """
+        names = tuple(fields)
+        if names in self._patchers:
+            return self._patchers[names]
+        codec = self.codec
+        if not names:
+            raise TableQueryError(f"A patch of {self!r} needs at least one field to set.")
+        for name in names:
+            if name not in codec.index:
+                raise TableQueryError(f"{qualname(self.row)} has no field {name!r} to set.")
+            if name in self.key:
+                raise TableQueryError(
+                    f"{qualname(self.row)}.{name} is part of the key of {self!r}: a patch cannot move a row; delete "
+                    "it and put the new one.")
+        patcher = None
+        if codec.patchable:
+            ordered = sorted(names, key=codec.index.__getitem__)
+            columns = [codec.columns[codec.index[name]] for name in ordered]
+            patcher = Patcher(tuple(ordered), tuple(codec.index[name] for name in ordered), tuple(
+                (c.name, value_checker(codec.hints[c.name]), c.encode, c.nullable) for c in columns), self.row)
+        self._patchers[names] = patcher
+        return patcher
+
     def _stored_key(self, key: Any) -> tuple[Any, ...]:
         if not isinstance(key, tuple) or len(key) != len(self.key):
             raise TableQueryError(f"The key of {self!r} is {self.key}: give a tuple of {len(self.key)} values.")
@@ -440,4 +531,5 @@ def tables_of(projection: type) -> list[Table[Any]]:
     return list(tables_by_attribute(projection).values())
 
 
-__all__ = ["Adding", "Codec", "Prefix", "Query", "Range", "Table", "codec", "tables_by_attribute", "tables_of"]
+__all__ = ["Adding", "Codec", "Patcher", "Patching", "Prefix", "Query", "Range", "Table", "codec",
+           "tables_by_attribute", "tables_of"]

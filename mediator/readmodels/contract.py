@@ -280,6 +280,72 @@ class ReadStoreContract:
         with self.storage.session("p", 1) as s:
             assert [(i.sku, i.count) for i in s.find(Shelves.items)] == [("new", 7), ("s1", 10)]
 
+    def test_fields_patched_without_reading_the_row(self) -> None:
+        self._rows(item("s1", count=2, note="old"), item("s2", count=7))
+        with self.storage.session("p", 1) as s:
+            s.patch(Shelves.items, "s1", count=3, note=None, price=Decimal("1.25"))
+            s.patch(Shelves.items, "missing", count=1)  # no row: nothing happens, nothing is inserted
+            s.patch(Shelves.items, "s2", tags=("a", "b"))
+        with self.storage.session("p", 1) as s:
+            assert s.get(Shelves.items, "s1") == item("s1", count=3, price=Decimal("1.25"))
+            assert s.get(Shelves.items, "s2") == item("s2", count=7, tags=("a", "b"))
+            assert s.get(Shelves.items, "missing") is None
+        assert self._committed(where={"shelf": "a", "count": 3}) == ["s1"]  # a lookup field patched is found anew
+        assert self._committed() == ["s1", "s2"]
+
+    def test_a_patch_is_seen_by_the_session_and_composes_with_its_other_writes(self) -> None:
+        self._rows(item("s1", count=1), item("s2", count=1), item("s3", count=1))
+        with self.storage.session("p", 1) as s:
+            s.patch(Shelves.items, "s1", count=2)
+            assert s.get(Shelves.items, "s1") == item("s1", count=2)  # before anything is written
+            s.patch(Shelves.items, "s1", note="twice")
+            s.patch(Shelves.items, "s1", count=4)  # the later value wins, the other field stays
+            assert s.get(Shelves.items, "s1") == item("s1", count=4, note="twice")
+            s.put(Shelves.items, item("s2", count=5), add=("count",))
+            s.patch(Shelves.items, "s2", shelf="b")  # onto the added-up row
+            s.patch(Shelves.items, "s3", count=10)
+            s.put(Shelves.items, item("s3", count=1), add=("count",))  # onto the patched row
+            s.put(Shelves.items, item("new", count=3), add=("count",))
+            s.patch(Shelves.items, "new", note="inserted in this session")
+            s.patch(Shelves.items, "gone", count=1)
+            s.put(Shelves.items, item("gone", count=2), add=("count",))  # patched where there was no row: new
+            s.delete(Shelves.items, "s1")
+            s.patch(Shelves.items, "s1", count=9)  # deleted in this session: stays deleted
+            assert s.get(Shelves.items, "s1") is None
+        with self.storage.session("p", 1) as s:
+            assert [(i.sku, i.shelf, i.count, i.note) for i in s.find(Shelves.items)] == [
+                ("gone", "a", 2, None), ("new", "a", 3, "inserted in this session"), ("s2", "b", 6, None),
+                ("s3", "a", 11, None)]
+
+    def test_a_patch_rolls_back_with_its_savepoint(self) -> None:
+        self._rows(item("s1", count=1))
+        with self.storage.session("p", 1) as s:
+            with _raises(RuntimeError), s.savepoint():
+                s.patch(Shelves.items, "s1", count=5)
+                s.find(Shelves.items)  # written inside the savepoint, then undone with it
+                raise RuntimeError("one event failed")
+            assert s.get(Shelves.items, "s1") == item("s1", count=1)
+            s.patch(Shelves.items, "s1", count=2)
+        assert self._committed(where={"shelf": "a", "count": 2}) == ["s1"]
+
+    def test_a_bad_patch_is_refused_and_nothing_is_kept(self) -> None:
+        self._rows(item("s1", count=1))
+        with self.storage.session("p", 1) as s:
+            with _raises(RowFieldError, "count: must be"):
+                s.patch(Shelves.items, "s1", count="many", note="kept?")
+            with _raises(RowFieldError, "tags[1]"):
+                s.patch(Shelves.items, "s1", tags=("ok", 2))
+            with _raises(TableQueryError, "no field 'colour'"):
+                s.patch(Shelves.items, "s1", colour="red")
+            with _raises(TableQueryError, "part of the key"):
+                s.patch(Shelves.items, "s1", sku="s9")
+            with _raises(TableQueryError, "at least one field"):
+                s.patch(Shelves.items, "s1")
+            with _raises(TableQueryError, "part of the key"):
+                s.patch(Shelves.slots, ("a", 1), slot=2)
+        with self.storage.session("p", 1) as s:
+            assert s.get(Shelves.items, "s1") == item("s1", count=1)
+
     def test_lookups_order_and_pages_answer_alike_on_every_backend(self) -> None:
         shelves = ["b", "a", "B", "é", "ab", "a"]
         self._rows(*(item(f"s{n}", shelf=shelf, count=n % 3, since=dt.date(2026, 1, n + 1))

@@ -39,7 +39,7 @@ import attrs
 from .._errors import MissingExtraError
 from ._errors import StorageDataError, StorageError
 from ._ports import DeadLetter, Generations, ProjectionSession, ReadStore
-from ._tables import BOOLEAN, INTEGER, REAL, Adding, Query, Table
+from ._tables import BOOLEAN, INTEGER, REAL, Adding, Patching, Query, Table
 
 try:
     import redis
@@ -279,6 +279,13 @@ class RedisProjectionSession(ProjectionSession):
         old = self._seen(indexes, [_key_json(table.key_of(values)) for values in rows])
         self.write_rows(table, physical, [Adding(values, at).onto(old[_key_json(table.key_of(values))])
                                           for values in rows], [])
+
+    def patch_rows(self, table: Table[Any], physical: str, at: tuple[int, ...], rows: list[tuple[Any, ...]]) -> None:
+        indexes = self._store._indexes(table, physical)
+        count = len(at)
+        old = self._seen(indexes, [_key_json(row[count:]) for row in rows])  # one round trip for the batch
+        patched = (Patching(row[:count], at).onto(old[_key_json(row[count:])]) for row in rows)
+        self.write_rows(table, physical, [values for values in patched if values is not None], [])
 
     def select_rows(self, table: Table[Any], physical: str, query: Query) -> Sequence[Sequence[Any]]:
         indexes = self._store._indexes(table, physical)
