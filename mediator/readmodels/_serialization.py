@@ -236,22 +236,63 @@ def _reason(exc: BaseException, fields: Any) -> str:
 
 
 def to_data(value: Any) -> Any:
-    """Turn a value of a supported type into JSON-compatible data."""
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    if attrs.has(type(value)):
-        return {f.name: to_data(getattr(value, f.name)) for f in attrs.fields(type(value))}
-    if isinstance(value, decimal.Decimal | uuid.UUID):
-        return str(value)
-    if isinstance(value, dt.datetime | dt.date):
-        return value.isoformat()
-    if isinstance(value, enum.Enum):
-        return to_data(value.value)
-    if isinstance(value, list | tuple | frozenset | set):
-        return [to_data(v) for v in value]
-    if isinstance(value, Mapping):
-        return {str(k): to_data(v) for k, v in value.items()}
-    raise TypeError(f"Cannot store a {qualname(type(value))} in an event; use a JSON-friendly type.")
+    """Turn a value of a supported type into JSON-compatible data.
+
+    Dispatched on the value's exact class, each class's conversion worked out once (an attrs class gets a
+    generated function reading its fields by name): nested rows and event fields are converted per value written.
+    """
+    convert = _TO_DATA.get(type(value))
+    if convert is None:
+        convert = _to_data_for(type(value))
+    return convert(value)
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _items(value: Any) -> list[Any]:
+    return [to_data(v) for v in value]
+
+
+def _mapping(value: Mapping[Any, Any]) -> dict[str, Any]:
+    return {str(k): to_data(v) for k, v in value.items()}
+
+
+def _enum_data(member: enum.Enum) -> Any:
+    return to_data(member.value)
+
+
+def _to_data_for(cls: type) -> Callable[[Any], Any]:
+    """How :func:`to_data` converts instances of ``cls``, cached (the checks in the order of the original chain, so
+    a ``bool`` or an ``IntEnum`` is kept as it is and a ``str`` enum is a ``str``)."""
+    convert: Callable[[Any], Any]
+    if cls is type(None) or issubclass(cls, bool | int | float | str):
+        convert = _same
+    elif attrs.has(cls):
+        namespace = _codegen.Namespace()
+        dump = namespace.add("to_data", to_data)
+        parts = ", ".join(f"{f.name!r}: {dump}(value.{f.name})" for f in attrs.fields(cls))
+        convert = _codegen.function("convert", ["value"], [f"return {{{parts}}}"], namespace,
+                                    about=f"data of {qualname(cls)}")
+    elif issubclass(cls, decimal.Decimal | uuid.UUID):
+        convert = str
+    elif issubclass(cls, dt.datetime | dt.date):
+        convert = cls.isoformat
+    elif issubclass(cls, enum.Enum):
+        convert = _enum_data
+    elif issubclass(cls, list | tuple | frozenset | set):
+        convert = _items
+    elif issubclass(cls, Mapping):
+        convert = _mapping
+    else:
+        raise TypeError(f"Cannot store a {qualname(cls)} in an event; use a JSON-friendly type.")
+    _TO_DATA[cls] = convert
+    return convert
+
+
+_TO_DATA: dict[type, Callable[[Any], Any]] = {}
+"""How each class's values turn into JSON-compatible data: a cache of generated code, not a registry."""
 
 
 def _finite_decimal(data: Any) -> decimal.Decimal:
