@@ -77,7 +77,7 @@ def test_the_paced_dashboard_reader_never_reads_ahead_of_its_rate(tmp_path: Path
         return 7.0
 
     rate = 40
-    result, per_read = scenario.under_load(kind, tmp_path / f"{kind}.db", run, rate)
+    result, per_read = scenario.under_load(kind, tmp_path, run, rate)
     assert result == 7.0  # what the run beside the reader returned
     # On its schedule the reader makes at most one read more than the rate allows in the time it ran (at least
     # the run's 0.5 s): flat out, a read of so few orders takes well under a millisecond.
