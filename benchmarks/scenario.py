@@ -422,8 +422,9 @@ WORKER = ("import sys; from benchmarks.scenario import projection_worker; "
 def projection_worker(folder: str) -> None:
     """The cqrs shop's projection worker process: what ``python -m mediator.readmodels --app
     adapters.shop_app:engine_from_env worker`` runs with ``SHOP_DELIVERY=worker`` (``engine.start(Delivery.WORKER)``
-    on the shop's files, :func:`cqrs_shop`), plus a :class:`LagProbe` driven over stdin: ``arm`` (answers ``armed``), ``lags`` (answers
-    the p50 and p99 in seconds of what it saw since), anything else (or EOF) stops it."""
+    on the shop's files, :func:`cqrs_shop`), plus a :class:`LagProbe` driven over stdin: ``arm`` (answers
+    ``armed``), ``lags`` (answers the p50 and p99 in seconds of what it saw since), anything else (or EOF) stops
+    it."""
     with quiet_logging():
         shop = cqrs_shop(Path(folder))
         probe = LagProbe()

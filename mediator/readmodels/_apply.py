@@ -21,6 +21,8 @@ event is then judged by what the events after it do:
 
 from __future__ import annotations
 
+import bisect
+import operator
 import time
 from collections.abc import Callable, Collection, Iterable
 from typing import TYPE_CHECKING, Any
@@ -54,6 +56,9 @@ def _behind(key: str | None) -> str:
     return f"waits behind an earlier parked event with key {key!r}"
 
 
+_STRETCHES_KEPT = 4
+"""Stretches of the log an engine keeps for its other projections (each a batch, ``batch_size`` events at most)."""
+_position = operator.attrgetter("position")
 _DECODED_KEPT = 20_000
 """Decoded events an engine keeps for its other projections (forgotten all at once past this many)."""
 
@@ -88,6 +93,9 @@ class Applier:
         self.engine = engine
         self._last_failure: Exception = Exception()
         """The error of the last event :meth:`deal_with` answered ``FAILED`` for."""
+        self._stretches: list[tuple[int, list[StoredEvent], set[tuple[str, int]]]] = []
+        """The last stretches of the log read (the position each was read after, its events, and the projection
+        generations it was handed to), for the other projections of the engine (see :meth:`_read`)."""
         self._decoded: dict[int, tuple[str, object]] = {}
         """Recently decoded events by position, with their ids: the projections of an engine read the same stretch
         of the log one after another, and each event is decoded once for all of them (events are immutable
@@ -130,6 +138,26 @@ class Applier:
             self.engine.progress.notify()
         return handled
 
+    def _read(self, after: int, limit: int, reader: tuple[str, int]) -> list[StoredEvent]:
+        """Up to ``limit`` events of the log after position ``after``, for projection generation ``reader``: from a
+        stretch another projection of this engine read a moment ago when it covers ``after``, else from storage.
+
+        A read answers every event from ``after`` to the last it returns (positions are handed out in commit
+        order, and the log is only appended to), so a later read from inside that stretch is answered by it
+        exactly, though there may be more events by now: the next batch reads them. A stretch is served once to
+        each reader: one that asks again (its batch rolled back, an event held) reads storage, and sees what
+        came since.
+        """
+        for start, events, served in reversed(self._stretches):
+            if start <= after < events[-1].position and reader not in served:
+                served.add(reader)
+                first = bisect.bisect_right(events, after, key=_position)
+                return events[first:first + limit]
+        events = self.engine.storage.read(after, limit)
+        if events:
+            self._stretches = [*self._stretches, (after, events, {reader})][-_STRETCHES_KEPT:]
+        return events
+
     def _news_for(self, track: Track) -> bool:
         """Whether a held event now has later events to be compared with (a stall waits its backoff out)."""
         holding = track.holding
@@ -158,7 +186,7 @@ class Applier:
                     letters = session.dead_letters()
             track.next_retry = min((lt.retry_at for lt in letters if lt.retry_at is not None), default=None)
             blocked = {letter.key for letter in letters if letter.key is not None}
-            events = engine.storage.read(session.position, limit)
+            events = self._read(session.position, limit, (track.name, generation))
             if careful:
                 done = self._careful_batch(track, session, events, blocked, failed)
             else:

@@ -2,6 +2,7 @@
 
 import threading
 import time
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -179,6 +180,7 @@ def test_an_event_the_rebuild_replays_first_still_gets_its_side_effect_once(stor
     new = bank.engine.rebuild("balances")
     bank.mediator.send(Deposit(account="b", amount=4))  # the live generation has not seen this one yet
     track = bank.engine._tracks["balances"]
+    bank.engine.applier._stretches.clear()  # the replay reads the log itself, as a rebuild in another process would
     bank.engine.applier.run_batch(track, new, replaying=True)
     bank.engine.rebuilds.maybe_swap(track)
     assert storage.current_generation("balances") == 1  # not swapped while the live generation lags behind
@@ -369,3 +371,25 @@ def test_each_event_is_decoded_once_for_every_projection_of_the_engine(storage: 
     assert [e.amount for e in first.events] == [1, 2, 3]
     assert all(a is b for a, b in zip(first.events, second.events, strict=True))  # the same objects, decoded once
     assert bank.balances() == {"a": 6}
+
+
+def test_the_projections_of_an_engine_read_each_stretch_of_the_log_once(storage: Storage) -> None:
+    reads: list[tuple[int, int]] = []
+    real_read = storage.read
+
+    def counted(after: int, limit: int, type_names: object = None) -> list[Any]:
+        reads.append((after, limit))
+        return real_read(after, limit, type_names)  # type: ignore[arg-type]
+
+    storage.read = counted  # type: ignore[method-assign]
+    bank = make_bank(storage, batch_size=2)
+    first, second = _Seen(), _SeenToo()
+    bank.engine.add(first)
+    bank.engine.add(second)
+    for amount in (1, 2, 3, 4, 5):
+        bank.mediator.send(Deposit(account="a", amount=amount))
+    bank.engine.catch_up()
+    assert [e.amount for e in first.events] == [1, 2, 3, 4, 5] == [e.amount for e in second.events]
+    assert bank.balances() == {"a": 15}
+    # Three projections, each stretch with events read from storage once; the reads that found nothing new aside.
+    assert [read for read in reads if read[0] < 5] == [(0, 2), (2, 2), (4, 2)]
