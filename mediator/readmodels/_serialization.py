@@ -340,6 +340,9 @@ def _converter(tp: Any) -> Callable[[Any], Any]:  # one branch per kind of type
     if origin is typing.Literal:
         return _identity
     if origin in (tuple, list, set, frozenset) or tp in (tuple, list, set, frozenset):
+        args = typing.get_args(tp)
+        if not (origin is tuple and args and args[-1] is not Ellipsis):
+            return _homogeneous(origin or tp, args[0] if args else Any)
         return lambda data: _from_collection(tp, origin, data)
     if origin in (dict, Mapping) or tp is dict:
         key_type, value_type = typing.get_args(tp) or (Any, Any)
@@ -421,6 +424,37 @@ def _from_union(tp: Any, data: Any) -> Any:
         except (TypeError, ValueError, decimal.InvalidOperation) as exc:
             errors.append(exc)
     raise ValueError(f"{_short.repr(data)} fits none of {tp}: {errors}")
+
+
+def _homogeneous(build: Callable[[Any], Any], item_type: Any) -> Callable[[Any], Any]:
+    """Convert a JSON array into ``build`` (``tuple``, ``list``, ...) of ``item_type`` items, the items' converter
+    looked up on first use (a class may hold a collection of itself)."""
+    found: list[Callable[[Any], Any]] = []
+
+    def convert(data: Any) -> Any:
+        if not found:
+            found.append(_CONVERTERS.get(item_type) or _CONVERTERS.setdefault(item_type, _converter(item_type)))
+        if type(data) is not list and type(data) is not tuple:  # text or an object is no array (not its letters)
+            raise TypeError(f"expected an array, got {_short.repr(data)}")
+        return build(map(found[0], data))
+
+    return convert
+
+
+def json_converter(tp: Any) -> Callable[[str], Any]:
+    """Decode JSON text written by ``dumps(to_data(value))`` into a value of type ``tp``: the C scanner for the
+    compact text the encoder writes (``json.loads`` for anything else), then the type's cached converter."""
+    convert = _CONVERTERS.get(tp) or _CONVERTERS.setdefault(tp, _converter(tp))
+    loads, scan = json.loads, _SCAN
+
+    def decode(data: str) -> Any:
+        try:
+            value, end = scan(data, 0)
+        except StopIteration:
+            return convert(loads(data))
+        return convert(value if end == len(data) else loads(data))
+
+    return decode
 
 
 def _from_collection(tp: Any, origin: Any, data: Any) -> Any:

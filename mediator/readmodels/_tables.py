@@ -39,7 +39,7 @@ from .. import _codegen
 from .._fields import FieldChecker, Problems, field_checker, value_checker
 from .._messages import qualname
 from ._errors import ProjectionConfigError, RowFieldError, TableQueryError
-from ._serialization import from_data, to_data
+from ._serialization import json_converter, to_data
 
 R = TypeVar("R")
 
@@ -176,7 +176,7 @@ def _column(name: str, hint: Any) -> Column:
         if kind == JSON:
             return Column(name, JSON, nullable, _to_json, lambda data: hint(json.loads(data)))
         return Column(name, kind, nullable, _enum_value, hint)
-    return Column(name, JSON, nullable, _to_json, lambda data: from_data(hint, json.loads(data)))
+    return Column(name, JSON, nullable, _to_json, json_converter(hint))
 
 
 _PLAIN_COLUMNS: dict[Any, tuple[str, Callable[[Any], Any] | None, Callable[[Any], Any] | None]] = {
