@@ -322,3 +322,18 @@ def test_any_event_that_encodes_decodes_back_equal(event: Measured) -> None:
     event_("stored")
     assert types.decode(*stored) == event
     assert types.decoder(types.entry(Measured))(stored[2]) == event
+
+
+@attrs.frozen(kw_only=True)
+class Tagged(Event):
+    tags: tuple[str, ...]
+    counts: list[int] = attrs.field(factory=list)
+
+
+@pytest.mark.parametrize("data", ['{"tags": "abc"}', '{"tags": {"a": 1}}', '{"tags": [], "counts": "12"}'])
+def test_a_collection_field_given_text_or_an_object_is_refused_not_read_as_its_letters(data: str) -> None:
+    types = EventTypes()
+    types.register(Tagged, name="tagged")
+    assert types.decode("tagged", 1, '{"tags": ["a", "b"], "counts": [1]}') == Tagged(tags=("a", "b"), counts=[1])
+    with pytest.raises(UndecodableEventError, match="expected an array"):
+        types.decode("tagged", 1, data)
