@@ -129,6 +129,7 @@ class ShopCommands:
                                    category_id=product.category_id, quantity=item.quantity, unit_price=product.price))
         order, placed = Order.place(new_id(), command.customer_id, lines, self.clock(), command.shipping_address)
         self.model.save_order(uow.handle, order, 0)
+        uow.identity_map["order", order.order_id] = order  # ReserveStock, in this transaction, need not read it back
         uow.record(placed, key=order.order_id)
         mediator.publish(placed)  # the inventory reacts in this same transaction (see the module docstring)
         return order.order_id
@@ -150,9 +151,14 @@ class ShopCommands:
             uow.record(event, key=stock.product_id)
 
     def _order(self, uow: UnitOfWork, order_id: str) -> Order:
+        """The order, as this transaction last saved or read it, else from the write model."""
+        known: Order | None = uow.identity_map.get(("order", order_id))
+        if known is not None:
+            return known
         order = self.model.order(uow.handle, order_id)
         if order is None:
             raise NotFound("order", order_id)
+        uow.identity_map["order", order_id] = order
         return order
 
     def confirm_order(self, command: ConfirmOrder, uow: UnitOfWork) -> None:

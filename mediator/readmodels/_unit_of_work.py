@@ -12,7 +12,7 @@ import asyncio
 import json
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -50,6 +50,10 @@ class UnitOfWork:
         """How many commands of the dispatch are inside it now: only the outermost commits."""
         self._scope = scope
         """The dispatch scope to hand this unit of work's end to, once something outside a command uses it."""
+        self.identity_map: dict[Hashable, Any] = {}
+        """What the handlers of this transaction loaded or saved (aggregates), by keys of their choosing: a command
+        nested in another (``PlaceOrder`` then ``ReserveStock``) finds the aggregate its caller just saved instead
+        of reading it back. Emptied when the transaction commits or rolls back; it holds only what handlers put."""
 
     @classmethod
     def of(cls, scope: Scope, engine: ReadModels) -> UnitOfWork:
@@ -95,10 +99,12 @@ class UnitOfWork:
             return self.engine.writer.commit(session, events)
         finally:
             self._session = None  # committed or rolled back: never reuse it
+            self.identity_map.clear()
 
     def rollback(self) -> None:
         """Discard the recorded events and whatever the transaction changed."""
         self._events.clear()
+        self.identity_map.clear()
         if self._session is not None:
             session, self._session = self._session, None
             session.rollback()

@@ -4,9 +4,11 @@ import threading
 import time
 from typing import Any
 
+import attrs
 import pytest
 from structlog.testing import capture_logs
 
+from mediator import Command, Mediator
 from mediator.readmodels import (
     ConsistencyTimeoutError,
     Delivery,
@@ -14,6 +16,7 @@ from mediator.readmodels import (
     Projection,
     ProjectionSession,
     Storage,
+    UnitOfWork,
     UnregisteredEventError,
     consistent,
     last_token,
@@ -393,3 +396,33 @@ def test_the_projections_of_an_engine_read_each_stretch_of_the_log_once(storage:
     assert bank.balances() == {"a": 15}
     # Three projections, each stretch with events read from storage once; the reads that found nothing new aside.
     assert [read for read in reads if read[0] < 5] == [(0, 2), (2, 2), (4, 2)]
+
+
+@attrs.frozen(kw_only=True)
+class Remember(Command[None]):
+    value: int
+    fail: bool = False
+    nested: bool = False
+
+
+def test_the_identity_map_is_shared_by_nested_commands_and_emptied_with_the_transaction(storage: Storage) -> None:
+    seen: list[dict[object, object]] = []
+
+    def remember(command: Remember, uow: UnitOfWork, mediator: Mediator) -> None:
+        seen.append(dict(uow.identity_map))
+        uow.identity_map["value"] = command.value
+        if command.nested:
+            mediator.send(Remember(value=command.value + 100))
+        if command.fail:
+            raise ValueError("refused")
+
+    bank = make_bank(storage)
+    bank.registry._frozen = False
+    bank.registry.handle(Remember).by(remember)
+    mediator = bank.registry.build()
+    mediator.send(Remember(value=1, nested=True))
+    assert seen == [{}, {"value": 1}]  # the nested command joined the transaction and found what its caller put
+    with pytest.raises(ValueError, match="refused"):
+        mediator.send(Remember(value=2, fail=True))
+    mediator.send(Remember(value=3))
+    assert seen[2:] == [{}, {}]  # emptied by the commit, then by the rollback
