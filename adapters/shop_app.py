@@ -33,7 +33,7 @@ from handlers.retry import RetryOnConflict
 from mediator import Kind, Logging, Mediator, Registry, Validation
 from mediator.readmodels import Delivery, EventTypes, ReadModels, ReadStore, RoutedStorage, Storage
 from mediator.readmodels.memory import MemoryStorage
-from mediator.readmodels.sqlite import SqliteStorage
+from mediator.readmodels.sqlite import CHECKPOINT_EVERY, SqliteStorage
 
 T = TypeVar("T")
 
@@ -84,13 +84,15 @@ def build_shop(
     authorize: bool = True,
     tracer_provider: Any = None,
     read_stores: Mapping[str, ReadStore] | None = None,
+    checkpoint_every: float | None = CHECKPOINT_EVERY,
     **engine_options: Any,
 ) -> Shop:
     """Build the whole shop: on SQLite (write model and log in ``write_path``, read models in ``read_path``,
     the same file by default); on PostgreSQL when ``postgres`` is a libpq DSN (everything in ``schema``, which
     is created with the shop's tables if missing); or entirely in memory for tests when neither is given.
     ``read_stores`` keeps some projections' read models in stores of their own (``{"inventory":
-    RedisReadStore(url)}``), the log and the write model staying where they are.
+    RedisReadStore(url)}``), the log and the write model staying where they are. ``checkpoint_every`` is the
+    SQLite storage's (background WAL checkpoints; ``None`` leaves them to SQLite).
 
     Raises:
         ValueError: if both a SQLite path and a PostgreSQL DSN are given.
@@ -109,7 +111,8 @@ def build_shop(
     elif write_path is None:
         storage, model, create = MemoryStorage(), MemoryWriteModel(), None
     else:
-        storage = SqliteStorage(Path(write_path), Path(read_path) if read_path is not None else None)
+        storage = SqliteStorage(Path(write_path), Path(read_path) if read_path is not None else None,
+                                checkpoint_every=checkpoint_every)
         model, create = SqliteWriteModel(), _statements_of(WRITE_SCHEMA)
     if create is not None:
         try:  # the write model's tables, made once for every process sharing the database
