@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from .. import Event, Scope, current_context
-from .._context import _current, new_id
+from .._context import _current, new_event_id
 from .._messages import qualname
 from ._apply import FAILED
 from ._errors import StorageError, UnregisteredEventError
@@ -204,7 +204,7 @@ class Writer:
             new = []
             for event, key in recorded:
                 name, version, data = engine.types.encode(event)
-                new.append(NewEvent(new_id(), name, version, data, key, now, meta))
+                new.append(NewEvent(new_event_id(), name, version, data, key, now, meta))
             position = session.append(new)
             first = position - len(new) + 1
             set_up = [self._apply_inline(session, track, recorded, first) for track in self.inline] if (

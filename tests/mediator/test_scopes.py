@@ -472,3 +472,22 @@ def test_ids_are_random_version_4_uuids_in_hex() -> None:
     # every bit outside the version and variant is random: each hex digit position takes many values
     for position in (0, 5, 13, 20, 31):
         assert len({value[position] for value in made}) == 16
+
+
+def test_event_ids_are_version_7_uuids_in_hex_ordered_by_time() -> None:
+    import uuid
+
+    from mediator._context import new_event_id
+
+    clock = iter(range(1_700_000_000_000_000_000, 1_700_000_000_000_000_000 + 5_000_000_000, 1_000_000))
+    made = [new_event_id(clock=lambda: next(clock)) for _ in range(2000)]  # one a millisecond
+    assert len(set(made)) == 2000
+    assert made == sorted(made)  # later ids sort after earlier ones: appended at one end of the log's index
+    for value in made:
+        parsed = uuid.UUID(hex=value)
+        assert (parsed.version, parsed.variant, parsed.hex) == (7, uuid.RFC_4122, value)
+    assert int(made[0][:12], 16) == 1_700_000_000_000  # the first 48 bits are the Unix milliseconds
+    same_millisecond = {new_event_id(clock=lambda: 1_700_000_000_000_000_000) for _ in range(500)}
+    assert len(same_millisecond) == 500  # and the rest is random
+    for position in (13, 20, 31):
+        assert len({value[position] for value in same_millisecond}) == 16
