@@ -20,8 +20,13 @@ from mediator.readmodels.sqlite import FALLBACK_CHECKPOINT_PAGES, SqliteStorage
 THREAD = "mediator-sqlite-checkpoints"
 
 
-def checkpoint_threads() -> list[threading.Thread]:
-    return [thread for thread in threading.enumerate() if thread.name == THREAD]
+def checkpoint_threads() -> set[threading.Thread]:
+    return {thread for thread in threading.enumerate() if thread.name == THREAD}
+
+
+def started(before: set[threading.Thread]) -> list[threading.Thread]:
+    """The checkpoint threads running now that were not before (storages other tests left open have theirs)."""
+    return list(checkpoint_threads() - before)
 
 
 def append(storage: SqliteStorage, count: int, size: int = 2_000) -> None:
@@ -43,24 +48,26 @@ def eventually(condition: Callable[[], bool], seconds: float = 5.0) -> bool:
 
 
 def test_commits_reach_the_database_file_without_a_commit_checkpointing(tmp_path: Path) -> None:
+    threads = checkpoint_threads()
     storage = SqliteStorage(tmp_path / "app.db", checkpoint_every=0.01)
     try:
         before = (tmp_path / "app.db").stat().st_size
         append(storage, 100)  # a few hundred pages: far below the fallback, where a commit checkpoints itself
         assert eventually(lambda: (tmp_path / "app.db").stat().st_size > before + 100 * 2_000)
-        assert len(checkpoint_threads()) == 1
+        assert len(started(threads)) == 1
     finally:
         storage.close()
 
 
 def test_without_background_checkpoints_the_wal_holds_the_commits_until_sqlite_checkpoints(tmp_path: Path) -> None:
+    threads = checkpoint_threads()
     storage = SqliteStorage(tmp_path / "app.db", checkpoint_every=None)
     try:
         before = (tmp_path / "app.db").stat().st_size
         append(storage, 100)  # below SQLite's 1,000 pages: nothing copies the WAL back yet
         time.sleep(0.2)
         assert (tmp_path / "app.db").stat().st_size == before
-        assert not checkpoint_threads()
+        assert not started(threads)
     finally:
         storage.close()
 
@@ -78,27 +85,30 @@ def test_the_writing_connections_checkpoint_by_themselves_only_past_the_fallback
 
 def test_a_storage_that_only_reads_starts_no_thread(tmp_path: Path) -> None:
     SqliteStorage(tmp_path / "app.db").close()
+    threads = checkpoint_threads()
     reader = SqliteStorage(tmp_path / "app.db")
     try:
         assert reader.head() == 0
         assert reader.read(0, 10) == []
-        assert not checkpoint_threads()
+        assert not started(threads)
     finally:
         reader.close()
 
 
 def test_closing_the_storage_ends_the_thread(tmp_path: Path) -> None:
+    threads = checkpoint_threads()
     storage = SqliteStorage(tmp_path / "app.db")
     append(storage, 1)
-    (thread,) = checkpoint_threads()
+    (thread,) = started(threads)
     storage.close()
     assert not thread.is_alive()
 
 
 def test_a_storage_dropped_without_closing_ends_the_thread(tmp_path: Path) -> None:
+    threads = checkpoint_threads()
     storage = SqliteStorage(tmp_path / "app.db", checkpoint_every=0.01)
     append(storage, 1)
-    (thread,) = checkpoint_threads()
+    (thread,) = started(threads)
     del storage
     gc.collect()
     thread.join(timeout=5)
