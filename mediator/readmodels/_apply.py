@@ -148,6 +148,8 @@ class Applier:
         each reader: one that asks again (its batch rolled back, an event held) reads storage, and sees what
         came since.
         """
+        if not self.engine.sharing:
+            return self.engine.storage.read(after, limit)
         for start, events, served in reversed(self._stretches):
             if start <= after < events[-1].position and reader not in served:
                 served.add(reader)
@@ -209,8 +211,9 @@ class Applier:
         handlers = track.projection.handlers
         registered = self.engine.types.entries()
         decoders: dict[str, Callable[[str], Any]] = {}
-        decoded = self._decoded
-        if len(decoded) > _DECODED_KEPT:
+        # Kept for the engine's other projections: none to keep it for when this is its only one.
+        decoded: dict[int, tuple[str, object]] | None = self._decoded if self.engine.sharing else None
+        if decoded is not None and len(decoded) > _DECODED_KEPT:
             decoded.clear()
         for stored in events:
             position, event_id, type_name, version, data, key, _recorded_at, _meta = stored  # cheaper than 5 lookups
@@ -222,8 +225,7 @@ class Applier:
             apply = handlers.get(entry.cls)
             if apply is None:
                 continue
-            known = decoded.get(position)
-            if known is not None and known[0] == event_id:
+            if decoded is not None and (known := decoded.get(position)) is not None and known[0] == event_id:
                 event = known[1]
             else:
                 decode = decoders.get(type_name)
@@ -234,7 +236,8 @@ class Applier:
                 except Exception:  # undecodable: parked by the general way, which says why
                     self.deal_with(track, session, stored, blocked)
                     continue
-                decoded[position] = (event_id, event)
+                if decoded is not None:
+                    decoded[position] = (event_id, event)
             try:
                 apply(event, session)
             except Exception as exc:

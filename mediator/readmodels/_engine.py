@@ -174,6 +174,11 @@ class ReadModels:
         registry.behaviour(ReadYourWrites(self), applies_to=Kind.QUERY)
 
     @property
+    def sharing(self) -> bool:
+        """Whether more than one projection runs here, so what one reads and decodes is kept for the others."""
+        return len(self._tracks) > 1
+
+    @property
     def projections(self) -> dict[str, Projection]:
         """The projections by name."""
         return {name: track.projection for name, track in self._tracks.items()}
