@@ -22,7 +22,7 @@ def test_a_count_is_read_from_valgrinds_report(monkeypatch: pytest.MonkeyPatch) 
     assert _instructions._count("hand", 10, True) == 1_234_567
 
 
-@pytest.mark.parametrize("mode", ["crud", "write", "apply:dashboard"])
+@pytest.mark.parametrize("mode", ["crud", "write", "apply:dashboard", "apply:all"])
 def test_each_checkout_breakdown_child_runs_with_and_without_its_work(mode: str) -> None:
     from benchmarks import _checkout_instructions
 
