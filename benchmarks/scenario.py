@@ -346,6 +346,11 @@ READER = "import sys; from benchmarks.scenario import reader; reader(sys.argv[1]
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _child_env() -> dict[str, str]:
+    """The environment of a reader or worker process: this one's, with the repository on ``PYTHONPATH``."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+
+
 def cqrs_shop(folder: Path) -> Shop:
     """The cqrs shop in ``folder`` as the README recommends running it on one machine: the log and the write model
     in ``cqrs.db``, the read models in ``cqrs-read.db`` (a file of their own: a smaller file the page cache keeps),
@@ -398,9 +403,8 @@ def reader(kind: str, folder: str, rate: int = 0) -> None:
 def under_load(kind: str, folder: Path, run: Callable[[], float], rate: int | None) -> tuple[float, float]:
     """``run()`` while another process reads the dashboard, ``rate`` times a second or flat out (``None``): its
     result, and the seconds per dashboard read served."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     with subprocess.Popen([sys.executable, "-c", READER, kind, str(folder), str(rate or 0)], stdin=subprocess.PIPE,
-                          stdout=subprocess.PIPE, text=True, env=env) as child:
+                          stdout=subprocess.PIPE, text=True, env=_child_env()) as child:
         assert child.stdout is not None
         try:
             if child.stdout.readline().strip() != "ready":
@@ -451,9 +455,8 @@ class ProjectionWorker:
     """A :func:`projection_worker` process on the cqrs shop in ``folder``, for as long as the ``with`` block runs."""
 
     def __init__(self, folder: Path) -> None:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
         self.child = subprocess.Popen([sys.executable, "-c", WORKER, str(folder)], stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, text=True, env=env)
+                                      stdout=subprocess.PIPE, text=True, env=_child_env())
         if self._read() != "ready":
             self.close()
             raise RuntimeError("The projection worker did not start (see its error above).")

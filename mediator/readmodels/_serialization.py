@@ -312,6 +312,14 @@ _PARSERS: dict[Any, Callable[[Any], Any]] = {
 _CONVERTERS: dict[Any, Callable[[Any], Any]] = {}
 
 
+def _converter_of(tp: Any) -> Callable[[Any], Any]:
+    """The cached conversion of JSON-compatible data into a ``tp``, worked out on first use."""
+    convert = _CONVERTERS.get(tp)
+    if convert is None:
+        convert = _CONVERTERS[tp] = _converter(tp)
+    return convert
+
+
 def from_data(tp: Any, data: Any) -> Any:
     """Build a value of type ``tp`` from JSON-compatible data (the inverse of :func:`to_data`).
 
@@ -433,7 +441,7 @@ def _homogeneous(build: Callable[[Any], Any], item_type: Any) -> Callable[[Any],
 
     def convert(data: Any) -> Any:
         if not found:
-            found.append(_CONVERTERS.get(item_type) or _CONVERTERS.setdefault(item_type, _converter(item_type)))
+            found.append(_converter_of(item_type))
         if type(data) is not list and type(data) is not tuple:  # text or an object is no array (not its letters)
             raise TypeError(f"expected an array, got {_short.repr(data)}")
         return build(map(found[0], data))
@@ -444,7 +452,7 @@ def _homogeneous(build: Callable[[Any], Any], item_type: Any) -> Callable[[Any],
 def json_converter(tp: Any) -> Callable[[str], Any]:
     """Decode JSON text written by ``dumps(to_data(value))`` into a value of type ``tp``: the C scanner for the
     compact text the encoder writes (``json.loads`` for anything else), then the type's cached converter."""
-    convert = _CONVERTERS.get(tp) or _CONVERTERS.setdefault(tp, _converter(tp))
+    convert = _converter_of(tp)
     loads, scan = json.loads, _SCAN
 
     def decode(data: str) -> Any:

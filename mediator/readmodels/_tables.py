@@ -36,7 +36,7 @@ from typing import Any, Generic, TypeVar, overload
 import attrs
 
 from .. import _codegen
-from .._fields import FieldChecker, Problems, field_checker, value_checker
+from .._fields import FieldChecker, Problems, field_checker, value_checker, within
 from .._messages import qualname
 from ._errors import ProjectionConfigError, RowFieldError, TableQueryError
 from ._serialization import json_converter, to_data
@@ -309,11 +309,9 @@ class Patching:
 class Patcher:
     """How ``patch`` stores the fields it was given (the same names, in the same order, each time)."""
 
-    names: tuple[str, ...]
-    """The fields, in column order."""
     at: tuple[int, ...]
     checks: tuple[tuple[str, FieldChecker | None, Callable[[Any], Any] | None, bool], ...]
-    """Per field: its name, its check, its encoder and whether it may be ``None``."""
+    """Per field, in column order: its name, its check, its encoder and whether it may be ``None``."""
     row: type
 
     def encode(self, changes: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -323,17 +321,15 @@ class Patcher:
             RowFieldError: if a value does not hold its field's declared type.
         """
         out = []
-        errors: dict[str, list[str]] = {}
+        found: Problems = ()
         for name, check, encode, nullable in self.checks:
             value = changes[name]
             if check is not None and (problems := check(value)):
-                for path, problem in problems:
-                    errors.setdefault(name + ("" if not path else path if path[0] == "[" else f".{path}"),
-                                      []).append(problem)
+                found += within(name, problems)
                 continue
             out.append(value if encode is None or (nullable and value is None) else encode(value))
-        if errors:
-            raise RowFieldError(self.row, errors)
+        if found:
+            _refuse(self.row, found)
         return tuple(out)
 
 
@@ -469,7 +465,7 @@ class Table(Generic[R]):
         if codec.patchable:
             ordered = sorted(names, key=codec.index.__getitem__)
             columns = [codec.columns[codec.index[name]] for name in ordered]
-            patcher = Patcher(tuple(ordered), tuple(codec.index[name] for name in ordered), tuple(
+            patcher = Patcher(tuple(codec.index[name] for name in ordered), tuple(
                 (c.name, value_checker(codec.hints[c.name]), c.encode, c.nullable) for c in columns), self.row)
         self._patchers[names] = patcher
         return patcher

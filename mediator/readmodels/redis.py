@@ -283,8 +283,9 @@ class RedisProjectionSession(ProjectionSession):
     def patch_rows(self, table: Table[Any], physical: str, at: tuple[int, ...], rows: list[tuple[Any, ...]]) -> None:
         indexes = self._store._indexes(table, physical)
         count = len(at)
-        old = self._seen(indexes, [_key_json(row[count:]) for row in rows])  # one round trip for the batch
-        patched = (Patching(row[:count], at).onto(old[_key_json(row[count:])]) for row in rows)
+        keys = [_key_json(row[count:]) for row in rows]
+        old = self._seen(indexes, keys)  # one round trip for the batch
+        patched = (Patching(row[:count], at).onto(old[key]) for row, key in zip(rows, keys, strict=True))
         self.write_rows(table, physical, [values for values in patched if values is not None], [])
 
     def select_rows(self, table: Table[Any], physical: str, query: Query) -> Sequence[Sequence[Any]]:
