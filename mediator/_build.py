@@ -354,6 +354,8 @@ def _compile_route(
     chain = _chain(terminal, steps)
     if kind is Kind.STREAM:
         entry = (_pipeline.stream_async if is_async else _pipeline.stream_sync)(chain, needs_scope)
+    elif needs_scope and not steps and invoker.inline is not None:
+        entry = _pipeline.scoped_inline(invoker.inline, chain, is_async, invoker.is_async)
     else:
         entry = _scope_wrapper(is_async)(chain) if needs_scope else chain
     routes.entries[kind][message_type] = entry

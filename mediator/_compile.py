@@ -21,6 +21,7 @@ from ._di import (
     Lifetime,
     Provider,
     arguments,
+    fresh_builder,
     positional_names,
     type_hints,
 )
@@ -37,6 +38,22 @@ class Invoker:
     needs_scope: bool
     is_async: bool
     description: str
+    inline: InlineCall | None = None
+    """The same call as source, for an entry that opens the dispatch's scope itself (``None``: call ``call``)."""
+
+
+@attrs.frozen
+class InlineCall:
+    """An invoker's call written out, for the generated entry that opens a new scope and runs it at once.
+
+    ``expression`` reads the locals ``message`` and ``scope`` and the globals in ``namespace``; it also reads a
+    local for each service in ``fresh`` (service key -> (local name, class)), which the entry makes in its new
+    scope first: scoped context managers with no dependencies (:func:`fresh_builder`).
+    """
+
+    namespace: dict[str, Any]
+    expression: str
+    fresh: dict[Any, tuple[str, type]]
 
 
 def type_name(tp: Any) -> str:
@@ -168,7 +185,7 @@ def compile_call(
         if provider is None:
             return None
         return Invoker(_instance_call(func, provider), provider.needs_scope or provider.dispatches,
-                       _is_async(func), _describe(target, provider))
+                       _is_async(func), _describe(target, provider), _inline_instance_call(func, provider))
     if callable(target):
         label = qualname(target)
         if kind is not None:
@@ -179,7 +196,8 @@ def compile_call(
         call, needs_scope = _function_call(target, deps)
         names = ", ".join(d.describe() for d in deps.values())
         dispatches = any(d.dispatches for d in deps.values())
-        return Invoker(call, needs_scope or dispatches, _is_async(target), f"{label}({names})" if names else label)
+        return Invoker(call, needs_scope or dispatches, _is_async(target), f"{label}({names})" if names else label,
+                       _inline_function_call(target, deps))
     build.problem(f"{target!r} is neither a class with {method}() nor a function.")
     return None
 
@@ -223,3 +241,27 @@ def _function_call(func: Callable[..., Any], deps: dict[str, Provider]) -> tuple
     lines = [SCOPE_LINE] if needs_scope else []
     lines.append(f"return {handler}(message, {args})")
     return _codegen.function("call", ["message"], lines, namespace, about=qualname(func)), needs_scope
+
+
+def _inline_function_call(func: Callable[..., Any], deps: dict[str, Provider]) -> InlineCall | None:
+    """:func:`_function_call` as an :class:`InlineCall`, when some dependency is worth making inline."""
+    if not any(fresh_builder(d) is not None for d in deps.values()):
+        return None
+    namespace = _codegen.Namespace()
+    fresh: dict[Any, tuple[str, type]] = {}
+    handler = namespace.add(getattr(func, "__name__", "handler"), func)
+    args, _ = arguments(deps, namespace, positional_names(func, 1), fresh=fresh)
+    return InlineCall(namespace, f"{handler}(message, {args})", fresh)
+
+
+def _inline_instance_call(func: Callable[[Any, Any], Any], provider: Provider) -> InlineCall | None:
+    """:func:`_instance_call` as an :class:`InlineCall`, for a transient handler class with such dependencies."""
+    if not (provider.lifetime is Lifetime.TRANSIENT and provider.builder is not None
+            and any(fresh_builder(d) is not None for d in provider.deps)):
+        return None
+    namespace = _codegen.Namespace(handle=func)
+    fresh: dict[Any, tuple[str, type]] = {}
+    build = namespace.add(getattr(provider.builder, "__name__", "builder"), provider.builder)
+    args, _ = arguments(provider.dep_names, namespace, positional_names(provider.builder, 0), provider.given,
+                        fresh=fresh)
+    return InlineCall(namespace, f"handle({build}({args}), message)", fresh)

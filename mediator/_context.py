@@ -334,18 +334,38 @@ class DispatchContext:
         return depth
 
 
-def root_context(message: object, is_async: bool, _new: Callable[[type], Any] = object.__new__) -> DispatchContext:
+class RootScope(Scope):
+    """A :class:`Scope` made without arguments or ``__init__``: the one a root dispatch opens for itself.
+
+    Whoever makes one sets ``_instances`` and ``_exits``; everything else is the class defaults. Calling a class
+    whose ``__init__`` is ``object``'s is the cheapest way CPython makes an instance.
+    """
+
+    __init__ = object.__init__
+
+
+class RootAsyncScope(RootScope):
+    """A :class:`RootScope` for the async mediator: its resources may be awaited when it closes."""
+
+    _is_async = True
+
+
+class RootContext(DispatchContext):
+    """A :class:`DispatchContext` made without ``__init__``; whoever makes one sets ``scope`` and ``message``."""
+
+    __init__ = object.__init__
+
+
+def root_context(message: object, is_async: bool) -> DispatchContext:
     """The context of a root dispatch of ``message`` in a new scope of its own (no ids yet, no principal).
 
     The same as ``DispatchContext(Scope(is_async), message, None)``, made without calling either ``__init__``:
     every dispatch whose chain needs a scope pays for this.
     """
-    scope = _new(Scope)
+    scope = RootAsyncScope() if is_async else RootScope()
     scope._instances = {}
     scope._exits = []
-    if is_async:
-        scope._is_async = True
-    context = _new(DispatchContext)
+    context = RootContext()
     context.scope = scope
     context.message = message
     return typing.cast(DispatchContext, context)

@@ -313,18 +313,40 @@ def positional_names(func: Any, skip: int) -> list[str]:
     return names
 
 
+def fresh_builder(provider: Provider) -> type | None:
+    """The class to make ``provider``'s instance with, when a new scope can make it inline: ``None`` if not.
+
+    That is a scoped context-manager class with no dependencies: made, entered and registered for its exit, with
+    nothing to look up or resolve first.
+    """
+    builder = provider.builder
+    if (provider.lifetime is Lifetime.SCOPED and isinstance(builder, type) and not provider.dep_names
+            and not provider.given and _context.exit_of(builder) is _context._EXIT):
+        return builder
+    return None
+
+
 def arguments(deps: dict[str, Provider], namespace: _codegen.Namespace, order: list[str] | None = None,
-              given: dict[str, Any] | None = None) -> tuple[str, bool]:
+              given: dict[str, Any] | None = None,
+              fresh: dict[Any, tuple[str, type]] | None = None) -> tuple[str, bool]:
     """Render the call arguments for ``deps``; say whether any needs the ``scope`` variable.
 
     Each dependency is named in ``namespace`` after its parameter (its value for a singleton, ``make_<name>``
     for a factory). When the names are exactly the leading parameters in ``order``, they are passed by
     position (cheaper to call); otherwise by keyword.
+
+    With ``fresh`` (for code that runs first thing in a scope it has just opened), a dependency that
+    :func:`fresh_builder` can make is rendered as a local variable instead (``_fresh_<n>``: a name
+    :class:`~mediator._codegen.Namespace` never hands out), recorded in ``fresh`` as its service key -> (local,
+    class); the caller makes it.
     """
     expressions: dict[str, str] = {name: namespace.add(name, value) for name, value in (given or {}).items()}
     needs_scope = False
     for name, dep in deps.items():
-        if dep.make is None:
+        if fresh is not None and (builder := fresh_builder(dep)) is not None:
+            expressions[name] = fresh.setdefault(dep.service, (f"_fresh_{len(fresh) + 1}", builder))[0]
+            needs_scope = True
+        elif dep.make is None:
             expressions[name] = namespace.add(name, dep.value)
         else:
             maker = namespace.add(f"make_{name}", dep.make)

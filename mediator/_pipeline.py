@@ -12,10 +12,13 @@ from __future__ import annotations
 import inspect
 import types
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from . import _context
+from . import _codegen, _context
 from ._context import DispatchContext, Scope
+
+if TYPE_CHECKING:
+    from ._compile import InlineCall
 
 M = TypeVar("M")
 R = TypeVar("R")
@@ -138,6 +141,88 @@ def scoped_sync(chain: Callable[[Any], Any]) -> Callable[[Any], Any]:
             current.reset(token)
 
     return run
+
+
+def scoped_inline(inline: InlineCall, chain: Callable[[Any], Any], is_async: bool,
+                  awaits: bool) -> Callable[[Any], Any]:
+    """:func:`scoped_sync` (or ``scoped_async``) with the handler's call written into it: one generated function.
+
+    For a chain that is only its handler (no behaviour) and a handler with a scoped context-manager
+    dependency, such as a session: a root dispatch opens its scope, makes and enters those dependencies inline
+    (the scope is new, so nobody else can have made them), calls the handler and closes the scope. A nested
+    dispatch joins its parent's scope and calls ``chain``, as ``scoped_sync`` does. ``awaits`` says whether the
+    handler's call is awaited (an async handler on the async mediator).
+
+    A lone such dependency (the usual case: one session) is exited inline as well, and joins the scope's exits
+    only if the scope has others to close: it is the oldest, so it goes first in the list, and is exited last.
+    """
+    namespace = _codegen.Namespace(inline.namespace)
+    names = {hint: namespace.add(hint, value) for hint, value in (
+        ("current", _context._current), ("chain", chain), ("context_class", DispatchContext),
+        ("new_scope", _context.RootAsyncScope if is_async else _context.RootScope),
+        ("new_context", _context.RootContext), ("exit_how", _context._EXIT))}
+    current, chain_, context_class, how = names["current"], names["chain"], names["context_class"], names["exit_how"]
+    wait, close = ("await ", "await scope.aclose") if is_async else ("", "scope.close")
+    made = [(local, namespace.add(builder.__name__, builder), namespace.add(f"key_{builder.__name__}", key))
+            for key, (local, builder) in inline.fresh.items()]
+    lines = [
+        f"_parent = {current}.get()",
+        "if _parent is not None:",
+        f"    _token = {current}.set({context_class}(_parent.scope, message, _parent))",
+        "    try:",
+        f"        return {wait}{chain_}(message)",
+        "    finally:",
+        f"        {current}.reset(_token)",
+        f"scope = {names['new_scope']}()",
+        "scope._instances = _instances = {}",
+        "scope._exits = _exits = []",
+        f"_ctx = {names['new_context']}()",
+        "_ctx.scope = scope",
+        "_ctx.message = message",
+        f"_token = {current}.set(_ctx)",
+        "try:",
+    ]
+    call = f"_result = {'await ' if awaits else ''}{inline.expression}"
+    if len(made) == 1:
+        ((local, builder, key),) = made
+        lines += [
+            "    try:",
+            f"        _made = {builder}()",
+            f"        {local} = _made.__enter__()",
+            "    except BaseException as _exc:",
+            f"        {close}(_exc)",
+            "        raise",
+            f"    if {local} is None:",
+            f"        {local} = _made",
+            f"    _instances[{key}] = {local}",
+            "    try:",
+            f"        {call}",
+            "    except BaseException as _exc:",
+            f"        _exits.insert(0, ({how}, _made.__exit__))",
+            f"        {close}(_exc)",
+            "        raise",
+            "    if _exits:",
+            f"        _exits.insert(0, ({how}, _made.__exit__))",
+            f"        {close}(None)",
+            "    else:",
+            "        scope._closed = True",
+            "        _made.__exit__(None, None, None)",
+        ]
+    else:
+        lines.append("    try:")
+        for local, builder, key in made:
+            lines += [
+                f"        {local}_made = {builder}()",
+                f"        {local} = {local}_made.__enter__()",
+                f"        if {local} is None:",
+                f"            {local} = {local}_made",
+                f"        _exits.append(({how}, {local}_made.__exit__))",
+                f"        _instances[{key}] = {local}",
+            ]
+        lines += [f"        {call}", "    except BaseException as _exc:", f"        {close}(_exc)", "        raise",
+                  f"    {close}(None)"]
+    lines += ["    return _result", "finally:", f"    {current}.reset(_token)"]
+    return _codegen.function("run", ["message"], lines, namespace, about="a scoped dispatch", is_async=is_async)
 
 
 def scoped_async(chain: Callable[[Any], Awaitable[Any]]) -> Callable[[Any], Awaitable[Any]]:

@@ -491,3 +491,211 @@ def test_event_ids_are_version_7_uuids_in_hex_ordered_by_time() -> None:
     assert len(same_millisecond) == 500  # and the rest is random
     for position in (13, 20, 31):
         assert len({value[position] for value in same_millisecond}) == 16
+
+
+# --- a handler whose scoped context managers its entry makes inline (_pipeline.scoped_inline) ---------------------
+
+class Journal:
+    """A scoped context manager with no dependencies, recording into a shared log."""
+
+    log: list[tuple[str, Any]] = []
+
+    def __enter__(self) -> "Journal":
+        Journal.log.append(("enter", self))
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        Journal.log.append(("exit", exc))
+
+
+class Bare:
+    """A context manager whose ``__enter__`` returns None: the scope's instance is the object itself."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+class NeedsJournal:
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+
+
+@pytest.fixture
+def journal_log() -> list[tuple[str, Any]]:
+    Journal.log = []
+    return Journal.log
+
+
+def _is_inline(mediator: Any, message_type: type) -> bool:
+    entry = mediator._commands[message_type]
+    return "scoped dispatch" in entry.__code__.co_filename
+
+
+def test_inline_scoped_dependency_is_entered_before_and_exited_after_the_handler(journal_log: list[Any]) -> None:
+    seen: list[Any] = []
+
+    def handler(command: Add, journal: Journal, bare: Bare) -> int:
+        seen.extend((journal, bare, current_context().scope.get(Journal), current_context().scope.get(Bare)))
+        assert journal_log[-1] == ("enter", journal)
+        return command.value
+
+    reg = Registry()
+    reg.scoped(Journal)
+    reg.scoped(Bare)
+    reg.handle(Add).by(handler)
+    mediator = reg.build()
+    assert _is_inline(mediator, Add)
+    assert mediator.send(Add(value=3)) == 3
+    journal, bare, scoped_journal, scoped_bare = seen
+    assert scoped_journal is journal
+    assert isinstance(bare, Bare)
+    assert scoped_bare is bare
+    assert journal_log == [("enter", journal), ("exit", None)]
+    mediator.send(Add(value=4))
+    assert seen[4] is not journal  # a scope, and a journal, per root dispatch
+
+
+def test_inline_scoped_dependency_is_exited_with_the_handlers_exception(journal_log: list[Any]) -> None:
+    def handler(command: Fail, journal: Journal) -> None:
+        if command.reason == "with a callback":
+            current_context().scope.on_exit(lambda exc: journal_log.append(("callback", exc)))
+        raise RuntimeError(command.reason)
+
+    reg = Registry()
+    reg.scoped(Journal)
+    reg.handle(Fail).by(handler)
+    mediator = reg.build()
+    assert _is_inline(mediator, Fail)
+    with pytest.raises(RuntimeError, match="boom") as raised:
+        mediator.send(Fail(reason="boom"))
+    assert [what for what, _ in journal_log] == ["enter", "exit"]
+    assert journal_log[1][1] is raised.value
+    journal_log.clear()
+    with pytest.raises(RuntimeError, match="with a callback") as raised:
+        mediator.send(Fail(reason="with a callback"))
+    assert [what for what, _ in journal_log] == ["enter", "callback", "exit"]  # newest first, the journal last
+    assert journal_log[1][1] is raised.value
+    assert journal_log[2][1] is raised.value
+
+
+def test_inline_scope_closes_everything_the_handler_added_newest_first(journal_log: list[Any]) -> None:
+    def handler(command: Add, journal: Journal, uow: UnitOfWork) -> int:
+        current_context().scope.on_exit(lambda exc: journal_log.append(("callback", exc)))
+        return 1
+
+    def make_uow() -> UnitOfWork:  # a factory, not a class: made through the scope's getter, after Journal
+        return UnitOfWork()
+
+    reg = Registry()
+    reg.scoped(Journal)
+    reg.scoped(UnitOfWork, make_uow)
+    reg.handle(Add).by(handler)
+    mediator = reg.build()
+    assert _is_inline(mediator, Add)
+    mediator.send(Add(value=1))
+    assert [what for what, _ in journal_log] == ["enter", "callback", "exit"]
+    (uow,) = UnitOfWork.instances
+    assert uow.outcome == "commit"
+
+
+def test_inline_scope_is_shared_with_dependencies_and_nested_dispatches(journal_log: list[Any]) -> None:
+    seen: list[Any] = []
+
+    def inner(query: GetName, journal: Journal) -> str:
+        seen.append(journal)
+        return "inner"
+
+    def outer(command: Add, journal: Journal, again: Journal, needs: NeedsJournal, mediator: Mediator) -> int:
+        seen.extend((journal, again, needs.journal))
+        assert mediator.ask(GetName(id=1)) == "inner"
+        return 0
+
+    reg = Registry()
+    reg.scoped(Journal)
+    reg.transient(NeedsJournal)
+    reg.handle(Add).by(outer)
+    reg.handle(GetName).by(inner)
+    mediator = reg.build()
+    assert _is_inline(mediator, Add)
+    mediator.send(Add(value=1))
+    first, *others = seen
+    assert all(o is first for o in others)
+    assert len(others) == 3
+    assert journal_log == [("enter", first), ("exit", None)]
+
+
+def test_inline_transient_handler_class_gets_its_scoped_dependency(journal_log: list[Any]) -> None:
+    class Handler:
+        def __init__(self, journal: Journal) -> None:
+            self.journal = journal
+
+        def handle(self, command: Add) -> int:
+            assert journal_log == [("enter", self.journal)]
+            return command.value * 2
+
+    reg = Registry()
+    reg.scoped(Journal)
+    reg.handle(Add).by(Handler, lifetime=Lifetime.TRANSIENT)
+    mediator = reg.build()
+    assert _is_inline(mediator, Add)
+    assert mediator.send(Add(value=2)) == 4
+    assert [what for what, _ in journal_log] == ["enter", "exit"]
+
+
+def test_inline_scope_exits_what_it_entered_when_a_later_dependency_fails(journal_log: list[Any]) -> None:
+    class Broken:
+        def __enter__(self) -> "Broken":
+            raise ConnectionError("down")
+
+        def __exit__(self, *exc: object) -> None:
+            raise AssertionError("never entered, never exited")
+
+    def handler(command: Add, journal: Journal, broken: Broken) -> int:
+        raise AssertionError("not reached")
+
+    reg = Registry()
+    reg.scoped(Journal)
+    reg.scoped(Broken)
+    reg.handle(Add).by(handler)
+    mediator = reg.build()
+    with pytest.raises(ConnectionError):
+        mediator.send(Add(value=1))
+    assert [what for what, _ in journal_log] == ["enter", "exit"]
+    assert isinstance(journal_log[1][1], ConnectionError)
+
+
+def test_inline_scope_on_the_async_mediator(journal_log: list[Any]) -> None:
+    async def handler(command: Add, journal: Journal) -> int:
+        await asyncio.sleep(0)
+        assert current_context().scope.get(Journal) is journal
+        return command.value
+
+    def sync_handler(query: GetName, journal: Journal) -> str:
+        return "sync"
+
+    async def failing(command: Fail, journal: Journal) -> None:
+        raise RuntimeError(command.reason)
+
+    reg = Registry()
+    reg.scoped(Journal)
+    reg.handle(Add).by(handler)
+    reg.handle(GetName).by(sync_handler)
+    reg.handle(Fail).by(failing)
+    mediator = reg.build_async()
+    assert _is_inline(mediator, Add)
+
+    async def main() -> None:
+        assert await mediator.send(Add(value=5)) == 5
+        assert await mediator.ask(GetName(id=1)) == "sync"
+        with pytest.raises(RuntimeError, match="late"):
+            await mediator.send(Fail(reason="late"))
+        async with mediator.scope():  # an explicit scope: every dispatch joins it
+            await mediator.send(Add(value=1))
+            await mediator.ask(GetName(id=1))
+
+    asyncio.run(main())
+    assert [what for what, _ in journal_log] == ["enter", "exit"] * 3 + ["enter", "exit"]
+    assert isinstance(journal_log[5][1], RuntimeError)
