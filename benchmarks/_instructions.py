@@ -15,11 +15,14 @@ the work. Run as ``python -m benchmarks._instructions MODE N`` under valgrind by
   upserted by batched ``executemany`` (the ``projection_apply`` pair); the log is
   filled in both, so the difference is the applying alone;
 - ``typed``: the same events projected into a typed table (``TypedBalances``),
-  against ``apply`` (the ``typed_projection`` pair).
+  against ``apply`` (the ``typed_projection`` pair);
+- ``dispatch:SCENARIO:FAMILY:IMPLEMENTATION``: ``N`` dispatches of the dispatch
+  suite's ``this`` or ``baseline`` (:func:`per_dispatch`).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -40,6 +43,7 @@ def _count(mode: str, n: int, work: bool) -> int:
         ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-m",
          "benchmarks._instructions", mode, str(n), "work" if work else "idle"],
         capture_output=True, text=True, timeout=900, check=True, cwd=Path(__file__).resolve().parents[1],
+        env={**os.environ, "PYTHONHASHSEED": "0"},  # the same string hashes, so the same dict probes, in both
     )
     return refs(done.stderr)
 
@@ -57,7 +61,39 @@ def per_operation(mode: str, n: int) -> float:
     return (_count(mode, n, True) - _count(mode, n, False)) / n
 
 
+def per_dispatch(scenario: str, family: str, implementation: str, n: int) -> float:
+    """Instructions per dispatch of the dispatch suite's ``implementation`` (``this`` or ``baseline``)."""
+    return per_operation(f"dispatch:{scenario}:{family}:{implementation}", n)
+
+
+def _dispatching(mode: str, n: int, work: bool) -> None:
+    import asyncio
+
+    from . import dispatch
+
+    _, scenario, family, implementation = mode.split(":")
+    call, message = dispatch.one_message_call(scenario, family == "async", implementation)
+    rounds = n if work else 0
+    if family == "async":
+
+        async def loop() -> None:
+            for _ in range(200):  # warm: first-call paths, the event loop
+                await call(message)
+            for _ in range(rounds):
+                await call(message)
+
+        asyncio.run(loop())
+        return
+    for _ in range(200):
+        call(message)
+    for _ in range(rounds):
+        call(message)
+
+
 def _child(mode: str, n: int, work: bool) -> None:
+    if mode.startswith("dispatch:"):
+        _dispatching(mode, n, work)
+        return
     from . import sync
 
     with sync.quiet_logging(), tempfile.TemporaryDirectory(prefix="mediator-instructions-") as tmp:

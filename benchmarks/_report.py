@@ -58,7 +58,7 @@ def _bars(path: Path, labels: Sequence[str], series: Mapping[str, Sequence[float
 
 def dispatch_chart(results: Sequence[Result], path: Path) -> bool:
     """Time per dispatch as a ratio to the direct call: this, the hand-written baseline, the fastest peer."""
-    rows = [r for r in results if r.suite == "dispatch"]
+    rows = [r for r in results if r.suite == "dispatch" and not r.family.endswith(" instructions")]
     if not rows:
         return False
     groups = list(dict.fromkeys((r.scenario, r.family) for r in rows))

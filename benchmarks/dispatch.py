@@ -14,6 +14,7 @@ it is timed. Ratios are to ``direct`` in the same run.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextvars
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -22,8 +23,8 @@ import attrs
 
 from mediator import Command, Event, Lifetime, Registry, Scope
 
-from . import peers
-from ._harness import Result, Settings, run_once, time_async, time_async0, time_sync, time_sync0
+from . import _instructions, peers
+from ._harness import TINY, Result, Settings, run_once, time_async, time_async0, time_sync, time_sync0
 from ._progress import phase, tick
 
 VALUE = peers.VALUE
@@ -323,7 +324,16 @@ def _this(scenario: str, is_async: bool) -> Impl:
         mediator = registry.build_async() if is_async else registry.build()
         event = Added(value=VALUE)
         return _counting(_one_arg("this", mediator.publish, event, is_async, lambda _r: True), box)
-    elif scenario == "transient_1_dep":
+    else:
+        return _one_arg("this", _this_send(scenario, is_async), message, is_async, _is_42)
+    mediator = registry.build_async() if is_async else registry.build()
+    return _one_arg("this", mediator.send, message, is_async, _is_42)
+
+
+def _this_send(scenario: str, is_async: bool) -> Callable[[Any], Any]:
+    """This project's ``send`` wired for a one-command scenario other than the two above."""
+    registry = Registry()
+    if scenario == "transient_1_dep":
         registry.singleton(Offset)
         registry.handle(Add).by(AddWithOffsetAsync if is_async else AddWithOffset, lifetime=Lifetime.TRANSIENT)
     elif scenario == "scoped":
@@ -332,7 +342,20 @@ def _this(scenario: str, is_async: bool) -> Impl:
     else:
         raise ValueError(scenario)
     mediator = registry.build_async() if is_async else registry.build()
-    return _one_arg("this", mediator.send, message, is_async, _is_42)
+    return mediator.send
+
+
+def one_message_call(scenario: str, is_async: bool, implementation: str) -> tuple[Callable[[Any], Any], Any]:
+    """What ``this`` or ``baseline`` calls per dispatch in a one-command scenario, and the message it takes.
+
+    For counting instructions (:func:`benchmarks._instructions.per_dispatch`), where the timing wrappers would
+    only add their own.
+    """
+    if implementation == "baseline":
+        return _BASELINES[scenario](is_async), Add(value=VALUE)
+    if implementation == "this":
+        return _this_send(scenario, is_async), Add(value=VALUE)
+    raise ValueError(implementation)
 
 
 def _peer(module: Any, scenario: str, is_async: bool) -> Impl | None:
@@ -377,7 +400,38 @@ def run(settings: Settings, *, with_peers: bool = True, progress: Callable[[str]
                 tick(progress)
             floor = timed[0][1]
             results += [Result("dispatch", scenario, family, name, ns, ns / floor) for name, ns in timed]
+    if settings is not TINY and _instructions.available():
+        results += counted(progress)
     return results
+
+
+COUNTED = ("scoped",)
+"""Scenarios whose target is against the baseline: also counted in instructions, which the machine's noise does not
+move (a wall-clock ratio of two sub-microsecond calls moves by a tenth between runs)."""
+
+DISPATCHES_COUNTED = 5_000
+
+
+def counted(progress: Callable[[str], None]) -> list[Result]:
+    """``this`` and ``baseline`` of each :data:`COUNTED` scenario in instructions per dispatch (callgrind).
+
+    Their family is ``sync instructions`` / ``async instructions``; ``median_ns`` holds instructions and ``ratio``
+    is this to the baseline. About 20 s for each, most of it valgrind starting Python.
+    """
+    cases = [(scenario, family, name) for scenario in COUNTED for family in peers.FAMILIES
+             for name in ("baseline", "this")]
+    phase(progress, f"dispatch: {', '.join(COUNTED)} in instructions under callgrind", len(cases))
+
+    def count(case: tuple[str, str, str]) -> float:
+        found = _instructions.per_dispatch(*case, DISPATCHES_COUNTED)
+        tick(progress)
+        return found
+
+    # Two at a time: an instruction count does not depend on what else runs, and valgrind is slow to start.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        counts = dict(zip(cases, pool.map(count, cases), strict=True))
+    return [Result("dispatch", scenario, f"{family} instructions", name, found,
+                   found / counts[scenario, family, "baseline"]) for (scenario, family, name), found in counts.items()]
 
 
 TARGETS = {
@@ -389,21 +443,41 @@ TARGETS = {
 }
 """The issue's targets, as ratios of ``this`` to the floor."""
 
+BASELINE_TARGETS = {
+    ("scoped", "sync"): 1.5,
+    ("scoped", "async"): 1.5,
+}
+"""Targets stated against the hand-written baseline instead (#12): ratios of ``this`` to ``baseline``."""
+
+
+def _target(target: float | None) -> str:
+    return f"<= {target}x" if target else "-"
+
 
 def summary(results: list[Result]) -> str:
     """One line per scenario and family: this project against the floor, the baseline and the best peer."""
-    lines = ["| scenario | family | this / floor | target | baseline / floor | fastest peer | peer / this |",
-             "|---|---|---:|---:|---:|---|---:|"]
-    keys = dict.fromkeys((r.scenario, r.family) for r in results)
+    lines = ["| scenario | family | this / floor | target | this / baseline | target | baseline / floor "
+             "| fastest peer | peer / this |",
+             "|---|---|---:|---:|---:|---:|---:|---|---:|"]
+    keys = dict.fromkeys((r.scenario, r.family) for r in results if not r.family.endswith(" instructions"))
     for scenario, family in keys:
         rows = {r.implementation: r for r in results if (r.scenario, r.family) == (scenario, family)}
         this, baseline = rows["this"], rows["baseline"]
         peer_rows = [r for name, r in rows.items() if name not in ("direct", "baseline", "this")]
         best = min(peer_rows, key=lambda r: r.median_ns, default=None)
-        target = TARGETS.get((scenario, family))
         lines.append(
-            f"| {scenario} | {family} | {this.ratio:.2f}x | {f'<= {target}x' if target else '-'} "
+            f"| {scenario} | {family} | {this.ratio:.2f}x | {_target(TARGETS.get((scenario, family)))} "
+            f"| {this.median_ns / baseline.median_ns:.2f}x | {_target(BASELINE_TARGETS.get((scenario, family)))} "
             f"| {baseline.ratio:.2f}x | {best.implementation if best else '-'} "
             f"| {f'{best.median_ns / this.median_ns:.1f}x slower' if best else '-'} |"
         )
+    counts = [r for r in results if r.family.endswith(" instructions") and r.implementation == "this"]
+    if counts:
+        lines += ["", "| scenario | family | instructions per dispatch, this | baseline | this / baseline | target |",
+                  "|---|---|---:|---:|---:|---:|"]
+        for this in counts:
+            family = this.family.removesuffix(" instructions")
+            lines.append(f"| {this.scenario} | {family} (callgrind) | {this.median_ns:,.0f} "
+                         f"| {this.median_ns / this.ratio:,.0f} | {this.ratio:.2f}x "
+                         f"| {_target(BASELINE_TARGETS.get((this.scenario, family)))} |")
     return "\n".join(lines)

@@ -58,3 +58,28 @@ def test_command_line_writes_the_shared_json_format(tmp_path: Path, capsys: pyte
     assert "| send | sync | this |" in report
     assert "- command: `python -m benchmarks dispatch --tiny --no-peers" in report
     assert json.loads((tmp_path / "report" / "results.json").read_text()) == rows
+
+
+def test_the_counted_scenarios_are_reported_against_the_baseline(monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmarks import _instructions
+
+    asked: list[tuple[str, str, str, int]] = []
+
+    def per_dispatch(scenario: str, family: str, implementation: str, n: int) -> float:
+        asked.append((scenario, family, implementation, n))
+        return {"baseline": 8000.0, "this": 10000.0}[implementation] + (500 if family == "async" else 0)
+
+    monkeypatch.setattr(_instructions, "per_dispatch", per_dispatch)
+    counted = dispatch.counted(lambda line: None)
+    assert sorted(asked) == sorted((s, f, i, dispatch.DISPATCHES_COUNTED) for s in dispatch.COUNTED
+                                   for f in peers.FAMILIES for i in ("baseline", "this"))
+    by = {(r.family, r.implementation): r for r in counted}
+    assert by["sync instructions", "this"].ratio == pytest.approx(1.25)
+    assert by["async instructions", "this"].ratio == pytest.approx(10500 / 8500)
+    assert by["sync instructions", "baseline"].ratio == 1.0
+    timed = dispatch.run(TINY, with_peers=False, progress=lambda line: None)  # TINY counts nothing
+    assert not [r for r in timed if r.family.endswith("instructions")]
+    table = dispatch.summary(timed + counted)
+    assert "| scoped | sync (callgrind) | 10,000 | 8,000 | 1.25x | <= 1.5x |" in table
+    assert "| scoped | async (callgrind) | 10,500 | 8,500 | 1.24x | <= 1.5x |" in table
+    assert table.count("| scoped | sync |") == 1  # the timed row, once: the counts are a table of their own
