@@ -71,7 +71,13 @@ Scenarios (``ratio`` is this / reference, times, so lower is better):
   SQLite (the cqrs shop) and from the same projection's read model in Redis (a second shop, fed the same
   catalogue, whose ``inventory`` projection keeps it in a :class:`~mediator.readmodels.redis.RedisReadStore` at
   ``MEDIATOR_BENCH_REDIS``), called in turn; reference: SQLite. Left out, saying why, without a Redis.
-- ``projection_lag_p50`` / ``_p99`` (cqrs; families ``"alone"`` and each load's):
+- ``checkout_paced`` (cqrs; families ``"paced alone"`` and ``"paced under dashboard load"``): time per checkout
+  when the writer offers :data:`PACE` (0.5) times crud's checkout rate alone, on a fixed schedule, with the
+  worker running (and, in the second, the dashboard reader offering :data:`DASHBOARD_RATE` reads a second);
+  reference: crud alone. Back to back, the writer outruns the one worker applying six projections, and the lag
+  measured then is mostly the queue the burst leaves; paced at #12's target rate, the lag says whether every
+  projection keeps up at that rate.
+- ``projection_lag_p50`` / ``_p99`` (cqrs; families ``"alone"``, each load's and each paced one's):
   from a checkout's events being stamped, just before its commit, to the last of
   the six projections committing them (``engine.on_batch`` runs after each batch
   commits, in the worker process); reference: itself.
@@ -139,6 +145,11 @@ DASHBOARD_RATE = 50
 LOADS: dict[str, int | None] = {"under dashboard load": DASHBOARD_RATE, "under a flat-out dashboard reader": None}
 """The checkout runs beside a reader process: its family, and the reads a second it offers (``None``: flat out)."""
 FAMILIES = ("alone", *LOADS)
+PACE = 0.5
+"""The paced checkouts offer this share of crud's checkout rate alone: #12's target, cqrs >= 0.5x crud with every
+projection keeping up."""
+PACED: dict[str, int | None] = {"paced alone": 0, "paced under dashboard load": DASHBOARD_RATE}
+"""The paced checkout's families, and the dashboard reads a second offered beside it (0: no reader)."""
 Cart = tuple[str, tuple[tuple[str, int], ...]]
 """A checkout: the customer, and ``(product_id, quantity)`` per line."""
 Place = Callable[[str, tuple[tuple[str, int], ...]], object]
@@ -318,6 +329,23 @@ def throughput(place: Place, orders: Sequence[Cart], seconds: float) -> float:
         place(customer_id, items)
         done += 1
     return (clock() - started) / done
+
+
+def paced(place: Place, orders: Sequence[Cart], seconds: float, rate: float) -> float:
+    """Seconds per checkout, offering ``rate`` checkouts a second for ``seconds`` on a fixed schedule: one that is
+    due starts at once, however late (a writer slower than the rate sends back to back), one that is not waits."""
+    clock = time.perf_counter
+    started = clock()
+    deadline, done = started + seconds, 0
+    while (now := clock()) < deadline:
+        early = started + done / rate - now
+        if early > 0:
+            time.sleep(min(early, deadline - now))
+            continue
+        customer_id, items = orders[done % len(orders)]
+        place(customer_id, items)
+        done += 1
+    return (clock() - started) / max(done, 1)
 
 
 class LagProbe:
@@ -526,6 +554,17 @@ def measure_checkouts(both: Both, folder: Path, size: Size, rng: random.Random,
                         kind, folder, run, LOADS[family])
                 if worker is not None:
                     out.update(lag_of(engine, worker, family))
+            if worker is not None:
+                rate = PACE / out["crud alone"]
+                for family, reads in PACED.items():
+                    progress(f"scenario: cqrs checkout {family}, {rate:,.0f}/s offered for {size.checkout_seconds:g} s")
+                    worker.arm()
+                    run = functools.partial(paced, place, orders, size.checkout_seconds, rate)
+                    if reads:
+                        out[f"cqrs {family}"], out[f"cqrs reader {family}"] = under_load(kind, folder, run, reads)
+                    else:
+                        out[f"cqrs {family}"] = run()
+                    out.update(lag_of(engine, worker, family))
     return out
 
 
@@ -579,7 +618,10 @@ def checkout_results(results: list[Result], measured: dict[str, float]) -> None:
             results.append(Result("scenario", "checkout_loaded", family, kind, loaded * 1e9, loaded / alone))
             results.append(Result("scenario", "dashboard_reader", family, kind, reader * 1e9,
                                   reader / measured[f"crud reader {family}"]))
-    for family in FAMILIES:
+    for family in PACED:
+        offered = measured[f"cqrs {family}"]
+        results.append(Result("scenario", "checkout_paced", family, "cqrs", offered * 1e9, offered / crud))
+    for family in (*FAMILIES, *PACED):
         for q in ("p50", "p99"):
             lag = measured[f"lag {q} {family}"]
             results.append(Result("scenario", f"projection_lag_{q}", family, "cqrs", lag * 1e9, 1.0))
@@ -740,7 +782,20 @@ def _checkout_rows(by: Found) -> list[str]:
         ]
     for family in FAMILIES:
         lag50, lag99 = (by[(f"projection_lag_{q}", family, "cqrs")].median_ns / 1e6 for q in ("p50", "p99"))
-        lines.append(f"| projection lag p50 / p99, checkout {family} | - | {lag50:,.1f} / {lag99:,.1f} ms | - | - |")
+        lines.append(f"| projection lag p50 / p99, checkout {family} (back to back) | - | {lag50:,.1f} / "
+                     f"{lag99:,.1f} ms | - | - (the writer flat out: see the paced rows) |")
+    for family, offered_reads in PACED.items():
+        achieved = per_second("checkout_paced", family, "cqrs")
+        lag50, lag99 = (by[(f"projection_lag_{q}", family, "cqrs")].median_ns / 1e6 for q in ("p50", "p99"))
+        limit = 250 if offered_reads else 100
+        beside = f", {offered_reads} dashboard reads a second offered" if offered_reads else ""
+        lines += [
+            f"| checkout {family} ({PACE:g}x crud's rate alone offered{beside}) | - | {achieved:,.0f}/s | "
+            f"{_versus(achieved / alone['crud'], 'more', 'fewer')} | cqrs >= {PACE:g}x "
+            f"({_verdict(achieved / alone['crud'] >= PACE * 0.98)}) |",
+            f"| projection lag p50 / p99, checkout {family} | - | {lag50:,.1f} / {lag99:,.1f} ms | - | "
+            f"p99 <= {limit} ms ({_verdict(lag99 <= limit)}) |",
+        ]
     return lines
 
 

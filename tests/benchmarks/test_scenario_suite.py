@@ -3,6 +3,7 @@
 Timings are never asserted here.
 """
 
+import itertools
 import random
 import time
 from pathlib import Path
@@ -30,7 +31,10 @@ def test_scenario_suite_measures_every_scenario_beside_its_reference() -> None:
     for kind in ("crud", "cqrs"):
         expected |= {("checkout", "alone", kind)}
         expected |= {(scenario_, load, kind) for scenario_ in ("checkout_loaded", "dashboard_reader") for load in loads}
-    expected |= {(f"projection_lag_{q}", family, "cqrs") for q in ("p50", "p99") for family in ("alone", *loads)}
+    paced = ("paced alone", "paced under dashboard load")
+    expected |= {("checkout_paced", family, "cqrs") for family in paced}
+    expected |= {(f"projection_lag_{q}", family, "cqrs") for q in ("p50", "p99")
+                 for family in ("alone", *loads, *paced)}
     redis_missing = redis_server.available()
     if redis_missing is None:  # the inventory read model served from SQLite and from Redis, side by side
         expected |= {(f"inventory_{q}", "read store", kind) for q in ("p50", "p99") for kind in ("sqlite", "redis")}
@@ -82,3 +86,25 @@ def test_the_paced_dashboard_reader_never_reads_ahead_of_its_rate(tmp_path: Path
     # On its schedule the reader makes at most one read more than the rate allows in the time it ran (at least
     # the run's 0.5 s): flat out, a read of so few orders takes well under a millisecond.
     assert per_read >= 0.95 / rate
+
+
+def test_paced_checkouts_keep_to_their_schedule(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [100.0]
+    sent: list[tuple[float, str]] = []
+
+    def place(customer_id: str, items: object) -> None:
+        sent.append((now[0], customer_id))
+        now[0] += 0.01 if len(sent) <= 20 else 0.001  # the first twenty are slower than the schedule
+
+    monkeypatch.setattr(time, "perf_counter", lambda: now[0])  # the module scenario.paced reads them from
+    monkeypatch.setattr(time, "sleep", lambda seconds: now.__setitem__(0, now[0] + seconds))
+    orders = [("a", ()), ("b", ())]
+    per_checkout = scenario.paced(place, orders, 1.0, 200.0)
+    assert len(sent) == 200  # 200 a second offered for a second: no more, and the late ones caught up
+    assert [c for _, c in sent[:4]] == ["a", "b", "a", "b"]
+    late = [t - 100.0 for t, _ in sent[:20]]
+    assert late == sorted(late)
+    assert all(b - a == pytest.approx(0.01) for a, b in itertools.pairwise(late))  # back to back while late
+    on_time = [t - 100.0 for t, _ in sent[-50:]]
+    assert all(t == pytest.approx(i / 200, abs=1e-9) for t, i in zip(on_time, range(150, 200), strict=True))
+    assert per_checkout == pytest.approx(1.0 / 200)
