@@ -305,7 +305,7 @@ class ReadModels:
                     continue
                 if leased and not self.storage.acquire(track.name):
                     continue  # another process runs it (a lease is taken only on what this runner would run)
-                rebuilding = len(generations) > 1
+                rebuilding = any(replaying for _g, replaying in generations)
                 for generation, replaying in generations:
                     # A leased runner helping with a rebuild holds the projection: nobody else can run its live
                     # generation, which must catch up before the swap. So it runs that too, until the swap.
@@ -314,7 +314,8 @@ class ReadModels:
                     done = self.applier.run_batch(track, generation, replaying, ignore_backoff=ignore_backoff)
                     total += done
                     progressed = progressed or done > 0
-                self.rebuilds.maybe_swap(track)
+                if rebuilding:  # else there was no rebuild to swap in when to_run looked: the next pass sees one
+                    self.rebuilds.maybe_swap(track)
         return total
 
     def start(self, delivery: Delivery = Delivery.BACKGROUND, *, only: Collection[str] | None = None) -> None:
