@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import datetime as dt
 import random
-import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from decimal import Decimal
 from typing import Any
@@ -31,6 +30,7 @@ import attrs
 from adapters.shop_app import Shop, event_types
 from domain import events, model
 from mediator import Event
+from mediator._context import new_event_id
 from mediator.readmodels import NewEvent, WriteSession
 
 START = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -158,7 +158,8 @@ class CqrsLoader:
 
     def _append(self, session: WriteSession, recorded: Iterable[tuple[Event, str]], at: float) -> None:
         encode = self.types.encode
-        new = [NewEvent(uuid.uuid4().hex, *encode(event), key, at) for event, key in recorded]
+        # Ids made as the unit of work makes them (time-ordered), so the log's index is written as a service writes it.
+        new = [NewEvent(new_event_id(), *encode(event), key, at) for event, key in recorded]
         session.append(new)
 
     def load_catalog(self) -> None:

@@ -50,7 +50,9 @@ Scenarios (``ratio`` is this / reference, times, so lower is better):
   read again: ``quick`` reads at 50,000 and 200,000 orders, ``full`` at 500,000 and
   2,000,000, ``TINY`` at 100 and 400 (so the run is never loaded past its size).
 - ``load`` (crud, cqrs), ``load_write`` and ``load_projections`` (cqrs's two parts):
-  seconds per order to load; reference: crud.
+  seconds per order to load; reference: crud. ``load_floor_append`` and ``load_floor_read``: what the loaded log
+  costs by itself (:func:`log_floor`): appending its events again, encoded already, and reading them back and
+  decoding them; reference: crud's whole load.
 - ``checkout`` (family ``"alone"``; crud, cqrs): time per checkout, sending them
   back to back for a few seconds; reference: crud. For cqrs a projection worker
   process keeps the read models up meanwhile (``Delivery.WORKER``, the configuration
@@ -128,7 +130,9 @@ from domain.messages import (
     OrderItem,
     PlaceOrder,
 )
-from mediator.readmodels import Delivery, ReadModels, StoredEvent
+from mediator._context import new_event_id
+from mediator.readmodels import Delivery, NewEvent, ReadModels, StoredEvent
+from mediator.readmodels.sqlite import SqliteStorage
 from mediator.testing import settle
 
 from . import _shopdata as shopdata
@@ -596,13 +600,46 @@ def growth_results(results: list[Result], small: dict[tuple[str, str], list[floa
             results.append(Result("scenario", f"{read}_growth", "x4 orders", kind, after * 1e9, after / before))
 
 
-def load_results(results: list[Result], both: Both) -> None:
+def log_floor(both: Both, folder: Path) -> dict[str, float]:
+    """Seconds the loaded log costs by itself, the least any cqrs load pays: reading every event back in batches
+    of 500 and decoding each into its class (what the projections do before applying anything), and appending
+    them again, encoded already, in transactions of 5,000 to a log of its own (what the write side does besides
+    its rows and its domain code)."""
+    storage, decode = both.shop.storage, both.loader.types.decode
+    clock = time.perf_counter
+    started, after = clock(), 0
+    while chunk := storage.read(after, 500):
+        for event in chunk:
+            decode(event.type_name, event.version, event.data)
+        after = chunk[-1].position
+    reading = clock() - started
+    copy = SqliteStorage(folder / "floor-log.db")
+    appending, after = 0.0, 0
+    try:
+        while chunk := storage.read(after, 5_000):
+            after = chunk[-1].position
+            started = clock()
+            session = copy.begin()
+            session.append([NewEvent(new_event_id(), e.type_name, e.version, e.data, e.key, e.recorded_at, e.meta)
+                            for e in chunk])
+            session.commit()
+            appending += clock() - started
+    finally:
+        copy.close()
+        for path in folder.glob("floor-log.db*"):
+            path.unlink()
+    return {"read": reading, "append": appending}
+
+
+def load_results(results: list[Result], both: Both, floor: dict[str, float]) -> None:
     family, orders, seconds = f"{len(both.orders):,} orders", len(both.orders), both.seconds
     crud = seconds["crud"] / orders
     for scenario, kind, spent in (("load", "crud", seconds["crud"]),
                                   ("load", "cqrs", seconds["write"] + seconds["projections"]),
                                   ("load_write", "cqrs", seconds["write"]),
-                                  ("load_projections", "cqrs", seconds["projections"])):
+                                  ("load_projections", "cqrs", seconds["projections"]),
+                                  ("load_floor_append", "cqrs", floor["append"]),
+                                  ("load_floor_read", "cqrs", floor["read"])):
         results.append(Result("scenario", scenario, family, kind, spent / orders * 1e9, spent / orders / crud))
 
 
@@ -676,7 +713,8 @@ def _run(size: Size, rng: random.Random, data: shopdata.Catalog, blocks: list[sh
             read_results(results, f"{total:,} orders", latencies[-1])
         growth_results(results, latencies[0], latencies[-1])
         read_store_results(results, both, Path(tmp), size, rng, progress)
-        load_results(results, both)
+        progress("scenario: the log alone, the floor under the cqrs load: appending it again, reading it back")
+        load_results(results, both, log_floor(both, Path(tmp)))
         checkout_results(results, measure_checkouts(both, Path(tmp), size, rng, progress))
     return results
 
@@ -738,6 +776,10 @@ def summary(results: list[Result]) -> str:
     lines.append(f"| bulk load per order, {sizes[-1]} | {load['crud']:,.0f} µs | {load['cqrs']:,.0f} µs "
                  f"({write:,.0f} rows and log + {project:,.0f} projections) | "
                  f"{load['cqrs'] / load['crud']:,.1f}x the time | - |")
+    append, read = (by[(s, sizes[-1], "cqrs")].median_ns / 1e3 for s in ("load_floor_append", "load_floor_read"))
+    lines.append(f"| the log alone per order: append it (encoded), read it back and decode it | - | {append:,.1f} + "
+                 f"{read:,.1f} µs | {(append + read) / load['crud']:,.1f}x crud's whole load | the floor under the "
+                 "load |")
     return "\n".join(lines)
 
 

@@ -26,7 +26,8 @@ def test_scenario_suite_measures_every_scenario_beside_its_reference() -> None:
                 for size in ("100", "400") for kind in ("crud", "cqrs")}
     expected |= {(f"{read}_growth", "x4 orders", kind) for read in READS for kind in ("crud", "cqrs")}
     expected |= {("load", "400 orders", "crud"), ("load", "400 orders", "cqrs"), ("load_write", "400 orders", "cqrs"),
-                 ("load_projections", "400 orders", "cqrs"), ("checkout", "runner stopped", "cqrs")}
+                 ("load_projections", "400 orders", "cqrs"), ("load_floor_append", "400 orders", "cqrs"),
+                 ("load_floor_read", "400 orders", "cqrs"), ("checkout", "runner stopped", "cqrs")}
     loads = ("under dashboard load", "under a flat-out dashboard reader")
     for kind in ("crud", "cqrs"):
         expected |= {("checkout", "alone", kind)}
