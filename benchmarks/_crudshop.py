@@ -15,7 +15,6 @@ import contextlib
 import datetime as dt
 import itertools
 import sqlite3
-import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from domain.messages import (
     ProductListing,
     SalesDashboard,
 )
+from handlers.commands import new_id
 from handlers.queries import money
 from mediator.readmodels.sqlite import connect
 
@@ -135,7 +135,7 @@ class CrudShop:
 
     def checkout(self, customer_id: str, items: Sequence[tuple[str, int]]) -> str:
         """Place an order in one transaction: its row, its items, and each line's stock reserved if available."""
-        order_id = uuid.uuid4().hex[:16]
+        order_id = new_id()  # made as the cqrs shop makes them
         with _transaction(self.db):
             if self.db.execute("SELECT 1 FROM customers WHERE customer_id = ?", (customer_id,)).fetchone() is None:
                 raise LookupError(f"No customer {customer_id!r}.")

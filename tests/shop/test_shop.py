@@ -357,3 +357,18 @@ def test_every_query_answers_from_the_read_database_alone(tmp_path: Path) -> Non
         assert (day.category_name, day.orders, day.units, day.revenue) == ("Lamps", 1, 4, Decimal("155.00"))
     finally:
         shop.close()
+
+
+def test_new_ids_are_unique_and_grow_with_time() -> None:
+    import time
+
+    from handlers.commands import new_id
+
+    made = [new_id() for _ in range(3000)]
+    assert len(set(made)) == 3000
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in made)
+    now_ms = time.time_ns() // 1_000_000
+    assert all(abs(int(i[:12], 16) - now_ms) < 60_000 for i in made)  # the first 48 bits are the milliseconds
+    time.sleep(0.002)
+    assert new_id() > max(made)  # a later millisecond sorts after: appended at one end of each index
+    assert len({i[12:] for i in made}) == 3000  # and the rest is random
