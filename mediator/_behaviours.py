@@ -76,6 +76,12 @@ async def _watch_async(
     done(count)
 
 
+
+def _milliseconds(started: int) -> float:
+    """Milliseconds since ``started`` (``perf_counter_ns``), to the microsecond: truncated, as ``round(..., 3)``
+    would round it but at a tenth of the cost (rounding a float to digits goes through a decimal conversion)."""
+    return (time.perf_counter_ns() - started) // 1000 / 1000
+
 class Validation:
     """Run the validators registered for a message; raise one ``ValidationError`` with all failures.
 
@@ -255,7 +261,7 @@ class _BoundLogging:
         fields: dict[str, Any] = {
             "message_type": self.type_name,
             "kind": self.kind,
-            "duration_ms": round((time.perf_counter_ns() - started) / 1e6, 3),
+            "duration_ms": _milliseconds(started),
         }
         if ctx is not None:
             fields["correlation_id"] = ctx.correlation_id
@@ -272,7 +278,7 @@ class _BoundLogging:
             return
         # Every successful dispatch comes here: the fields as keywords, not a dict built and then unpacked.
         self.log_ok("message handled", outcome="ok", message_type=self.type_name, kind=self.kind,
-                    duration_ms=round((time.perf_counter_ns() - started) / 1e6, 3),
+                    duration_ms=(time.perf_counter_ns() - started) // 1000 / 1000,  # _milliseconds, inline
                     correlation_id=ctx.correlation_id, causation_id=ctx.causation_id, message_id=ctx.message_id,
                     fields=self.read_fields(message))
 

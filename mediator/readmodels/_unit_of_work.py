@@ -32,6 +32,10 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("mediator.readmodels")
 
+_encode_metadata = json.JSONEncoder(sort_keys=True).encode
+"""``json.dumps(metadata, sort_keys=True)`` with its encoder made once: given options, ``dumps`` makes one a call,
+so once a command."""
+
 
 class UnitOfWork:
     """One command's transaction and the events it records; a scoped service.
@@ -227,7 +231,7 @@ class Writer:
         found: dict[str, str] = {}
         for source in self.engine.event_metadata:
             found.update(source())
-        return json.dumps(found, sort_keys=True)
+        return _encode_metadata(found)
 
     def _apply_inline(self, session: WriteSession, track: Track, recorded: Sequence[tuple[Any, str | None]],
                       first: int) -> tuple[Track, int, int]:

@@ -42,6 +42,7 @@ def test_success_is_logged_with_type_kind_ids_duration_and_outcome() -> None:
     assert entry["kind"] == "command"
     assert entry["outcome"] == "ok"
     assert entry["duration_ms"] >= 0
+    assert entry["duration_ms"] == round(entry["duration_ms"], 3)  # to the microsecond
     assert len(entry["correlation_id"]) == 32
     assert entry["causation_id"] is None
     assert entry["fields"] == {"value": 3}
