@@ -30,8 +30,7 @@ import attrs
 from adapters.shop_app import Shop, event_types
 from domain import events, model
 from mediator import Event
-from mediator._context import new_event_id
-from mediator.readmodels import NewEvent, WriteSession
+from mediator.readmodels import NewEvent, WriteSession, new_event_id
 
 START = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 DAYS = 90

@@ -130,8 +130,7 @@ from domain.messages import (
     OrderItem,
     PlaceOrder,
 )
-from mediator._context import new_event_id
-from mediator.readmodels import Delivery, NewEvent, ReadModels, StoredEvent
+from mediator.readmodels import Delivery, NewEvent, ReadModels, StoredEvent, new_event_id
 from mediator.readmodels.sqlite import SqliteStorage
 from mediator.testing import settle
 

@@ -27,6 +27,7 @@ from ._di import (
 )
 from ._errors import UnresolvedAnnotationsError
 from ._messages import Kind, declared_result, qualname
+from ._pipeline import InlineCall
 from ._records import HookRegistration, Registrations, applies
 
 
@@ -40,20 +41,6 @@ class Invoker:
     description: str
     inline: InlineCall | None = None
     """The same call as source, for an entry that opens the dispatch's scope itself (``None``: call ``call``)."""
-
-
-@attrs.frozen
-class InlineCall:
-    """An invoker's call written out, for the generated entry that opens a new scope and runs it at once.
-
-    ``expression`` reads the locals ``message`` and ``scope`` and the globals in ``namespace``; it also reads a
-    local for each service in ``fresh`` (service key -> (local name, class)), which the entry makes in its new
-    scope first: scoped context managers with no dependencies (:func:`fresh_builder`).
-    """
-
-    namespace: dict[str, Any]
-    expression: str
-    fresh: dict[Any, tuple[str, type]]
 
 
 def type_name(tp: Any) -> str:

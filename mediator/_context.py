@@ -46,6 +46,9 @@ def new_event_id(urandom: Callable[[int], bytes] = os.urandom, clock: Callable[[
     An event's id is unique in the log, so the log keeps an index of them; random ids land anywhere in it and
     every append touches a page of its own, which at millions of events means reads from the disk. Ids that
     grow with time are appended at one end of the index, as the events are at one end of the log.
+
+    Public as ``mediator.readmodels.new_event_id``, for code that appends events itself (a bulk import through
+    ``WriteSession.append``) and should make their ids as the unit of work does.
     """
     raw = bytearray((clock() // 1_000_000).to_bytes(6, "big") + urandom(10))
     raw[6] = (raw[6] & 0x0F) | 0x70  # version 7

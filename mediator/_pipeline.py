@@ -12,13 +12,12 @@ from __future__ import annotations
 import inspect
 import types
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
+
+import attrs
 
 from . import _codegen, _context
 from ._context import DispatchContext, Scope
-
-if TYPE_CHECKING:
-    from ._compile import InlineCall
 
 M = TypeVar("M")
 R = TypeVar("R")
@@ -38,6 +37,20 @@ class AsyncBehaviour(Protocol[M, R]):
     async def handle_async(self, message: M, next: Callable[[M], Awaitable[R]], /) -> R:
         """Handle ``message``, normally by returning ``await next(message)``."""
         ...
+
+
+@attrs.frozen
+class InlineCall:
+    """An invoker's call written out, for the generated entry that opens a new scope and runs it at once.
+
+    ``expression`` reads the locals ``message`` and ``scope`` and the globals in ``namespace``; it also reads a
+    local for each service in ``fresh`` (service key -> (local name, class)), which the entry makes in its new
+    scope first: scoped context managers with no dependencies (``_di.fresh_builder``).
+    """
+
+    namespace: dict[str, Any]
+    expression: str
+    fresh: dict[Any, tuple[str, type]]
 
 
 def link(step: Callable[[Any, Any], Any], rest: Callable[[Any], Any]) -> Callable[[Any], Any]:

@@ -5,6 +5,7 @@ The storage port is here, and its backends beside it: :mod:`mediator.readmodels.
 extra) for many processes. :mod:`mediator.readmodels.contract` is the contract suite every backend passes.
 """
 
+from .._context import new_event_id
 from .._messages import name_by_package as _name_by_package
 from ._engine import Lag, ReadModels
 from ._errors import (
@@ -94,6 +95,7 @@ __all__ = [
     "existing_only",
     "fresh_token",
     "last_token",
+    "new_event_id",
     "on",
     "table_name",
 ]
