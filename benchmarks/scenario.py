@@ -335,21 +335,33 @@ def throughput(place: Place, orders: Sequence[Cart], seconds: float) -> float:
     return (clock() - started) / done
 
 
-def paced(place: Place, orders: Sequence[Cart], seconds: float, rate: float) -> float:
-    """Seconds per checkout, offering ``rate`` checkouts a second for ``seconds`` on a fixed schedule: one that is
-    due starts at once, however late (a writer slower than the rate sends back to back), one that is not waits."""
-    clock = time.perf_counter
-    started = clock()
-    deadline, done = started + seconds, 0
-    while (now := clock()) < deadline:
-        early = started + done / rate - now
+def on_schedule(act: Callable[[int], object], rate: float, going: Callable[[], bool],
+                wait: Callable[[float], object]) -> float:
+    """Call ``act(0)``, ``act(1)``, ... ``rate`` times a second on a fixed schedule while ``going()``; return the
+    seconds per call. A call that is due starts at once, however late (a caller slower than the rate calls back to
+    back); one that is not yet due waits (``wait(seconds)``). With a ``rate`` of 0, back to back from the start."""
+    clock, interval = time.perf_counter, 1 / rate if rate else 0.0
+    began, done = clock(), 0
+    while going():
+        early = began + done * interval - clock()
         if early > 0:
-            time.sleep(min(early, deadline - now))
+            wait(early)
             continue
-        customer_id, items = orders[done % len(orders)]
-        place(customer_id, items)
+        act(done)
         done += 1
-    return (clock() - started) / max(done, 1)
+    return (clock() - began) / max(done, 1)
+
+
+def paced(place: Place, orders: Sequence[Cart], seconds: float, rate: float) -> float:
+    """Seconds per checkout, offering ``rate`` checkouts a second for ``seconds`` (:func:`on_schedule`)."""
+    deadline = time.perf_counter() + seconds
+
+    def send(n: int) -> None:
+        customer_id, items = orders[n % len(orders)]
+        place(customer_id, items)
+
+    return on_schedule(send, rate, lambda: time.perf_counter() < deadline,
+                       lambda early: time.sleep(min(early, deadline - time.perf_counter())))
 
 
 class LagProbe:
@@ -394,9 +406,8 @@ def reader(kind: str, folder: str, rate: int = 0) -> None:
     """The reader process: say ``ready``, read the dashboard until a line (or EOF) comes on stdin, then print
     the seconds per read served.
 
-    With ``rate`` it offers that many reads a second, on a fixed schedule: a read that is due starts at
-    once, however late (so a reader slower than the rate reads back to back), and one that is not yet due
-    waits. With 0 it reads back to back from the start.
+    With ``rate`` it offers that many reads a second, on a fixed schedule (:func:`on_schedule`); with 0 it reads
+    back to back.
     """
     stop = threading.Event()
 
@@ -418,16 +429,7 @@ def reader(kind: str, folder: str, rate: int = 0) -> None:
         try:
             read()
             print("ready", flush=True)
-            clock, interval = time.perf_counter, 1 / rate if rate else 0.0
-            began, done = clock(), 0
-            while not stop.is_set():
-                early = began + done * interval - clock()
-                if early > 0:
-                    stop.wait(early)
-                    continue
-                read()
-                done += 1
-            print((clock() - began) / max(done, 1), flush=True)
+            print(on_schedule(lambda _n: read(), rate, lambda: not stop.is_set(), stop.wait), flush=True)
         finally:
             closing()
 

@@ -13,8 +13,6 @@ order that was never going to ship.
 from __future__ import annotations
 
 import datetime as dt
-import os
-import time
 from collections.abc import Callable
 
 from domain.errors import NotFound, RuleViolation
@@ -41,7 +39,7 @@ from domain.messages import (
 )
 from domain.model import Category, Customer, Order, Product, Stock
 from mediator import Mediator, Registry
-from mediator.readmodels import UnitOfWork
+from mediator.readmodels import UnitOfWork, new_event_id
 
 from .ports import WriteModel
 
@@ -50,14 +48,13 @@ StockEvent = StockReserved | StockReleased | StockShipped
 
 
 def new_id() -> str:
-    """A new id for a customer, category, product or order: 32 hex digits, time-ordered (48 bits of Unix
-    milliseconds, then 80 random ones, as a version 7 UUID orders them).
+    """A new id for a customer, category, product or order: time-ordered, as the framework's event ids are.
 
     Random ids put each new order anywhere in every index keyed by it (the write model's orders, the read models'
     order details, a customer's orders, the dashboard's sales), so every insert dirties a page of its own and every
     commit writes them all to the WAL; ids that grow with time are appended at one end.
     """
-    return (time.time_ns() // 1_000_000).to_bytes(6, "big").hex() + os.urandom(10).hex()
+    return new_event_id()
 
 
 def _expect(actual: int, expected: int | None, kind: str, key: str) -> None:

@@ -76,11 +76,11 @@ async def _watch_async(
     done(count)
 
 
-
 def _milliseconds(started: int) -> float:
     """Milliseconds since ``started`` (``perf_counter_ns``), to the microsecond: truncated, as ``round(..., 3)``
     would round it but at a tenth of the cost (rounding a float to digits goes through a decimal conversion)."""
     return (time.perf_counter_ns() - started) // 1000 / 1000
+
 
 class Validation:
     """Run the validators registered for a message; raise one ``ValidationError`` with all failures.

@@ -198,19 +198,21 @@ def _is_async(func: Any) -> bool:
     return inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func)
 
 
+Fresh = dict[Any, tuple[str, type]]
+"""Dependencies an entry opening a new scope makes itself (see :func:`~mediator._di.arguments`)."""
+
+
 def _instance_call(func: Callable[[Any, Any], Any], provider: Provider) -> Callable[[Any], Any]:
     """Compile calling ``func(instance, message)`` with the instance the provider gives."""
     if provider.make is None:
         return typing.cast(Callable[[Any], Any], func.__get__(provider.value))
-    namespace = _codegen.Namespace(handle=func, current=_context._current)
     if provider.lifetime is Lifetime.TRANSIENT and provider.builder is not None:
         # Build the handler inline: one generated frame instead of a factory call per dispatch.
-        build = namespace.add(getattr(provider.builder, "__name__", "builder"), provider.builder)
-        args, needs_scope = arguments(provider.dep_names, namespace, positional_names(provider.builder, 0),
-                                      provider.given)
+        namespace, expression, needs_scope = _transient_source(func, provider)
         lines = [SCOPE_LINE] if needs_scope else []
-        lines.append(f"return handle({build}({args}), message)")
+        lines.append(f"return {expression}")
     else:
+        namespace = _codegen.Namespace(handle=func, current=_context._current)
         make = namespace.add("make", provider.make)
         lines = [SCOPE_LINE, f"return handle({make}(scope), message)"] if provider.needs_scope else [
             f"return handle({make}(), message)"]
@@ -218,27 +220,43 @@ def _instance_call(func: Callable[[Any, Any], Any], provider: Provider) -> Calla
         "call", ["message"], lines, namespace, about=qualname(provider.service)))
 
 
+def _transient_source(func: Callable[[Any, Any], Any], provider: Provider,
+                      fresh: Fresh | None = None) -> tuple[_codegen.Namespace, str, bool]:
+    """``func(builder(deps...), message)`` for a transient handler class, as an expression: with the namespace it
+    reads, and whether it reads ``scope``."""
+    namespace = _codegen.Namespace(handle=func, current=_context._current)
+    build = namespace.add(getattr(provider.builder, "__name__", "builder"), provider.builder)
+    args, needs_scope = arguments(provider.dep_names, namespace, positional_names(provider.builder, 0),
+                                  provider.given, fresh=fresh)
+    return namespace, f"handle({build}({args}), message)", needs_scope
+
+
 def _function_call(func: Callable[..., Any], deps: dict[str, Provider]) -> tuple[Callable[[Any], Any], bool]:
     """Compile calling a handler function with the message and its dependencies."""
     if not deps:
         return func, False
+    namespace, expression, needs_scope = _function_source(func, deps)
+    lines = [SCOPE_LINE] if needs_scope else []
+    lines.append(f"return {expression}")
+    return _codegen.function("call", ["message"], lines, namespace, about=qualname(func)), needs_scope
+
+
+def _function_source(func: Callable[..., Any], deps: dict[str, Provider],
+                     fresh: Fresh | None = None) -> tuple[_codegen.Namespace, str, bool]:
+    """``func(message, deps...)`` as an expression: with the namespace it reads, and whether it reads ``scope``."""
     namespace = _codegen.Namespace(current=_context._current)
     handler = namespace.add(getattr(func, "__name__", "handler"), func)
-    args, needs_scope = arguments(deps, namespace, positional_names(func, 1))
-    lines = [SCOPE_LINE] if needs_scope else []
-    lines.append(f"return {handler}(message, {args})")
-    return _codegen.function("call", ["message"], lines, namespace, about=qualname(func)), needs_scope
+    args, needs_scope = arguments(deps, namespace, positional_names(func, 1), fresh=fresh)
+    return namespace, f"{handler}(message, {args})", needs_scope
 
 
 def _inline_function_call(func: Callable[..., Any], deps: dict[str, Provider]) -> InlineCall | None:
     """:func:`_function_call` as an :class:`InlineCall`, when some dependency is worth making inline."""
     if not any(fresh_builder(d) is not None for d in deps.values()):
         return None
-    namespace = _codegen.Namespace()
-    fresh: dict[Any, tuple[str, type]] = {}
-    handler = namespace.add(getattr(func, "__name__", "handler"), func)
-    args, _ = arguments(deps, namespace, positional_names(func, 1), fresh=fresh)
-    return InlineCall(namespace, f"{handler}(message, {args})", fresh)
+    fresh: Fresh = {}
+    namespace, expression, _ = _function_source(func, deps, fresh)
+    return InlineCall(namespace, expression, fresh)
 
 
 def _inline_instance_call(func: Callable[[Any, Any], Any], provider: Provider) -> InlineCall | None:
@@ -246,9 +264,6 @@ def _inline_instance_call(func: Callable[[Any, Any], Any], provider: Provider) -
     if not (provider.lifetime is Lifetime.TRANSIENT and provider.builder is not None
             and any(fresh_builder(d) is not None for d in provider.deps)):
         return None
-    namespace = _codegen.Namespace(handle=func)
-    fresh: dict[Any, tuple[str, type]] = {}
-    build = namespace.add(getattr(provider.builder, "__name__", "builder"), provider.builder)
-    args, _ = arguments(provider.dep_names, namespace, positional_names(provider.builder, 0), provider.given,
-                        fresh=fresh)
-    return InlineCall(namespace, f"handle({build}({args}), message)", fresh)
+    fresh: Fresh = {}
+    namespace, expression, _ = _transient_source(func, provider, fresh)
+    return InlineCall(namespace, expression, fresh)
