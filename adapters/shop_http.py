@@ -41,7 +41,7 @@ from domain.messages import (
     UpdateProductStock,
 )
 from mediator import AsyncMediator
-from mediator.fastapi import Mediated, MediatorMiddleware, install_error_handlers
+from mediator.fastapi import IdempotencyKey, Mediated, MediatorMiddleware, install_error_handlers
 from mediator.http import MAX_BODY
 
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
@@ -148,10 +148,10 @@ def create_app(shop: Shop, *, consistency_timeout: float = 5.0, jwt_key: str | N
                                                expected_version=body.expected_version))
 
     @app.post("/orders", status_code=201)
-    async def place_order(mediator: Mediated, body: NewOrder) -> JSONResponse:
+    async def place_order(mediator: Mediated, body: NewOrder, key: IdempotencyKey) -> JSONResponse:
         items = tuple(OrderItem(product_id=i.product_id, quantity=i.quantity) for i in body.items)
-        return created("order_id", await mediator.send(PlaceOrder(customer_id=body.customer_id, items=items,
-                                                                  shipping_address=body.shipping_address)))
+        return created("order_id", await mediator.send(PlaceOrder(
+            customer_id=body.customer_id, items=items, shipping_address=body.shipping_address, idempotency_key=key)))
 
     @app.post("/orders/{order_id}/confirm", status_code=204)
     async def confirm(mediator: Mediated, order_id: str, body: Annotated[Transition | None, Body()] = None) -> None:

@@ -16,7 +16,7 @@ from adapters.shop_web import STATUS_OF, data, identity
 from domain.errors import NotFound
 from domain.messages import GetOrderDetails, GetSalesDashboard, OrderItem, PlaceOrder
 from mediator import Mediator
-from mediator.http import MAX_BODY
+from mediator.http import MAX_BODY, idempotency_key_of
 from mediator.wsgi import MediatorWSGI, StartResponse
 
 
@@ -55,7 +55,8 @@ class ShopRoutes:
 
 
 def _order(environ: dict[str, Any]) -> PlaceOrder:
-    """The ``PlaceOrder`` a request's JSON body asks for; :class:`MalformedBody` if it is not one."""
+    """The ``PlaceOrder`` a request's JSON body asks for, with its ``Idempotency-Key``; :class:`MalformedBody` if it
+    is not one."""
     try:
         # MediatorWSGI's input: the body's CONTENT_LENGTH bytes, or a chunked one's up to its limit, else none.
         body = json.loads(environ["wsgi.input"].read() or b"{}")
@@ -64,9 +65,11 @@ def _order(environ: dict[str, Any]) -> PlaceOrder:
         address = body.get("shipping_address", "")
         if not isinstance(address, str):
             raise TypeError("A shipping_address is text.")
-        return PlaceOrder(customer_id=str(body["customer_id"]), items=items, shipping_address=address)
+        customer_id = str(body["customer_id"])
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError, RecursionError) as exc:
         raise MalformedBody(f"The body is not an order: {type(exc).__name__}: {exc}") from exc
+    return PlaceOrder(customer_id=customer_id, items=items, shipping_address=address,
+                      idempotency_key=idempotency_key_of(environ.get("HTTP_IDEMPOTENCY_KEY")))
 
 
 def _quantity(value: object) -> int:

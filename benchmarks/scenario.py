@@ -108,6 +108,7 @@ import functools
 import gc
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -171,10 +172,12 @@ class Size:
     """Calls timed of each of the cqrs dashboard reads."""
     checkout_seconds: float
     """How long each checkout run lasts."""
+    idempotent: int = 2_000
+    """Checkouts timed of each kind: without a key, with a new key, repeated with a used key."""
 
 
 SIZES = {QUICK: Size(200_000, 20_000, 7, 200, 4.0), FULL: Size(2_000_000, 20_000, 5, 500, 10.0),
-         TINY: Size(400, 40, 3, 10, 0.2)}
+         TINY: Size(400, 40, 3, 10, 0.2, 40)}
 QUICK_SIZE = SIZES[QUICK]
 
 
@@ -321,6 +324,30 @@ def checkout_calls(both: Both) -> dict[str, Place]:
                                                                     for p, q in items)))
 
     return {"crud": both.crud.checkout, "cqrs": place}
+
+
+def measure_idempotent(both: Both, orders: Sequence[Cart], progress: Callable[[str], None]) -> dict[str, float]:
+    """Median seconds per checkout without a key, with a new key, and repeated with a used key (answered from its
+    record), one of each in turn per cart, so drift on a shared machine hits all three alike."""
+    send = both.shop.mediator.send
+    progress(f"scenario: cqrs checkout with and without an idempotency key, {len(orders):,} of each in turn")
+
+    def order(customer_id: str, items: tuple[tuple[str, int], ...], key: str | None) -> PlaceOrder:
+        return PlaceOrder(customer_id=customer_id, items=tuple(OrderItem(product_id=p, quantity=q) for p, q in items),
+                          idempotency_key=key)
+
+    plain = [order(c, items, None) for c, items in orders]
+    keyed = [order(c, items, f"bench-{i}") for i, (c, items) in enumerate(orders)]
+    for command in plain[:20]:  # warm up
+        send(command)
+    times: dict[str, list[float]] = {"plain": [], "keyed": [], "repeat": []}
+    clock = time.perf_counter
+    for first, second in zip(plain, keyed, strict=True):
+        for name, command in (("plain", first), ("keyed", second), ("repeat", second)):
+            started = clock()
+            send(command)
+            times[name].append(clock() - started)
+    return {name: statistics.median(spent) for name, spent in times.items()}
 
 
 def throughput(place: Place, orders: Sequence[Cart], seconds: float) -> float:
@@ -645,6 +672,13 @@ def load_results(results: list[Result], both: Both, floor: dict[str, float]) -> 
         results.append(Result("scenario", scenario, family, kind, spent / orders * 1e9, spent / orders / crud))
 
 
+def idempotent_results(results: list[Result], measured: dict[str, float]) -> None:
+    plain = measured["plain"]
+    for name in ("plain", "keyed", "repeat"):
+        results.append(Result("scenario", "checkout_idempotency", name, "cqrs", measured[name] * 1e9,
+                              measured[name] / plain))
+
+
 def checkout_results(results: list[Result], measured: dict[str, float]) -> None:
     crud = measured["crud alone"]
     stopped = measured["cqrs runner stopped"]
@@ -718,6 +752,7 @@ def _run(size: Size, rng: random.Random, data: shopdata.Catalog, blocks: list[sh
         progress("scenario: the log alone, the floor under the cqrs load: appending it again, reading it back")
         load_results(results, both, log_floor(both, Path(tmp)))
         checkout_results(results, measure_checkouts(both, Path(tmp), size, rng, progress))
+        idempotent_results(results, measure_idempotent(both, carts(both, size.idempotent, rng), progress))
     return results
 
 
@@ -839,6 +874,15 @@ def _checkout_rows(by: Found) -> list[str]:
             f"({_verdict(achieved / alone['crud'] >= PACE * 0.98)}) |",
             f"| projection lag p50 / p99, checkout {family} | - | {lag50:,.1f} / {lag99:,.1f} ms | - | "
             f"p99 <= {limit} ms ({_verdict(lag99 <= limit)}) |",
+        ]
+    if ("checkout_idempotency", "keyed", "cqrs") in by:
+        plain, keyed, repeat = (by[("checkout_idempotency", name, "cqrs")] for name in ("plain", "keyed", "repeat"))
+        lines += [
+            f"| checkout with an idempotency key vs without (p50, in turn) | - | {keyed.median_ns / 1e3:,.0f} µs vs "
+            f"{plain.median_ns / 1e3:,.0f} µs | {keyed.ratio:.3f}x the time | "
+            f"<= 1.10x ({_verdict(keyed.ratio <= 1.10)}) |",
+            f"| checkout repeated with its key (answered from the record) vs a checkout without | - | "
+            f"{repeat.median_ns / 1e3:,.0f} µs | {repeat.ratio:.3f}x the time | as measured |",
         ]
     return lines
 

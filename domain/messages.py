@@ -11,7 +11,7 @@ from decimal import Decimal
 
 import attrs
 
-from mediator import Command, Query, sensitive
+from mediator import Command, IdempotentCommand, Query, sensitive
 
 
 @attrs.frozen(kw_only=True)
@@ -63,7 +63,9 @@ class OrderItem:
 
 
 @attrs.frozen(kw_only=True)
-class PlaceOrder(Command[str]):
+class PlaceOrder(IdempotentCommand[str]):
+    """Place an order; a client that retries sends the same ``idempotency_key`` and gets the same order back."""
+
     customer_id: str
     items: tuple[OrderItem, ...]
     shipping_address: str = sensitive(default="")

@@ -19,6 +19,9 @@ from ._errors import (
     ConsumeError,
     HandlerNotFoundError,
     HookError,
+    IdempotencyKeyError,
+    IdempotencyKeyInUseError,
+    IdempotencyKeyMismatchError,
     MediatorError,
     MissingExtraError,
     NotAMessageError,
@@ -30,7 +33,7 @@ from ._errors import (
     WiringError,
 )
 from ._mediator import AsyncMediator, Mediator
-from ._messages import Command, Event, Kind, Message, Query, StreamQuery, sensitive
+from ._messages import Command, Event, IdempotentCommand, Kind, Message, Query, StreamQuery, sensitive
 from ._messages import name_by_package as _name_by_package
 from ._notify import PublishStrategy
 from ._pipeline import AsyncBehaviour, Behaviour
@@ -54,6 +57,10 @@ __all__ = [
     "HandlerNotFoundError",
     "Handles",
     "HookError",
+    "IdempotencyKeyError",
+    "IdempotencyKeyInUseError",
+    "IdempotencyKeyMismatchError",
+    "IdempotentCommand",
     "Kind",
     "Lifetime",
     "Logging",

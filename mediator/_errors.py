@@ -164,3 +164,44 @@ class RequestTooLargeError(MediatorError, ValueError):
         self.limit = limit
         super().__init__(f"The request body is larger than {limit} bytes; send at most {limit} bytes, or raise "
                          "the embedding's max_body.")
+
+
+class IdempotencyKeyError(MediatorError, ValueError):
+    """An idempotency key that cannot be one: empty, too long, not text or not printable."""
+
+    def __init__(self, key: object, longest: int) -> None:
+        self.key = key
+        super().__init__(f"idempotency_key={key!r}: give a non-empty printable string of at most {longest} "
+                         "characters (a UUID the client made for this request), or None.")
+
+
+class IdempotencyKeyMismatchError(MediatorError, ValueError):
+    """A command came with an idempotency key already used for a different command or payload.
+
+    The HTTP embeddings answer 422, as the IETF Idempotency-Key draft asks: a client reused a key for another
+    request, and must make a new one.
+    """
+
+    def __init__(self, key: str, command: type, stored_command: str) -> None:
+        self.key = key
+        self.command = command
+        self.stored_command = stored_command
+        used = (f"a {stored_command} with another payload" if stored_command == qualname(command)
+                else f"a {stored_command}, not a {qualname(command)}")
+        super().__init__(f"Idempotency key {key!r} was used for {used}; a key names one request: make a new key "
+                         "for a new request.")
+
+
+class IdempotencyKeyInUseError(MediatorError, RuntimeError):
+    """A command came with an idempotency key whose first command is still running (in this process or another).
+
+    Nothing ran; the HTTP embeddings answer 409. Send it again once the first has finished: the repeat then
+    answers the first's result.
+    """
+
+    def __init__(self, key: str, command: type | None = None) -> None:
+        self.key = key
+        self.command = command
+        by = f"a {qualname(command)}" if command is not None else "a command"
+        super().__init__(f"Idempotency key {key!r} is in use by {by} still running; send the command again once "
+                         "it has finished, and it answers that one's result.")

@@ -39,6 +39,25 @@ class Query(Message, Generic[R_co]):
     __slots__ = ()
 
 
+MAX_IDEMPOTENCY_KEY = 255
+"""The longest idempotency key accepted, in characters (the IETF draft's keys are UUIDs or similar)."""
+
+
+@attrs.frozen(kw_only=True)
+class IdempotentCommand(Command[R_co]):
+    """A command a client may send again (a retry after a lost response) without it taking effect twice.
+
+    Given an ``idempotency_key``, the read-model engine stores the key, a digest of the command and its result in
+    the command's own transaction; a repeat with the same key and payload answers the stored result (and
+    consistency token) without running the handler, and the same key with another payload is refused with
+    :class:`~mediator.readmodels.IdempotencyKeyMismatchError`. Without a key it is an ordinary command.
+    """
+
+    idempotency_key: str | None = None
+    """A non-empty printable string of at most :data:`MAX_IDEMPOTENCY_KEY` characters, or ``None``; checked when
+    the command is sent (:class:`~mediator.IdempotencyKeyError`)."""
+
+
 class StreamQuery(Message, Generic[T_co]):
     """A query whose handler yields ``T_co`` items one at a time."""
 
@@ -91,7 +110,7 @@ def declared_result(message_type: type[Message]) -> Any:
     """
     for klass in message_type.__mro__:
         for base in getattr(klass, "__orig_bases__", ()):
-            if typing.get_origin(base) in (Command, Query, StreamQuery):
+            if typing.get_origin(base) in (Command, IdempotentCommand, Query, StreamQuery):
                 (arg,) = typing.get_args(base)
                 return Any if isinstance(arg, TypeVar) else arg
     return Any

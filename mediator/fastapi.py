@@ -27,6 +27,7 @@ from ._errors import MissingExtraError, RequestTooLargeError
 from .http import (
     CONSISTENT_HEADER,
     CORRELATION_HEADER,
+    IDEMPOTENCY_HEADER,
     MAX_BODY,
     TOKEN_HEADER,
     EmbeddingConfigError,
@@ -40,6 +41,7 @@ from .http import (
     check_token,
     correlation_id_of,
     head_of,
+    idempotency_key_of,
     log_failure,
     parse_token,
     problem_for,
@@ -49,7 +51,7 @@ from .http import (
 from .readmodels import ConsistencyTimeoutError, StorageError, consistent, fresh_token, last_token
 
 try:
-    from fastapi import Depends, FastAPI, Request
+    from fastapi import Depends, FastAPI, Header, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -301,6 +303,17 @@ Mediated = Annotated[AsyncMediator, Depends(current_mediator)]
 """Annotate a route parameter with this to receive the mediator: ``async def route(mediator: Mediated)``."""
 
 
+def _idempotency_key(key: Annotated[str | None, Header(alias=IDEMPOTENCY_HEADER)] = None) -> str | None:
+    return idempotency_key_of(key)
+
+
+IdempotencyKey = Annotated[str | None, Depends(_idempotency_key)]
+"""Annotate a route parameter with this to receive the request's ``Idempotency-Key`` (``None`` without one), to
+give to an :class:`~mediator.IdempotentCommand`: ``PlaceOrder(..., idempotency_key=key)``. A repeat answers the
+first request's result and consistency token; a key reused for another payload answers 422, one whose first
+request is still running 409 (see :func:`mediator.http.problem_for`)."""
+
+
 def problem(status: int, error: str, detail: str, **extra: Any) -> JSONResponse:
     """A JSON error body: ``{"error": ..., "detail": ..., ...}``."""
     return JSONResponse({"error": error, "detail": detail, **extra}, status_code=status)
@@ -369,4 +382,4 @@ def _correlation_id(request: Request) -> str:
         return correlation_id_of(request.headers.get(CORRELATION_HEADER))
 
 
-__all__ = ["Mediated", "MediatorMiddleware", "current_mediator", "install_error_handlers", "problem"]
+__all__ = ["IdempotencyKey", "Mediated", "MediatorMiddleware", "current_mediator", "install_error_handlers", "problem"]

@@ -47,7 +47,15 @@ from typing import Any, Protocol
 
 import attrs
 
-from ._errors import AuthenticationError, MediatorError, RequestTooLargeError, ValidationError
+from ._errors import (
+    AuthenticationError,
+    IdempotencyKeyError,
+    IdempotencyKeyInUseError,
+    IdempotencyKeyMismatchError,
+    MediatorError,
+    RequestTooLargeError,
+    ValidationError,
+)
 from ._messages import qualname
 from .readmodels import ConsistencyTimeoutError, ReadModelUnavailableError, StorageError, TokenBeyondHeadError
 
@@ -59,6 +67,9 @@ CONSISTENT_HEADER = "X-Consistent-With"
 """The request header asking its queries to read at least what the given token wrote."""
 CORRELATION_HEADER = "X-Correlation-Id"
 """The request header whose value becomes the dispatch scope's correlation id (the id used is on the response)."""
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+"""The request header naming a request a client may send again (the IETF Idempotency-Key draft): a route gives it
+to an :class:`~mediator.IdempotentCommand` as its ``idempotency_key``."""
 MAX_BODY = 1024 * 1024
 """The embeddings' default limit on a request's body, in bytes (1 MiB); ``max_body=None`` lifts it."""
 
@@ -188,6 +199,22 @@ def check_token(token: int, head: Callable[[], int]) -> Problem | None:
                    f"a token from {TOKEN_HEADER}.")
 
 
+def idempotency_key_of(value: str | None) -> str | None:
+    """The idempotency key an ``Idempotency-Key`` header gives (``None`` without one): the draft sends it as a
+    structured-field string, ``"8e03978e-..."``, and a bare token is taken as it is. A key that cannot be one is
+    refused when the command is made (:class:`~mediator.IdempotencyKeyError`, answered 400).
+
+    >>> idempotency_key_of('"8e03978e-40d5-43e8-bc93-6894a57f9324"')
+    '8e03978e-40d5-43e8-bc93-6894a57f9324'
+    """
+    if value is None:
+        return None
+    key = value.strip()
+    if len(key) >= 2 and key[0] == key[-1] == '"':
+        key = key[1:-1]
+    return key
+
+
 def correlation_id_of(value: str | None) -> str:
     """The correlation id a request runs with: its ``X-Correlation-Id`` when that is one, else a new one.
 
@@ -269,6 +296,8 @@ def problem_for(exc: BaseException, status_of: StatusMap = {}) -> Problem | None
     422 with the problems per field; a read model that has not caught up, or is being rebuilt, and a storage
     that is down answer 503 with ``Retry-After``: the same request succeeds later. A storage or driver error
     caused by the request's data answers 422 (a value the database refused) or 409 (a conflicting write).
+    An idempotency key reused for another request answers 422, one whose first request is still running 409
+    (with ``Retry-After``), as the IETF Idempotency-Key draft has it, and a key that cannot be one 400.
     The framework's other errors (a message with no handler, a wiring problem) are bugs: ``status_of`` maps them
     only by a framework class, never by a built-in one derives from (``LookupError``, ``ValueError``).
     """
@@ -280,6 +309,8 @@ def problem_for(exc: BaseException, status_of: StatusMap = {}) -> Problem | None
     if isinstance(exc, ValidationError):
         fields = {field or "request": list(problems) for field, problems in exc.errors.items()}
         return Problem(422, "validation", "The request is invalid.", extra={"fields": fields})
+    if isinstance(exc, IdempotencyKeyMismatchError | IdempotencyKeyInUseError | IdempotencyKeyError):
+        return _idempotency_problem(exc)
     if isinstance(exc, TokenBeyondHeadError):  # the engine found it so: no wiring of head= needed
         return Problem(400, "bad_request", str(exc))
     if isinstance(exc, ConsistencyTimeoutError):
@@ -309,6 +340,17 @@ def problem_for(exc: BaseException, status_of: StatusMap = {}) -> Problem | None
             return Problem(status, error, str(exc) or error, headers)
     fault = _driver_fault(exc)
     return None if fault is None else _storage_problem(fault)
+
+
+def _idempotency_problem(exc: MediatorError) -> Problem:
+    """The IETF Idempotency-Key draft's answers: a key reused for another request 422, one whose first request
+    is still running 409, and a key that cannot be one 400."""
+    if isinstance(exc, IdempotencyKeyMismatchError):
+        return Problem(422, "idempotency_key_reused", str(exc), log="idempotency key reused", level="info")
+    if isinstance(exc, IdempotencyKeyInUseError):
+        return Problem(409, "idempotency_key_in_use", str(exc), (("Retry-After", "1"),),
+                       log="idempotency key in use", level="info")
+    return Problem(400, "bad_request", str(exc))
 
 
 def challenge(exc: AuthenticationError) -> str:
@@ -437,9 +479,9 @@ def _short_path(path: str) -> str:
 RequestTooLargeError.__module__ = __name__  # public here, defined with the framework's other errors
 
 __all__ = [
-    "CONSISTENT_HEADER", "CORRELATION_HEADER", "MAX_BODY", "TOKEN_HEADER", "AuthenticationError",
+    "CONSISTENT_HEADER", "CORRELATION_HEADER", "IDEMPOTENCY_HEADER", "MAX_BODY", "TOKEN_HEADER", "AuthenticationError",
     "EmbeddingConfigError", "PrincipalResolver", "Problem", "ReadModelEngine", "RequestTooLargeError", "StatusMap",
     "asgi_headers", "challenge", "check_length", "check_principal", "check_token", "correlation_id_of",
-    "failure_fields", "head_of", "log_failure", "parse_token", "problem_for", "resolve_principal",
+    "failure_fields", "head_of", "idempotency_key_of", "log_failure", "parse_token", "problem_for", "resolve_principal",
     "too_large", "wsgi_headers",
 ]

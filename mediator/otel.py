@@ -5,7 +5,8 @@ records projection batches as spans.
 
 ``instrument(engine)`` exports, per projection: lag in positions and in seconds
 (observable gauges read when the exporter collects), the number of parked and
-blocked events, and a counter of events applied (throughput).
+blocked events, a counter of events applied (throughput), and a counter of idempotent commands' repeats absorbed
+(answered from their record without running the handler).
 """
 
 from __future__ import annotations
@@ -70,6 +71,13 @@ def instrument(engine: ReadModels, meter_provider: MeterProvider | None = None) 
                                   description="Events waiting behind a parked event of their key")
     meter.create_observable_gauge("mediator.projection.parked.age", [current("oldest_parked_seconds")], unit="s",
                                   description="Age of the oldest parked or blocked event")
+    def absorbed(options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(count, {"command": command})
+                for command, count in list(engine.idempotency.absorbed.items())]
+
+    meter.create_observable_counter(
+        "mediator.command.duplicates_absorbed", [absorbed], unit="{command}",
+        description="Repeats of idempotent commands answered from their record, the handler not run")
     meter.create_observable_gauge("mediator.projection.stalled", [stalled], unit="1",
                                   description="1 while the projection's events fail alike (its store is failing)")
     return meter

@@ -242,6 +242,32 @@ class AsyncMediatorStub(MediatorStub):
         return self._answer_async(event)
 
 
+class Clock:
+    """A wall clock that moves only when a test moves it: give it to the engine (``ReadModels(..., clock=clock)``)
+    and an idempotency record expires, or a scheduled command falls due, without the test sleeping.
+
+    >>> clock = Clock(start=1_000.0)
+    >>> clock()
+    1000.0
+    >>> clock.advance(minutes=15)
+    >>> clock()
+    1900.0
+    """
+
+    def __init__(self, start: float = 1_767_225_600.0) -> None:  # 2026-01-01T00:00:00Z
+        self.now = float(start)
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float = 0.0, *, minutes: float = 0.0, hours: float = 0.0, days: float = 0.0) -> None:
+        """Move the clock forward (a negative total moves it back, as a corrected system clock does)."""
+        self.now += seconds + 60.0 * minutes + 3_600.0 * hours + 86_400.0 * days
+
+    def __repr__(self) -> str:
+        return f"Clock(now={self.now!r})"
+
+
 def settle(engine: ReadModels) -> int:
     """Run every background and worker projection, and any rebuild, until there is nothing left to do.
 
@@ -269,6 +295,7 @@ def assert_settled(engine: ReadModels) -> None:
 
 __all__ = [
     "AsyncMediatorStub",
+    "Clock",
     "Dispatched",
     "MediatorStub",
     "Recording",

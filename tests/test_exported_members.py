@@ -14,7 +14,8 @@ def test_exported_members() -> None:
     assert mediator.__all__ == [
         "AsyncBehaviour", "AsyncMediator", "AuthenticationError", "Behaviour", "Build", "Command", "ConsumeError",
         "DispatchContext", "Event", "ExceptionHooks", "Explanation", "Handled", "HandlerBinder", "HandlerMark",
-        "HandlerNotFoundError", "Handles", "HookError", "Kind", "Lifetime", "Logging", "Mediator", "MediatorError",
+        "HandlerNotFoundError", "Handles", "HookError", "IdempotencyKeyError", "IdempotencyKeyInUseError",
+        "IdempotencyKeyMismatchError", "IdempotentCommand", "Kind", "Lifetime", "Logging", "Mediator", "MediatorError",
         "Message", "MissingExtraError", "NotAMessageError", "PublishError", "PublishStrategy", "Query", "Registry",
         "RegistryFrozenError", "Scope", "ScopeError", "StreamQuery", "Validates", "Validation", "ValidationError",
         "ValidatorError", "WiringError", "current_context", "handles", "sensitive",

@@ -26,12 +26,14 @@ from ._errors import (
     UnknownProjectionError,
     UnregisteredEventError,
 )
+from ._idempotency import Idempotency, IdempotencyClaims, digest_of
 from ._opening import existing_only
 from ._ports import (
     BLOCKED,
     PARKED,
     DeadLetter,
     Generations,
+    IdempotencyRecord,
     NewEvent,
     ProjectionSession,
     Quarantined,
@@ -63,6 +65,9 @@ __all__ = [
     "EventType",
     "EventTypes",
     "Generations",
+    "Idempotency",
+    "IdempotencyClaims",
+    "IdempotencyRecord",
     "Lag",
     "NewEvent",
     "Prefix",
@@ -92,6 +97,7 @@ __all__ = [
     "UnregisteredEventError",
     "WriteSession",
     "consistent",
+    "digest_of",
     "existing_only",
     "fresh_token",
     "last_token",

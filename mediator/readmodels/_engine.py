@@ -22,9 +22,10 @@ import attrs
 import structlog
 
 from .. import Kind, Scope
-from .._messages import qualname
+from .._messages import IdempotentCommand, qualname
 from ._apply import Applier
 from ._errors import ProjectionConfigError, UnknownProjectionError
+from ._idempotency import Idempotency
 from ._ports import PARKED, DeadLetter, Storage, StoredEvent
 from ._projections import Delivery, Projection
 from ._rebuilds import Rebuilds
@@ -100,12 +101,19 @@ class ReadModels:
         standby_interval: with leases (PostgreSQL), the shortest time between two looks of a runner that holds
             none of its projections: it takes over a dead runner's within about this, and does not query the
             database on every append meanwhile.
+        idempotency_ttl: seconds an idempotent command's record answers its repeats (a day by default); after
+            that its key may be used again, and the runner deletes the record.
+        clock: the wall clock (seconds since the epoch) for idempotency records and scheduled commands; the
+            testing kit's :class:`~mediator.testing.Clock` moves it by hand.
     """
 
     def __init__(self, storage: Storage, types: EventTypes, *, batch_size: int = 500, max_attempts: int = 5,
                  backoff: float = 0.05, max_backoff: float = 5.0, heal_interval: float = 60.0, heal_attempts: int = 10,
                  stall_limit: float = 300.0, poll_interval: float = 0.2, watch_interval: float = 0.002,
-                 retire_after: float = 5.0, standby_interval: float = 0.05) -> None:
+                 retire_after: float = 5.0, standby_interval: float = 0.05, idempotency_ttl: float = 86_400.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        if not idempotency_ttl > 0:
+            raise ProjectionConfigError(f"idempotency_ttl={idempotency_ttl!r}: a number of seconds above 0.")
         self.storage = storage
         self.types = types
         self.batch_size = batch_size
@@ -119,6 +127,11 @@ class ReadModels:
         self.watch_interval = watch_interval
         self.retire_after = retire_after
         self.standby_interval = standby_interval
+        self.idempotency_ttl = idempotency_ttl
+        self.clock = clock
+        self.expire_keys_every = 60.0
+        """Seconds between two deletions of expired idempotency records by a running runner."""
+        self._next_key_expiry = 0.0
         self.lag_log_interval = 60.0
         """Seconds between two lag lines of a running runner."""
         self.on_applied: list[Callable[[str, int], None]] = []
@@ -132,6 +145,7 @@ class ReadModels:
         self.applier = Applier(self)
         self.rebuilds = Rebuilds(self)
         self.writer = Writer(self)
+        self.idempotency = Idempotency(self)
         self.progress = Progress(self)
         self._runner = Runner("mediator-readmodels", self._run_round, self._idle, self._round_failed,
                               self._release_leases)
@@ -159,7 +173,9 @@ class ReadModels:
         return self
 
     def install(self, registry: Registry) -> None:
-        """Wire the engine into ``registry``: the scoped ``UnitOfWork``, this engine, and the two behaviours.
+        """Wire the engine into ``registry``: the scoped ``UnitOfWork``, this engine, and its behaviours (the unit of
+        work's, read-your-writes', and idempotency's around and inside the unit of work's, for idempotent commands
+        only).
 
         Call it after the behaviours that should run outside the transaction
         (logging, validation): ``SyncReadModels`` is added here, innermost so far.
@@ -170,7 +186,9 @@ class ReadModels:
 
         registry.scoped(UnitOfWork, unit_of_work)
         registry.singleton(ReadModels, instance=self)
+        registry.behaviour(self.idempotency.claims, applies_to=IdempotentCommand)
         registry.behaviour(SyncReadModels(self), applies_to=Kind.COMMAND)
+        registry.behaviour(self.idempotency, applies_to=IdempotentCommand)
         registry.behaviour(ReadYourWrites(self), applies_to=Kind.QUERY)
 
     @property
@@ -358,9 +376,21 @@ class ReadModels:
             self._next_lag_log = time.monotonic() + self.lag_log_interval
             with contextlib.suppress(Exception):  # a storage outage is logged by the round below
                 self.log_lag()
+        if time.monotonic() >= self._next_key_expiry:
+            self._next_key_expiry = time.monotonic() + self.expire_keys_every
+            with contextlib.suppress(Exception):  # as above
+                self.expire_idempotency_keys()
         assert self._runs is not None
         self._head = self.storage.head()  # before the catch-up: a commit after this read wakes the idle wait
         return self.catch_up(deliveries=(self._runs,), leased=True, only=self._only, stop=self._runner.stopping) > 0
+
+    def expire_idempotency_keys(self) -> int:
+        """Delete the idempotency records past their ``idempotency_ttl`` (a running runner does it every
+        :attr:`expire_keys_every` seconds); return how many. An expired record never answers, deleted or not."""
+        gone = self.storage.expire_keys(self.clock())
+        if gone:
+            log.info("expired idempotency keys deleted", count=gone)
+        return gone
 
     def _round_failed(self, exc: Exception) -> float:
         # A storage outage: log, wait, try again; never die silently.

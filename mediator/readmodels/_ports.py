@@ -62,6 +62,19 @@ class StoredEvent(NamedTuple):
     meta: str = "{}"
 
 
+class IdempotencyRecord(NamedTuple):
+    """What an idempotent command left under its key: which command, a digest of its payload, its result (JSON)
+    and the consistency token of the transaction that ran it; ignored from ``expires_at`` (a timestamp) on."""
+
+    key: str
+    command: str
+    digest: str
+    result: str
+    position: int
+    recorded_at: float
+    expires_at: float
+
+
 PARKED = "parked"
 """A dead letter whose event failed: moved aside at once, so the projection's other keys go on, and retried by the
 runner on a schedule (see :attr:`DeadLetter.retry_at`)."""
@@ -501,6 +514,19 @@ class WriteSession(abc.ABC):
         """
 
     @abc.abstractmethod
+    def claim_key(self, key: str) -> IdempotencyRecord | None:
+        """The record kept under idempotency ``key`` (expired or not), with ``key`` claimed by this transaction.
+
+        A storage whose writers take turns (SQLite, memory) has nothing to claim: its write lock is held already.
+        One whose writers overlap (PostgreSQL) takes a lock on the key held to commit, and raises
+        :class:`~mediator.IdempotencyKeyInUseError` at once if another transaction holds it.
+        """
+
+    @abc.abstractmethod
+    def keep_key(self, record: IdempotencyRecord) -> None:
+        """Keep ``record`` under its key in this transaction, replacing whatever was kept (an expired record)."""
+
+    @abc.abstractmethod
     def commit(self) -> None:
         """Make the state change and the events visible together."""
 
@@ -640,6 +666,14 @@ class Storage(ReadStore):
     @abc.abstractmethod
     def quarantined(self, inbox: str | None = None) -> list[Quarantined]:
         """The events quarantined by ``inbox`` (or by every inbox), oldest first."""
+
+    @abc.abstractmethod
+    def expire_keys(self, now: float) -> int:
+        """Delete the idempotency records that expired by ``now`` (committed at once); return how many."""
+
+    @abc.abstractmethod
+    def count_keys(self, now: float) -> int:
+        """How many idempotency records are live at ``now``."""
 
     def ensure_schema(self, name: str, create: Callable[[Any], None], *, version: int = 1) -> bool:
         """Create the application's own write tables: run ``create(handle)`` in a write transaction (``handle`` as

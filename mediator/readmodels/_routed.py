@@ -22,6 +22,7 @@ from ._errors import ProjectionConfigError, StorageError
 from ._ports import (
     DeadLetter,
     Generations,
+    IdempotencyRecord,
     NewEvent,
     ProjectionSession,
     Quarantined,
@@ -71,6 +72,12 @@ class RoutedStorage(Storage):
 
     def quarantine(self, inbox: str, event: NewEvent, reason: str) -> None:
         self.log.quarantine(inbox, event, reason)
+
+    def expire_keys(self, now: float) -> int:
+        return self.log.expire_keys(now)
+
+    def count_keys(self, now: float) -> int:
+        return self.log.count_keys(now)
 
     def quarantined(self, inbox: str | None = None) -> list[Quarantined]:
         return self.log.quarantined(inbox)
@@ -172,6 +179,12 @@ class _RoutedWriteSession(WriteSession):
     def generations(self, name: str) -> Generations:
         self._refuse_routed(name)
         return self._session.generations(name)
+
+    def claim_key(self, key: str) -> IdempotencyRecord | None:
+        return self._session.claim_key(key)
+
+    def keep_key(self, record: IdempotencyRecord) -> None:
+        self._session.keep_key(record)
 
     def commit(self) -> None:
         self._session.commit()

@@ -20,7 +20,16 @@ from typing import Any
 import attrs
 
 from ._errors import StorageDataError, StorageError
-from ._ports import DeadLetter, Generations, NewEvent, ProjectionSession, Quarantined, Storage, WriteSession
+from ._ports import (
+    DeadLetter,
+    Generations,
+    IdempotencyRecord,
+    NewEvent,
+    ProjectionSession,
+    Quarantined,
+    Storage,
+    WriteSession,
+)
 from ._tables import Query, Table
 
 READ_SCHEMA = """
@@ -74,9 +83,22 @@ CREATE TABLE IF NOT EXISTS write_schemas (
     name TEXT PRIMARY KEY,
     version INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    key TEXT PRIMARY KEY,
+    command TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    result TEXT NOT NULL,
+    position BIGINT NOT NULL,
+    recorded_at DOUBLE PRECISION NOT NULL,
+    expires_at DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX IF NOT EXISTS idempotency_keys_by_expiry ON idempotency_keys (expires_at);
 """
-"""Which version of each application write schema :meth:`SqlStorage.ensure_schema` has created, in the write
-database."""
+"""The write database's own tables beside the log: which version of each application write schema
+:meth:`SqlStorage.ensure_schema` has created, and the idempotent commands' records (written in the commands'
+transactions)."""
+
+_IDEMPOTENCY_COLUMNS = "key, command, digest, result, position, recorded_at, expires_at"
 
 EVENT_COLUMNS = "position, event_id, type_name, version, data, key, recorded_at, meta"
 _LETTER_COLUMNS = "projection, generation, position, event_id, type_name, key, reason, attempts, status, retry_at"
@@ -484,6 +506,27 @@ class SqlWriteSession(WriteSession):
         """Roll back what is open on the connection (each backend knows how to tell)."""
         raise NotImplementedError
 
+    def _lock_key(self, key: str) -> None:
+        """Claim idempotency ``key`` for this transaction, where writers overlap (each backend says how); SQLite's
+        write transaction holds the file's one write lock already."""
+
+    def claim_key(self, key: str) -> IdempotencyRecord | None:
+        dialect = self._sql.dialect
+        self._lock_key(key)
+        with translated(dialect, "read an idempotency key"):
+            row = self.handle.execute(dialect.sql(
+                f"SELECT {_IDEMPOTENCY_COLUMNS} FROM idempotency_keys WHERE key = ?"), (key,)).fetchone()
+        return None if row is None else IdempotencyRecord(*row)
+
+    def keep_key(self, record: IdempotencyRecord) -> None:
+        dialect = self._sql.dialect
+        with translated(dialect, "keep an idempotency key"):
+            self.handle.execute(dialect.sql(
+                f"INSERT INTO idempotency_keys ({_IDEMPOTENCY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET command = excluded.command, digest = excluded.digest, "
+                "result = excluded.result, position = excluded.position, recorded_at = excluded.recorded_at, "
+                "expires_at = excluded.expires_at"), record)
+
     def commit(self) -> None:
         if self._open:
             self._open = False
@@ -603,6 +646,31 @@ class SqlStorage(Storage):
     def _change(self, statement: str, params: Sequence[Any]) -> None:
         """Run a write of its own, committed at once (each backend says how)."""
         raise NotImplementedError
+
+    def _on_the_log(self, what: str, statement: str, params: Sequence[Any], *, write: bool) -> Any:
+        """Run ``statement`` in a transaction of its own on the write database: a write's count of rows changed,
+        or a read's first column of its first row."""
+        session = self.begin()
+        try:
+            with translated(self._sql.dialect, what):
+                cursor = session.handle.execute(self._sql.dialect.sql(statement), params)
+                found = cursor.rowcount if write else cursor.fetchone()[0]
+        except BaseException:
+            session.rollback()
+            raise
+        if write:
+            session.commit()
+        else:
+            session.rollback()
+        return found
+
+    def expire_keys(self, now: float) -> int:
+        return int(self._on_the_log("expire idempotency keys", "DELETE FROM idempotency_keys WHERE expires_at <= ?",
+                                    (now,), write=True))
+
+    def count_keys(self, now: float) -> int:
+        return int(self._on_the_log("count idempotency keys",
+                                    "SELECT COUNT(*) FROM idempotency_keys WHERE expires_at > ?", (now,), write=False))
 
     def quarantined(self, inbox: str | None = None) -> list[Quarantined]:
         with translated(self._sql.dialect, "read quarantined events"):

@@ -22,7 +22,7 @@ from .._context import _current, new_event_id
 from .._messages import qualname
 from ._apply import FAILED
 from ._errors import StorageError, UnregisteredEventError
-from ._ports import NewEvent, WriteSession
+from ._ports import IdempotencyRecord, NewEvent, WriteSession
 from ._projections import Delivery
 from ._tokens import _last_token
 from ._versions import Track, record, unrecorded_version
@@ -58,6 +58,9 @@ class UnitOfWork:
         """What the handlers of this transaction loaded or saved (aggregates), by keys of their choosing: a command
         nested in another (``PlaceOrder`` then ``ReserveStock``) finds the aggregate its caller just saved instead
         of reading it back. Emptied when the transaction commits or rolls back; it holds only what handlers put."""
+        self._keys: list[IdempotencyRecord] = []
+        self.replayed: int | None = None
+        """The consistency token of the record an idempotent command was answered from, if one was."""
 
     @classmethod
     def of(cls, scope: Scope, engine: ReadModels) -> UnitOfWork:
@@ -95,19 +98,32 @@ class UnitOfWork:
             self._used_outside_a_command()
         self._events.append((event, key))
 
+    def keep_key(self, record: IdempotencyRecord) -> None:
+        """Keep an idempotent command's record with this transaction (its position filled in at the append)."""
+        self._keys.append(record)
+
     def commit(self) -> int:
         """Append the recorded events, apply inline projections, commit; return the commit position."""
         session = self._session or self.session
         events, self._events = self._events, []
+        keys, self._keys = self._keys, []
         try:
-            return self.engine.writer.commit(session, events)
+            position = self.engine.writer.commit(session, events, keys)
         finally:
             self._session = None  # committed or rolled back: never reuse it
             self.identity_map.clear()
+        if self.replayed is not None:  # answered from a record: its token, unless this transaction wrote too
+            if not events and not keys:
+                position = self.replayed
+                _last_token.set(position)
+            self.replayed = None
+        return position
 
     def rollback(self) -> None:
         """Discard the recorded events and whatever the transaction changed."""
         self._events.clear()
+        self._keys.clear()
+        self.replayed = None
         self.identity_map.clear()
         if self._session is not None:
             session, self._session = self._session, None
@@ -199,8 +215,10 @@ class Writer:
             lock = self._loop_locks[loop] = asyncio.Lock()
         return lock
 
-    def commit(self, session: WriteSession, recorded: Sequence[tuple[Any, str | None]]) -> int:
-        """Append ``recorded`` (events with their keys), apply inline projections, commit; return the position."""
+    def commit(self, session: WriteSession, recorded: Sequence[tuple[Any, str | None]],
+               keys: Sequence[IdempotencyRecord] = ()) -> int:
+        """Append ``recorded`` (events with their keys), keep the idempotency records ``keys`` with the position,
+        apply inline projections, commit; return the position."""
         engine = self.engine
         try:
             now = time.time()
@@ -210,6 +228,8 @@ class Writer:
                 name, version, data = engine.types.encode(event)
                 new.append(NewEvent(new_event_id(), name, version, data, key, now, meta))
             position = session.append(new)
+            for kept in keys:
+                session.keep_key(kept._replace(position=position))
             first = position - len(new) + 1
             set_up = [self._apply_inline(session, track, recorded, first) for track in self.inline] if (
                 self.inline) else ()

@@ -33,7 +33,7 @@ from typing import Any
 import attrs
 
 from ._errors import ReadModelUnavailableError, RowFieldError, StorageError, TableQueryError
-from ._ports import BLOCKED, PARKED, DeadLetter, NewEvent, ProjectionSession, ReadStore, Storage
+from ._ports import BLOCKED, PARKED, DeadLetter, IdempotencyRecord, NewEvent, ProjectionSession, ReadStore, Storage
 from ._tables import Prefix, Range, Table
 from ._versions import claim, claim_rebuild, finish, finish_rebuild, record, record_version, swap
 
@@ -614,6 +614,51 @@ class StorageContract(ReadStoreContract):
         thread.join()
         assert order == ["first commits", "second appended"]
         assert [e.data for e in storage.read(0, 10)] == ['{"n": 1}', '{"n": 2}']
+
+    # -- idempotency records ---------------------------------------------------------------------------
+
+    def _keep(self, record: IdempotencyRecord) -> None:
+        session = self.storage.begin()
+        assert session.claim_key(record.key) is None
+        session.keep_key(record)
+        session.commit()
+
+    def test_an_idempotency_record_commits_with_its_transaction(self) -> None:
+        record = IdempotencyRecord("k-1", "shop.PlaceOrder", "d1", '"order-1"', 7, 100.0, 200.0)
+        self._keep(record)
+        session = self.storage.begin()
+        assert session.claim_key("k-1") == record
+        assert session.claim_key("k-2") is None
+        session.rollback()
+        assert self.storage.count_keys(150.0) == 1
+
+    def test_a_rolled_back_idempotency_record_is_never_kept(self) -> None:
+        session = self.storage.begin()
+        session.keep_key(IdempotencyRecord("k-1", "c", "d", "null", 1, 1.0, 2.0))
+        session.rollback()
+        session = self.storage.begin()
+        assert session.claim_key("k-1") is None
+        session.rollback()
+
+    def test_an_idempotency_record_is_replaced_by_one_kept_under_its_key(self) -> None:
+        self._keep(IdempotencyRecord("k-1", "c", "d", "1", 1, 1.0, 2.0))
+        session = self.storage.begin()
+        session.keep_key(IdempotencyRecord("k-1", "c", "e", "2", 5, 3.0, 4.0))
+        session.commit()
+        session = self.storage.begin()
+        assert session.claim_key("k-1") == IdempotencyRecord("k-1", "c", "e", "2", 5, 3.0, 4.0)
+        session.rollback()
+
+    def test_expired_idempotency_records_are_deleted_and_no_others(self) -> None:
+        self._keep(IdempotencyRecord("old", "c", "d", "null", 1, 1.0, 10.0))
+        self._keep(IdempotencyRecord("new", "c", "d", "null", 2, 5.0, 20.0))
+        assert self.storage.count_keys(10.0) == 1
+        assert self.storage.expire_keys(10.0) == 1
+        assert self.storage.expire_keys(10.0) == 0
+        session = self.storage.begin()
+        assert session.claim_key("old") is None
+        assert session.claim_key("new") is not None
+        session.rollback()
 
     def test_inline_rows_commit_with_the_command(self) -> None:
         storage = self.storage

@@ -22,6 +22,7 @@ from ._errors import StorageError
 from ._ports import (
     DeadLetter,
     Generations,
+    IdempotencyRecord,
     NewEvent,
     ProjectionSession,
     Quarantined,
@@ -46,6 +47,7 @@ class _State:
         self.generations: dict[str, int] = {}
         self.rebuilds: dict[str, int] = {}
         self.versions: dict[tuple[str, int], int] = {}
+        self.keys: dict[str, IdempotencyRecord] = {}
 
     def records_copy(self) -> _State:
         """A copy whose generation records can change apart (read models and checkpoints stay shared)."""
@@ -54,6 +56,7 @@ class _State:
         work.generations = dict(self.generations)
         work.rebuilds = dict(self.rebuilds)
         work.versions = dict(self.versions)
+        work.keys = self.keys
         return work
 
     def working_copy(self) -> _State:
@@ -65,6 +68,7 @@ class _State:
         work.generations = dict(self.generations)
         work.rebuilds = dict(self.rebuilds)
         work.versions = dict(self.versions)
+        work.keys = dict(self.keys)
         return work
 
 
@@ -199,6 +203,12 @@ class MemoryWriteSession(WriteSession):
     def generations(self, name: str) -> Generations:
         return MemoryGenerations(self._work, name)
 
+    def claim_key(self, key: str) -> IdempotencyRecord | None:
+        return self._work.keys.get(key)  # one writer at a time: the write lock is the claim
+
+    def keep_key(self, record: IdempotencyRecord) -> None:
+        self._work.keys[record.key] = record
+
     def commit(self) -> None:
         if not self._done:
             for session in self._projections:
@@ -242,6 +252,16 @@ class MemoryStorage(Storage):
             self._owner = None
             self._writer.release()
             raise
+
+    def expire_keys(self, now: float) -> int:
+        with self._writer:
+            live = {key: record for key, record in self._state.keys.items() if record.expires_at > now}
+            gone = len(self._state.keys) - len(live)
+            self._state.keys = live
+        return gone
+
+    def count_keys(self, now: float) -> int:
+        return sum(record.expires_at > now for record in list(self._state.keys.values()))
 
     def read(self, after: int, limit: int, type_names: Collection[str] | None = None) -> list[StoredEvent]:
         log = self._state.log

@@ -42,7 +42,7 @@ import time
 from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
-from .._errors import MissingExtraError
+from .._errors import IdempotencyKeyInUseError, MissingExtraError
 from ._errors import DatabaseNotFoundError, StorageError
 from ._opening import may_create
 from ._pgpool import POSTGRES, Connections, _abandon, _checked_schema, connect, connection_options, lock_key
@@ -124,6 +124,15 @@ class PostgresWriteSession(SqlWriteSession):
             return last
         except (psycopg.Error, UnicodeEncodeError) as exc:
             raise translate(POSTGRES, "append events", exc) from exc
+
+    def _lock_key(self, key: str) -> None:
+        # Writers overlap here: the key's own lock, held to commit, keeps a second transaction with the key from
+        # running its handler beside the first (it is refused at once rather than made to wait).
+        with translated(POSTGRES, "claim an idempotency key"):
+            row = self.handle.execute("SELECT pg_try_advisory_xact_lock(%s)",
+                                      (lock_key(self._storage.schema, f"idempotency:{key}"),)).fetchone()
+        if not row[0]:
+            raise IdempotencyKeyInUseError(key)
 
     def projection(self, name: str, generation: int) -> ProjectionSession:
         # Inline projections write under the log's lock, as on SQLite: commands apply them in log order.

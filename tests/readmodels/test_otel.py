@@ -64,3 +64,17 @@ def test_lag_is_logged_through_structlog(storage: Storage) -> None:
     (entry,) = logs
     assert entry["event"] == "projection lag"
     assert entry["positions_behind"] == 1
+
+
+def test_repeats_of_idempotent_commands_are_counted_as_absorbed(storage: Storage) -> None:
+    from .idempotent_bank import PayIn, Teller, wire
+
+    engine, registry = wire(storage, Teller())
+    mediator = registry.build()
+    reader = InMemoryMetricReader()
+    instrument(engine, MeterProvider(metric_readers=[reader]))
+    assert collect(reader).get("mediator.command.duplicates_absorbed", []) == []
+    for _ in range(3):
+        mediator.send(PayIn(account="a", amount=1, idempotency_key="k"))
+    (absorbed,) = collect(reader)["mediator.command.duplicates_absorbed"]
+    assert (absorbed.value, dict(absorbed.attributes)) == (2, {"command": "tests.readmodels.idempotent_bank.PayIn"})

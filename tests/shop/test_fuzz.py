@@ -96,6 +96,8 @@ class Fuzz:
                 return rng.choice(ids)
             if field == "email":
                 return rng.choice(["ada@example.com", "bo@example.org"])
+            if field == "idempotency_key":  # now and then a key used before: repeats and reused keys both happen
+                return rng.choice(["retry-1", "retry-2"]) if rng.random() < 0.1 else f"key-{rng.getrandbits(64):x}"
             return rng.choice(["Lamps", "Reading lamp", "reason", "lamp", "shade", "missing"])
         if attrs.has(hint):
             return self.build(hint, self.hostility)

@@ -387,3 +387,23 @@ def test_a_read_held_back_by_a_parked_event_is_a_503_at_once_and_never_stale_dat
     assert (later.status_code, later.json()["error"]) == (503, "read_model_held_back")
     assert unheld.status_code == 200
     assert any("secret-bob" in str(entry) for entry in logs)  # the reason is in the log, for the operator
+
+
+def test_a_checkout_retried_with_its_idempotency_key_places_one_order(server: tuple[httpx.Client, Shop]) -> None:
+    client, _shop = server
+    ids = setup_shop(client)
+    order = {"customer_id": ids["customer"], "items": [{"product_id": ids["product"], "quantity": 2}]}
+    headers = {**as_customer(ids["customer"]), "Idempotency-Key": '"5b0c1f3e-checkout"'}
+    first, again = (client.post("/orders", json=order, headers=headers) for _ in range(2))
+    assert (first.status_code, again.status_code) == (201, 201)
+    assert again.json() == first.json()
+    token = again.headers["x-consistency-token"]
+    assert token == first.headers["x-consistency-token"]
+    orders = client.get(f"/customers/{ids['customer']}/orders",
+                        headers={**as_customer(ids["customer"]), "X-Consistent-With": token})
+    assert [o["order_id"] for o in orders.json()] == [first.json()["order_id"]]
+    reused = client.post("/orders", json={**order, "items": [{"product_id": ids["product"], "quantity": 1}]},
+                         headers=headers)
+    assert (reused.status_code, reused.json()["error"]) == (422, "idempotency_key_reused")
+    inventory = client.get(f"/products/{ids['product']}/inventory", headers={"X-Consistent-With": token}).json()
+    assert inventory["reserved"] == 2

@@ -75,3 +75,17 @@ def test_the_sync_service_refuses_odd_quantities_and_tokens(client: tuple[httpx.
     assert http.get("/orders/x", headers={"X-Consistent-With": "nope"}).status_code == 400
     beyond = http.get("/orders/x", headers={"X-Consistent-With": str(shop.storage.head() + 1)})
     assert (beyond.status_code, beyond.json()["error"]) == (400, "bad_request")
+
+
+def test_a_checkout_retried_with_its_idempotency_key_places_one_order(client: tuple[httpx.Client, Shop]) -> None:
+    http, shop = client
+    customer, _lamps, desk, _floor = stocked(shop)
+    order = {"customer_id": customer, "items": [{"product_id": desk, "quantity": 1}]}
+    headers = {**as_customer(customer), "Idempotency-Key": "checkout-1"}
+    first, again = (http.post("/orders", json=order, headers=headers) for _ in range(2))
+    assert (first.status_code, again.status_code) == (201, 201)
+    assert again.json() == first.json()
+    assert again.headers["x-consistency-token"] == first.headers["x-consistency-token"]
+    other = http.post("/orders", json={**order, "items": [{"product_id": desk, "quantity": 2}]}, headers=headers)
+    assert (other.status_code, other.json()["error"]) == (422, "idempotency_key_reused")
+    assert http.post("/orders", json=order, headers={**headers, "Idempotency-Key": ""}).status_code == 400

@@ -1,0 +1,238 @@
+"""Idempotent commands: a repeat under the same key answers the first's result and token, and runs nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import attrs
+import pytest
+
+from mediator import (
+    IdempotencyKeyError,
+    IdempotencyKeyInUseError,
+    IdempotencyKeyMismatchError,
+    Mediator,
+)
+from mediator.readmodels import ReadModels, Storage, digest_of, fresh_token, last_token
+from mediator.testing import Clock, settle
+from tests import postgres
+
+from .bank import Balances
+from .idempotent_bank import PayIn, PayInTwice, Receipt, Teller, Withdraw, wire
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@attrs.define
+class Bank:
+    engine: ReadModels
+    mediator: Mediator
+    teller: Teller
+    clock: Clock
+
+    def balance(self, account: str = "a") -> int:
+        settle(self.engine)
+        row = self.engine.get(Balances.balance, account)
+        return row.amount if row else 0
+
+
+@pytest.fixture
+def bank(storage: Storage) -> Bank:
+    teller, clock = Teller(), Clock()
+    engine, registry = wire(storage, teller, clock=clock, idempotency_ttl=3_600.0)
+    return Bank(engine, registry.build(), teller, clock)
+
+
+def pay_in(amount: int = 10, key: str | None = "key-1", account: str = "a") -> PayIn:
+    return PayIn(account=account, amount=amount, idempotency_key=key)
+
+
+def test_a_repeat_answers_the_first_result_and_token_without_running_again(bank: Bank) -> None:
+    with fresh_token():
+        first = bank.mediator.send(pay_in())
+        token = last_token()
+    bank.mediator.send(pay_in(5, key="other"))
+    with fresh_token():
+        again = bank.mediator.send(pay_in())
+        assert last_token() == token
+    assert again == first == Receipt("a", 10, 1)
+    assert bank.teller.runs == 2
+    assert bank.balance() == 15
+    assert bank.engine.idempotency.absorbed == {"tests.readmodels.idempotent_bank.PayIn": 1}
+
+
+def test_commands_without_a_key_run_each_time(bank: Bank) -> None:
+    bank.mediator.send(pay_in(key=None))
+    bank.mediator.send(pay_in(key=None))
+    assert bank.teller.runs == 2
+    assert bank.balance() == 20
+
+
+def test_a_key_reused_for_another_payload_is_refused_and_runs_nothing(bank: Bank) -> None:
+    bank.mediator.send(pay_in(10))
+    with pytest.raises(IdempotencyKeyMismatchError, match="another payload") as raised:
+        bank.mediator.send(pay_in(11))
+    assert (raised.value.key, raised.value.command) == ("key-1", PayIn)
+    assert bank.teller.runs == 1
+    assert bank.balance() == 10
+
+
+def test_a_key_reused_for_another_command_is_refused(bank: Bank) -> None:
+    bank.mediator.send(pay_in(10))
+    with pytest.raises(IdempotencyKeyMismatchError, match=r"not a .*Withdraw") as raised:
+        bank.mediator.send(Withdraw(account="a", amount=10, idempotency_key="key-1"))
+    assert raised.value.stored_command.endswith("PayIn")
+    assert bank.teller.runs == 1
+
+
+def test_a_failed_command_keeps_no_key_and_its_retry_runs(bank: Bank) -> None:
+    bank.teller.fail_next = True
+    with pytest.raises(ConnectionError):
+        bank.mediator.send(pay_in())
+    assert bank.mediator.send(pay_in()) == Receipt("a", 10, 2)
+    assert bank.balance() == 10
+
+
+def test_a_key_expires_after_its_time_to_live(bank: Bank) -> None:
+    bank.mediator.send(pay_in())
+    bank.clock.advance(minutes=59)
+    bank.mediator.send(pay_in())
+    assert bank.teller.runs == 1
+    bank.clock.advance(minutes=1)
+    assert bank.engine.storage.count_keys(bank.clock()) == 0
+    assert bank.mediator.send(pay_in(12)) == Receipt("a", 12, 2)  # the key is free again, for any payload
+    assert bank.engine.storage.count_keys(bank.clock()) == 1
+
+
+def test_expired_records_are_deleted_and_live_ones_kept(bank: Bank) -> None:
+    bank.mediator.send(pay_in(key="old"))
+    bank.clock.advance(minutes=30)
+    bank.mediator.send(pay_in(key="new"))
+    bank.clock.advance(minutes=31)
+    assert bank.engine.expire_idempotency_keys() == 1
+    bank.mediator.send(pay_in(key="new"))
+    assert bank.teller.runs == 2
+
+
+def test_a_repeat_while_the_first_runs_is_refused_and_then_answers(bank: Bank) -> None:
+    started, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        started.set()
+        release.wait(10)
+
+    bank.teller.before = hold
+    mediator = bank.mediator
+    results: list[object] = []
+    first = threading.Thread(target=lambda: results.append(mediator.send(pay_in())))
+    first.start()
+    assert started.wait(10)
+    with pytest.raises(IdempotencyKeyInUseError) as raised:
+        mediator.send(pay_in())
+    assert raised.value.command is PayIn
+    release.set()
+    first.join(10)
+    bank.teller.before = None
+    assert mediator.send(pay_in()) == results[0] == Receipt("a", 10, 1)
+    assert bank.teller.runs == 1
+
+
+def test_idempotent_commands_inside_another_command_commit_with_it(bank: Bank) -> None:
+    twice = PayInTwice(first=pay_in(1, key="k1"), second=pay_in(2, key="k2"), fail_after=True)
+    with pytest.raises(ValueError, match="refused after"):
+        bank.mediator.send(twice)
+    assert bank.engine.storage.count_keys(bank.clock()) == 0  # rolled back with the command they joined
+    receipts = bank.mediator.send(attrs.evolve(twice, fail_after=False))
+    assert bank.mediator.send(pay_in(2, key="k2")) == receipts[1]
+    assert bank.teller.runs == 4
+    assert bank.balance() == 3
+
+
+def test_a_command_without_a_result_answers_none_again(bank: Bank) -> None:
+    withdraw = Withdraw(account="a", amount=3, idempotency_key="w")
+    assert bank.mediator.send(withdraw) is None
+    assert bank.mediator.send(withdraw) is None
+    assert bank.teller.runs == 1
+
+
+def test_the_async_mediator_answers_repeats_alike(storage: Storage) -> None:
+    teller = Teller()
+    _engine, registry = wire(storage, teller, nested=False)
+    mediator = registry.build_async()
+
+    async def twice() -> tuple[Receipt, Receipt]:
+        return await mediator.send(pay_in()), await mediator.send(pay_in())
+
+    first, again = asyncio.run(twice())
+    assert first == again
+    assert teller.runs == 1
+
+
+def test_a_key_that_cannot_be_one_is_refused_when_sent_and_runs_nothing(bank: Bank) -> None:
+    for bad in ("", "x" * 256, "tab\there", 7, b"bytes"):
+        with pytest.raises(IdempotencyKeyError) as raised:
+            bank.mediator.send(PayIn(account="a", amount=1, idempotency_key=bad))  # type: ignore[arg-type]
+        assert raised.value.key == bad
+    assert bank.teller.runs == 0
+    assert bank.engine.storage.head() == 0
+
+
+def test_the_digest_is_of_the_payload_not_the_key() -> None:
+    assert digest_of(pay_in(key="a")) == digest_of(pay_in(key="b")) != digest_of(pay_in(11, key="a"))
+
+
+def test_the_engine_refuses_a_time_to_live_that_is_not_one(storage: Storage) -> None:
+    from mediator.readmodels import ProjectionConfigError
+
+    with pytest.raises(ProjectionConfigError, match="idempotency_ttl"):
+        wire(storage, Teller(), idempotency_ttl=0)
+
+
+# -- across processes ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def shared(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[dict[str, str], Storage]]:
+    base = {**os.environ, "PYTHONPATH": str(ROOT), "BANK_PAUSE": "0.5"}
+    if request.param == "sqlite":
+        from mediator.readmodels.sqlite import SqliteStorage
+
+        db = tmp_path / "bank.db"
+        storage: Storage = SqliteStorage(db)
+        env = {**base, "BANK_DB": str(db)}
+    else:
+        postgres.require()
+        from mediator.readmodels.postgres import PostgresStorage
+
+        schema = postgres.new_schema()
+        storage = PostgresStorage(postgres.DSN, schema=schema)
+        env = {**base, "BANK_POSTGRES": postgres.DSN, "BANK_SCHEMA": schema}
+    wire(storage, Teller())  # the schema made before the processes start
+    try:
+        yield env, storage
+    finally:
+        storage.close()
+        if request.param == "postgres":
+            storage.drop_schema()  # type: ignore[attr-defined]
+
+
+def test_two_processes_sending_one_key_at_once_run_the_handler_once(
+        shared: tuple[dict[str, str], Storage]) -> None:
+    env, storage = shared
+    command = [sys.executable, "-m", "tests.readmodels.idempotent_bank", "same-key", "10"]
+    processes = [subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+                 for _ in range(2)]
+    answers = sorted(process.communicate(timeout=60)[0].strip().splitlines()[-1] for process in processes)
+    assert [process.returncode for process in processes] == [0, 0]
+    assert storage.head() == 1  # one pay-in's event: the handler ran once
+    # SQLite's writers take turns: the second answers the first's receipt. PostgreSQL's overlap: it is refused.
+    assert answers in (["receipt 1 runs 0", "receipt 1 runs 1"], ["in-use", "receipt 1 runs 1"]), answers
+    again = subprocess.run(command, env={**env, "BANK_PAUSE": "0"}, cwd=ROOT, capture_output=True, text=True,
+                           timeout=60, check=True)
+    assert again.stdout.strip().splitlines()[-1] == "receipt 1 runs 0"
