@@ -7,6 +7,8 @@ checkouts), so only the part named is left:
 - ``write``: a CQRS ``send(PlaceOrder(...))`` with no projection running (the mediator, its behaviours, the
   handlers, the write model's SQL, event encoding and the log insert, the commit);
 - ``logging``: the same with the shop's structured logging on, less ``write``;
+- ``keyed``: ``write`` with an idempotency key on each checkout (the key looked up, the payload digested, the
+  record kept in the checkout's transaction);
 - ``apply:<name>``: catching one projection up with the events of the checkouts (the other projections are
   caught up in both processes, so only this one is counted; it finds the events they decoded and the stretches
   of the log they read, so the six figures add up to less than ``apply:all``);
@@ -74,9 +76,10 @@ def _child(mode: str, n: int, work: bool) -> None:
         applying = mode.startswith("apply:")
         if applying:  # the checkouts in both processes; the counted projection caught up only when working
             counted = carts[50:]
-        for customer_id, items in warm + counted:
-            send(PlaceOrder(customer_id=customer_id,
-                            items=tuple(OrderItem(product_id=p, quantity=q) for p, q in items)))
+        keyed = mode == "keyed"
+        for number, (customer_id, items) in enumerate(warm + counted):
+            send(PlaceOrder(customer_id=customer_id, items=tuple(OrderItem(product_id=p, quantity=q) for p, q in items),
+                            idempotency_key=f"checkout-{number}" if keyed else None))
         if applying:
             name = mode.split(":", 1)[1]
             projections = list(PROJECTIONS) if name == "all" else [name]
@@ -102,7 +105,7 @@ def count(mode: str, n: int) -> float:
     return (one(True) - one(False)) / n
 
 
-MODES = ("crud", "write", "logging", *(f"apply:{name}" for name in PROJECTIONS), "apply:all")
+MODES = ("crud", "write", "keyed", "logging", *(f"apply:{name}" for name in PROJECTIONS), "apply:all")
 
 
 def breakdown(n: int = 200, modes: Sequence[str] = MODES) -> dict[str, float]:

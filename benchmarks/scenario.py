@@ -337,7 +337,8 @@ def measure_idempotent(both: Both, orders: Sequence[Cart], progress: Callable[[s
                           idempotency_key=key)
 
     plain = [order(c, items, None) for c, items in orders]
-    keyed = [order(c, items, f"bench-{i}") for i, (c, items) in enumerate(orders)]
+    run = new_event_id()  # keys of their own each run
+    keyed = [order(c, items, f"{run}-{i}") for i, (c, items) in enumerate(orders)]
     for command in plain[:20]:  # warm up
         send(command)
     times: dict[str, list[float]] = {"plain": [], "keyed": [], "repeat": []}

@@ -18,6 +18,8 @@ from ._errors import (
     ProjectionConfigError,
     ReadModelUnavailableError,
     RowFieldError,
+    ScheduleNotFoundError,
+    ScheduleTimeError,
     StorageDataError,
     StorageError,
     TableQueryError,
@@ -25,12 +27,14 @@ from ._errors import (
     UndecodableEventError,
     UnknownProjectionError,
     UnregisteredEventError,
+    UnschedulableCommandError,
 )
 from ._idempotency import Idempotency, IdempotencyClaims, digest_of
 from ._opening import existing_only
 from ._ports import (
     BLOCKED,
     PARKED,
+    PENDING,
     DeadLetter,
     Generations,
     IdempotencyRecord,
@@ -38,6 +42,7 @@ from ._ports import (
     ProjectionSession,
     Quarantined,
     ReadStore,
+    ScheduledCommand,
     Storage,
     StoredEvent,
     WriteSession,
@@ -52,6 +57,7 @@ from ._unit_of_work import SyncReadModels, UnitOfWork
 __all__ = [
     "BLOCKED",
     "PARKED",
+    "PENDING",
     "Codec",
     "Consistency",
     "ConsistencyTimeoutError",
@@ -83,6 +89,9 @@ __all__ = [
     "ReadYourWrites",
     "RoutedStorage",
     "RowFieldError",
+    "ScheduleNotFoundError",
+    "ScheduleTimeError",
+    "ScheduledCommand",
     "Storage",
     "StorageDataError",
     "StorageError",
@@ -95,6 +104,7 @@ __all__ = [
     "UnitOfWork",
     "UnknownProjectionError",
     "UnregisteredEventError",
+    "UnschedulableCommandError",
     "WriteSession",
     "consistent",
     "digest_of",

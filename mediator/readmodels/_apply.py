@@ -400,15 +400,20 @@ class Applier:
 
     def _schedule(self, attempts: int) -> float | None:
         """When a parked event that failed ``attempts`` times is tried next (seconds since the epoch), or ``None``
-        once it has had every try: quick retries first, then the slow schedule, then an operator's."""
+        once it has had every try (see :meth:`delay`)."""
+        delay = self.delay(attempts)
+        return None if delay is None else time.time() + delay
+
+    def delay(self, attempts: int) -> float | None:
+        """Seconds before something that failed ``attempts`` times is tried again, or ``None`` once it has had
+        every try: quick retries first, then the slow schedule, then an operator's. Parked events and scheduled
+        commands follow it alike."""
         engine = self.engine
         if attempts < engine.max_attempts:
-            delay: float = min(engine.backoff * 2.0 ** (attempts - 1), engine.max_backoff)
-        elif attempts < engine.max_attempts + engine.heal_attempts:
-            delay = min(engine.heal_interval * 2.0 ** (attempts - engine.max_attempts), 3600.0)
-        else:
-            return None
-        return time.time() + delay
+            return float(min(engine.backoff * 2.0 ** (attempts - 1), engine.max_backoff))
+        if attempts < engine.max_attempts + engine.heal_attempts:
+            return float(min(engine.heal_interval * 2.0 ** (attempts - engine.max_attempts), 3600.0))
+        return None
 
     def _park(self, session: ProjectionSession, stored: StoredEvent, status: str, reason: str, attempts: int,
               retry_at: float | None) -> None:

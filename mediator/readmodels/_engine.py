@@ -30,6 +30,7 @@ from ._ports import PARKED, DeadLetter, Storage, StoredEvent
 from ._projections import Delivery, Projection
 from ._rebuilds import Rebuilds
 from ._runner import Runner
+from ._schedules import Schedules
 from ._serialization import EventTypes
 from ._tables import Table, table_name
 from ._tokens import Progress, ReadYourWrites
@@ -39,7 +40,7 @@ from ._versions import Track, Versions
 R = TypeVar("R")
 
 if TYPE_CHECKING:
-    from .. import Registry
+    from .. import Mediator, Registry
 
 log = structlog.get_logger("mediator.readmodels")
 
@@ -146,6 +147,8 @@ class ReadModels:
         self.rebuilds = Rebuilds(self)
         self.writer = Writer(self)
         self.idempotency = Idempotency(self)
+        self.schedules = Schedules(self)
+        self._next_schedule_look = 0.0
         self.progress = Progress(self)
         self._runner = Runner("mediator-readmodels", self._run_round, self._idle, self._round_failed,
                               self._release_leases)
@@ -190,6 +193,18 @@ class ReadModels:
         registry.behaviour(SyncReadModels(self), applies_to=Kind.COMMAND)
         registry.behaviour(self.idempotency, applies_to=IdempotentCommand)
         registry.behaviour(ReadYourWrites(self), applies_to=Kind.QUERY)
+
+    def schedulable(self, command_type: type, *, name: str | None = None) -> ReadModels:
+        """Let handlers schedule ``command_type`` (``uow.schedule(...)``), stored under ``name`` (its qualified name
+        by default: give a stable one, as for events, if the class may move)."""
+        self.schedules.register(command_type, name)
+        return self
+
+    def dispatch_with(self, mediator: Mediator) -> ReadModels:
+        """Dispatch scheduled commands through ``mediator`` (the sync one ``registry.build()`` made) when they
+        are due: the runner and the testing kit's ``settle`` fire them only once this is given."""
+        self.schedules.mediator = mediator
+        return self
 
     @property
     def sharing(self) -> bool:
@@ -381,8 +396,21 @@ class ReadModels:
             with contextlib.suppress(Exception):  # as above
                 self.expire_idempotency_keys()
         assert self._runs is not None
+        fired = self._fire_schedules()
         self._head = self.storage.head()  # before the catch-up: a commit after this read wakes the idle wait
-        return self.catch_up(deliveries=(self._runs,), leased=True, only=self._only, stop=self._runner.stopping) > 0
+        applied = self.catch_up(deliveries=(self._runs,), leased=True, only=self._only, stop=self._runner.stopping)
+        return applied > 0 or fired > 0
+
+    def _fire_schedules(self) -> int:
+        """Fire the scheduled commands that are due (a batch at most), if this engine dispatches them; the time
+        of the next one is read again every poll, for those other processes scheduled."""
+        schedules = self.schedules
+        if schedules.mediator is None:
+            return 0
+        if time.monotonic() >= self._next_schedule_look:
+            self._next_schedule_look = time.monotonic() + self.poll_interval
+            schedules.look_again()
+        return schedules.fire_due(limit=self.batch_size) if schedules.due() else 0
 
     def expire_idempotency_keys(self) -> int:
         """Delete the idempotency records past their ``idempotency_ttl`` (a running runner does it every
@@ -435,6 +463,8 @@ class ReadModels:
         now, wall = time.monotonic(), time.time()
         due = [t.not_before - now for t in self._tracks.values() if t.not_before > now]
         due += [t.next_retry - wall for t in self._tracks.values() if t.next_retry is not None]
+        if self.schedules.mediator is not None and self.schedules.next_due is not None:
+            due.append(self.schedules.next_due - self.clock())
         return max(0.0, min([self.poll_interval, *due]))
 
     # -- operations: lag, rebuilds, dead letters ----------------------------------------------------

@@ -193,3 +193,27 @@ class DeadLetterOrderError(MediatorError, ValueError):
             f"The dead letter of {projection!r} at position {position} waits behind position {first} with the "
             f"same key; retry or skip position {first} first, so the key's order holds."
         )
+
+
+class UnschedulableCommandError(MediatorError, LookupError):
+    """A command was scheduled (or a stored one read back) whose class the engine was not told it may schedule."""
+
+    def __init__(self, command: type | str) -> None:
+        self.command = command
+        name = command if isinstance(command, str) else qualname(command)
+        super().__init__(f"{name} cannot be scheduled: it is not registered for it; call "
+                         f"engine.schedulable({name.rsplit('.', 1)[-1]}) when wiring the engine.")
+
+
+class ScheduleTimeError(MediatorError, ValueError):
+    """A command was scheduled without one clear due time (both or neither of ``at``/``after``, a naive datetime,
+    a negative delay)."""
+
+
+class ScheduleNotFoundError(MediatorError, LookupError):
+    """An operator named a scheduled command that is not there (it fired, or was cancelled)."""
+
+    def __init__(self, schedule_id: str) -> None:
+        self.schedule_id = schedule_id
+        super().__init__(f"No scheduled command {schedule_id!r}: it has fired or was cancelled; list them with "
+                         "`python -m mediator.readmodels schedules`.")

@@ -39,10 +39,16 @@ _dumps = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=Fa
 
 
 def digest_of(command: IdempotentCommand[Any]) -> str:
-    """A digest of ``command``'s payload: its fields but the key, as JSON with sorted keys (SHA-256, hex)."""
+    """A digest of ``command``'s payload: SHA-256 (hex) of its fields but the key, converted as they would be
+    stored (:func:`~mediator.readmodels._serialization.to_data`) and written out in field order.
+
+    ``repr`` of the converted fields rather than JSON: it is canonical for what they hold (text, numbers, lists,
+    dicts in field order) at half the cost. A mapping field digests in its own order, as a client that sends the
+    same body again sends it.
+    """
     data = to_data(command)
-    del data["idempotency_key"]
-    return hashlib.sha256(_dumps(data).encode("utf-8", "surrogatepass")).hexdigest()
+    data["idempotency_key"] = None  # (compared only under one key: kept out so that equal payloads digest alike)
+    return hashlib.sha256(repr(data).encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class Idempotency:
@@ -161,7 +167,7 @@ class _BoundIdempotency:
         except TypeError as exc:
             raise TypeError(f"{self.name} answered {result!r}, which cannot be stored for its repeats ({exc}); "
                             "answer JSON-friendly types.") from exc
-        uow.keep_key(IdempotencyRecord(key, self.name, digest, stored, 0, now, now + self.engine.idempotency_ttl))
+        uow._keys.append((key, self.name, digest, stored, now, now + self.engine.idempotency_ttl))
 
     def handle(self, message: Any, next: Callable[[Any], Any]) -> Any:
         key = message.idempotency_key

@@ -75,6 +75,24 @@ class IdempotencyRecord(NamedTuple):
     expires_at: float
 
 
+class ScheduledCommand(NamedTuple):
+    """A command to dispatch once, when ``due_at`` (seconds since the epoch) comes: its registered name and JSON,
+    how often it failed, and ``status`` :data:`PENDING`, or :data:`PARKED` once it has had every try."""
+
+    schedule_id: str
+    command: str
+    data: str
+    due_at: float
+    scheduled_at: float
+    attempts: int = 0
+    status: str = "pending"
+    reason: str | None = None
+    meta: str = "{}"
+
+
+PENDING = "pending"
+"""A scheduled command waiting for its time (or, after a failure, for its next try)."""
+
 PARKED = "parked"
 """A dead letter whose event failed: moved aside at once, so the projection's other keys go on, and retried by the
 runner on a schedule (see :attr:`DeadLetter.retry_at`)."""
@@ -527,6 +545,19 @@ class WriteSession(abc.ABC):
         """Keep ``record`` under its key in this transaction, replacing whatever was kept (an expired record)."""
 
     @abc.abstractmethod
+    def schedule(self, scheduled: ScheduledCommand) -> None:
+        """Keep ``scheduled`` in this transaction, replacing one kept under its id."""
+
+    @abc.abstractmethod
+    def unschedule(self, schedule_id: str) -> bool:
+        """Delete the scheduled command ``schedule_id`` in this transaction; whether there was one."""
+
+    @abc.abstractmethod
+    def take_due(self, now: float) -> ScheduledCommand | None:
+        """The pending scheduled command due first, if it is due by ``now``, held by this transaction: where
+        writers overlap (PostgreSQL), another transaction's ``take_due`` skips it until this one ends."""
+
+    @abc.abstractmethod
     def commit(self) -> None:
         """Make the state change and the events visible together."""
 
@@ -674,6 +705,14 @@ class Storage(ReadStore):
     @abc.abstractmethod
     def count_keys(self, now: float) -> int:
         """How many idempotency records are live at ``now``."""
+
+    @abc.abstractmethod
+    def scheduled(self, status: str | None = None) -> list[ScheduledCommand]:
+        """The scheduled commands (of ``status``, if given), due first first."""
+
+    @abc.abstractmethod
+    def next_due(self) -> float | None:
+        """When the pending scheduled command due first is due (``None`` if there is none)."""
 
     def ensure_schema(self, name: str, create: Callable[[Any], None], *, version: int = 1) -> bool:
         """Create the application's own write tables: run ``create(handle)`` in a write transaction (``handle`` as

@@ -27,6 +27,7 @@ from ._ports import (
     ProjectionSession,
     Quarantined,
     ReadStore,
+    ScheduledCommand,
     Storage,
     StoredEvent,
     WriteSession,
@@ -78,6 +79,12 @@ class RoutedStorage(Storage):
 
     def count_keys(self, now: float) -> int:
         return self.log.count_keys(now)
+
+    def scheduled(self, status: str | None = None) -> list[ScheduledCommand]:
+        return self.log.scheduled(status)
+
+    def next_due(self) -> float | None:
+        return self.log.next_due()
 
     def quarantined(self, inbox: str | None = None) -> list[Quarantined]:
         return self.log.quarantined(inbox)
@@ -185,6 +192,15 @@ class _RoutedWriteSession(WriteSession):
 
     def keep_key(self, record: IdempotencyRecord) -> None:
         self._session.keep_key(record)
+
+    def schedule(self, scheduled: ScheduledCommand) -> None:
+        self._session.schedule(scheduled)
+
+    def unschedule(self, schedule_id: str) -> bool:
+        return self._session.unschedule(schedule_id)
+
+    def take_due(self, now: float) -> ScheduledCommand | None:
+        return self._session.take_due(now)
 
     def commit(self) -> None:
         self._session.commit()

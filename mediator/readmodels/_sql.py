@@ -27,6 +27,7 @@ from ._ports import (
     NewEvent,
     ProjectionSession,
     Quarantined,
+    ScheduledCommand,
     Storage,
     WriteSession,
 )
@@ -92,13 +93,26 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     recorded_at DOUBLE PRECISION NOT NULL,
     expires_at DOUBLE PRECISION NOT NULL
 );
-CREATE INDEX IF NOT EXISTS idempotency_keys_by_expiry ON idempotency_keys (expires_at);
+CREATE TABLE IF NOT EXISTS scheduled_commands (
+    schedule_id TEXT PRIMARY KEY,
+    command TEXT NOT NULL,
+    data TEXT NOT NULL,
+    due_at DOUBLE PRECISION NOT NULL,
+    scheduled_at DOUBLE PRECISION NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    status TEXT NOT NULL DEFAULT 'pending',
+    reason TEXT,
+    meta TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS scheduled_commands_by_due ON scheduled_commands (status, due_at);
 """
 """The write database's own tables beside the log: which version of each application write schema
 :meth:`SqlStorage.ensure_schema` has created, and the idempotent commands' records (written in the commands'
-transactions)."""
+transactions; PostgreSQL indexes them by expiry too, SQLite deletes them in the order they were kept, see
+:attr:`Statements.expire_keys`), and the scheduled commands (written in the transactions that schedule them)."""
 
 _IDEMPOTENCY_COLUMNS = "key, command, digest, result, position, recorded_at, expires_at"
+_SCHEDULE_COLUMNS = "schedule_id, command, data, due_at, scheduled_at, attempts, status, reason, meta"
 
 EVENT_COLUMNS = "position, event_id, type_name, version, data, key, recorded_at, meta"
 _LETTER_COLUMNS = "projection, generation, position, event_id, type_name, key, reason, attempts, status, retry_at"
@@ -205,6 +219,42 @@ class Statements:
             f"INSERT INTO inbox_quarantine ({_QUARANTINE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (inbox, event_id) DO UPDATE SET reason = excluded.reason, event = excluded.event, "
             "received_at = excluded.received_at")
+        self.claim_key = q(f"SELECT {_IDEMPOTENCY_COLUMNS} FROM idempotency_keys WHERE key = ?")
+        if dialect.replace == "replace":
+            # A new row (a new rowid) even for a key used before, so rowids stay in the order records were kept.
+            self.keep_key = (f"INSERT OR REPLACE INTO idempotency_keys ({_IDEMPOTENCY_COLUMNS}) "
+                             "VALUES (?, ?, ?, ?, ?, ?, ?)")
+            # No index by expiry (one b-tree less per idempotent command): with one time to live, records expire
+            # in the order they were kept, so delete up to the first live one. A record kept under a longer time
+            # to live holds later ones back until it expires itself; none of them answers meanwhile.
+            self.expire_keys = (
+                "DELETE FROM idempotency_keys WHERE rowid < COALESCE((SELECT rowid FROM idempotency_keys "
+                "WHERE expires_at > ? ORDER BY rowid LIMIT 1), (SELECT MAX(rowid) + 1 FROM idempotency_keys))")
+        else:
+            self.keep_key = q(
+                f"INSERT INTO idempotency_keys ({_IDEMPOTENCY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET command = excluded.command, digest = excluded.digest, "
+                "result = excluded.result, position = excluded.position, recorded_at = excluded.recorded_at, "
+                "expires_at = excluded.expires_at")
+            self.expire_keys = q("DELETE FROM idempotency_keys WHERE expires_at <= ?")
+        self.count_keys = q("SELECT COUNT(*) FROM idempotency_keys WHERE expires_at > ?")
+        if dialect.replace == "replace":
+            self.schedule = (f"INSERT OR REPLACE INTO scheduled_commands ({_SCHEDULE_COLUMNS}) "
+                             f"VALUES ({', '.join('?' * 9)})")
+        else:
+            self.schedule = q(
+                f"INSERT INTO scheduled_commands ({_SCHEDULE_COLUMNS}) VALUES ({', '.join('?' * 9)}) "
+                "ON CONFLICT (schedule_id) DO UPDATE SET command = excluded.command, data = excluded.data, "
+                "due_at = excluded.due_at, scheduled_at = excluded.scheduled_at, attempts = excluded.attempts, "
+                "status = excluded.status, reason = excluded.reason, meta = excluded.meta")
+        self.unschedule = q("DELETE FROM scheduled_commands WHERE schedule_id = ?")
+        self.take_due = q(
+            f"SELECT {_SCHEDULE_COLUMNS} FROM scheduled_commands WHERE status = 'pending' AND due_at <= ? "
+            "ORDER BY due_at, schedule_id LIMIT 1" + (" FOR UPDATE SKIP LOCKED" if dialect.locks_rows else ""))
+        self.scheduled = f"SELECT {_SCHEDULE_COLUMNS} FROM scheduled_commands ORDER BY due_at, schedule_id"
+        self.scheduled_by = q(f"SELECT {_SCHEDULE_COLUMNS} FROM scheduled_commands WHERE status = ? "
+                              "ORDER BY due_at, schedule_id")
+        self.next_due = "SELECT MIN(due_at) FROM scheduled_commands WHERE status = 'pending'"
         self.quarantined = f"SELECT {_QUARANTINE_COLUMNS} FROM inbox_quarantine ORDER BY received_at, event_id"
         self.quarantined_by = q(f"SELECT {_QUARANTINE_COLUMNS} FROM inbox_quarantine WHERE inbox = ? "
                                 "ORDER BY received_at, event_id")
@@ -511,21 +561,35 @@ class SqlWriteSession(WriteSession):
         write transaction holds the file's one write lock already."""
 
     def claim_key(self, key: str) -> IdempotencyRecord | None:
-        dialect = self._sql.dialect
         self._lock_key(key)
-        with translated(dialect, "read an idempotency key"):
-            row = self.handle.execute(dialect.sql(
-                f"SELECT {_IDEMPOTENCY_COLUMNS} FROM idempotency_keys WHERE key = ?"), (key,)).fetchone()
-        return None if row is None else IdempotencyRecord(*row)
+        try:  # not translated(): once per idempotent command
+            row = self.handle.execute(self._sql.claim_key, (key,)).fetchone()
+        except Exception as exc:
+            raise self._translated("read an idempotency key", exc) from exc
+        return None if row is None else IdempotencyRecord._make(row)
 
     def keep_key(self, record: IdempotencyRecord) -> None:
+        try:
+            self.handle.execute(self._sql.keep_key, record)
+        except Exception as exc:
+            raise self._translated("keep an idempotency key", exc) from exc
+
+    def schedule(self, scheduled: ScheduledCommand) -> None:
+        with translated(self._sql.dialect, "schedule a command"):
+            self.handle.execute(self._sql.schedule, scheduled)
+
+    def unschedule(self, schedule_id: str) -> bool:
+        with translated(self._sql.dialect, "cancel a scheduled command"):
+            return bool(self.handle.execute(self._sql.unschedule, (schedule_id,)).rowcount)
+
+    def take_due(self, now: float) -> ScheduledCommand | None:
+        with translated(self._sql.dialect, "take a due scheduled command"):
+            row = self.handle.execute(self._sql.take_due, (now,)).fetchone()
+        return None if row is None else ScheduledCommand._make(row)
+
+    def _translated(self, action: str, exc: Exception) -> Exception:
         dialect = self._sql.dialect
-        with translated(dialect, "keep an idempotency key"):
-            self.handle.execute(dialect.sql(
-                f"INSERT INTO idempotency_keys ({_IDEMPOTENCY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (key) DO UPDATE SET command = excluded.command, digest = excluded.digest, "
-                "result = excluded.result, position = excluded.position, recorded_at = excluded.recorded_at, "
-                "expires_at = excluded.expires_at"), record)
+        return translate(dialect, action, exc) if isinstance(exc, (dialect.driver_error, *dialect.data_errors)) else exc
 
     def commit(self) -> None:
         if self._open:
@@ -653,7 +717,7 @@ class SqlStorage(Storage):
         session = self.begin()
         try:
             with translated(self._sql.dialect, what):
-                cursor = session.handle.execute(self._sql.dialect.sql(statement), params)
+                cursor = session.handle.execute(statement, params)
                 found = cursor.rowcount if write else cursor.fetchone()[0]
         except BaseException:
             session.rollback()
@@ -665,12 +729,28 @@ class SqlStorage(Storage):
         return found
 
     def expire_keys(self, now: float) -> int:
-        return int(self._on_the_log("expire idempotency keys", "DELETE FROM idempotency_keys WHERE expires_at <= ?",
-                                    (now,), write=True))
+        return int(self._on_the_log("expire idempotency keys", self._sql.expire_keys, (now,), write=True))
 
     def count_keys(self, now: float) -> int:
-        return int(self._on_the_log("count idempotency keys",
-                                    "SELECT COUNT(*) FROM idempotency_keys WHERE expires_at > ?", (now,), write=False))
+        return int(self._on_the_log("count idempotency keys", self._sql.count_keys, (now,), write=False))
+
+    def _log_rows(self, statement: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """Rows of ``statement`` on the write database, outside any transaction (the read models' database,
+        unless a backend keeps them apart)."""
+        return self._rows(statement, params)
+
+    def scheduled(self, status: str | None = None) -> list[ScheduledCommand]:
+        with translated(self._sql.dialect, "read the scheduled commands"):
+            if status is None:
+                rows = self._log_rows(self._sql.scheduled, ())
+            else:
+                rows = self._log_rows(self._sql.scheduled_by, (status,))
+        return [ScheduledCommand._make(row) for row in rows]
+
+    def next_due(self) -> float | None:
+        with translated(self._sql.dialect, "read when the next scheduled command is due"):
+            (row,) = self._log_rows(self._sql.next_due, ())
+        return None if row[0] is None else float(row[0])
 
     def quarantined(self, inbox: str | None = None) -> list[Quarantined]:
         with translated(self._sql.dialect, "read quarantined events"):

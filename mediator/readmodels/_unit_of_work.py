@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from .. import Event, Scope, current_context
+from .. import Command, Event, Scope, current_context
 from .._context import _current, new_event_id
 from .._messages import qualname
 from ._apply import FAILED
@@ -29,6 +29,7 @@ from ._versions import Track, record, unrecorded_version
 
 if TYPE_CHECKING:
     from ._engine import ReadModels
+    from ._schedules import Delay, When
 
 log = structlog.get_logger("mediator.readmodels")
 
@@ -58,7 +59,9 @@ class UnitOfWork:
         """What the handlers of this transaction loaded or saved (aggregates), by keys of their choosing: a command
         nested in another (``PlaceOrder`` then ``ReserveStock``) finds the aggregate its caller just saved instead
         of reading it back. Emptied when the transaction commits or rolls back; it holds only what handlers put."""
-        self._keys: list[IdempotencyRecord] = []
+        self._keys: list[tuple[str, str, str, str, float, float]] = []
+        """The idempotency records to keep with this transaction, but for their position (known at the append):
+        key, command, digest, result, recorded at, expires at."""
         self.replayed: int | None = None
         """The consistency token of the record an idempotent command was answered from, if one was."""
 
@@ -98,9 +101,30 @@ class UnitOfWork:
             self._used_outside_a_command()
         self._events.append((event, key))
 
-    def keep_key(self, record: IdempotencyRecord) -> None:
-        """Keep an idempotent command's record with this transaction (its position filled in at the append)."""
-        self._keys.append(record)
+    def schedule(self, command: Command[Any], *, at: When | None = None, after: Delay | None = None,
+                 schedule_id: str | None = None) -> str:
+        """Schedule ``command`` to be dispatched once, ``at`` a time or ``after`` a delay (by the engine's clock),
+        kept with this transaction's writes; return its id (``schedule_id`` if given: scheduling under an id
+        again replaces that one, so a retried step schedules once).
+
+        Raises:
+            UnschedulableCommandError: if the engine was not told it may schedule the command's class
+                (``engine.schedulable(...)``).
+            ScheduleTimeError: without one clear due time.
+        """
+        schedules = self.engine.schedules
+        row = schedules.make(command, at, after, schedule_id)
+        schedules.scheduled(self.session, row)
+        return row.schedule_id
+
+    def cancel(self, schedule_id: str) -> bool:
+        """Cancel a scheduled command with this transaction's writes (a timeout whose awaited event came); whether
+        it was still scheduled (``False``: it has fired, or was cancelled already)."""
+        return self.session.unschedule(schedule_id)
+
+    def adopt(self, session: WriteSession) -> None:
+        """Run in ``session``, begun by the caller (the engine firing a scheduled command deletes it there)."""
+        self._session = session
 
     def commit(self) -> int:
         """Append the recorded events, apply inline projections, commit; return the commit position."""
@@ -216,7 +240,7 @@ class Writer:
         return lock
 
     def commit(self, session: WriteSession, recorded: Sequence[tuple[Any, str | None]],
-               keys: Sequence[IdempotencyRecord] = ()) -> int:
+               keys: Sequence[tuple[str, str, str, str, float, float]] = ()) -> int:
         """Append ``recorded`` (events with their keys), keep the idempotency records ``keys`` with the position,
         apply inline projections, commit; return the position."""
         engine = self.engine
@@ -228,8 +252,8 @@ class Writer:
                 name, version, data = engine.types.encode(event)
                 new.append(NewEvent(new_event_id(), name, version, data, key, now, meta))
             position = session.append(new)
-            for kept in keys:
-                session.keep_key(kept._replace(position=position))
+            for key, command, digest, result, recorded_at, expires_at in keys:
+                session.keep_key(IdempotencyRecord(key, command, digest, result, position, recorded_at, expires_at))
             first = position - len(new) + 1
             set_up = [self._apply_inline(session, track, recorded, first) for track in self.inline] if (
                 self.inline) else ()

@@ -33,7 +33,18 @@ from typing import Any
 import attrs
 
 from ._errors import ReadModelUnavailableError, RowFieldError, StorageError, TableQueryError
-from ._ports import BLOCKED, PARKED, DeadLetter, IdempotencyRecord, NewEvent, ProjectionSession, ReadStore, Storage
+from ._ports import (
+    BLOCKED,
+    PARKED,
+    PENDING,
+    DeadLetter,
+    IdempotencyRecord,
+    NewEvent,
+    ProjectionSession,
+    ReadStore,
+    ScheduledCommand,
+    Storage,
+)
 from ._tables import Prefix, Range, Table
 from ._versions import claim, claim_rebuild, finish, finish_rebuild, record, record_version, swap
 
@@ -659,6 +670,62 @@ class StorageContract(ReadStoreContract):
         assert session.claim_key("old") is None
         assert session.claim_key("new") is not None
         session.rollback()
+
+    # -- scheduled commands ------------------------------------------------------------------------------
+
+    def _schedule(self, *rows: ScheduledCommand) -> None:
+        session = self.storage.begin()
+        for row in rows:
+            session.schedule(row)
+        session.commit()
+
+    def test_scheduled_commands_commit_with_their_transaction_and_list_due_first(self) -> None:
+        later, sooner = (ScheduledCommand(i, "c", "{}", due, 1.0) for i, due in (("s-1", 20.0), ("s-2", 10.0)))
+        session = self.storage.begin()
+        session.schedule(ScheduledCommand("gone", "c", "{}", 5.0, 1.0))
+        session.rollback()
+        self._schedule(later, sooner)
+        assert self.storage.scheduled() == [sooner, later]
+        assert self.storage.next_due() == 10.0
+        self._schedule(sooner._replace(status=PARKED, reason="r", attempts=9))
+        assert self.storage.scheduled(PARKED) == [sooner._replace(status=PARKED, reason="r", attempts=9)]
+        assert self.storage.scheduled(PENDING) == [later]
+        assert self.storage.next_due() == 20.0
+
+    def test_the_command_due_first_is_taken_only_once_due(self) -> None:
+        self._schedule(*(ScheduledCommand(f"s-{due}", "c", "{}", due, 1.0) for due in (30.0, 10.0, 20.0)))
+        session = self.storage.begin()
+        assert session.take_due(9.0) is None
+        taken = session.take_due(25.0)
+        assert taken is not None
+        assert taken.schedule_id == "s-10.0"
+        assert session.unschedule("s-10.0") is True
+        assert session.unschedule("s-10.0") is False
+        session.commit()
+        assert [row.schedule_id for row in self.storage.scheduled()] == ["s-20.0", "s-30.0"]
+
+    def test_a_command_taken_by_one_transaction_is_not_taken_by_another(self) -> None:
+        self._schedule(ScheduledCommand("s-1", "c", "{}", 1.0, 0.0), ScheduledCommand("s-2", "c", "{}", 2.0, 0.0))
+        first = self.storage.begin()
+        assert first.take_due(10.0) is not None
+        taken: list[str | None] = []
+
+        def other() -> None:  # where writers take turns, it waits for the first to commit; where not, it skips
+            session = self.storage.begin()
+            row = session.take_due(10.0)
+            taken.append(None if row is None else row.schedule_id)
+            if row is not None:
+                session.unschedule(row.schedule_id)
+            session.commit()
+
+        thread = threading.Thread(target=other)
+        thread.start()
+        time.sleep(0.1)
+        first.unschedule("s-1")
+        first.commit()
+        thread.join()
+        assert taken == ["s-2"]
+        assert self.storage.scheduled() == []
 
     def test_inline_rows_commit_with_the_command(self) -> None:
         storage = self.storage

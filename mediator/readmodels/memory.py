@@ -20,12 +20,14 @@ import attrs
 
 from ._errors import StorageError
 from ._ports import (
+    PENDING,
     DeadLetter,
     Generations,
     IdempotencyRecord,
     NewEvent,
     ProjectionSession,
     Quarantined,
+    ScheduledCommand,
     Storage,
     StoredEvent,
     WriteSession,
@@ -48,6 +50,7 @@ class _State:
         self.rebuilds: dict[str, int] = {}
         self.versions: dict[tuple[str, int], int] = {}
         self.keys: dict[str, IdempotencyRecord] = {}
+        self.schedules: dict[str, ScheduledCommand] = {}
 
     def records_copy(self) -> _State:
         """A copy whose generation records can change apart (read models and checkpoints stay shared)."""
@@ -57,6 +60,7 @@ class _State:
         work.rebuilds = dict(self.rebuilds)
         work.versions = dict(self.versions)
         work.keys = self.keys
+        work.schedules = self.schedules
         return work
 
     def working_copy(self) -> _State:
@@ -69,6 +73,7 @@ class _State:
         work.rebuilds = dict(self.rebuilds)
         work.versions = dict(self.versions)
         work.keys = dict(self.keys)
+        work.schedules = dict(self.schedules)
         return work
 
 
@@ -209,6 +214,16 @@ class MemoryWriteSession(WriteSession):
     def keep_key(self, record: IdempotencyRecord) -> None:
         self._work.keys[record.key] = record
 
+    def schedule(self, scheduled: ScheduledCommand) -> None:
+        self._work.schedules[scheduled.schedule_id] = scheduled
+
+    def unschedule(self, schedule_id: str) -> bool:
+        return self._work.schedules.pop(schedule_id, None) is not None
+
+    def take_due(self, now: float) -> ScheduledCommand | None:
+        due = [s for s in self._work.schedules.values() if s.status == PENDING and s.due_at <= now]
+        return min(due, key=lambda s: (s.due_at, s.schedule_id), default=None)
+
     def commit(self) -> None:
         if not self._done:
             for session in self._projections:
@@ -262,6 +277,13 @@ class MemoryStorage(Storage):
 
     def count_keys(self, now: float) -> int:
         return sum(record.expires_at > now for record in list(self._state.keys.values()))
+
+    def scheduled(self, status: str | None = None) -> list[ScheduledCommand]:
+        found = [s for s in list(self._state.schedules.values()) if status is None or s.status == status]
+        return sorted(found, key=lambda s: (s.due_at, s.schedule_id))
+
+    def next_due(self) -> float | None:
+        return min((s.due_at for s in list(self._state.schedules.values()) if s.status == PENDING), default=None)
 
     def read(self, after: int, limit: int, type_names: Collection[str] | None = None) -> list[StoredEvent]:
         log = self._state.log

@@ -83,7 +83,9 @@ CREATE TABLE IF NOT EXISTS log_head (
     position BIGINT NOT NULL
 );
 INSERT INTO log_head (only_row, position) VALUES (TRUE, 0) ON CONFLICT DO NOTHING;
-""" + WRITE_SCHEMAS + READ_SCHEMA
+""" + WRITE_SCHEMAS + """
+CREATE INDEX IF NOT EXISTS idempotency_keys_by_expiry ON idempotency_keys (expires_at);
+""" + READ_SCHEMA
 
 _INSERT_EVENT = (
     "INSERT INTO events (position, event_id, type_name, version, data, key, recorded_at, meta) "

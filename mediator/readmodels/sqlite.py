@@ -367,6 +367,9 @@ class SqliteStorage(SqlStorage):
     def _rows(self, statement: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         return self._read().execute(statement, params).fetchall()
 
+    def _log_rows(self, statement: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        return self._write().execute(statement, params).fetchall()
+
     def _change(self, statement: str, params: Sequence[Any]) -> None:
         if self._checkpoints_due:
             self._start_checkpoints()
