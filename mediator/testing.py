@@ -270,20 +270,23 @@ class Clock:
 
 def settle(engine: ReadModels) -> int:
     """Run everything the commands so far led to, until there is nothing left to do: every background and worker
-    projection, any rebuild, and the scheduled commands due by the engine's clock (given the mediator to
-    dispatch them, ``engine.dispatch_with(mediator)``), with whatever those lead to in turn.
+    projection, any rebuild, every process manager's steps, and the scheduled commands due by the engine's clock
+    (given the mediator to dispatch them, ``engine.dispatch_with(mediator)``), with whatever those lead to in
+    turn.
 
     Deterministic, in the calling thread, with parked events retried at once instead of after their backoff, so a
-    failing event is parked by the time it returns. A scheduled command that fails waits for its next try by the
-    clock: move a :class:`Clock` on and settle again. Returns how many events were dealt with.
+    failing event is parked by the time it returns. A scheduled command or a process step that fails waits for
+    its next try by the clock: move a :class:`Clock` on and settle again. Returns how many events were dealt
+    with.
     """
     total = 0
     while True:
         engine.schedules.look_again()
         fired = engine.schedules.fire_due() if engine.schedules.due() else 0
+        stepped = engine.processes.run()
         done = engine.catch_up(ignore_backoff=True)
         total += done
-        if not done and not fired and not engine.rebuilding:
+        if not done and not fired and not stepped and not engine.rebuilding:
             return total
 
 

@@ -47,6 +47,7 @@ from ._ports import (
     StoredEvent,
     WriteSession,
 )
+from ._processes import ProcessManager, ProcessStatus, Step
 from ._projections import Delivery, Projection, on
 from ._routed import RoutedStorage
 from ._serialization import EventType, EventTypes
@@ -77,6 +78,8 @@ __all__ = [
     "Lag",
     "NewEvent",
     "Prefix",
+    "ProcessManager",
+    "ProcessStatus",
     "Projection",
     "ProjectionConfigError",
     "ProjectionSession",
@@ -93,6 +96,7 @@ __all__ = [
     "ScheduleTimeError",
     "ScheduledCommand",
     "Storage",
+    "Step",
     "StorageDataError",
     "StorageError",
     "StoredEvent",

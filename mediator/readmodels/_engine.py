@@ -27,6 +27,7 @@ from ._apply import Applier
 from ._errors import ProjectionConfigError, UnknownProjectionError
 from ._idempotency import Idempotency
 from ._ports import PARKED, DeadLetter, Storage, StoredEvent
+from ._processes import Processes, ProcessManager
 from ._projections import Delivery, Projection
 from ._rebuilds import Rebuilds
 from ._runner import Runner
@@ -148,6 +149,7 @@ class ReadModels:
         self.writer = Writer(self)
         self.idempotency = Idempotency(self)
         self.schedules = Schedules(self)
+        self.processes = Processes(self)
         self._next_schedule_look = 0.0
         self.progress = Progress(self)
         self._runner = Runner("mediator-readmodels", self._run_round, self._idle, self._round_failed,
@@ -200,9 +202,19 @@ class ReadModels:
         self.schedules.register(command_type, name)
         return self
 
+    def add_process(self, manager: ProcessManager[Any]) -> ReadModels:
+        """Add a process manager: the runner (given :meth:`dispatch_with`) takes its steps, each in one write
+        transaction with the commands it sends (see :class:`~mediator.readmodels.ProcessManager`)."""
+        if manager.name in self._tracks:
+            raise ProjectionConfigError(f"{manager.name!r} is the name of a projection; give the process manager "
+                                        "another.")
+        self.processes.add(manager)
+        return self
+
     def dispatch_with(self, mediator: Mediator) -> ReadModels:
-        """Dispatch scheduled commands through ``mediator`` (the sync one ``registry.build()`` made) when they
-        are due: the runner and the testing kit's ``settle`` fire them only once this is given."""
+        """Dispatch scheduled commands and process managers' commands through ``mediator`` (the sync one
+        ``registry.build()`` made): the runner and the testing kit's ``settle`` run them only once this is
+        given."""
         self.schedules.mediator = mediator
         return self
 
@@ -398,8 +410,9 @@ class ReadModels:
         assert self._runs is not None
         fired = self._fire_schedules()
         self._head = self.storage.head()  # before the catch-up: a commit after this read wakes the idle wait
+        stepped = self.processes.run(leased=True)
         applied = self.catch_up(deliveries=(self._runs,), leased=True, only=self._only, stop=self._runner.stopping)
-        return applied > 0 or fired > 0
+        return applied > 0 or fired > 0 or stepped > 0
 
     def _fire_schedules(self) -> int:
         """Fire the scheduled commands that are due (a batch at most), if this engine dispatches them; the time
@@ -426,8 +439,8 @@ class ReadModels:
         return self.poll_interval
 
     def _release_leases(self) -> None:
-        # This runner's leases go with it (only its projections': a relay may share the storage).
-        for name in self._tracks:
+        # This runner's leases go with it (only its projections' and process managers': a relay may share it).
+        for name in [*self._tracks, *(track.session_name for track in self.processes.tracks.values())]:
             with contextlib.suppress(Exception):  # a storage that is down has freed its locks already
                 if self.storage.holds(name):
                     self.storage.release(name)

@@ -545,6 +545,12 @@ class WriteSession(abc.ABC):
         """Keep ``record`` under its key in this transaction, replacing whatever was kept (an expired record)."""
 
     @abc.abstractmethod
+    def process(self, name: str) -> ProjectionSession:
+        """A session on process manager ``name``'s own records (its checkpoint, its parked steps, its instances'
+        state, in typed tables) in the write database, inside this transaction: a step commits with the
+        commands it sends, wherever the read models are kept."""
+
+    @abc.abstractmethod
     def schedule(self, scheduled: ScheduledCommand) -> None:
         """Keep ``scheduled`` in this transaction, replacing one kept under its id."""
 

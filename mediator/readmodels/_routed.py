@@ -193,6 +193,9 @@ class _RoutedWriteSession(WriteSession):
     def keep_key(self, record: IdempotencyRecord) -> None:
         self._session.keep_key(record)
 
+    def process(self, name: str) -> ProjectionSession:
+        return self._session.process(name)
+
     def schedule(self, scheduled: ScheduledCommand) -> None:
         self._session.schedule(scheduled)
 

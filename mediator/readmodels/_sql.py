@@ -574,6 +574,12 @@ class SqlWriteSession(WriteSession):
         except Exception as exc:
             raise self._translated("keep an idempotency key", exc) from exc
 
+    def process(self, name: str) -> ProjectionSession:
+        with translated(self._sql.dialect, "start a process manager's step"):
+            session = SqlProjectionSession(self.handle, name, 1, self._sql)
+        self._projections.append(session)
+        return session
+
     def schedule(self, scheduled: ScheduledCommand) -> None:
         with translated(self._sql.dialect, "schedule a command"):
             self.handle.execute(self._sql.schedule, scheduled)

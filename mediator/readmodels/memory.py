@@ -214,6 +214,11 @@ class MemoryWriteSession(WriteSession):
     def keep_key(self, record: IdempotencyRecord) -> None:
         self._work.keys[record.key] = record
 
+    def process(self, name: str) -> ProjectionSession:
+        session = MemoryProjectionSession(self._work, name, 1)
+        self._projections.append(session)
+        return session
+
     def schedule(self, scheduled: ScheduledCommand) -> None:
         self._work.schedules[scheduled.schedule_id] = scheduled
 

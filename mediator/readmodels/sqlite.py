@@ -293,6 +293,9 @@ class SqliteStorage(SqlStorage):
             self._write().executescript(_WRITE_SCHEMA)
             self._read().executescript(READ_SCHEMA)
             upgrade_schema(self._read(), SQLITE)
+            if not self.single_file:  # process managers keep their checkpoints and parked steps beside the log
+                self._write().executescript(READ_SCHEMA)
+                upgrade_schema(self._write(), SQLITE)
 
     def _connection(self, attribute: str, path: Path) -> sqlite3.Connection:
         connection: sqlite3.Connection | None = getattr(self._local, attribute, None)
