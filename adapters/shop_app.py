@@ -23,10 +23,12 @@ import attrs
 from adapters.shop_memory import MemoryWriteModel
 from adapters.shop_sqlite import WRITE_SCHEMA, SqliteWriteModel
 from domain.events import ALL_EVENTS
+from domain.messages import ExpireUnpaidOrder
 from handlers import commands, queries, validation
 from handlers.authorization import QUERIES, Authorize, AuthorizeQueries
 from handlers.commands import Clock, ShopCommands
 from handlers.ports import WriteModel
+from handlers.processes import PAYMENT_TIMEOUT, OrderFulfilment
 from handlers.projections import all_projections
 from handlers.queries import ShopQueries
 from handlers.retry import RetryOnConflict
@@ -85,6 +87,9 @@ def build_shop(
     tracer_provider: Any = None,
     read_stores: Mapping[str, ReadStore] | None = None,
     checkpoint_every: float | None = CHECKPOINT_EVERY,
+    fulfilment: bool = True,
+    payment_timeout: dt.timedelta = PAYMENT_TIMEOUT,
+    engine_clock: Callable[[], float] | None = None,
     **engine_options: Any,
 ) -> Shop:
     """Build the whole shop: on SQLite (write model and log in ``write_path``, read models in ``read_path``,
@@ -92,11 +97,51 @@ def build_shop(
     is created with the shop's tables if missing); or entirely in memory for tests when neither is given.
     ``read_stores`` keeps some projections' read models in stores of their own (``{"inventory":
     RedisReadStore(url)}``), the log and the write model staying where they are. ``checkpoint_every`` is the
-    SQLite storage's (background WAL checkpoints; ``None`` leaves them to SQLite).
+    SQLite storage's (background WAL checkpoints; ``None`` leaves them to SQLite). ``fulfilment`` runs the order
+    fulfilment process manager (:mod:`handlers.processes`): each order is cancelled, its stock released, if it is
+    not paid within ``payment_timeout``, and shipped once paid; the engine's runner (or ``settle`` in tests) takes
+    its steps and fires the timeouts, by ``engine_clock`` (seconds since the epoch; the system's by default, a
+    :class:`mediator.testing.Clock` in tests). ``clock`` is the domain's (when an order was placed).
 
     Raises:
         ValueError: if both a SQLite path and a PostgreSQL DSN are given.
     """
+    storage, model = _storage_and_model(write_path, read_path, postgres, schema, checkpoint_every)
+    if read_stores:
+        storage = RoutedStorage(storage, read_stores)
+    if engine_clock is not None:
+        engine_options["clock"] = engine_clock
+    engine = ReadModels(storage, event_types(), **engine_options)
+    for projection in all_projections():
+        engine.add(projection, delivery=delivery)
+    if fulfilment:
+        engine.add_process(OrderFulfilment(payment_timeout)).schedulable(ExpireUnpaidOrder,
+                                                                         name="shop.ExpireUnpaidOrder")
+    registry = Registry()
+    if tracer_provider is not None:  # the otel extra: a span per dispatch, projections as spans too
+        from mediator.otel import Tracing, trace_projections
+
+        registry.behaviour(Tracing(tracer_provider))
+        trace_projections(engine, tracer_provider)
+    if logging:
+        registry.behaviour(Logging())
+    registry.behaviour(Validation(check_types=True))  # every field of every message as its annotation says
+    registry.behaviour(RetryOnConflict(), applies_to=Kind.COMMAND)  # outside the transaction it reruns
+    engine.install(registry)
+    if authorize:
+        registry.behaviour(Authorize(model), applies_to=Kind.COMMAND)
+        registry.behaviour(AuthorizeQueries(), applies_to=QUERIES)
+    commands.register(registry, ShopCommands(model, clock))
+    queries.register(registry, ShopQueries(engine))
+    validation.register(registry)
+    mediator = registry.build()
+    engine.dispatch_with(mediator)  # scheduled commands and the fulfilment's steps go through it
+    return Shop(mediator, engine, storage, registry, model)
+
+
+def _storage_and_model(write_path: str | os.PathLike[str] | None, read_path: str | os.PathLike[str] | None,
+                       postgres: str | None, schema: str, checkpoint_every: float | None) -> tuple[Storage, WriteModel]:
+    """The storage and the write model (its tables made) for :func:`build_shop`'s arguments."""
     storage: Storage
     model: WriteModel
     if postgres is not None:
@@ -120,29 +165,7 @@ def build_shop(
         except BaseException:
             storage.close()
             raise
-    if read_stores:
-        storage = RoutedStorage(storage, read_stores)
-    engine = ReadModels(storage, event_types(), **engine_options)
-    for projection in all_projections():
-        engine.add(projection, delivery=delivery)
-    registry = Registry()
-    if tracer_provider is not None:  # the otel extra: a span per dispatch, projections as spans too
-        from mediator.otel import Tracing, trace_projections
-
-        registry.behaviour(Tracing(tracer_provider))
-        trace_projections(engine, tracer_provider)
-    if logging:
-        registry.behaviour(Logging())
-    registry.behaviour(Validation(check_types=True))  # every field of every message as its annotation says
-    registry.behaviour(RetryOnConflict(), applies_to=Kind.COMMAND)  # outside the transaction it reruns
-    engine.install(registry)
-    if authorize:
-        registry.behaviour(Authorize(model), applies_to=Kind.COMMAND)
-        registry.behaviour(AuthorizeQueries(), applies_to=QUERIES)
-    commands.register(registry, ShopCommands(model, clock))
-    queries.register(registry, ShopQueries(engine))
-    validation.register(registry)
-    return Shop(registry.build(), engine, storage, registry, model)
+    return storage, model
 
 
 def shop_from_env(environ: Mapping[str, str] = os.environ, **options: Any) -> Shop:

@@ -34,6 +34,7 @@ from domain.messages import (
     GetSalesDashboard,
     ListProductsByCategory,
     OrderItem,
+    PayForOrder,
     PlaceOrder,
     RegisterCustomer,
     SearchProducts,
@@ -95,6 +96,10 @@ class NewOrder(BaseModel):
     shipping_address: Annotated[str, Field(max_length=500)] = ""
 
 
+class Payment(BaseModel):
+    amount: Money
+
+
 class Transition(BaseModel):
     reason: Text = "no reason given"
     expected_version: Annotated[int, Field(ge=1)] | None = None
@@ -152,6 +157,10 @@ def create_app(shop: Shop, *, consistency_timeout: float = 5.0, jwt_key: str | N
         items = tuple(OrderItem(product_id=i.product_id, quantity=i.quantity) for i in body.items)
         return created("order_id", await mediator.send(PlaceOrder(
             customer_id=body.customer_id, items=items, shipping_address=body.shipping_address, idempotency_key=key)))
+
+    @app.post("/orders/{order_id}/payments", status_code=204)
+    async def pay(mediator: Mediated, order_id: str, body: Payment, key: IdempotencyKey) -> None:
+        await mediator.send(PayForOrder(order_id=order_id, amount=body.amount, idempotency_key=key))
 
     @app.post("/orders/{order_id}/confirm", status_code=204)
     async def confirm(mediator: Mediated, order_id: str, body: Annotated[Transition | None, Body()] = None) -> None:

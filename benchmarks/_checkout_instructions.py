@@ -67,7 +67,7 @@ def _child(mode: str, n: int, work: bool) -> None:
             crud.close()
             return
         # Checkpoints by SQLite's own rule, as CRUD's: counted inline on both sides, not by a thread's timer.
-        shop = build_shop(Path(tmp) / "cqrs.db", logging=mode == "logging", checkpoint_every=None)
+        shop = build_shop(Path(tmp) / "cqrs.db", logging=mode == "logging", checkpoint_every=None, fulfilment=False)
         loader = shopdata.CqrsLoader(shop, data)
         loader.load_catalog()
         loader.load(block)

@@ -426,8 +426,10 @@ def _child_env() -> dict[str, str]:
 def cqrs_shop(folder: Path) -> Shop:
     """The cqrs shop in ``folder`` as the README recommends running it on one machine: the log and the write model
     in ``cqrs.db``, the read models in ``cqrs-read.db`` (a file of their own: a smaller file the page cache keeps),
-    and the projections delivered to a worker process (:func:`projection_worker`), not to a thread of the writer."""
-    return build_shop(folder / "cqrs.db", folder / "cqrs-read.db", logging=False, delivery=Delivery.WORKER)
+    and the projections delivered to a worker process (:func:`projection_worker`), not to a thread of the writer.
+    Without the order fulfilment process (payment timeouts): the CRUD shop has none to set against it."""
+    return build_shop(folder / "cqrs.db", folder / "cqrs-read.db", logging=False, delivery=Delivery.WORKER,
+                      fulfilment=False)
 
 
 def reader(kind: str, folder: str, rate: int = 0) -> None:
@@ -774,7 +776,7 @@ def read_store_results(results: list[Result], both: Both, folder: Path, size: Si
         progress(f"scenario: no Redis read store ({type(exc).__name__}: {exc}); its comparison is left out")
         return
     progress("scenario: the inventory read model served from SQLite and from Redis")
-    on_redis = build_shop(folder / "redis-log.db", logging=False, read_stores={"inventory": store})
+    on_redis = build_shop(folder / "redis-log.db", logging=False, read_stores={"inventory": store}, fulfilment=False)
     try:
         shopdata.CqrsLoader(on_redis, both.data).load_catalog()
         settle(on_redis.engine)

@@ -119,6 +119,13 @@ class OrderConfirmed(Event):
 
 
 @attrs.frozen(kw_only=True)
+class OrderPaid(Event):
+    order_id: str
+    customer_id: str
+    amount: Decimal
+
+
+@attrs.frozen(kw_only=True)
 class OrderShipped(Event):
     order_id: str
     customer_id: str
@@ -135,5 +142,6 @@ class OrderCancelled(Event):
 
 ALL_EVENTS: tuple[type[Event], ...] = (
     CustomerRegistered, CategoryCreated, ProductCreated, PriceChanged, ProductDiscontinued, StockAdjusted,
-    StockReserved, StockReleased, StockShipped, OrderPlaced, OrderConfirmed, OrderShipped, OrderCancelled,
+    StockReserved, StockReleased, StockShipped, OrderPlaced, OrderConfirmed, OrderPaid, OrderShipped,
+    OrderCancelled,
 )

@@ -92,6 +92,23 @@ class ShipOrder(Command[None]):
 
 
 @attrs.frozen(kw_only=True)
+class PayForOrder(IdempotentCommand[None]):
+    """Pay a placed order's total (a stand-in for a payment gateway's callback): confirms the order. A gateway
+    that calls again sends the same ``idempotency_key``."""
+
+    order_id: str
+    amount: Decimal
+
+
+@attrs.frozen(kw_only=True)
+class ExpireUnpaidOrder(Command[None]):
+    """Cancel an order still unpaid, releasing its stock (scheduled by the fulfilment process when it is placed);
+    an order paid, shipped or cancelled meanwhile is left as it is."""
+
+    order_id: str
+
+
+@attrs.frozen(kw_only=True)
 class CancelOrder(Command[None]):
     order_id: str
     reason: str

@@ -21,6 +21,7 @@ from .events import (
     OrderCancelled,
     OrderConfirmed,
     OrderLine,
+    OrderPaid,
     OrderPlaced,
     OrderShipped,
     PriceChanged,
@@ -242,6 +243,15 @@ class Order:
     def confirm(self) -> OrderConfirmed:
         self._move(OrderStatus.CONFIRMED, "confirmed")
         return OrderConfirmed(order_id=self.order_id, customer_id=self.customer_id, version=self.version)
+
+    def pay(self, amount: Decimal | int | str) -> tuple[OrderPaid, OrderConfirmed]:
+        """Take payment of the whole total: a placed order is confirmed by it."""
+        paid = money(amount)
+        if self.status is not OrderStatus.PLACED:
+            raise IllegalTransition(self.order_id, self.status.value, "paid")
+        if paid != self.total:
+            raise RuleViolation(f"Order {self.order_id!r} totals {self.total}; a payment of {paid} does not settle it.")
+        return (OrderPaid(order_id=self.order_id, customer_id=self.customer_id, amount=paid), self.confirm())
 
     def ship(self) -> OrderShipped:
         self._move(OrderStatus.SHIPPED, "shipped")

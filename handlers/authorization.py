@@ -1,7 +1,7 @@
 """Who may do what: the ``Authorize`` and ``AuthorizeQueries`` behaviours.
 
 Staff (an admin principal) may do anything. A customer may register, place
-orders for themself, cancel their own orders and read their own orders;
+orders for themself, pay for and cancel their own orders and read their own orders;
 everything else is staff work, the sales dashboard and daily sales included.
 A denied command or query raises :class:`Forbidden` (:class:`SignInRequired`
 when the caller is anonymous) before its handler runs and is logged with the
@@ -26,6 +26,7 @@ from domain.messages import (
     GetDailySales,
     GetOrderDetails,
     GetSalesDashboard,
+    PayForOrder,
     PlaceOrder,
     RegisterCustomer,
     ReserveStock,
@@ -91,6 +92,11 @@ def _own_order_cancelled(message: CancelOrder, principal: Principal, auth: Autho
     return order is not None and principal.customer_id == order.customer_id
 
 
+def _own_order_paid(message: PayForOrder, principal: Principal, auth: Authorize) -> bool:
+    order = auth.model.order(auth.uow().handle, message.order_id)
+    return order is not None and principal.customer_id == order.customer_id
+
+
 def _nested_only(message: Any, principal: Principal, auth: Authorize) -> bool:
     return current_context().depth > 0  # sent by the shop itself, while handling another message
 
@@ -99,6 +105,7 @@ RULES: dict[type, Rule] = {
     RegisterCustomer: _anyone,
     PlaceOrder: _own_order_placed,
     CancelOrder: _own_order_cancelled,
+    PayForOrder: _own_order_paid,
     ReserveStock: _nested_only,
 }
 

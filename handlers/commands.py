@@ -31,13 +31,15 @@ from domain.messages import (
     CreateCategory,
     CreateProduct,
     DiscontinueProduct,
+    ExpireUnpaidOrder,
+    PayForOrder,
     PlaceOrder,
     RegisterCustomer,
     ReserveStock,
     ShipOrder,
     UpdateProductStock,
 )
-from domain.model import Category, Customer, Order, Product, Stock
+from domain.model import Category, Customer, Order, OrderStatus, Product, Stock
 from mediator import Mediator, Registry
 from mediator.readmodels import UnitOfWork, new_event_id
 
@@ -174,6 +176,24 @@ class ShopCommands:
         self.model.save_order(uow.handle, order, version)
         uow.record(event, key=order.order_id)
 
+    def pay_for_order(self, command: PayForOrder, uow: UnitOfWork) -> None:
+        order = self._order(uow, command.order_id)
+        version = order.version
+        paid, confirmed = order.pay(command.amount)
+        self.model.save_order(uow.handle, order, version)
+        uow.record(paid, key=order.order_id)
+        uow.record(confirmed, key=order.order_id)
+
+    def expire_unpaid_order(self, command: ExpireUnpaidOrder, uow: UnitOfWork) -> None:
+        order = self._order(uow, command.order_id)
+        if order.status is not OrderStatus.PLACED:
+            return  # paid (confirmed), shipped or cancelled meanwhile: nothing to expire
+        version = order.version
+        event = order.cancel("not paid in time")
+        self.model.save_order(uow.handle, order, version)
+        uow.record(event, key=order.order_id)
+        self._each_line(uow, order, Stock.release)
+
     def ship_order(self, command: ShipOrder, uow: UnitOfWork) -> None:
         order = self._order(uow, command.order_id)
         _expect(order.version, command.expected_version, "order", order.order_id)
@@ -211,4 +231,6 @@ def register(registry: Registry, commands: ShopCommands) -> None:
     registry.handle(ConfirmOrder).by(commands.confirm_order)
     registry.handle(ShipOrder).by(commands.ship_order)
     registry.handle(CancelOrder).by(commands.cancel_order)
+    registry.handle(PayForOrder).by(commands.pay_for_order)
+    registry.handle(ExpireUnpaidOrder).by(commands.expire_unpaid_order)
     registry.handle(OrderPlaced).by(reserve_on_order_placed)

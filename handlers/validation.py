@@ -24,6 +24,7 @@ from domain.messages import (
     CreateCategory,
     CreateProduct,
     ListProductsByCategory,
+    PayForOrder,
     PlaceOrder,
     RegisterCustomer,
     SearchProducts,
@@ -129,6 +130,14 @@ def ship_order(command: ShipOrder) -> Problems:
     yield from _version(command.expected_version, 1)
 
 
+def pay_for_order(command: PayForOrder) -> Problems:
+    amount = command.amount
+    if not amount.is_finite() or amount <= 0:
+        yield "amount", "must be positive"
+    elif amount != amount.quantize(Decimal("0.01")):
+        yield "amount", "must have at most 2 decimal places"
+
+
 def cancel_order(command: CancelOrder) -> Problems:
     yield from _text("reason", command.reason)
     yield from _version(command.expected_version, 1)
@@ -156,5 +165,6 @@ def register(registry: Registry) -> None:
     registry.validate(ConfirmOrder, confirm_order)
     registry.validate(ShipOrder, ship_order)
     registry.validate(CancelOrder, cancel_order)
+    registry.validate(PayForOrder, pay_for_order)
     registry.validate(ListProductsByCategory, list_products_by_category)
     registry.validate(SearchProducts, search_products)

@@ -37,6 +37,8 @@ class BehaviourRegistration:
     behaviour: Any
     applies_to: AppliesTo
     lifetime: Lifetime
+    innermost: bool = False
+    """Kept inside every behaviour registered after it too (as the read-model engine's idempotency check)."""
 
 
 @attrs.frozen

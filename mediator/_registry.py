@@ -27,7 +27,7 @@ import punq
 
 from ._build import build
 from ._di import Lifetime, Service
-from ._errors import NotAMessageError, RegistryFrozenError
+from ._errors import NotAMessageError, RegistryFrozenError, WiringError
 from ._mediator import AsyncMediator, Mediator
 from ._messages import Command, Event, Kind, Message, Query, StreamQuery, kind_of, qualname
 from ._notify import PublishStrategy
@@ -235,18 +235,29 @@ class Registry:
 
     def behaviour(
         self, behaviour: Any, *, applies_to: AppliesTo = None, lifetime: Lifetime = Lifetime.SINGLETON,
-        outermost: bool = False,
+        outermost: bool = False, innermost: bool = False,
     ) -> Registry:
         """Add a pipeline behaviour; the first registered is the outermost.
 
         ``behaviour`` is an instance, or a class the container builds with
         ``lifetime``. ``applies_to`` narrows it to a kind, to classes (a message
         class or a base class), or a tuple mixing both. ``outermost`` puts it outside
-        every behaviour registered so far (as the testing kit's recorder does).
+        every behaviour registered so far (as the testing kit's recorder does);
+        ``innermost`` keeps it inside every behaviour, those registered later included
+        (as the read-model engine's idempotency check, which must come after authorization).
         """
         self._check_open(f"behaviour {qualname(behaviour)}")
-        registration = BehaviourRegistration(behaviour, applies_to, lifetime)
-        self._records.behaviours.insert(0 if outermost else len(self._records.behaviours), registration)
+        if outermost and innermost:
+            raise WiringError([f"Behaviour {qualname(behaviour)} cannot be both outermost and innermost."])
+        registration = BehaviourRegistration(behaviour, applies_to, lifetime, innermost)
+        behaviours = self._records.behaviours
+        if outermost:
+            at = 0
+        elif innermost:
+            at = len(behaviours)
+        else:  # before the innermost ones
+            at = next((i for i, r in enumerate(behaviours) if r.innermost), len(behaviours))
+        behaviours.insert(at, registration)
         return self
 
     def validate(

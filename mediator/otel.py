@@ -6,7 +6,8 @@ records projection batches as spans.
 ``instrument(engine)`` exports, per projection: lag in positions and in seconds
 (observable gauges read when the exporter collects), the number of parked and
 blocked events, a counter of events applied (throughput), and a counter of idempotent commands' repeats absorbed
-(answered from their record without running the handler).
+(answered from their record without running the handler), and counters of process managers' steps and
+compensations and of scheduled commands fired.
 """
 
 from __future__ import annotations
@@ -78,6 +79,23 @@ def instrument(engine: ReadModels, meter_provider: MeterProvider | None = None) 
     meter.create_observable_counter(
         "mediator.command.duplicates_absorbed", [absorbed], unit="{command}",
         description="Repeats of idempotent commands answered from their record, the handler not run")
+
+    def steps(options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(track.steps, {"process": name}) for name, track in engine.processes.tracks.items()]
+
+    def compensated(options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(track.compensated, {"process": name})
+                for name, track in engine.processes.tracks.items()]
+
+    def fired(options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(count, {"command": command}) for command, count in list(engine.schedules.fired.items())]
+
+    meter.create_observable_counter("mediator.process.steps", [steps], unit="{step}",
+                                    description="Process manager steps taken (committed) in this process")
+    meter.create_observable_counter("mediator.process.compensations", [compensated], unit="{step}",
+                                    description="Steps that failed every try and were compensated")
+    meter.create_observable_counter("mediator.schedule.fired", [fired], unit="{command}",
+                                    description="Scheduled commands (timeouts) dispatched when due")
     meter.create_observable_gauge("mediator.projection.stalled", [stalled], unit="1",
                                   description="1 while the projection's events fail alike (its store is failing)")
     return meter

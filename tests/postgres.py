@@ -74,3 +74,19 @@ def schema_for_a_test() -> Iterator[str]:
 def _pg_schema() -> Iterator[str]:
     """The same as the ``pg_schema`` fixture of ``tests/conftest.py``, for modules that import it from here."""
     yield from schema_for_a_test()
+
+
+def wait_until_gone(pids: list[int], timeout: float = 30.0) -> None:
+    """Wait until PostgreSQL has ended the sessions of the (killed) processes ``pids``: until it notices, their
+    open transactions keep their row locks, which ``FOR UPDATE SKIP LOCKED`` passes over."""
+    import time
+
+    import psycopg
+
+    names = [f"mediator:{pid}" for pid in pids]
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(DSN, autocommit=True) as admin:
+        while admin.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = ANY(%s)",
+                            (names,)).fetchone() != (0,):
+            assert time.monotonic() < deadline, f"PostgreSQL kept the sessions of {pids} for {timeout} s"
+            time.sleep(0.01)

@@ -6,6 +6,11 @@
     python -m mediator.readmodels --app myapp.wiring:engine dead-letters retry NAME POSITION
     python -m mediator.readmodels --app myapp.wiring:engine dead-letters retry --all [NAME]
     python -m mediator.readmodels --app myapp.wiring:engine dead-letters skip NAME POSITION
+    python -m mediator.readmodels --app myapp.wiring:engine processes list
+    python -m mediator.readmodels --app myapp.wiring:engine processes retry NAME POSITION
+    python -m mediator.readmodels --app myapp.wiring:engine schedules list [--parked]
+    python -m mediator.readmodels --app myapp.wiring:engine schedules cancel ID
+    python -m mediator.readmodels --app myapp.wiring:engine schedules retry ID
     python -m mediator.readmodels --app myapp.wiring:engine worker [--once] [--only NAME,NAME...]
     python -m mediator.readmodels --app myapp.wiring:app describe
 
@@ -62,7 +67,7 @@ from ._engine import ReadModels
 from ._errors import UnknownProjectionError
 from ._loading import App, BadAppError, load
 from ._opening import existing_only
-from ._ports import BLOCKED, PARKED
+from ._ports import BLOCKED, PARKED, PENDING
 from ._projections import Delivery
 
 
@@ -102,7 +107,56 @@ def status(engine: ReadModels, *, colour: bool = False) -> str:
     ]
     headers = ("projection", "generation", "version", "state", "health", "delivery", "checkpoint", "applied",
                "behind", "seconds behind", "parked", "blocked", "oldest parked (s)")
-    return f"head of the log: {engine.storage.head()}\n" + table(headers, rows, colour=colour, style=_status_style)
+    text = f"head of the log: {engine.storage.head()}\n" + table(headers, rows, colour=colour, style=_status_style)
+    if engine.processes.tracks:
+        text += "\n\n" + processes(engine, colour=colour)
+    if engine.schedules.registered:
+        text += "\n\n" + schedules_summary(engine)
+    return text
+
+
+def processes(engine: ReadModels, *, colour: bool = False) -> str:
+    """One row per process manager: its checkpoint, how far behind, live instances, parked and waiting steps, and
+    how long the instance that moved least recently has waited (a stuck one shows there)."""
+    rows = [(p.name, p.position, p.behind, p.instances, p.parked, p.blocked,
+             "" if p.oldest_instance_seconds is None else f"{p.oldest_instance_seconds:.0f}")
+            for p in engine.processes.status()]
+    lines = table(("process manager", "checkpoint", "behind", "instances", "parked", "blocked",
+                   "oldest instance idle (s)"), rows, colour=colour, style=_status_style)
+    letters = [letter for p in engine.processes.status() for letter in p.letters]
+    if letters:
+        lines += "\n" + table(("process manager", "position", "status", "key", "event type", "attempts",
+                               "next retry", "reason"),
+                              [(d.projection.removeprefix("process_"), d.position, d.status, d.key or "", d.type_name,
+                                d.attempts, _when(d.retry_at) if d.status == PARKED else "", d.reason)
+                               for d in letters], colour=colour)
+    return lines
+
+
+def schedules_summary(engine: ReadModels) -> str:
+    """How many scheduled commands wait, when the next is due, how many are overdue, how many are parked."""
+    found = engine.storage.scheduled()
+    now = engine.clock()
+    pending = [row for row in found if row.status == PENDING]
+    parked = len(found) - len(pending)
+    if not found:
+        return "scheduled commands: none"
+    overdue = sum(1 for row in pending if row.due_at <= now)
+    nearest = min((row.due_at for row in pending), default=None)
+    due = f", the next due {_when(nearest)}" if nearest is not None else ""
+    return (f"scheduled commands: {len(pending)} pending{due}, {overdue} overdue; {parked} parked "
+            "(`schedules list` shows them)")
+
+
+def schedules(engine: ReadModels, *, only_parked: bool = False, colour: bool = False) -> str:
+    """The scheduled commands, due first first: when, what, how often it failed and why."""
+    rows = [(row.schedule_id, row.command, _when(row.due_at), row.status, row.attempts, row.reason or "")
+            for row in engine.storage.scheduled(PARKED if only_parked else None)]
+    if not rows:
+        return "no scheduled commands"
+    styles = {PARKED: RED}
+    return table(("schedule id", "command", "due", "status", "attempts", "reason"), rows, colour=colour,
+                 style=lambda header, cell: styles.get(cell) if header == "status" else None)
 
 
 def _when(retry_at: float | None) -> str:
@@ -282,6 +336,11 @@ def describe(app: App, *, colour: bool = False) -> str:
                 for name, projection in engine.projections.items()]
         sections.append(paint(_count(len(rows), "projection"), BOLD, colour) + "\n"
                         + table(("projection", "version", "delivery", "events"), rows, colour=colour))
+        steps = [(name, ", ".join(sorted(engine.types.entry(event_type).name for event_type in track.manager.handlers)))
+                 for name, track in engine.processes.tracks.items()]
+        if steps:
+            sections.append(paint(_count(len(steps), "process manager"), BOLD, colour) + "\n"
+                            + table(("process manager", "events"), steps, colour=colour))
     return "\n\n".join(sections)
 
 
@@ -339,6 +398,18 @@ def _parser() -> argparse.ArgumentParser:
     worker_parser.add_argument("--only", metavar="NAMES", type=lambda v: [n for n in v.split(",") if n],
                                help="comma-separated projections this worker may run (default: all)")
     commands.add_parser("describe", help="each message type's behaviours, handler and lifetimes; the projections")
+    process_parser = commands.add_parser("processes", help="list process managers, retry a parked step")
+    process_commands = process_parser.add_subparsers(dest="action", required=True)
+    process_commands.add_parser("list")
+    step_parser = process_commands.add_parser("retry", help="take a parked step now, then those behind it")
+    step_parser.add_argument("name")
+    step_parser.add_argument("position", type=int)
+    schedule_parser = commands.add_parser("schedules", help="list, cancel or retry scheduled commands")
+    schedule_commands = schedule_parser.add_subparsers(dest="action", required=True)
+    schedule_listing = schedule_commands.add_parser("list")
+    schedule_listing.add_argument("--parked", action="store_true", help="only those that failed every try")
+    for verb, text in (("cancel", "delete a scheduled command unrun"), ("retry", "make a scheduled command due now")):
+        schedule_commands.add_parser(verb, help=text).add_argument("id")
     return parser
 
 
@@ -354,6 +425,22 @@ def _run(args: argparse.Namespace, app: App, status_line: StatusLine | None) -> 
         return Outcome(rebuild(engine, args.name, status_line))
     if args.command == "worker":
         return Outcome(worker(engine, args.once, args.only, status_line))
+    if args.command == "processes":
+        if action == "list":
+            return Outcome(processes(engine, colour=colour))
+        stepped = engine.processes.retry(args.name, args.position)
+        left = [lt for p in engine.processes.status() if p.name == args.name for lt in p.letters
+                if lt.position == args.position]
+        return Outcome(f"took {_count(stepped, 'step')}" + ("; the step is parked again" if left else ""),
+                       complete=not left)
+    if args.command == "schedules":
+        if action == "list":
+            return Outcome(schedules(engine, only_parked=args.parked, colour=colour))
+        if action == "cancel":
+            engine.schedules.cancel(args.id)
+            return Outcome(f"cancelled {args.id}")
+        engine.schedules.retry(args.id)
+        return Outcome(f"{args.id} is due now: a runner with the application's mediator dispatches it")
     if action == "list":
         return Outcome(dead_letters(engine, args.name, colour=colour))
     if action == "retry" and args.all:

@@ -193,7 +193,9 @@ class ReadModels:
         registry.singleton(ReadModels, instance=self)
         registry.behaviour(self.idempotency.claims, applies_to=IdempotentCommand)
         registry.behaviour(SyncReadModels(self), applies_to=Kind.COMMAND)
-        registry.behaviour(self.idempotency, applies_to=IdempotentCommand)
+        # Innermost, even of behaviours registered later: a repeat is answered only once it passes what the first
+        # had to (an authorization check registered after install must not be skipped by a replay).
+        registry.behaviour(self.idempotency, applies_to=IdempotentCommand, innermost=True)
         registry.behaviour(ReadYourWrites(self), applies_to=Kind.QUERY)
 
     def schedulable(self, command_type: type, *, name: str | None = None) -> ReadModels:

@@ -277,40 +277,32 @@ class Processes:
              release: int | None = None) -> None:
         """Run ``react`` (the handler, or compensation) as the step for ``stored`` in ``session``, save the state
         it answers, move the checkpoint (or release the parked ``release``), commit: all or nothing."""
-        from ._unit_of_work import UnitOfWork
+        from ._unit_of_work import joined
 
         key = stored.key
         assert key is not None
-        row = process.get(track.instances, key)
-        state = None if row is None else track.decode_state(row.state)
-        with mediator.scope() as context:
-            uow = UnitOfWork(self.engine, context.scope)
-            uow.adopt(session)
-            uow.depth = 1  # the commands sent join the step's transaction; it commits below
-            context.scope.put(UnitOfWork, uow)
-            try:
-                answer = react(state, Step(mediator, uow, key, stored))
-                if answer is not None and not isinstance(answer, track.manager.state):
-                    raise TypeError(f"{qualname(type(track.manager))} answered {answer!r}; a step answers a "
-                                    f"{qualname(track.manager.state)} or None.")
-                now = self.engine.clock()
-                if answer is None:
-                    if row is not None:
-                        process.delete(track.instances, key)
-                else:
-                    process.put(track.instances, Instance(key, _dumps(to_data(answer)),
-                                                          row.started_at if row else now, now,
-                                                          (row.steps if row else 0) + 1))
-                if release is None:
-                    process.advance(stored.position)
-                else:
-                    process.release(release)
-                uow.depth = 0
-                uow.commit()
-            except BaseException:
-                uow.depth = 0
-                uow.rollback()
-                raise
+        try:
+            row = process.get(track.instances, key)
+            state = None if row is None else track.decode_state(row.state)
+        except BaseException:
+            session.rollback()
+            raise
+        with joined(self.engine, mediator, session, stored, stored.event_id) as uow:
+            answer = react(state, Step(mediator, uow, key, stored))
+            if answer is not None and not isinstance(answer, track.manager.state):
+                raise TypeError(f"{qualname(type(track.manager))} answered {answer!r}; a step answers a "
+                                f"{qualname(track.manager.state)} or None.")
+            now = self.engine.clock()
+            if answer is None:
+                if row is not None:
+                    process.delete(track.instances, key)
+            else:
+                process.put(track.instances, Instance(key, _dumps(to_data(answer)), row.started_at if row else now,
+                                                      now, (row.steps if row else 0) + 1))
+            if release is None:
+                process.advance(stored.position)
+            else:
+                process.release(release)
         track.ready = True
         track.steps += 1
 

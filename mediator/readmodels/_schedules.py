@@ -73,6 +73,11 @@ class Schedules:
         """When the command due first is due, as last read (``None``: none, or not read yet)."""
         self._unread = True
 
+    @property
+    def registered(self) -> bool:
+        """Whether any command class may be scheduled."""
+        return bool(self._by_class)
+
     def register(self, cls: type, name: str | None = None) -> None:
         if not (isinstance(cls, type) and issubclass(cls, Command) and attrs.has(cls)):
             raise ProjectionConfigError(f"{qualname(cls)} is not an attrs Command class; only those can be scheduled.")
@@ -137,7 +142,7 @@ class Schedules:
         return done
 
     def _fire(self, mediator: Mediator, session: WriteSession, row: ScheduledCommand) -> None:
-        from ._unit_of_work import UnitOfWork
+        from ._unit_of_work import joined
 
         kind = self._by_name.get(row.command)
         try:
@@ -150,20 +155,15 @@ class Schedules:
             log.error("scheduled command parked", schedule_id=row.schedule_id, command=row.command,
                       reason=f"cannot be decoded: {exc}")
             return
-        session.unschedule(row.schedule_id)
         try:
-            with mediator.scope() as context:
-                uow = UnitOfWork(self.engine, context.scope)
-                uow.adopt(session)
-                context.scope.put(UnitOfWork, uow)
+            with joined(self.engine, mediator, session, row, row.schedule_id):
+                session.unschedule(row.schedule_id)
                 mediator.send(command)
         except Exception as exc:
-            session.rollback()  # (done already if the command's unit of work ended it)
             self._failed(row, exc)
             return
+        # No line of its own: routine, and the Logging behaviour logs the dispatch (its causation id the schedule's).
         self.fired[row.command] = self.fired.get(row.command, 0) + 1
-        log.info("scheduled command fired", schedule_id=row.schedule_id, command=row.command,
-                 late_ms=round((self.engine.clock() - row.due_at) * 1e3, 1))
 
     def _failed(self, row: ScheduledCommand, exc: Exception) -> None:
         attempts = row.attempts + 1

@@ -104,7 +104,7 @@ CREATE TABLE IF NOT EXISTS scheduled_commands (
     reason TEXT,
     meta TEXT NOT NULL DEFAULT '{}'
 );
-CREATE INDEX IF NOT EXISTS scheduled_commands_by_due ON scheduled_commands (status, due_at);
+CREATE INDEX IF NOT EXISTS scheduled_commands_in_due_order ON scheduled_commands (status, due_at, schedule_id);
 """
 """The write database's own tables beside the log: which version of each application write schema
 :meth:`SqlStorage.ensure_schema` has created, and the idempotent commands' records (written in the commands'

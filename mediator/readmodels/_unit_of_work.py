@@ -9,10 +9,11 @@ the caller's consistency token.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import weakref
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -28,6 +29,7 @@ from ._tokens import _last_token
 from ._versions import Track, record, unrecorded_version
 
 if TYPE_CHECKING:
+    from .. import Mediator
     from ._engine import ReadModels
     from ._schedules import Delay, When
 
@@ -159,6 +161,31 @@ class UnitOfWork:
             log.error("recorded events discarded: they were recorded outside a command, which alone commits them",
                       events=[qualname(type(event)) for event, _key in self._events])
         self.rollback()
+
+
+@contextlib.contextmanager
+def joined(engine: ReadModels, mediator: Mediator, session: WriteSession, cause: object,
+           cause_id: str) -> Iterator[UnitOfWork]:
+    """A dispatch scope whose commands join ``session``, begun by the caller, as if sent from a handler of
+    ``cause`` (a process manager's event, a scheduled command's record; ``cause_id`` their causation id): they
+    are nested, so none commits or rolls back by itself, nor is retried inside the shared transaction by a
+    behaviour that retries only root commands. The block's end commits everything, or an exception rolls it back.
+    """
+    with mediator.scope(causation_id=cause_id) as context:
+        context.message = cause
+        context._message_id = cause_id
+        uow = UnitOfWork(engine, context.scope)
+        uow.adopt(session)
+        uow.depth = 1
+        context.scope.put(UnitOfWork, uow)
+        try:
+            yield uow
+        except BaseException:
+            uow.depth = 0
+            uow.rollback()
+            raise
+        uow.depth = 0
+        uow.commit()
 
 
 class SyncReadModels:

@@ -37,6 +37,7 @@ notification was lost with a dropped connection.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import threading
 import time
 from collections.abc import Collection, Iterator, Sequence
@@ -86,6 +87,18 @@ INSERT INTO log_head (only_row, position) VALUES (TRUE, 0) ON CONFLICT DO NOTHIN
 """ + WRITE_SCHEMAS + """
 CREATE INDEX IF NOT EXISTS idempotency_keys_by_expiry ON idempotency_keys (expires_at);
 """ + READ_SCHEMA
+
+_STAMP = f"mediator:{hashlib.blake2b(_SCHEMA.encode(), digest_size=8).hexdigest()}"
+"""The row in ``write_schemas`` saying this release's tables were made (another release's tables differ)."""
+
+
+def _stamped(connection: psycopg.Connection[Any], schema: str) -> bool:
+    """Whether ``schema`` holds this release's tables already (its stamp, in a table that exists)."""
+    row = connection.execute("SELECT to_regclass(%s)", (f"{schema}.write_schemas",)).fetchone()
+    if row is None or row[0] is None:
+        return False
+    return connection.execute("SELECT 1 FROM write_schemas WHERE name = %s", (_STAMP,)).fetchone() is not None
+
 
 _INSERT_EVENT = (
     "INSERT INTO events (position, event_id, type_name, version, data, key, recorded_at, meta) "
@@ -212,9 +225,15 @@ class PostgresStorage(Connections, SqlStorage):
             # Two processes creating the schema at once would race on the catalogue: take turns.
             setup.execute("BEGIN")
             setup.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(schema, "__schema__"),))
-            setup.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
-            setup.execute(_SCHEMA)
-            upgrade_schema(setup, POSTGRES)
+            # A schema this release made already is left alone: even with IF NOT EXISTS, its DDL locks tables
+            # (CREATE INDEX a SHARE lock, ALTER TABLE an exclusive one) that running writers hold, and a process
+            # starting beside busy ones would wait on them, or deadlock with them.
+            if not _stamped(setup, schema):
+                setup.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+                setup.execute(_SCHEMA)
+                upgrade_schema(setup, POSTGRES)
+                setup.execute("INSERT INTO write_schemas (name, version) VALUES (%s, 1) ON CONFLICT DO NOTHING",
+                              (_STAMP,))
             setup.execute("COMMIT")
 
     async def async_connect(self) -> psycopg.AsyncConnection[Any]:

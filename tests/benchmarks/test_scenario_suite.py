@@ -36,6 +36,7 @@ def test_scenario_suite_measures_every_scenario_beside_its_reference() -> None:
     expected |= {("checkout_paced", family, "cqrs") for family in paced}
     expected |= {(f"projection_lag_{q}", family, "cqrs") for q in ("p50", "p99")
                  for family in ("alone", *loads, *paced)}
+    expected |= {("checkout_idempotency", family, "cqrs") for family in ("plain", "keyed", "repeat")}
     redis_missing = redis_server.available()
     if redis_missing is None:  # the inventory read model served from SQLite and from Redis, side by side
         expected |= {(f"inventory_{q}", "read store", kind) for q in ("p50", "p99") for kind in ("sqlite", "redis")}
@@ -51,6 +52,7 @@ def test_scenario_suite_measures_every_scenario_beside_its_reference() -> None:
     assert "| throughput kept under dashboard load |" in table
     assert "| throughput kept under a flat-out dashboard reader |" in table
     assert "| daily sales p50, 400 orders |" in table
+    assert "| checkout with an idempotency key vs without (p50, in turn) |" in table
 
 
 def test_generated_data_is_the_same_for_the_same_seed() -> None:

@@ -29,6 +29,22 @@ def test_behaviours_run_in_registration_order_outermost_first() -> None:
     assert trace.events == ["a>", "b>", "<b", "<a"]
 
 
+def test_an_innermost_behaviour_stays_inside_those_registered_after_it() -> None:
+    reg, trace = traced(("a", None))
+    reg.behaviour(Tag("inner", trace), innermost=True)
+    reg.behaviour(Tag("b", trace))
+    reg.behaviour(Tag("first", trace), outermost=True)
+    reg.build().send(Add(value=1))
+    assert trace.events == ["first>", "a>", "b>", "inner>", "<inner", "<b", "<a", "<first"]
+
+
+def test_a_behaviour_cannot_be_outermost_and_innermost() -> None:
+    from mediator import WiringError
+
+    with pytest.raises(WiringError, match="both outermost and innermost"):
+        Registry().behaviour(Tag("x", Trace()), outermost=True, innermost=True)
+
+
 def test_behaviour_targeted_at_a_kind_skips_other_kinds() -> None:
     reg, trace = traced(("cmd", Kind.COMMAND), ("qry", Kind.QUERY))
     mediator = reg.build()

@@ -183,13 +183,23 @@ def history(storage: Storage) -> dict[str, list[str]]:
     return found
 
 
+SPEED = 600.0
+"""How much faster than the wall's the crash loop's clock runs: a 15-minute timeout falls due in 1.5 s."""
+
+
+def fast_clock(epoch: float) -> float:
+    """The crash loop's clock: from ``epoch`` (shared by every process of a test) on, ``SPEED`` times faster."""
+    return epoch + (time.time() - epoch) * SPEED
+
+
 def crash_loop(ack: str) -> None:
     """Open and pay orders (some paid, some left to time out) and run the process manager and the due timeouts,
-    until killed. The clock runs 600 times faster than the wall's, so timeouts fall due within the loop."""
+    until killed. The clock runs ``SPEED`` times faster than the wall's, from ``CHECKOUT_EPOCH``, so timeouts fall
+    due within the loop, and alike in every process."""
     from .bank_app import storage
 
-    started = time.time()
-    engine, mediator, _shop, _checkout = wire(storage(), clock=lambda: started + (time.time() - started) * 600)
+    epoch = float(os.environ["CHECKOUT_EPOCH"])
+    engine, mediator, _shop, _checkout = wire(storage(), clock=lambda: fast_clock(epoch))
     engine.start()
     rng = random.Random()
     number = 0

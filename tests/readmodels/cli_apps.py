@@ -27,3 +27,12 @@ def engine() -> ReadModels:
 def mediator() -> Mediator:
     built: Mediator = bank().mediator
     return built
+
+
+def checkout() -> ReadModels:
+    """The checkout of ``checkout_process`` (a process manager, payment timeouts) on the database ``bank_app``
+    names."""
+    from .checkout_process import wire
+
+    engine, _mediator, _shop, _checkout = wire(bank_app.storage())
+    return engine

@@ -503,3 +503,40 @@ def test_the_engine_logs_to_stderr_while_a_command_runs_and_logging_is_left_as_i
     assert "parked event failed again" in captured.err
     assert "parked event failed again" not in captured.out
     assert not structlog.is_configured()
+
+
+# -- process managers and scheduled commands -------------------------------------------------------------------------
+
+CHECKOUT = "tests.readmodels.cli_apps:checkout"
+
+
+def test_status_lists_process_managers_and_schedules_and_an_operator_cancels_one(db: Path) -> None:
+    from mediator.readmodels.sqlite import SqliteStorage
+
+    from .checkout_process import OpenOrder, wire
+
+    storage = SqliteStorage(db)
+    engine, mediator, _shop, _checkout = wire(storage)
+    for order_id in ("o-1", "o-2"):
+        mediator.send(OpenOrder(order_id=order_id, amount=5))
+    settle(engine)  # the process manager's steps schedule the payment timeouts
+    storage.close()
+    environ = {"BANK_DB": str(db)}
+    done = run("status", app=CHECKOUT, environ=environ)
+    assert done.returncode == 0, done.stderr
+    (row,) = [line.split() for line in done.stdout.splitlines() if line.startswith("checkout ")]
+    assert row[:6] == ["checkout", "4", "0", "2", "0", "0"]  # checkpoint, behind, instances, parked, blocked
+    assert "scheduled commands: 2 pending, the next due " in done.stdout
+    listed = run("schedules", "list", app=CHECKOUT, environ=environ)
+    assert [line.split()[0] for line in listed.stdout.splitlines()[2:]] == ["payment-timeout:o-1",
+                                                                            "payment-timeout:o-2"]
+    cancelled = run("schedules", "cancel", "payment-timeout:o-1", app=CHECKOUT, environ=environ)
+    assert (cancelled.returncode, cancelled.stdout.strip()) == (0, "cancelled payment-timeout:o-1")
+    again = run("schedules", "cancel", "payment-timeout:o-1", app=CHECKOUT, environ=environ)
+    assert again.returncode == 1
+    assert "No scheduled command 'payment-timeout:o-1'" in one_line(again)
+    left = run("schedules", "list", app=CHECKOUT, environ=environ)
+    assert [line.split()[0] for line in left.stdout.splitlines()[2:]] == ["payment-timeout:o-2"]
+    steps = run("processes", "list", app=CHECKOUT, environ=environ)
+    assert steps.returncode == 0
+    assert steps.stdout.splitlines()[2].split()[:4] == ["checkout", "4", "0", "2"]

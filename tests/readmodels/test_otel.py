@@ -78,3 +78,25 @@ def test_repeats_of_idempotent_commands_are_counted_as_absorbed(storage: Storage
         mediator.send(PayIn(account="a", amount=1, idempotency_key="k"))
     (absorbed,) = collect(reader)["mediator.command.duplicates_absorbed"]
     assert (absorbed.value, dict(absorbed.attributes)) == (2, {"command": "tests.readmodels.idempotent_bank.PayIn"})
+
+
+def test_process_steps_and_fired_timeouts_are_counted(storage: Storage) -> None:
+    from mediator.testing import Clock, settle
+
+    from .checkout_process import OpenOrder, wire
+
+    clock = Clock()
+    engine, mediator, _shop, _checkout = wire(storage, clock=clock)
+    reader = InMemoryMetricReader()
+    instrument(engine, MeterProvider(metric_readers=[reader]))
+    mediator.send(OpenOrder(order_id="o-1", amount=1))
+    settle(engine)
+    clock.advance(hours=1)
+    settle(engine)  # the timeout fires; its cancellation is a step too
+    found = collect(reader)
+    (steps,) = found["mediator.process.steps"]
+    assert (steps.value, dict(steps.attributes)) == (2, {"process": "checkout"})
+    (fired,) = found["mediator.schedule.fired"]
+    assert (fired.value, dict(fired.attributes)) == (1, {"command": "checkout.cancel"})
+    (compensations,) = found["mediator.process.compensations"]
+    assert compensations.value == 0

@@ -407,3 +407,28 @@ def test_a_checkout_retried_with_its_idempotency_key_places_one_order(server: tu
     assert (reused.status_code, reused.json()["error"]) == (422, "idempotency_key_reused")
     inventory = client.get(f"/products/{ids['product']}/inventory", headers={"X-Consistent-With": token}).json()
     assert inventory["reserved"] == 2
+
+
+def test_a_payment_over_http_ships_the_order_once(server: tuple[httpx.Client, Shop]) -> None:
+    client, shop = server
+    ids = setup_shop(client)
+    buyer = as_customer(ids["customer"])
+    order_id = client.post("/orders", json={"customer_id": ids["customer"],
+                                            "items": [{"product_id": ids["product"], "quantity": 2}]},
+                           headers=buyer).json()["order_id"]
+    paying = {**buyer, "Idempotency-Key": "gateway-1"}
+    first = client.post(f"/orders/{order_id}/payments", json={"amount": "50.00"}, headers=paying)
+    again = client.post(f"/orders/{order_id}/payments", json={"amount": "50.00"}, headers=paying)
+    assert (first.status_code, again.status_code) == (204, 204)
+    assert again.headers["x-consistency-token"] == first.headers["x-consistency-token"]
+    wrong = client.post(f"/orders/{order_id}/payments", json={"amount": "5.00"}, headers=buyer)
+    assert (wrong.status_code, wrong.json()["error"]) == (409, "rule_violation")
+    deadline = time.monotonic() + 10
+    while shop.engine.processes.instance("fulfilment", order_id) is not None:  # the runner takes the step
+        assert time.monotonic() < deadline, "the fulfilment did not ship the paid order"
+        time.sleep(0.01)
+    token = str(shop.storage.head())
+    details = client.get(f"/orders/{order_id}", headers={**buyer, "X-Consistent-With": token}).json()
+    assert details["status"] == "shipped"
+    paid = [stored for stored in shop.storage.events() if stored.type_name == "shop.OrderPaid"]
+    assert len(paid) == 1
