@@ -290,6 +290,31 @@ def settle(engine: ReadModels) -> int:
             return total
 
 
+def settle_after(engine: ReadModels) -> Callable[[Any], None]:
+    """An httpx response hook that settles ``engine`` after each request, for tests of an HTTP embedding served
+    in the test's process: the next request sees everything the last one led to (projections, process steps,
+    scheduled commands due by the engine's clock), with no ``X-Consistent-With`` and no sleeping.
+
+    ``httpx.Client(..., event_hooks={"response": [settle_after(engine)]})``; for an ``httpx.AsyncClient`` use
+    :func:`asettle_after`.
+    """
+    def hook(response: Any) -> None:
+        settle(engine)
+
+    return hook
+
+
+def asettle_after(engine: ReadModels) -> Callable[[Any], Awaitable[None]]:
+    """:func:`settle_after` for an ``httpx.AsyncClient`` (the settling runs in a worker thread, off the loop the
+    application serves on)."""
+    import asyncio
+
+    async def hook(response: Any) -> None:
+        await asyncio.to_thread(settle, engine)
+
+    return hook
+
+
 def assert_settled(engine: ReadModels) -> None:
     """Fail unless every projection has reached the head of the log and nothing is parked."""
     behind = [lag for lag in engine.lag() if lag.positions_behind or lag.rebuilding]
@@ -306,8 +331,10 @@ __all__ = [
     "Dispatched",
     "MediatorStub",
     "Recording",
+    "asettle_after",
     "assert_settled",
     "recording_async_mediator",
     "recording_mediator",
     "settle",
+    "settle_after",
 ]

@@ -132,3 +132,34 @@ def test_only_the_customer_or_staff_pays_and_a_replay_is_authorized_first(shop: 
         shop.mediator.send(payment)  # the repeat would answer from the record: it is authorized before that
     assert status(shop, order) == "shipped"
     assert shop.engine.processes.instance("fulfilment", order) is None
+
+
+def test_over_http_each_request_sees_everything_the_last_one_led_to(tmp_path: Path, clock: Clock) -> None:
+    import asyncio
+
+    import httpx
+
+    from adapters.shop_http import asgi
+    from mediator.testing import asettle_after
+
+    from .tokens import KEY, as_customer
+
+    async def scenario(shop: Shop) -> None:
+        customer, _lamps, desk, _floor = stocked(shop)
+        transport = httpx.ASGITransport(app=asgi(shop, jwt_key=KEY))
+        async with httpx.AsyncClient(transport=transport, base_url="http://shop", headers=as_customer(customer),
+                                     event_hooks={"response": [asettle_after(shop.engine)]}) as client:
+            placed = await client.post("/orders", json={"customer_id": customer,
+                                                         "items": [{"product_id": desk, "quantity": 2}]})
+            order = placed.json()["order_id"]
+            # No X-Consistent-With: the hook settled the read models and the fulfilment's step after the POST.
+            assert (await client.get(f"/orders/{order}")).json()["status"] == "placed"
+            inventory = (await client.get(f"/products/{desk}/inventory")).json()
+            assert inventory["reserved"] == 2
+            clock.advance(minutes=15)
+            await client.get("/search", params={"q": "lamp"})  # any request: its hook fires the timeout now due
+            assert (await client.get(f"/orders/{order}")).json()["status"] == "cancelled"
+            assert (await client.get(f"/products/{desk}/inventory")).json()["reserved"] == 0
+
+    with shop_on("sqlite", tmp_path, clock=lambda: DAY, logging=False, engine_clock=clock) as shop:
+        asyncio.run(scenario(shop))
