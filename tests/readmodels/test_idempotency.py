@@ -17,6 +17,7 @@ from mediator import (
     IdempotencyKeyError,
     IdempotencyKeyInUseError,
     IdempotencyKeyMismatchError,
+    IdempotentCommand,
     Mediator,
 )
 from mediator.readmodels import ReadModels, Storage, digest_of, fresh_token, last_token
@@ -236,3 +237,30 @@ def test_two_processes_sending_one_key_at_once_run_the_handler_once(
     again = subprocess.run(command, env={**env, "BANK_PAUSE": "0"}, cwd=ROOT, capture_output=True, text=True,
                            timeout=60, check=True)
     assert again.stdout.strip().splitlines()[-1] == "receipt 1 runs 0"
+
+
+@attrs.frozen(kw_only=True)
+class Tag(IdempotentCommand[None]):
+    labels: frozenset[str]
+    attributes: dict[str, int]
+    note: str = ""
+
+
+def test_the_digest_is_the_same_in_every_process_sets_included() -> None:
+    script = ("from tests.readmodels.test_idempotency import Tag; from mediator.readmodels import digest_of; "
+              "print(digest_of(Tag(labels=frozenset({'red', 'green', 'blue', 'cyan'}), attributes={'a': 1, 'b': 2})))")
+    digests = {subprocess.run([sys.executable, "-c", script], env={**os.environ, "PYTHONHASHSEED": seed,
+                                                                     "PYTHONPATH": str(ROOT)},
+                              capture_output=True, text=True, check=True).stdout for seed in ("1", "2", "3")}
+    assert len(digests) == 1
+    assert digest_of(Tag(labels=frozenset(), attributes={"a": 1, "b": 2})) != digest_of(
+        Tag(labels=frozenset(), attributes={"a": 1, "b": 3}))
+
+
+def test_a_payload_of_a_type_events_cannot_hold_is_refused() -> None:
+    @attrs.frozen(kw_only=True)
+    class Odd(IdempotentCommand[None]):
+        thing: object
+
+    with pytest.raises(TypeError, match=r"Cannot digest a (builtins\.)?object in an idempotent command"):
+        digest_of(Odd(thing=object(), idempotency_key="k"))
