@@ -420,7 +420,7 @@ class ReadModels:
         """Fire the scheduled commands that are due (a batch at most), if this engine dispatches them; the time
         of the next one is read again every poll, for those other processes scheduled."""
         schedules = self.schedules
-        if schedules.mediator is None:
+        if schedules.mediator is None or not schedules.registered:  # nothing here can ever be scheduled
             return 0
         if time.monotonic() >= self._next_schedule_look:
             self._next_schedule_look = time.monotonic() + self.poll_interval
