@@ -148,15 +148,18 @@ class IdempotencyClaims:
 
     Outside, because async commands on one event loop take turns for the storage (see
     :class:`~mediator.readmodels.SyncReadModels`): a repeat waiting its turn would answer the first's result,
-    where the IETF draft asks for a conflict while the first is still running.
+    where the IETF draft asks for a conflict while the first is still running. Async mediators only: a sync
+    command's transaction begins lazily, so :class:`Idempotency`, inside the unit of work's behaviour, claims the
+    key before it, at no pipeline step of its own (unless a behaviour between them began the transaction: on
+    SQLite a repeat then waits for the first and answers its result, which is as safe).
     """
 
     def __init__(self, running: dict[str, object]) -> None:
         self.running = running
 
     def for_message(self, message_type: type, build: Build) -> _BoundIdempotencyClaims | None:
-        if not (isinstance(message_type, type) and issubclass(message_type, IdempotentCommand)):
-            return None
+        if not (build.is_async and isinstance(message_type, type) and issubclass(message_type, IdempotentCommand)):
+            return None  # (a sync command's claim is taken by Idempotency: see there)
         return _BoundIdempotencyClaims(self.running, message_type)
 
 
@@ -199,13 +202,14 @@ class _BoundIdempotencyClaims:
 
 
 class _BoundIdempotency:
-    __slots__ = ("command", "decode", "engine", "name", "owner")
+    __slots__ = ("command", "decode", "engine", "name", "owner", "running")
 
     needs_scope = True
 
     def __init__(self, owner: Idempotency, command: type, decode: Callable[[str], Any]) -> None:
         self.owner = owner
         self.engine = owner.engine
+        self.running = owner.running
         self.command = command
         self.name = qualname(command)
         self.decode = decode
@@ -245,23 +249,32 @@ class _BoundIdempotency:
         key = message.idempotency_key
         if key is None:
             return next(message)
-        uow: UnitOfWork = _current.get().scope.get(UnitOfWork)  # type: ignore[union-attr]  # SyncReadModels made it
-        digest = digest_of(message)
+        if type(key) is not str or not key or len(key) > MAX_IDEMPOTENCY_KEY or not key.isprintable():
+            raise IdempotencyKeyError(key, MAX_IDEMPOTENCY_KEY)
+        running, marker = self.running, object()
+        if running.setdefault(key, marker) is not marker:  # the claim (IdempotencyClaims' on async mediators)
+            raise IdempotencyKeyInUseError(key, self.command)
         try:
-            record = uow.session.claim_key(key)
-        except IdempotencyKeyInUseError:
-            raise IdempotencyKeyInUseError(key, self.command) from None
-        now = self.engine.clock()
-        if record is not None and record.expires_at > now:
-            if record.command != self.name or record.digest != digest:
-                raise IdempotencyKeyMismatchError(key, self.command, record.command)
-            return self._replay(uow, record)
-        result = next(message)
-        if type(result) is str:
-            uow._keys.append((key, self.name, digest, _text(result), now, now + self.engine.idempotency_ttl))
-        else:
-            self._keep(uow, key, digest, now, result)
-        return result
+            uow: UnitOfWork = _current.get().scope.get(UnitOfWork)  # type: ignore[union-attr]  # SyncReadModels'
+            digest = digest_of(message)
+            try:
+                record = uow.session.claim_key(key)
+            except IdempotencyKeyInUseError:
+                raise IdempotencyKeyInUseError(key, self.command) from None
+            now = self.engine.clock()
+            if record is not None and record.expires_at > now:
+                if record.command != self.name or record.digest != digest:
+                    raise IdempotencyKeyMismatchError(key, self.command, record.command)
+                return self._replay(uow, record)
+            result = next(message)
+            if type(result) is str:
+                uow._keys.append((key, self.name, digest, _text(result), now, now + self.engine.idempotency_ttl))
+            else:
+                self._keep(uow, key, digest, now, result)
+            return result
+        finally:
+            if running.get(key) is marker:
+                del running[key]
 
     async def handle_async(self, message: Any, next: Callable[[Any], Awaitable[Any]]) -> Any:
         key = message.idempotency_key
