@@ -163,6 +163,26 @@ class IdempotencyClaims:
         return _BoundIdempotencyClaims(self.running, message_type)
 
 
+def _claim(running: dict[str, object], key: object, command: type) -> object:
+    """Claim ``key`` for a call in this process (checked first); the marker to release it with (:func:`_release`).
+
+    Raises:
+        IdempotencyKeyError: if ``key`` cannot be one.
+        IdempotencyKeyInUseError: if a command with ``key`` runs in this process now.
+    """
+    if type(key) is not str or not key or len(key) > MAX_IDEMPOTENCY_KEY or not key.isprintable():
+        raise IdempotencyKeyError(key, MAX_IDEMPOTENCY_KEY)
+    marker = object()
+    if running.setdefault(key, marker) is not marker:
+        raise IdempotencyKeyInUseError(key, command)
+    return marker
+
+
+def _release(running: dict[str, object], key: str, marker: object) -> None:
+    if running.get(key) is marker:
+        del running[key]
+
+
 class _BoundIdempotencyClaims:
     __slots__ = ("command", "running")
 
@@ -170,35 +190,15 @@ class _BoundIdempotencyClaims:
         self.running = running
         self.command = command
 
-    def _claim(self, key: object) -> object:
-        if type(key) is not str or not key or len(key) > MAX_IDEMPOTENCY_KEY or not key.isprintable():
-            raise IdempotencyKeyError(key, MAX_IDEMPOTENCY_KEY)
-        marker = object()
-        if self.running.setdefault(key, marker) is not marker:
-            raise IdempotencyKeyInUseError(key, self.command)
-        return marker
-
-    def handle(self, message: Any, next: Callable[[Any], Any]) -> Any:
-        key = message.idempotency_key
-        if key is None:
-            return next(message)
-        marker = self._claim(key)
-        try:
-            return next(message)
-        finally:
-            if self.running.get(key) is marker:
-                del self.running[key]
-
     async def handle_async(self, message: Any, next: Callable[[Any], Awaitable[Any]]) -> Any:
         key = message.idempotency_key
         if key is None:
             return await next(message)
-        marker = self._claim(key)
+        marker = _claim(self.running, key, self.command)
         try:
             return await next(message)
         finally:
-            if self.running.get(key) is marker:
-                del self.running[key]
+            _release(self.running, key, marker)
 
 
 class _BoundIdempotency:
@@ -244,37 +244,19 @@ class _BoundIdempotency:
         uow._keys.append((key, self.name, digest, stored, now, now + self.engine.idempotency_ttl))
 
     def handle(self, message: Any, next: Callable[[Any], Any]) -> Any:
-        # _recall and _keep written out: this runs for every idempotent command, and a call is a tenth of what
-        # the rest of this costs beside the two statements.
         key = message.idempotency_key
         if key is None:
             return next(message)
-        if type(key) is not str or not key or len(key) > MAX_IDEMPOTENCY_KEY or not key.isprintable():
-            raise IdempotencyKeyError(key, MAX_IDEMPOTENCY_KEY)
-        running, marker = self.running, object()
-        if running.setdefault(key, marker) is not marker:  # the claim (IdempotencyClaims' on async mediators)
-            raise IdempotencyKeyInUseError(key, self.command)
+        marker = _claim(self.running, key, self.command)  # (IdempotencyClaims' on async mediators)
         try:
-            uow: UnitOfWork = _current.get().scope.get(UnitOfWork)  # type: ignore[union-attr]  # SyncReadModels'
-            digest = digest_of(message)
-            try:
-                record = uow.session.claim_key(key)
-            except IdempotencyKeyInUseError:
-                raise IdempotencyKeyInUseError(key, self.command) from None
-            now = self.engine.clock()
-            if record is not None and record.expires_at > now:
-                if record.command != self.name or record.digest != digest:
-                    raise IdempotencyKeyMismatchError(key, self.command, record.command)
+            uow, digest, now, record = self._recall(message, key)
+            if record is not None:
                 return self._replay(uow, record)
             result = next(message)
-            if type(result) is str:
-                uow._keys.append((key, self.name, digest, _text(result), now, now + self.engine.idempotency_ttl))
-            else:
-                self._keep(uow, key, digest, now, result)
+            self._keep(uow, key, digest, now, result)
             return result
         finally:
-            if running.get(key) is marker:
-                del running[key]
+            _release(self.running, key, marker)
 
     async def handle_async(self, message: Any, next: Callable[[Any], Awaitable[Any]]) -> Any:
         key = message.idempotency_key

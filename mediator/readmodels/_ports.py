@@ -749,3 +749,25 @@ class Storage(ReadStore):
                 return
             yield from chunk
             after = chunk[-1].position
+
+
+@contextlib.contextmanager
+def committed(storage: Storage) -> Iterator[WriteSession]:
+    """A write transaction of its own, committed when the block ends, rolled back if it raises."""
+    session = storage.begin()
+    try:
+        yield session
+    except BaseException:
+        session.rollback()
+        raise
+    session.commit()
+
+
+@contextlib.contextmanager
+def looked_at(storage: Storage) -> Iterator[WriteSession]:
+    """A write transaction to read in (what only a write session reaches), rolled back whatever happens."""
+    session = storage.begin()
+    try:
+        yield session
+    finally:
+        session.rollback()

@@ -30,7 +30,7 @@ import structlog
 from .. import Command, Event
 from .._messages import qualname
 from ._errors import DeadLetterNotFoundError, ProjectionConfigError, UndecodableEventError, UnknownProjectionError
-from ._ports import BLOCKED, PARKED, DeadLetter, ProjectionSession, StoredEvent
+from ._ports import BLOCKED, PARKED, DeadLetter, ProjectionSession, StoredEvent, committed, looked_at
 from ._projections import _APPLIES, on
 from ._serialization import json_converter, to_data
 from ._tables import Table
@@ -208,26 +208,18 @@ class Processes:
 
     def _look(self, track: _Track) -> tuple[int, list[DeadLetter]]:
         """The checkpoint and the parked steps (read in a transaction of their own)."""
-        session = self.engine.storage.begin()
-        try:
+        with looked_at(self.engine.storage) as session:
             process = session.process(track.session_name)
             position, letters = process.position, process.dead_letters()
-        finally:
-            session.rollback()
         track.position = position
         track.next_retry = min((lt.retry_at for lt in letters if lt.retry_at is not None), default=None)
         return position, letters
 
     def _skip_to(self, track: _Track, position: int) -> None:
-        session = self.engine.storage.begin()
-        try:
+        with committed(self.engine.storage) as session:
             process = session.process(track.session_name)
             if process.position < position:
                 process.advance(position)
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
 
     def _begin(self, track: _Track) -> tuple[WriteSession, ProjectionSession]:
         session = self.engine.storage.begin()
@@ -385,11 +377,7 @@ class Processes:
         if mediator is None:
             raise ProjectionConfigError("Process managers need a mediator to send their commands: call "
                                         "engine.dispatch_with(mediator) first.")
-        session = self.engine.storage.begin()
-        try:
-            letters = session.process(track.session_name).dead_letters()
-        finally:
-            session.rollback()
+        _position, letters = self._look(track)
         found = [lt for lt in letters if lt.position == position]
         if not found:
             raise DeadLetterNotFoundError(track.session_name, position)

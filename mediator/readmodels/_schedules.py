@@ -33,7 +33,7 @@ from .. import Command
 from .._context import new_event_id
 from .._messages import qualname
 from ._errors import ProjectionConfigError, ScheduleNotFoundError, ScheduleTimeError, UnschedulableCommandError
-from ._ports import PARKED, PENDING, ScheduledCommand
+from ._ports import PARKED, PENDING, ScheduledCommand, committed
 from ._serialization import json_converter, to_data
 
 if TYPE_CHECKING:
@@ -173,13 +173,8 @@ class Schedules:
             updated = row._replace(attempts=attempts, status=PARKED, reason=reason)
         else:
             updated = row._replace(attempts=attempts, reason=reason, due_at=self.engine.clock() + delay)
-        session = self.engine.storage.begin()
-        try:
+        with committed(self.engine.storage) as session:
             session.schedule(updated)
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
         log.error("scheduled command failed", schedule_id=row.schedule_id, command=row.command, reason=reason,
                   attempts=attempts, parked=delay is None)
 
@@ -187,29 +182,17 @@ class Schedules:
 
     def cancel(self, schedule_id: str) -> None:
         """Delete a scheduled command (pending or parked), for an operator."""
-        session = self.engine.storage.begin()
-        try:
-            found = session.unschedule(schedule_id)
-        except BaseException:
-            session.rollback()
-            raise
-        if not found:
-            session.rollback()
-            raise ScheduleNotFoundError(schedule_id)
-        session.commit()
+        with committed(self.engine.storage) as session:
+            if not session.unschedule(schedule_id):
+                raise ScheduleNotFoundError(schedule_id)
 
     def retry(self, schedule_id: str) -> None:
         """Make a parked (or waiting) scheduled command due now, its tries counted afresh."""
         found = {row.schedule_id: row for row in self.engine.storage.scheduled()}.get(schedule_id)
         if found is None:
             raise ScheduleNotFoundError(schedule_id)
-        session = self.engine.storage.begin()
-        try:
+        with committed(self.engine.storage) as session:
             session.schedule(found._replace(status=PENDING, attempts=0, reason=None, due_at=self.engine.clock()))
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
         self.look_again()
 
 

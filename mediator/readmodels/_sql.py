@@ -30,6 +30,8 @@ from ._ports import (
     ScheduledCommand,
     Storage,
     WriteSession,
+    committed,
+    looked_at,
 )
 from ._tables import Query, Table
 
@@ -720,19 +722,9 @@ class SqlStorage(Storage):
     def _on_the_log(self, what: str, statement: str, params: Sequence[Any], *, write: bool) -> Any:
         """Run ``statement`` in a transaction of its own on the write database: a write's count of rows changed,
         or a read's first column of its first row."""
-        session = self.begin()
-        try:
-            with translated(self._sql.dialect, what):
-                cursor = session.handle.execute(statement, params)
-                found = cursor.rowcount if write else cursor.fetchone()[0]
-        except BaseException:
-            session.rollback()
-            raise
-        if write:
-            session.commit()
-        else:
-            session.rollback()
-        return found
+        with (committed if write else looked_at)(self) as session, translated(self._sql.dialect, what):
+            cursor = session.handle.execute(statement, params)
+            return cursor.rowcount if write else cursor.fetchone()[0]
 
     def expire_keys(self, now: float) -> int:
         return int(self._on_the_log("expire idempotency keys", self._sql.expire_keys, (now,), write=True))

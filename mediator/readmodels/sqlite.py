@@ -28,7 +28,7 @@ import structlog
 
 from ._errors import DatabaseNotFoundError, StorageError
 from ._opening import may_create
-from ._ports import Generations, IdempotencyRecord, NewEvent, ProjectionSession, StoredEvent, WriteSession
+from ._ports import Generations, NewEvent, ProjectionSession, StoredEvent, WriteSession
 from ._sql import (
     EVENT_COLUMNS,
     READ_SCHEMA,
@@ -168,14 +168,6 @@ class SqliteWriteSession(SqlWriteSession):
                 f"Inline projection {name!r} needs its read model in the write database, but the read models "
                 "are in a separate file; use one file or deliver this projection in the background."
             )
-
-    def claim_key(self, key: str) -> IdempotencyRecord | None:
-        # SqlWriteSession's, without the claim: this transaction holds the file's one write lock already.
-        try:
-            row = self.handle.execute(_SQL.claim_key, (key,)).fetchone()
-        except _ERRORS as exc:
-            raise translate(SQLITE, "read an idempotency key", exc) from exc
-        return None if row is None else IdempotencyRecord._make(row)
 
     def projection(self, name: str, generation: int) -> ProjectionSession:
         self._need_one_file(name)

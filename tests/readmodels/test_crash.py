@@ -27,6 +27,7 @@ from mediator.readmodels import RoutedStorage, Storage
 from mediator.readmodels.sqlite import SqliteStorage
 from mediator.testing import settle
 from tests import postgres, redis_server
+from tests.crashing import wait_for_progress
 
 from .bank import Deposited, event_types, make_bank
 
@@ -71,7 +72,7 @@ def test_sigkill_at_random_points_loses_nothing_and_applies_nothing_twice(
         acked_before = ack.stat().st_size if ack.exists() else 0
         child = subprocess.Popen([sys.executable, "-m", "tests.readmodels.bank_app", "crash-loop", str(ack)],
                                  env=env, cwd=ROOT)
-        _wait_for_progress(ack, acked_before, child)
+        wait_for_progress(ack, acked_before, [child])
         time.sleep(rng.uniform(0.0, 0.05))  # inside the command and projection loops, a different point each time
         child.send_signal(signal.SIGKILL)
         assert child.wait(timeout=30) == -signal.SIGKILL
@@ -105,12 +106,3 @@ def _empty_redis(prefix: str) -> None:
     store = RedisReadStore(redis_server.URL, prefix=prefix)
     store.drop_all()
     store.close()
-
-
-def _wait_for_progress(ack: Path, size_before: int, child: subprocess.Popen[bytes]) -> None:
-    """Wait until the child has acknowledged a command in this round, so the kill lands in its loops."""
-    deadline = time.monotonic() + 60
-    while not ack.exists() or ack.stat().st_size <= size_before:
-        assert child.poll() is None, "the crash-loop child exited by itself"
-        assert time.monotonic() < deadline, "the crash-loop child made no progress in 60 s"
-        time.sleep(0.002)

@@ -26,6 +26,7 @@ from mediator.readmodels import ReadModels, Storage
 from mediator.readmodels.sqlite import SqliteStorage
 from mediator.testing import Clock, settle
 from tests import postgres
+from tests.crashing import wait_for_progress
 
 from .checkout_process import Opened, Progress, fast_clock, wire
 
@@ -70,7 +71,7 @@ def test_sigkill_leaves_every_step_and_timeout_taking_effect_once(backend: str, 
         acked_before = ack.stat().st_size if ack.exists() else 0
         children = [subprocess.Popen([sys.executable, "-m", "tests.readmodels.checkout_process", "crash-loop",
                                       str(ack)], env=env, cwd=ROOT) for _ in range(2)]
-        _wait_for_progress(ack, acked_before, children)
+        wait_for_progress(ack, acked_before, children)
         time.sleep(rng.uniform(0.0, 0.3))  # in the commands, steps and timeouts, a different point each time
         for child in children:
             child.send_signal(signal.SIGKILL)
@@ -134,12 +135,3 @@ def _check_after_a_kill(engine: ReadModels, storage: Storage, ack: Path) -> None
         all_names, amount = orders[order_id]
         expected = replayed(names, amount, order_id, shipped="shipped" in all_names)
         assert engine.processes.instance("checkout", order_id) == expected, (order_id, names)
-
-
-def _wait_for_progress(ack: Path, size_before: int, children: list[subprocess.Popen[bytes]]) -> None:
-    """Wait until the children have acknowledged a command in this round, so the kills land in their loops."""
-    deadline = time.monotonic() + 60
-    while not ack.exists() or ack.stat().st_size <= size_before:
-        assert all(child.poll() is None for child in children), "a crash-loop child exited by itself"
-        assert time.monotonic() < deadline, "the crash-loop children made no progress in 60 s"
-        time.sleep(0.002)

@@ -34,6 +34,7 @@ from handlers.ports import WriteModel
 from handlers.processes import AWAITING_PAYMENT, PAID, Fulfilment, timeout_id
 from mediator.testing import Clock, settle
 from tests import postgres
+from tests.crashing import wait_for_progress
 
 from .fulfilment_process import fast_clock
 from .test_shop import stocked
@@ -110,7 +111,7 @@ def test_sigkill_leaves_every_fulfilment_step_and_timeout_taking_effect_once(
         acked_before = ack.stat().st_size if ack.exists() else 0
         children = [subprocess.Popen([sys.executable, "-m", "tests.shop.fulfilment_process", str(ack)], env=env,
                                      cwd=ROOT) for _ in range(2)]
-        _wait_for_progress(ack, acked_before, children)
+        wait_for_progress(ack, acked_before, children)
         time.sleep(rng.uniform(0.0, 0.3))
         for child in children:
             child.send_signal(signal.SIGKILL)
@@ -171,11 +172,3 @@ def _check_after_a_kill(shop: Shop, ack: Path) -> None:
     waiting = {letter.position for letter in status.letters}
     for order_id, events in orders_of(shop, up_to=status.position, leaving=waiting).items():
         assert shop.engine.processes.instance("fulfilment", order_id) == replayed(events, order_id), order_id
-
-
-def _wait_for_progress(ack: Path, size_before: int, children: list[subprocess.Popen[bytes]]) -> None:
-    deadline = time.monotonic() + 60
-    while not ack.exists() or ack.stat().st_size <= size_before:
-        assert all(child.poll() is None for child in children), "a child exited by itself"
-        assert time.monotonic() < deadline, "the children made no progress in 60 s"
-        time.sleep(0.002)
