@@ -24,6 +24,7 @@ import decimal
 import enum
 import hashlib
 import json
+import marshal
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -48,77 +49,113 @@ _dumps = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=Fa
 
 
 def digest_of(command: IdempotentCommand[Any]) -> str:
-    """A digest of ``command``'s payload: SHA-256 (hex) of ``repr`` of its canonical form (:func:`canonical`), the
-    key left out (so equal payloads digest alike under any key)."""
+    """A digest of ``command``'s payload: SHA-256 (hex) of its canonical form (:func:`canonical`) written out by
+    :mod:`marshal` (format 2: no back-references, so equal values write alike however they are shared or
+    interned), the key left out (so equal payloads digest alike under any key)."""
     form = _PAYLOADS.get(type(command))
     if form is None:
         form = _PAYLOADS[type(command)] = _attrs_form(type(command), skip="idempotency_key")
-    return hashlib.sha256(repr(form(command)).encode("utf-8", "surrogatepass")).hexdigest()
+    try:
+        written = marshal.dumps(form(command), 2)
+    except ValueError:  # a field annotated as text or a number held a subclass (an enum member, say)
+        written = marshal.dumps(_strict_form(type(command))(command), 2)
+    return hashlib.sha256(written).hexdigest()
 
 
 def canonical(value: Any) -> Any:
-    """``value`` as nested tuples of plain values, the same for equal values in any process: an attrs instance as
-    the tuple of its fields in order, a list or tuple as a tuple, a set as a sorted tuple, a mapping as the tuple
-    of its items in its own order (a client that sends a body again sends it so); text, numbers, ``None``, dates,
-    decimals, UUIDs and enum members stay as they are (their ``repr`` is canonical). Worked out once per class,
-    as :func:`~mediator.readmodels._serialization.to_data` is, at a fraction of its cost: no dict per object."""
+    """``value`` as nested tuples of values :mod:`marshal` writes the same in any process: an attrs instance as
+    the tuple of its fields in order, a list or tuple as a tuple, a set as a tuple sorted by ``repr``, a mapping
+    as the tuple of its items in its own order (a client that sends a body again sends it so); text, bytes,
+    numbers, booleans and ``None`` of their exact types stay as they are; other plain values (dates, decimals,
+    UUIDs, enum members, subclasses of text or numbers) become ``(..., repr(value))`` (their ``repr`` is
+    canonical, and no payload holds ``...``, so the two cannot be mistaken for each other). Worked out once per
+    class, as :func:`~mediator.readmodels._serialization.to_data` is, at a fraction of its cost: no dict per
+    object.
+
+    A field annotated as text or a number is taken as it is, with no call; where it holds a subclass,
+    :mod:`marshal` refuses it and :func:`digest_of` writes the payload out again with every field converted."""
     form = _FORMS.get(type(value))
     if form is None:
-        form = _FORMS[type(value)] = _form_of(type(value))
+        form = _FORMS[type(value)] = _form_of(type(value), strict=False)
     return form(value)
+
+
+def _strict(value: Any) -> Any:
+    """:func:`canonical` with no field taken as it is (for a payload :mod:`marshal` refused)."""
+    form = _STRICT.get(type(value))
+    if form is None:
+        form = _STRICT[type(value)] = _form_of(type(value), strict=True)
+    return form(value)
+
+
+def _strict_form(cls: type) -> Callable[[Any], Any]:
+    form = _STRICT_PAYLOADS.get(cls)
+    if form is None:
+        form = _STRICT_PAYLOADS[cls] = _attrs_form(cls, skip="idempotency_key", strict=True)
+    return form
 
 
 def _same(value: Any) -> Any:
     return value
 
 
-def _sequence(value: Any) -> tuple[Any, ...]:
-    return tuple(map(canonical, value))
+def _repr(value: Any) -> tuple[Any, str]:
+    return (..., repr(value))
 
 
-def _set(value: Any) -> tuple[Any, ...]:
-    return tuple(sorted((canonical(item) for item in value), key=repr))
+def _sequence(each: Callable[[Any], Any]) -> Callable[[Any], tuple[Any, ...]]:
+    return lambda value: tuple(map(each, value))
 
 
-def _mapping(value: Any) -> tuple[Any, ...]:
-    return tuple((canonical(k), canonical(v)) for k, v in value.items())
+def _set(each: Callable[[Any], Any]) -> Callable[[Any], tuple[Any, ...]]:
+    return lambda value: tuple(sorted(map(each, value), key=repr))
 
 
-def _form_of(cls: type) -> Callable[[Any], Any]:
+def _mapping(each: Callable[[Any], Any]) -> Callable[[Any], tuple[Any, ...]]:
+    return lambda value: tuple((each(k), each(v)) for k, v in value.items())
+
+
+def _form_of(cls: type, strict: bool) -> Callable[[Any], Any]:
+    each = _strict if strict else canonical
     if attrs.has(cls):
-        return _attrs_form(cls)
+        return _attrs_form(cls, strict=strict)
+    if cls in _MARSHALLED:
+        return _same
     if issubclass(cls, list | tuple):
-        return _sequence
+        return _sequence(each)
     if issubclass(cls, set | frozenset):
-        return _set
+        return _set(each)
     if issubclass(cls, Mapping):
-        return _mapping
+        return _mapping(each)
     if issubclass(cls, _PLAIN):
-        return _same  # their repr is canonical
+        return _repr
     raise TypeError(f"Cannot digest a {qualname(cls)} in an idempotent command; use the types events may hold.")
 
 
-def _attrs_form(cls: type, skip: str | None = None) -> Callable[[Any], Any]:
+def _attrs_form(cls: type, skip: str | None = None, strict: bool = False) -> Callable[[Any], Any]:
     namespace = _codegen.Namespace()
-    canon = namespace.add("canonical", canonical)
-    plain = (str, int, float, bool, type(None))
+    each = namespace.add("canonical", _strict if strict else canonical)
     parts = []
     for field in attrs.fields(cls):
         if field.name == skip:
             continue
-        # A field annotated as plain text or a number is taken as it is: no call per value.
-        parts.append(f"value.{field.name}" if field.type in plain or field.type in {"str", "int", "float", "bool"}
-                     else f"{canon}(value.{field.name})")
+        # A field annotated as text or a number is taken as it is: no call per value (see canonical()).
+        plain = not strict and (field.type in _MARSHALLED or field.type in {"str", "int", "float", "bool"})
+        parts.append(f"value.{field.name}" if plain else f"{each}(value.{field.name})")
     body = f"return ({', '.join(parts)}{',' if len(parts) == 1 else ''})"
     return _codegen.function("form", ["value"], [body], namespace, about=f"canonical form of {qualname(cls)}")
 
 
-_PLAIN = (str, int, float, bool, type(None), bytes, decimal.Decimal, uuid.UUID, dt.date, dt.time, dt.timedelta,
-          enum.Enum)
+_MARSHALLED = frozenset({str, int, float, bool, type(None), bytes})
+"""The types :mod:`marshal` writes (exactly these, not their subclasses) that a payload holds as they are."""
+_PLAIN = (str, int, float, bool, bytes, decimal.Decimal, uuid.UUID, dt.date, dt.time, dt.timedelta, enum.Enum)
 _FORMS: dict[type, Callable[[Any], Any]] = {}
 """How each class's values turn into their canonical form: a cache of generated code, not a registry."""
+_STRICT: dict[type, Callable[[Any], Any]] = {}
+"""The same with no field taken as it is."""
 _PAYLOADS: dict[type, Callable[[Any], Any]] = {}
 """The same for idempotent commands, their key left out."""
+_STRICT_PAYLOADS: dict[type, Callable[[Any], Any]] = {}
 
 
 class Idempotency:

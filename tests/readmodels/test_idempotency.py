@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import decimal
+import enum
 import os
 import subprocess
 import sys
@@ -255,6 +257,35 @@ def test_the_digest_is_the_same_in_every_process_sets_included() -> None:
     assert len(digests) == 1
     assert digest_of(Tag(labels=frozenset(), attributes={"a": 1, "b": 2})) != digest_of(
         Tag(labels=frozenset(), attributes={"a": 1, "b": 3}))
+
+
+class Size(enum.IntEnum):
+    SMALL = 1
+
+
+class Colour(enum.StrEnum):
+    RED = "red"
+
+
+@attrs.frozen(kw_only=True)
+class Line(IdempotentCommand[None]):
+    count: int
+    colour: str
+    price: decimal.Decimal
+    colours: tuple[Colour, ...] = ()
+
+
+def test_values_marshal_cannot_write_as_they_are_still_digest_the_same_each_time() -> None:
+    # Subclasses of int and str in fields annotated int and str: the fast form is refused and the strict one used.
+    one = Line(count=Size.SMALL, colour=Colour.RED, price=decimal.Decimal("1.50"), idempotency_key="a")
+    assert digest_of(one) == digest_of(attrs.evolve(one, idempotency_key="b"))
+    # An enum member is not mistaken for its value, nor a decimal for another with the same value written apart.
+    assert digest_of(one) != digest_of(attrs.evolve(one, count=1, colour="red"))
+    assert digest_of(one) != digest_of(attrs.evolve(one, price=decimal.Decimal("1.5")))
+    # A text that reads like the form of another value is not mistaken for it.
+    assert digest_of(attrs.evolve(one, colours=(Colour.RED,))) != digest_of(attrs.evolve(one, colours=()))
+    assert len({digest_of(Line(count=n, colour=c, price=decimal.Decimal(0))) for n in (1, 2)
+                for c in ("red", "<Colour.RED: 'red'>")}) == 4
 
 
 def test_a_payload_of_a_type_events_cannot_hold_is_refused() -> None:
