@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import datetime as dt
 from decimal import Decimal
+from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Body, FastAPI, Query
-from fastapi.responses import JSONResponse
+from fastapi import Body, FastAPI, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field, StringConstraints, field_validator
 
 from adapters.shop_app import Shop, shop_from_env
@@ -42,7 +43,7 @@ from domain.messages import (
     UpdateProductStock,
 )
 from mediator import AsyncMediator
-from mediator.fastapi import IdempotencyKey, Mediated, MediatorMiddleware, install_error_handlers
+from mediator.fastapi import IdempotencyKey, Mediated, MediatorMiddleware, event_stream, install_error_handlers
 from mediator.http import MAX_BODY
 
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
@@ -103,6 +104,10 @@ class Payment(BaseModel):
 class Transition(BaseModel):
     reason: Text = "no reason given"
     expected_version: Annotated[int, Field(ge=1)] | None = None
+
+
+STAFF_PAGE = (Path(__file__).parent / "staff.html").read_text(encoding="utf-8")
+"""The staff's live dashboard: one HTML file, its script inline (no build step)."""
 
 
 def create_app(shop: Shop, *, consistency_timeout: float = 5.0, jwt_key: str | None = None,
@@ -206,6 +211,21 @@ def create_app(shop: Shop, *, consistency_timeout: float = 5.0, jwt_key: str | N
     @app.get("/dashboard")
     async def dashboard(mediator: Mediated, since: dt.date | None = None) -> Any:
         return data(await mediator.ask(GetSalesDashboard(since=since)))
+
+    # The live routes stream until the client goes: they are left out of the OpenAPI schema, whose every
+    # operation the schemathesis test calls and reads to the end.
+    @app.get("/dashboard/live", include_in_schema=False)
+    async def dashboard_live(mediator: Mediated, request: Request, since: dt.date | None = None) -> StreamingResponse:
+        return await event_stream(mediator, GetSalesDashboard(since=since), request, event="dashboard", encode=data)
+
+    @app.get("/orders/{order_id}/live", include_in_schema=False)
+    async def order_live(mediator: Mediated, request: Request, order_id: str) -> StreamingResponse:
+        return await event_stream(mediator, GetOrderDetails(order_id=order_id), request, event="order", encode=data)
+
+    @app.get("/staff", include_in_schema=False)
+    async def staff_page() -> HTMLResponse:
+        """The live sales dashboard for staff: it reads ``/dashboard/live`` (credentials in the fragment)."""
+        return HTMLResponse(STAFF_PAGE, headers={"Cache-Control": "no-cache"})
 
     @app.get("/sales/daily")
     async def daily_sales(mediator: Mediated, since: dt.date | None = None) -> Any:

@@ -240,6 +240,10 @@ class GetOrderDetails(Query[OrderDetails | None]):
     reads = ("order_details",)
     order_id: str
 
+    def depends_on(self) -> tuple[str, ...]:
+        """A subscription is asked again for this order's events only (they are keyed by the order's id)."""
+        return (self.order_id,)
+
 
 @attrs.frozen(kw_only=True)
 class GetCustomerOrders(Query[tuple[CustomerOrderSummary, ...]]):
@@ -259,6 +263,10 @@ class ListProductsByCategory(Query[Page]):
 class GetProductInventory(Query[ProductInventory | None]):
     reads = ("inventory",)
     product_id: str
+
+    def depends_on(self) -> tuple[str, ...]:
+        """A subscription is asked again for this product's events only (they are keyed by the product's id)."""
+        return (self.product_id,)
 
 
 @attrs.frozen(kw_only=True)

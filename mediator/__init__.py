@@ -28,10 +28,12 @@ from ._errors import (
     PublishError,
     RegistryFrozenError,
     ScopeError,
+    SubscriptionError,
     ValidationError,
     ValidatorError,
     WiringError,
 )
+from ._live import Answer, AsyncSubscription, ChangeFeed, DependsOnKeys, Subscription, Watch
 from ._mediator import AsyncMediator, Mediator
 from ._messages import Command, Event, IdempotentCommand, Kind, Message, Query, StreamQuery, sensitive
 from ._messages import name_by_package as _name_by_package
@@ -40,13 +42,17 @@ from ._pipeline import AsyncBehaviour, Behaviour
 from ._registry import HandlerBinder, HandlerMark, Handles, Registry, Validates, handles
 
 __all__ = [
+    "Answer",
     "AsyncBehaviour",
     "AsyncMediator",
+    "AsyncSubscription",
     "AuthenticationError",
     "Behaviour",
     "Build",
+    "ChangeFeed",
     "Command",
     "ConsumeError",
+    "DependsOnKeys",
     "DispatchContext",
     "Event",
     "ExceptionHooks",
@@ -77,10 +83,13 @@ __all__ = [
     "Scope",
     "ScopeError",
     "StreamQuery",
+    "Subscription",
+    "SubscriptionError",
     "Validates",
     "Validation",
     "ValidationError",
     "ValidatorError",
+    "Watch",
     "WiringError",
     "current_context",
     "handles",

@@ -20,6 +20,7 @@ from ._behaviours import ExceptionHooks, Validation
 from ._compile import Build, compile_call, type_name
 from ._di import Compiler, Lifetime
 from ._errors import HandlerNotFoundError, WiringError
+from ._live import ChangeFeed
 from ._messages import BASES, Kind, declared_result, kind_of, qualname
 from ._notify import ASYNC_RUNNERS, SYNC_RUNNERS, PublishStrategy
 from ._records import AppliesTo, BehaviourRegistration, HandlerRegistration, Registrations, applies
@@ -212,6 +213,8 @@ class Routes:
         self.event_handlers: dict[type, list[_EventHandler]] = {}
         self.explanations: dict[type, Explanation] = {}
         self.strategies = (*(ASYNC_RUNNERS if self.is_async else SYNC_RUNNERS), PublishStrategy.STOP_ON_FIRST_ERROR)
+        self.live: ChangeFeed | None = info.records.live
+        """What tells subscriptions their answers may have changed (``Registry.change_feed``)."""
 
     def explain(self, message_type: type) -> Explanation:
         if message_type not in self.explanations and kind_of(message_type) is Kind.EVENT:

@@ -205,3 +205,12 @@ class IdempotencyKeyInUseError(MediatorError, RuntimeError):
         by = f"a {qualname(command)}" if command is not None else "a command"
         super().__init__(f"Idempotency key {key!r} is in use by {by} still running; send the command again once "
                          "it has finished, and it answers that one's result.")
+
+
+class SubscriptionError(MediatorError, TypeError):
+    """A query was subscribed to that cannot be: it names no read models (``reads``) whose changes would answer
+    it again, or the mediator was built with no change feed (a read-model engine installed in its registry)."""
+
+    def __init__(self, query_type: type, reason: str) -> None:
+        self.query_type = query_type
+        super().__init__(f"Cannot subscribe to {qualname(query_type)}: {reason}")

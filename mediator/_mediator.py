@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._context import DispatchContext, Scope, _current
 from ._errors import HandlerNotFoundError, NotAMessageError
+from ._live import AsyncSubscription, ChangeFeed, Subscription, _watch
 from ._messages import BASES, Command, Event, Kind, Query, StreamQuery, kind_of, qualname
 from ._notify import PublishStrategy
 
@@ -77,7 +78,7 @@ def _publish(self: _Dispatcher, event: Any, *, strategy: PublishStrategy | None 
 
 
 class _Dispatcher:
-    __slots__ = ("_commands", "_event_entries", "_events", "_queries", "_routes", "_streams")
+    __slots__ = ("_commands", "_event_entries", "_events", "_live", "_queries", "_routes", "_streams")
 
     _commands: dict[type, Callable[[Any], Any]]
     _queries: dict[type, Callable[[Any], Any]]
@@ -85,9 +86,11 @@ class _Dispatcher:
     _events: dict[type, Callable[[Any], Any]]
     _event_entries: dict[tuple[type, PublishStrategy], Callable[[Any], Any]]
     _routes: Routes
+    _live: ChangeFeed | None
 
     def _install(self, routes: Routes) -> None:
         self._routes = routes
+        self._live = routes.live
         self._commands = routes.entries[Kind.COMMAND]
         self._queries = routes.entries[Kind.QUERY]
         self._streams = routes.entries[Kind.STREAM]
@@ -153,6 +156,20 @@ class Mediator(_Dispatcher):
     else:
         send, ask, stream, publish = _send, _ask, _stream, _publish
 
+    def subscribe(self, query: Query[R], /, *, after: int | None = None) -> Subscription[R]:
+        """Answer ``query`` now, then again each time the read models it ``reads`` commit a change that can
+        affect it (see :mod:`mediator._live`): an iterator of :class:`~mediator.Answer`, each with its token.
+
+        ``after``, the token of an answer the caller has, resumes: the first answer comes only once something
+        that can affect it was committed after that token.
+
+        Raises:
+            SubscriptionError: if the query names no read models, or the mediator has no change feed.
+        """
+        if type(query) not in self._queries:
+            raise _miss(query, Kind.QUERY)
+        return Subscription(self, query, _watch(self._live, query, after))
+
     @contextlib.contextmanager
     def scope(
         self, *, correlation_id: str | None = None, causation_id: str | None = None, principal: Any = None
@@ -206,6 +223,12 @@ class AsyncMediator(_Dispatcher):
 
     else:
         send, ask, stream, publish = _send, _ask, _stream, _publish
+
+    def subscribe(self, query: Query[R], /, *, after: int | None = None) -> AsyncSubscription[R]:
+        """The async twin of :meth:`Mediator.subscribe`: ``async for answer in mediator.subscribe(query)``."""
+        if type(query) not in self._queries:
+            raise _miss(query, Kind.QUERY)
+        return AsyncSubscription(self, query, _watch(self._live, query, after))
 
     @contextlib.asynccontextmanager
     async def scope(

@@ -28,6 +28,7 @@ import punq
 from ._build import build
 from ._di import Lifetime, Service
 from ._errors import NotAMessageError, RegistryFrozenError, WiringError
+from ._live import ChangeFeed
 from ._mediator import AsyncMediator, Mediator
 from ._messages import Command, Event, Kind, Message, Query, StreamQuery, kind_of, qualname
 from ._notify import PublishStrategy
@@ -149,6 +150,13 @@ class Registry:
         self._built_sync: Mediator | None = None
         """The last sync mediator built, given to sync handlers that dispatch inside the async twin."""
         self._frozen = False
+
+    def change_feed(self, feed: ChangeFeed) -> Registry:
+        """Have ``subscribe(query)`` on the mediators built from here wait on ``feed`` (the read-model engine's
+        ``install`` gives its own)."""
+        self._check_open("change_feed")
+        self._records.live = feed
+        return self
 
     # -- services -----------------------------------------------------------------
 

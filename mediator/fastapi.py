@@ -15,14 +15,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextvars import ContextVar
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import attrs
 import structlog
 
-from . import AsyncMediator, AuthenticationError, MediatorError, ValidationError, current_context
+from . import Answer, AsyncMediator, AuthenticationError, MediatorError, Query, ValidationError, current_context
 from ._errors import MissingExtraError, RequestTooLargeError
 from .http import (
     CONSISTENT_HEADER,
@@ -49,11 +49,12 @@ from .http import (
     too_large,
 )
 from .readmodels import ConsistencyTimeoutError, StorageError, consistent, fresh_token, last_token
+from .readmodels._serialization import to_data
 
 try:
     from fastapi import Depends, FastAPI, Header, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
+    from fastapi.responses import JSONResponse, StreamingResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
 except ModuleNotFoundError as _missing:  # pragma: no cover - exercised by the wheel test
     raise MissingExtraError(__name__, "fastapi", _missing.name) from _missing
@@ -314,6 +315,88 @@ first request's result and consistency token; a key reused for another payload a
 request is still running 409 (see :func:`mediator.http.problem_for`)."""
 
 
+R = TypeVar("R")
+
+LAST_EVENT_ID = "last-event-id"
+"""The header a browser's ``EventSource`` sends when it reconnects: the ``id`` of the last event it got, here the
+consistency token of the last answer."""
+
+
+def _last_event_id(value: str | None) -> int | None:
+    """The token to resume after; ``None`` (start afresh) for none, or for one this service cannot have sent."""
+    if value is None or not value.strip().isdigit() or len(value.strip()) > 19:
+        return None
+    return int(value)
+
+
+def _sse(answer: Answer[R], event: str, encode: Callable[[R], Any]) -> bytes:
+    payload = json.dumps(encode(answer.value), separators=(",", ":"), ensure_ascii=False)
+    return f"id: {answer.token}\nevent: {event}\ndata: {payload}\n\n".encode()
+
+
+async def event_stream(mediator: AsyncMediator, query: Query[R], request: Request, *, event: str = "answer",
+                       encode: Callable[[R], Any] = to_data, keepalive: float = 15.0,
+                       retry: float = 2.0) -> StreamingResponse:
+    """A route's answer as Server-Sent Events: ``query``'s answer now, then each new one
+    (``mediator.subscribe``), as events named ``event``, each with its consistency token as its ``id`` and
+    ``encode(value)`` as JSON in its ``data``.
+
+    A browser's ``EventSource`` that reconnects sends the last token as ``Last-Event-ID``: the stream resumes after
+    it, its first event coming once something that can change the answer was committed since. A comment goes out
+    every ``keepalive`` seconds without one (proxies close idle connections); ``retry`` is the reconnection delay
+    the browser is told. The subscription ends when the client goes away, or at shutdown
+    (``engine.live.close()``), which ends the stream.
+
+    The first answer is asked before the response starts (unless resuming), so a query that fails answers its
+    error's status, not a stream.
+
+    >>> # @app.get("/dashboard/live")
+    >>> # async def live(mediator: Mediated, request: Request) -> StreamingResponse:
+    >>> #     return await event_stream(mediator, GetSalesDashboard(), request, event="dashboard")
+
+    Raises:
+        mediator.SubscriptionError: if ``query`` cannot be subscribed to.
+    """
+    after = _last_event_id(request.headers.get(LAST_EVENT_ID))
+    subscription = mediator.subscribe(query, after=after)
+    first: Answer[R] | None = None
+    if after is None:
+        try:
+            first = await subscription.__anext__()
+        except StopAsyncIteration:  # the feed closed meanwhile: an empty stream
+            pass
+        except BaseException:
+            subscription.close()
+            raise
+
+    async def events() -> AsyncIterator[bytes]:
+        waiting: asyncio.Future[Answer[R]] | None = None
+        try:
+            yield f"retry: {round(retry * 1000)}\n\n".encode()
+            if first is not None:
+                yield _sse(first, event, encode)
+            while True:
+                if waiting is None:
+                    waiting = asyncio.ensure_future(subscription.__anext__())
+                done, _ = await asyncio.wait({waiting}, timeout=keepalive)
+                if not done:
+                    yield b": keep-alive\n\n"
+                    continue
+                finished, waiting = waiting, None
+                try:
+                    answer = finished.result()
+                except StopAsyncIteration:
+                    return
+                yield _sse(answer, event, encode)
+        finally:
+            if waiting is not None:
+                waiting.cancel()
+            subscription.close()
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
 def problem(status: int, error: str, detail: str, **extra: Any) -> JSONResponse:
     """A JSON error body: ``{"error": ..., "detail": ..., ...}``."""
     return JSONResponse({"error": error, "detail": detail, **extra}, status_code=status)
@@ -382,4 +465,5 @@ def _correlation_id(request: Request) -> str:
         return correlation_id_of(request.headers.get(CORRELATION_HEADER))
 
 
-__all__ = ["IdempotencyKey", "Mediated", "MediatorMiddleware", "current_mediator", "install_error_handlers", "problem"]
+__all__ = ["LAST_EVENT_ID", "IdempotencyKey", "Mediated", "MediatorMiddleware", "current_mediator", "event_stream",
+           "install_error_handlers", "problem"]

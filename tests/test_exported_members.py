@@ -12,13 +12,15 @@ def test_all_is_sorted_and_complete() -> None:
 
 def test_exported_members() -> None:
     assert mediator.__all__ == [
-        "AsyncBehaviour", "AsyncMediator", "AuthenticationError", "Behaviour", "Build", "Command", "ConsumeError",
-        "DispatchContext", "Event", "ExceptionHooks", "Explanation", "Handled", "HandlerBinder", "HandlerMark",
-        "HandlerNotFoundError", "Handles", "HookError", "IdempotencyKeyError", "IdempotencyKeyInUseError",
-        "IdempotencyKeyMismatchError", "IdempotentCommand", "Kind", "Lifetime", "Logging", "Mediator", "MediatorError",
-        "Message", "MissingExtraError", "NotAMessageError", "PublishError", "PublishStrategy", "Query", "Registry",
-        "RegistryFrozenError", "Scope", "ScopeError", "StreamQuery", "Validates", "Validation", "ValidationError",
-        "ValidatorError", "WiringError", "current_context", "handles", "sensitive",
+        "Answer", "AsyncBehaviour", "AsyncMediator", "AsyncSubscription", "AuthenticationError", "Behaviour",
+        "Build", "ChangeFeed", "Command", "ConsumeError", "DependsOnKeys", "DispatchContext", "Event",
+        "ExceptionHooks", "Explanation", "Handled", "HandlerBinder", "HandlerMark", "HandlerNotFoundError",
+        "Handles", "HookError", "IdempotencyKeyError", "IdempotencyKeyInUseError", "IdempotencyKeyMismatchError",
+        "IdempotentCommand", "Kind", "Lifetime", "Logging", "Mediator", "MediatorError", "Message",
+        "MissingExtraError", "NotAMessageError", "PublishError", "PublishStrategy", "Query", "Registry",
+        "RegistryFrozenError", "Scope", "ScopeError", "StreamQuery", "Subscription", "SubscriptionError",
+        "Validates", "Validation", "ValidationError", "ValidatorError", "Watch", "WiringError", "current_context",
+        "handles", "sensitive",
     ]
 
 

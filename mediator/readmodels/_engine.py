@@ -26,6 +26,7 @@ from .._messages import IdempotentCommand, qualname
 from ._apply import Applier
 from ._errors import ProjectionConfigError, UnknownProjectionError
 from ._idempotency import Idempotency
+from ._live import LiveHub
 from ._ports import PARKED, DeadLetter, Storage, StoredEvent
 from ._processes import Processes, ProcessManager
 from ._projections import Delivery, Projection
@@ -107,13 +108,15 @@ class ReadModels:
             that its key may be used again, and the runner deletes the record.
         clock: the wall clock (seconds since the epoch) for idempotency records and scheduled commands; the
             testing kit's :class:`~mediator.testing.Clock` moves it by hand.
+        live_interval: the longest time before a subscription (``mediator.subscribe(query)``) sees a change applied
+            by another process (this process's runner wakes subscriptions at once); see :attr:`live`.
     """
 
     def __init__(self, storage: Storage, types: EventTypes, *, batch_size: int = 500, max_attempts: int = 5,
                  backoff: float = 0.05, max_backoff: float = 5.0, heal_interval: float = 60.0, heal_attempts: int = 10,
                  stall_limit: float = 300.0, poll_interval: float = 0.2, watch_interval: float = 0.002,
                  retire_after: float = 5.0, standby_interval: float = 0.05, idempotency_ttl: float = 86_400.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, live_interval: float = 0.01) -> None:
         if not idempotency_ttl > 0:
             raise ProjectionConfigError(f"idempotency_ttl={idempotency_ttl!r}: a number of seconds above 0.")
         self.storage = storage
@@ -152,6 +155,8 @@ class ReadModels:
         self.processes = Processes(self)
         self._next_schedule_look = 0.0
         self.progress = Progress(self)
+        self.live = LiveHub(self, live_interval)
+        """The change feed of subscription queries: ``engine.live.close()`` ends them all (at shutdown)."""
         self._runner = Runner("mediator-readmodels", self._run_round, self._idle, self._round_failed,
                               self._release_leases)
         self._running = False
@@ -178,9 +183,9 @@ class ReadModels:
         return self
 
     def install(self, registry: Registry) -> None:
-        """Wire the engine into ``registry``: the scoped ``UnitOfWork``, this engine, and its behaviours (the unit of
+        """Wire the engine into ``registry``: the scoped ``UnitOfWork``, this engine, its behaviours (the unit of
         work's, read-your-writes', and idempotency's around and inside the unit of work's, for idempotent commands
-        only).
+        only), and its change feed (:attr:`live`), which ``subscribe(query)`` waits on.
 
         Call it after the behaviours that should run outside the transaction
         (logging, validation): ``SyncReadModels`` is added here, innermost so far.
@@ -197,6 +202,7 @@ class ReadModels:
         # had to (an authorization check registered after install must not be skipped by a replay).
         registry.behaviour(self.idempotency, applies_to=IdempotentCommand, innermost=True)
         registry.behaviour(ReadYourWrites(self), applies_to=Kind.QUERY)
+        registry.change_feed(self.live)
 
     def schedulable(self, command_type: type, *, name: str | None = None) -> ReadModels:
         """Let handlers schedule ``command_type`` (``uow.schedule(...)``), stored under ``name`` (its qualified name

@@ -35,6 +35,10 @@ class GetBalance(Query[int]):
     reads = ("balances",)
     account: str
 
+    def depends_on(self) -> tuple[str, ...]:
+        """A subscription to one account's balance is asked again for that account's deposits only."""
+        return (self.account,)
+
 
 @attrs.frozen(kw_only=True)
 class Deposited(Event):

@@ -6,7 +6,8 @@ model in Redis instead (a RoutedStorage over the log); ``BANK_SLOW`` makes the p
 per event (to kill a worker mid-batch); ``BANK_DELIVERY`` the balances projection's delivery
 (``background`` by default). ``python -m mediator.readmodels --app tests.readmodels.bank_app:engine``
 operates it; ``python -m tests.readmodels.bank_app writer N`` sends N deposits;
-``python -m tests.readmodels.bank_app crash-loop ACK_FILE`` runs commands and projections until killed.
+``python -m tests.readmodels.bank_app crash-loop ACK_FILE`` runs commands and projections until killed;
+``python -m tests.readmodels.bank_app worker`` applies the projections until SIGTERM.
 """
 
 from __future__ import annotations
@@ -120,8 +121,29 @@ def load(out_path: str) -> None:
     app.engine.stop()
 
 
+def worker() -> None:
+    """Apply the projections in the background until SIGTERM (say ``ready`` once running)."""
+    import signal
+
+    app = bank()
+    stopped = False
+
+    def stopping(*_: object) -> None:
+        nonlocal stopped
+        stopped = True
+
+    signal.signal(signal.SIGTERM, stopping)
+    app.engine.start(Delivery(os.environ.get("BANK_DELIVERY", "background")))
+    print("ready", flush=True)
+    while not stopped:
+        time.sleep(0.01)
+    app.engine.stop()
+
+
 if __name__ == "__main__":
-    if sys.argv[1] == "writer":
+    if sys.argv[1] == "worker":
+        worker()
+    elif sys.argv[1] == "writer":
         writer(int(sys.argv[2]))
     elif sys.argv[1] == "crash-loop":
         crash_loop(sys.argv[2])

@@ -5,7 +5,7 @@ from typing import NewType, assert_type
 
 import attrs
 
-from mediator import AsyncMediator, Command, Event, Mediator, Query, Registry, StreamQuery
+from mediator import Answer, AsyncMediator, Command, Event, Mediator, Query, Registry, StreamQuery
 
 OrderId = NewType("OrderId", int)
 
@@ -41,6 +41,11 @@ def sync_dispatch(mediator: Mediator) -> None:
     assert_type(mediator.ask(GetTotal(order=OrderId(1))), float | None)
     assert_type(mediator.stream(ListOrders(customer="c")), Iterator[OrderId])
     assert_type(mediator.publish(OrderPlaced(order=OrderId(1))), None)
+    with mediator.subscribe(GetTotal(order=OrderId(1))) as live:
+        for answer in live:
+            assert_type(answer, Answer[float | None])
+            assert_type(answer.value, float | None)
+            assert_type(answer.token, int)
 
 
 async def async_dispatch(mediator: AsyncMediator) -> None:
@@ -51,6 +56,9 @@ async def async_dispatch(mediator: AsyncMediator) -> None:
     assert_type(await mediator.publish(OrderPlaced(order=OrderId(1))), None)
     async for order in mediator.stream(ListOrders(customer="c")):
         assert_type(order, OrderId)
+    async with mediator.subscribe(GetTotal(order=OrderId(1))) as live:
+        async for answer in live:
+            assert_type(answer.value, float | None)
 
 
 def wrong_verbs(mediator: Mediator) -> None:
@@ -58,6 +66,7 @@ def wrong_verbs(mediator: Mediator) -> None:
     mediator.ask(PlaceOrder(customer="c"))  # type: ignore[arg-type]
     mediator.publish(PlaceOrder(customer="c"))  # type: ignore[arg-type]
     mediator.send("not a message")  # type: ignore[arg-type]
+    mediator.subscribe(PlaceOrder(customer="c"))  # type: ignore[arg-type]
 
 
 def registry_typing() -> None:

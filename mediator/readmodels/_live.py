@@ -1,0 +1,297 @@
+"""The engine's change feed: which subscriptions' answers may have changed, in this process or any other.
+
+One :class:`LiveHub` per engine watches the projections that subscribed queries ``read``, from one thread that
+runs only while there are subscriptions. Each look reads the projections' checkpoints (one cheap query each); this
+process's runner wakes it as soon as it commits a batch, and progress made elsewhere (a worker process, another
+service's runner on PostgreSQL) is seen at the next look, ``interval`` seconds later at most.
+
+When a checkpoint has moved, the hub reads the events it moved over, of the types the projection applies only,
+and marks a subscription changed if one of them can affect its answer: any of them, or with
+:class:`~mediator.DependsOnKeys` only those of its keys. A rebuild swapped in changes every answer. A mark is one
+pending token per subscription, never a queue: a slow subscriber is asked once for many changes.
+
+The token of a mark is the position up to which every event of the projections read has been applied
+(:meth:`Storage.applied`), so an answer never claims more than its read models hold: with an event parked, the
+answer still changes as later events are applied, but its token stays before the parked one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+import weakref
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from .._errors import SubscriptionError
+from .._messages import qualname
+from ._projections import Delivery
+
+if TYPE_CHECKING:
+    from ._engine import ReadModels
+
+BIG_GAP = 10_000
+"""Events a checkpoint may move over before the hub stops reading which they were and marks every subscription
+of that projection changed (asking again costs less than reading them)."""
+
+
+class LiveWatch:
+    """One subscription's watch (see :class:`mediator.Watch`)."""
+
+    __slots__ = (
+        "__weakref__",
+        "_closed",
+        "_event",
+        "_loop",
+        "_signal",
+        "hub",
+        "keys",
+        "pending",
+        "reads",
+        "seen",
+        "types",
+    )
+
+    def __init__(self, hub: LiveHub, reads: tuple[str, ...], keys: frozenset[str] | None,
+                 types: frozenset[str]) -> None:
+        self.hub = hub
+        self.reads = reads
+        self.keys = keys
+        self.types = types
+        self.seen: dict[str, tuple[int, int]] = {}
+        """By projection: the (generation, checkpoint) up to which changes were looked at for this watch."""
+        self.pending: int | None = None
+        self._closed = False
+        self._event = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._signal: asyncio.Event | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def mark(self, token: int) -> None:
+        """A change is pending, up to ``token`` (called under the hub's lock)."""
+        self.pending = token if self.pending is None else max(self.pending, token)
+        self._wake()
+
+    def _wake(self) -> None:
+        self._event.set()
+        loop, signal = self._loop, self._signal
+        if loop is not None and signal is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits there any more
+                loop.call_soon_threadsafe(signal.set)
+
+    def _take(self) -> int | None:
+        with self.hub.lock:
+            token, self.pending = self.pending, None
+            self._event.clear()
+            if self._signal is not None:
+                self._signal.clear()
+            return token
+
+    def next(self, timeout: float | None = None) -> int | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._closed:
+            token = self._take()
+            if token is not None:
+                return token
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return None
+            self._event.wait(left)
+        return None
+
+    async def next_async(self) -> int | None:
+        if self._signal is None:
+            self._loop = asyncio.get_running_loop()
+            self._signal = asyncio.Event()
+        while not self._closed:
+            token = self._take()
+            if token is not None:
+                return token
+            await self._signal.wait()
+        return None
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.hub.forget(self)
+        self._wake()
+
+
+class LiveHub:
+    """The engine's :class:`~mediator.ChangeFeed` (``engine.live``).
+
+    Args:
+        engine: the engine whose projections are watched.
+        interval: the longest time between two looks at the checkpoints (progress made by other processes is
+            seen within it; this process's runner wakes the hub at once).
+    """
+
+    def __init__(self, engine: ReadModels, interval: float = 0.01) -> None:
+        self.engine = engine
+        self.interval = interval
+        self.lock = threading.Lock()
+        self._watches: weakref.WeakSet[LiveWatch] = weakref.WeakSet()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self.looks = 0
+        """Looks at the checkpoints so far (for tests and metrics)."""
+
+    # -- the feed --------------------------------------------------------------------------------
+
+    def watch(self, query: Any, after: int | None) -> LiveWatch:
+        reads = tuple(getattr(type(query), "reads", ()))
+        if not reads:
+            raise SubscriptionError(type(query), "it names no read models; give its class `reads = (...)`, the "
+                                    "projections its handler reads, so the engine knows when to ask it again.")
+        unknown = [name for name in reads if name not in self.engine._tracks]
+        if unknown:
+            raise SubscriptionError(type(query), f"it reads unknown projection(s) {unknown}.")
+        depends_on = getattr(query, "depends_on", None)
+        keys = None if depends_on is None else frozenset(depends_on())
+        types = frozenset(self.engine.types.entry(cls).name for name in reads
+                          for cls in self.engine._tracks[name].projection.handlers)
+        watch = LiveWatch(self, reads, keys, types)
+        looked = self._look(reads)
+        head = self.engine.storage.head()
+        with self.lock:
+            if self._closed:
+                raise SubscriptionError(type(query), "the engine's change feed has closed (it is shutting down).")
+            watch.seen = {name: (generation, checkpoint) for name, (generation, checkpoint, _) in looked.items()}
+            if after is None or after > head or after < 0:
+                watch.pending = self._token(looked)  # the first answer at once
+            else:  # resuming: changes after the token the caller has are looked at with the next look
+                watch.seen = {name: (generation, min(checkpoint, after))
+                              for name, (generation, checkpoint) in watch.seen.items()}
+            self._watches.add(watch)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="mediator-live", daemon=True)
+                self._thread.start()
+        if after is not None and watch.pending is None:
+            self.engine.progress.notify()  # look now rather than after the interval
+        return watch
+
+    def forget(self, watch: LiveWatch) -> None:
+        with self.lock:
+            self._watches.discard(watch)
+        self.engine.progress.notify()  # the hub's thread ends at once if that was the last one
+
+    @property
+    def watching(self) -> int:
+        """Subscriptions open now."""
+        with self.lock:
+            return len(self._watches)
+
+    @property
+    def running(self) -> bool:
+        """Whether the hub's thread runs (only while there are subscriptions)."""
+        with self.lock:
+            return self._thread is not None
+
+    def close(self, timeout: float = 5.0) -> None:
+        """End every subscription (their iterators stop) and the hub's thread; no new one may start."""
+        with self.lock:
+            self._closed = True
+            watches, thread = list(self._watches), self._thread
+        for watch in watches:
+            watch.close()
+        self.engine.progress.notify()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    # -- looking ---------------------------------------------------------------------------------
+
+    def _look(self, names: Iterable[str]) -> dict[str, tuple[int, int, int]]:
+        """(generation, checkpoint, applied) of each projection of ``names``: an inline one is at the head."""
+        storage = self.engine.storage
+        found = {}
+        for name in names:
+            if self.engine._tracks[name].delivery is Delivery.INLINE:
+                head = storage.head()
+                found[name] = (0, head, head)
+                continue
+            generation = storage.current_generation(name)
+            found[name] = (generation, storage.checkpoint(name, generation), storage.applied(name, generation))
+        return found
+
+    @staticmethod
+    def _token(looked: dict[str, tuple[int, int, int]]) -> int:
+        return min(applied for _, _, applied in looked.values())
+
+    def _run(self) -> None:
+        condition = self.engine.progress.condition
+        while True:
+            with self.lock:
+                watches = list(self._watches)
+                if self._closed or not watches:
+                    self._thread = None
+                    return
+            try:
+                self._round(watches)
+            except Exception:  # the storage failed: look again later (answers are asked by their subscribers)
+                time.sleep(self.interval)
+            with condition:
+                condition.wait(self.interval)
+
+    def _round(self, watches: list[LiveWatch]) -> None:
+        self.looks += 1
+        names = {name for watch in watches for name in watch.reads}
+        looked = self._look(names)
+        moved: dict[str, tuple[int, int]] = {}  # by projection: the stretch of the log to read, (after, up to)
+        for watch in watches:
+            for name in watch.reads:
+                generation, checkpoint, _ = looked[name]
+                seen_generation, seen = watch.seen[name]
+                if seen_generation == generation and checkpoint > seen:
+                    after, upto = moved.get(name, (seen, checkpoint))
+                    moved[name] = (min(after, seen), max(upto, checkpoint))
+        events = {name: self._events(name, after, upto) for name, (after, upto) in moved.items()}
+        with self.lock:
+            for watch in watches:
+                if watch.closed:
+                    continue
+                changed = False
+                for name in watch.reads:
+                    generation, checkpoint, _ = looked[name]
+                    seen_generation, seen = watch.seen[name]
+                    if seen_generation != generation:  # a rebuild swapped in: every answer may differ
+                        changed = True
+                    elif checkpoint > seen:
+                        changed = changed or self._affects(watch, events[name], seen, checkpoint)
+                    watch.seen[name] = (generation, checkpoint)
+                if changed:
+                    watch.mark(self._token({name: looked[name] for name in watch.reads}))
+
+    def _events(self, name: str, after: int, upto: int) -> list[tuple[int, str, str | None]] | None:
+        """(position, type, key) of the events in ``(after, upto]`` that ``name`` applies; ``None`` if too many."""
+        if upto - after > BIG_GAP:
+            return None
+        types = {self.engine.types.entry(cls).name for cls in self.engine._tracks[name].projection.handlers}
+        found = []
+        while after < upto:
+            batch = self.engine.storage.read(after, min(upto - after, 1000), types)
+            for event in batch:
+                if event.position > upto:
+                    break
+                found.append((event.position, event.type_name, event.key))
+            if not batch or batch[-1].position >= upto:
+                break
+            after = batch[-1].position
+        return found
+
+    @staticmethod
+    def _affects(watch: LiveWatch, events: list[tuple[int, str, str | None]] | None, after: int,
+                 upto: int) -> bool:
+        if events is None:
+            return True
+        keys = watch.keys
+        return any(after < position <= upto and type_name in watch.types and (keys is None or key in keys)
+                   for position, type_name, key in events)
+
+    def __repr__(self) -> str:
+        return f"<LiveHub of {qualname(type(self.engine))}: {self.watching} subscription(s)>"
