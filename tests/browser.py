@@ -55,8 +55,9 @@ class Page:
                 return reply.get("result", {})  # type: ignore[no-any-return]
 
     def go(self, url: str) -> None:
-        self.call("Page.enable")
+        """Open ``url`` and wait until its document has loaded (``Page.navigate`` answers before that)."""
         self.call("Page.navigate", url=url)
+        self.wait_for(f"location.href === {json.dumps(url)} && document.readyState === 'complete'")
 
     def evaluate(self, expression: str) -> Any:
         """The value of a JavaScript expression in the page (awaited if it is a promise)."""
@@ -68,12 +69,18 @@ class Page:
     def wait_for(self, expression: str, timeout: float = 15.0) -> Any:
         """Evaluate ``expression`` until it is truthy; its value."""
         deadline = time.monotonic() + timeout
+        error: RuntimeError | None = None
         while True:
-            value = self.evaluate(expression)
+            try:
+                value = self.evaluate(expression)
+            except RuntimeError as failed:  # what it reads is not there yet
+                value, error = None, failed
+            else:
+                error = None
             if value:
                 return value
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {expression!r} in the page")
+                raise AssertionError(f"timed out waiting for {expression!r} in the page ({error})")
             time.sleep(0.05)
 
     def screenshot(self, path: Path) -> Path:

@@ -32,6 +32,9 @@ from ._projections import Delivery
 if TYPE_CHECKING:
     from ._engine import ReadModels
 
+FAST = 0.00025
+"""Seconds between two looks, at first, while a watched projection is behind the head of the log (its progress
+is coming): doubled each look, up to ``interval``, as a read-your-writes wait does."""
 BIG_GAP = 10_000
 """Events a checkpoint may move over before the hub stops reading which they were and marks every subscription
 of that projection changed (asking again costs less than reading them)."""
@@ -138,6 +141,9 @@ class LiveHub:
         self.lock = threading.Lock()
         self._watches: weakref.WeakSet[LiveWatch] = weakref.WeakSet()
         self._thread: threading.Thread | None = None
+        self.active = False
+        """Whether the hub's thread runs (read without the lock on every commit: a commit in this process then
+        wakes it, so it looks quickly until the projections have applied it)."""
         self._closed = False
         self.looks = 0
         """Looks at the checkpoints so far (for tests and metrics)."""
@@ -171,6 +177,7 @@ class LiveHub:
             self._watches.add(watch)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="mediator-live", daemon=True)
+                self.active = True
                 self._thread.start()
         if after is not None and watch.pending is None:
             self.engine.progress.notify()  # look now rather than after the interval
@@ -191,7 +198,7 @@ class LiveHub:
     def running(self) -> bool:
         """Whether the hub's thread runs (only while there are subscriptions)."""
         with self.lock:
-            return self._thread is not None
+            return self._thread is not None and self.active
 
     def close(self, timeout: float = 5.0) -> None:
         """End every subscription (their iterators stop) and the hub's thread; no new one may start."""
@@ -224,23 +231,33 @@ class LiveHub:
         return min(applied for _, _, applied in looked.values())
 
     def _run(self) -> None:
-        condition = self.engine.progress.condition
+        progress = self.engine.progress
+        pause: float | None = None
         while True:
             with self.lock:
                 watches = list(self._watches)
                 if self._closed or not watches:
                     self._thread = None
+                    self.active = False
                     return
+            changes = progress.changes
             try:
-                self._round(watches)
+                behind = self._round(watches)
             except Exception:  # the storage failed: look again later (answers are asked by their subscribers)
-                time.sleep(self.interval)
-            with condition:
-                condition.wait(self.interval)
+                behind = False
+            # Behind the head: progress is coming, look again soon (backing off); else at the interval, unless
+            # this process's runner or a commit here says something moved.
+            pause = None if not behind else FAST if pause is None else min(pause * 2, self.interval)
+            with progress.condition:
+                if progress.changes == changes:
+                    progress.condition.wait(pause or self.interval)
 
-    def _round(self, watches: list[LiveWatch]) -> None:
+    def _round(self, watches: list[LiveWatch]) -> bool:
+        """Look once, mark the subscriptions whose answers may have changed; whether a watched projection is
+        behind the head of the log."""
         self.looks += 1
         names = {name for watch in watches for name in watch.reads}
+        head = self.engine.storage.head()
         looked = self._look(names)
         moved: dict[str, tuple[int, int]] = {}  # by projection: the stretch of the log to read, (after, up to)
         for watch in watches:
@@ -266,6 +283,7 @@ class LiveHub:
                     watch.seen[name] = (generation, checkpoint)
                 if changed:
                     watch.mark(self._token({name: looked[name] for name in watch.reads}))
+        return any(checkpoint < head for _, checkpoint, _ in looked.values())
 
     def _events(self, name: str, after: int, upto: int) -> list[tuple[int, str, str | None]] | None:
         """(position, type, key) of the events in ``(after, upto]`` that ``name`` applies; ``None`` if too many."""

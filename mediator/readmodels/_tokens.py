@@ -85,10 +85,14 @@ class Progress:
     def __init__(self, engine: ReadModels) -> None:
         self.engine = engine
         self.condition = threading.Condition()
+        self.changes = 0
+        """Notifications so far: a waiter that looked before a change and waits after it sees the count moved
+        (a notification sent while it was not waiting is not lost)."""
 
     def notify(self) -> None:
         """Wake every waiter: a projection committed a batch, or a rebuild was swapped in."""
         with self.condition:
+            self.changes += 1
             self.condition.notify_all()
 
     def behind(self, token: int, names: Iterable[str]) -> dict[str, int]:

@@ -294,8 +294,11 @@ class Writer:
             if built_by == track.version:
                 track.ready.add(generation)
         _last_token.set(position)
-        if new and engine._running:  # a runner in this process: wake it now rather than at its next poll
-            engine.wake()
+        if new:
+            if engine._running:  # a runner in this process: wake it now rather than at its next poll
+                engine.wake()
+            if engine.live.active:  # subscriptions: their read models are about to move
+                engine.progress.notify()
         return position
 
     def _metadata(self) -> str:
