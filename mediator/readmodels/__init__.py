@@ -17,6 +17,9 @@ from ._errors import (
     EventRegistrationError,
     ProjectionConfigError,
     ReadModelUnavailableError,
+    RebuildCancelError,
+    RebuildNotFoundError,
+    RebuildRefusedError,
     RowFieldError,
     ScheduleNotFoundError,
     ScheduleTimeError,
@@ -30,6 +33,7 @@ from ._errors import (
     UnschedulableCommandError,
 )
 from ._idempotency import Idempotency, IdempotencyClaims, digest_of
+from ._live import LiveHub
 from ._opening import existing_only
 from ._ports import (
     BLOCKED,
@@ -49,16 +53,16 @@ from ._ports import (
 )
 from ._processes import ProcessManager, ProcessStatus, Step
 from ._projections import Delivery, Projection, on
+from ._rebuilds import Rebuilds
 from ._routed import RoutedStorage
 from ._serialization import EventType, EventTypes
 from ._tables import Codec, Prefix, Query, Range, Table, table_name
 from ._tokens import Consistency, ReadYourWrites, consistent, fresh_token, last_token
 from ._unit_of_work import SyncReadModels, UnitOfWork
+from ._verify import RebuildCheck, TableDiff
 
 __all__ = [
     "BLOCKED",
-    "PARKED",
-    "PENDING",
     "Codec",
     "Consistency",
     "ConsistencyTimeoutError",
@@ -76,7 +80,10 @@ __all__ = [
     "IdempotencyClaims",
     "IdempotencyRecord",
     "Lag",
+    "LiveHub",
     "NewEvent",
+    "PARKED",
+    "PENDING",
     "Prefix",
     "ProcessManager",
     "ProcessStatus",
@@ -90,18 +97,24 @@ __all__ = [
     "ReadModels",
     "ReadStore",
     "ReadYourWrites",
+    "RebuildCancelError",
+    "RebuildCheck",
+    "RebuildNotFoundError",
+    "RebuildRefusedError",
+    "Rebuilds",
     "RoutedStorage",
     "RowFieldError",
     "ScheduleNotFoundError",
     "ScheduleTimeError",
     "ScheduledCommand",
-    "Storage",
     "Step",
+    "Storage",
     "StorageDataError",
     "StorageError",
     "StoredEvent",
     "SyncReadModels",
     "Table",
+    "TableDiff",
     "TableQueryError",
     "TokenBeyondHeadError",
     "UndecodableEventError",

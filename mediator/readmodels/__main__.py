@@ -64,7 +64,7 @@ from .._errors import MediatorError
 from .._messages import Kind, qualname
 from ._console import BOLD, GREEN, RED, YELLOW, Progress, StatusLine, paint, table, wants_colour
 from ._engine import ReadModels
-from ._errors import UnknownProjectionError
+from ._errors import RebuildRefusedError, UnknownProjectionError
 from ._loading import App, BadAppError, load
 from ._opening import existing_only
 from ._ports import BLOCKED, PARKED, PENDING
@@ -96,8 +96,9 @@ def _status_style(header: str, cell: str) -> str | None:
     return None
 
 
-def status(engine: ReadModels, *, colour: bool = False) -> str:
-    """The head of the log and one row per projection generation: lag, health, parked and blocked events."""
+def status(engine: ReadModels, *, colour: bool = False, sample: float = 0.0) -> str:
+    """The head of the log and one row per projection generation: lag, health, parked and blocked events; then a
+    line per rebuild under way (its rate and time left watched for ``sample`` seconds)."""
     rows = [
         (lag.projection, lag.generation, engine.built_by(lag.projection, lag.generation, record=False),
          "rebuilding" if lag.rebuilding else "current", lag.health, engine.delivery(lag.projection).value,
@@ -108,6 +109,9 @@ def status(engine: ReadModels, *, colour: bool = False) -> str:
     headers = ("projection", "generation", "version", "state", "health", "delivery", "checkpoint", "applied",
                "behind", "seconds behind", "parked", "blocked", "oldest parked (s)")
     text = f"head of the log: {engine.storage.head()}\n" + table(headers, rows, colour=colour, style=_status_style)
+    rebuilds = rebuild_progress(engine, sample)
+    if rebuilds:
+        text += "\n\n" + "\n".join(rebuilds)
     if engine.processes.tracks:
         text += "\n\n" + processes(engine, colour=colour)
     if engine.schedules.registered:
@@ -247,9 +251,13 @@ def _progress(engine: ReadModels, label: str, measure: Callable[[], tuple[int, i
     progress.finish(label)
 
 
-def rebuild(engine: ReadModels, name: str, status_line: StatusLine | None = None) -> str:
-    """Replay projection ``name`` into a fresh generation, swap it in and drop the old one."""
+def rebuild(engine: ReadModels, name: str, status_line: StatusLine | None = None, *,
+            accept: bool = False) -> Outcome:
+    """Replay projection ``name`` into a fresh generation, swap it in and drop the old one; with the projection's
+    ``verify_rebuilds``, compared with the live generation first (``accept``: swapped in whatever that finds)."""
     generation = engine.rebuild(name)
+    if accept:
+        engine.rebuilds.accept(name)
     storage = engine.storage
     start = storage.checkpoint(name, generation)  # a rebuild under way already is joined where it is
 
@@ -260,9 +268,62 @@ def rebuild(engine: ReadModels, name: str, status_line: StatusLine | None = None
     grace = engine.retire_after
     then = "swapping in" + (f"; the old generation is dropped after {grace:g} s, for queries still reading it"
                             if grace else "")
-    with _progress(engine, f"rebuild {name}", measure, status_line, then=then):
-        engine.finish_rebuilds()  # waits retire_after before dropping the old tables: services may still read them
-    return f"{name}: rebuilt as generation {generation}, now current"
+    try:
+        with _progress(engine, f"rebuild {name}", measure, status_line, then=then):
+            engine.finish_rebuilds()  # waits retire_after before dropping the old tables: services may read them
+    except RebuildRefusedError as refused:
+        return Outcome(f"{refused.check.summary()}\n{name}: not swapped in; the live generation stays. Accept it "
+                       "with --accept-differences, or stop it with --cancel.", complete=False)
+    done = f"{name}: rebuilt as generation {generation}, now current"
+    check = engine.rebuilds.checks.get(name)
+    if check is not None and check.new_generation == generation:
+        done = f"{check.summary()}\n{done}"
+    return Outcome(done)
+
+
+def cancel_rebuild(engine: ReadModels, name: str) -> str:
+    """Stop the rebuild of ``name`` under way and drop its generation's tables; the live one is untouched."""
+    generation = engine.rebuilds.cancel(name)
+    grace = engine.retire_after
+    if grace:  # a service may be reading the rebuild's tables to compare them: give it the grace period too
+        time.sleep(grace)
+    engine.rebuilds.drop_cancelled(name)
+    return f"{name}: the rebuild into generation {generation} is cancelled and dropped; the live one stays"
+
+
+def rebuild_progress(engine: ReadModels, sample: float) -> list[str]:
+    """A line per rebuild under way: how far it is, and (watched for ``sample`` seconds) its rate and time left."""
+    storage = engine.storage
+    under_way = [(name, g) for name in engine.projections if (g := storage.rebuilding(name)) is not None]
+    if not under_way:
+        return []
+    first = {name: storage.checkpoint(name, g) for name, g in under_way}
+    started = time.monotonic()
+    if sample > 0:
+        time.sleep(sample)
+    lines = []
+    head = storage.head()
+    for name, generation in under_way:
+        at = storage.checkpoint(name, generation)
+        elapsed = time.monotonic() - started
+        rate = (at - first[name]) / elapsed if sample > 0 and elapsed > 0 else None
+        done = 100 * at / head if head else 100.0
+        line = f"rebuild {name}: generation {generation} at {at:,} of {head:,} ({done:.0f}%)"
+        if rate is not None:
+            line += (f", {rate:,.0f} events/s, about {_duration((head - at) / rate)} left" if rate > 0
+                     else f", no progress in {sample:g} s (is a runner running it?)")
+        if engine.rebuilds.refused(name):
+            line += "; refused by its check (see `rebuild NAME --accept-differences`)"
+        lines.append(line)
+    return lines
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _positions(engine: ReadModels, names: Sequence[str]) -> tuple[int, int]:
@@ -378,9 +439,16 @@ def _parser() -> argparse.ArgumentParser:
                              "function returning one")
     parser.add_argument("--traceback", action="store_true", help="on an error, show the whole traceback")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("status", help="lag and parked events per projection")
     rebuild_parser = commands.add_parser("rebuild", help="replay a projection into a fresh generation, then swap")
     rebuild_parser.add_argument("name")
+    rebuild_choice = rebuild_parser.add_mutually_exclusive_group()
+    rebuild_choice.add_argument("--accept-differences", action="store_true",
+                                help="swap a verified rebuild in whatever its comparison with the live one finds")
+    rebuild_choice.add_argument("--cancel", action="store_true",
+                                help="stop the rebuild under way and drop its generation; the live one stays")
+    status_parser = commands.add_parser("status", help="lag and parked events per projection")
+    status_parser.add_argument("--sample", type=float, default=1.0, metavar="SECONDS",
+                               help="how long to watch a rebuild under way for its rate and time left (0: not)")
     letters = commands.add_parser("dead-letters", help="list, retry or skip parked events")
     letters_commands = letters.add_subparsers(dest="action", required=True)
     listing = letters_commands.add_parser("list")
@@ -420,9 +488,11 @@ def _run(args: argparse.Namespace, app: App, status_line: StatusLine | None) -> 
     action: str | None = getattr(args, "action", None)
     engine = app.need_engine(f"{args.command} {action}" if action else args.command)
     if args.command == "status":
-        return Outcome(status(engine, colour=colour))
+        return Outcome(status(engine, colour=colour, sample=args.sample))
     if args.command == "rebuild":
-        return Outcome(rebuild(engine, args.name, status_line))
+        if args.cancel:
+            return Outcome(cancel_rebuild(engine, args.name))
+        return rebuild(engine, args.name, status_line, accept=args.accept_differences)
     if args.command == "worker":
         return Outcome(worker(engine, args.once, args.only, status_line))
     if args.command == "processes":

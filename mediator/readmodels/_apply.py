@@ -177,6 +177,9 @@ class Applier:
                 replaying = session.position < live_from
                 if replaying:
                     limit = min(limit, live_from - session.position)
+                held = engine.rebuilds.holds_at(track, generation)
+                if held is not None:  # a verified upgrade waits there to be compared with the live generation
+                    limit = max(0, min(limit, held - session.position))
             session.replaying = replaying
             self.set_up(track, session)
             handled = 0
@@ -188,7 +191,7 @@ class Applier:
                     letters = session.dead_letters()
             track.next_retry = min((lt.retry_at for lt in letters if lt.retry_at is not None), default=None)
             blocked = {letter.key for letter in letters if letter.key is not None}
-            events = self._read(session.position, limit, (track.name, generation))
+            events = self._read(session.position, limit, (track.name, generation)) if limit else []
             if careful:
                 done = self._careful_batch(track, session, events, blocked, failed)
             else:

@@ -24,7 +24,7 @@ import structlog
 from .. import Kind, Scope
 from .._messages import IdempotentCommand, qualname
 from ._apply import Applier
-from ._errors import ProjectionConfigError, UnknownProjectionError
+from ._errors import ProjectionConfigError, RebuildRefusedError, UnknownProjectionError
 from ._idempotency import Idempotency
 from ._live import LiveHub
 from ._ports import PARKED, DeadLetter, Storage, StoredEvent
@@ -550,9 +550,16 @@ class ReadModels:
         """Run every rebuild in this thread until it is swapped in and its old generation torn down.
 
         The teardown waits ``retire_after`` seconds, for queries that looked the old generation up.
+
+        Raises:
+            RebuildRefusedError: when a verified rebuild differs from the live generation where its version does
+                not say it changes (it stays held: accept it with ``rebuilds.accept(name)``, or cancel it).
         """
-        while self.rebuilds.own():
+        while owned := self.rebuilds.own():
             self.catch_up(deliveries=(), finishing=True)
+            refused = [self.rebuilds.checks[name] for name in owned if self.rebuilds.refused(name)]
+            if refused:
+                raise RebuildRefusedError(refused[0])
         while any(track.retired for track in self._tracks.values()):
             due = min(d for track in self._tracks.values() for _g, d in track.retired)
             time.sleep(max(0.0, due - time.monotonic()))

@@ -6,7 +6,7 @@ Each leaf also subclasses the matching built-in and keeps what it is about as at
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .._errors import MediatorError
 from .._messages import qualname
@@ -217,3 +217,34 @@ class ScheduleNotFoundError(MediatorError, LookupError):
         self.schedule_id = schedule_id
         super().__init__(f"No scheduled command {schedule_id!r}: it has fired or was cancelled; list them with "
                          "`python -m mediator.readmodels schedules`.")
+
+
+class RebuildNotFoundError(MediatorError, LookupError):
+    """No rebuild of the projection is under way to cancel, accept or check."""
+
+    def __init__(self, projection: str) -> None:
+        self.projection = projection
+        super().__init__(f"No rebuild of {projection!r} is under way.")
+
+
+class RebuildCancelError(MediatorError, ValueError):
+    """A rebuild by a newer version of a projection cannot be cancelled: this code needs it, and would start it
+    again; deploy the version that built the live generation instead."""
+
+    def __init__(self, projection: str, live_version: int, version: int) -> None:
+        self.projection = projection
+        super().__init__(
+            f"The rebuild of {projection!r} replaces version {live_version} with this code's version {version}: "
+            "this code cannot serve the old one, and would start the rebuild again. Run the old version to keep "
+            "its generation, or let the rebuild finish.")
+
+
+class RebuildRefusedError(MediatorError, ValueError):
+    """A verified rebuild differs from the live generation where its version does not say it changes: it is held,
+    not swapped in (accept it with ``engine.rebuilds.accept(name)``, or cancel it)."""
+
+    def __init__(self, check: Any) -> None:
+        self.check = check
+        super().__init__(f"The rebuild of {check.projection!r} was not swapped in:\n{check.summary()}\nAccept it "
+                         "(`rebuild NAME --accept-differences`, engine.rebuilds.accept(name)) or declare the change "
+                         "in the projection's expected_changes.")

@@ -19,7 +19,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, ClassVar, TypeVar
 
 from .._messages import Event, qualname
@@ -73,6 +73,14 @@ class Projection:
     version: ClassVar[int] = 1
     """Raise it when the projection's tables or what it writes change: a read model built by an older version
     is then rebuilt, by the first engine of the new version that runs, and served again once swapped in."""
+    verify_rebuilds: ClassVar[bool] = False
+    """Compare each rebuild with the live generation before swapping it in (row counts, digests and differing keys
+    of every typed table): a rebuild by the same version is swapped in with the differences as the report of what
+    was wrong; one by a new version only if every difference is declared in :attr:`expected_changes` (see
+    :class:`~mediator.readmodels.RebuildCheck`)."""
+    expected_changes: ClassVar[Mapping[str, Collection[str]]] = {}
+    """What this version changes in the rows of the version before it, for a verified rebuild: table name to the
+    columns that may differ, or ``("*",)`` for a whole table (its rows and its shape)."""
     handlers: dict[type, Callable[[Any, ProjectionSession], None]]
     tables: list[Table[Any]]
     """The typed tables the class declares (see :class:`~mediator.readmodels.Table`): the engine creates them in

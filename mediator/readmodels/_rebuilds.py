@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING
 import structlog
 
 from ._apply import FAILED
-from ._errors import ReadModelUnavailableError, UnknownProjectionError
+from ._errors import ReadModelUnavailableError, RebuildCancelError, RebuildNotFoundError, UnknownProjectionError
 from ._projections import Delivery
+from ._verify import RebuildCheck, compare
 from ._versions import Track, finish, finish_rebuild
 
 if TYPE_CHECKING:
@@ -29,6 +30,122 @@ class Rebuilds:
 
     def __init__(self, engine: ReadModels) -> None:
         self.engine = engine
+        self.checks: dict[str, RebuildCheck] = {}
+        """The last comparison of each projection's rebuild with its live generation, made in this process
+        (projections with ``verify_rebuilds``)."""
+        self._passed: set[tuple[str, int]] = set()
+        """Rebuilds (projection, generation) compared and found fit to swap in, or accepted by an operator."""
+        self._refused: dict[tuple[str, int], int] = {}
+        """Rebuilds refused, with the position they were compared at (not compared again until either moves)."""
+
+    # -- checked rebuilds ----------------------------------------------------------------------------
+
+    def _track_of(self, name: str) -> Track:
+        track = self.engine._tracks.get(name)
+        if track is None:
+            raise UnknownProjectionError([name], self.engine._tracks)
+        return track
+
+    def _under_way(self, name: str) -> tuple[int, int]:
+        """(the rebuild's generation, the live one) of ``name``.
+
+        Raises:
+            RebuildNotFoundError: if no rebuild of it is under way.
+        """
+        self._track_of(name)
+        new = self.engine.storage.rebuilding(name)
+        if new is None:
+            raise RebuildNotFoundError(name)
+        return new, self.engine.storage.current_generation(name)
+
+    def holds_at(self, track: Track, generation: int) -> int | None:
+        """Where the rebuild ``generation`` of ``track`` must wait to be compared (an upgrade, verified, not yet
+        found fit): the live generation's checkpoint; ``None`` if it need not wait."""
+        if not track.projection.verify_rebuilds or track.upgrading is None or (track.name, generation) in (
+                self._passed):
+            return None
+        return self.engine.storage.checkpoint(track.name, track.upgrading)
+
+    def check(self, name: str) -> RebuildCheck | None:
+        """Compare the rebuild of ``name`` with its live generation now (whether or not the projection verifies its
+        rebuilds); ``None`` while the two are at different positions of the log.
+
+        Raises:
+            RebuildNotFoundError: if no rebuild of it is under way.
+        """
+        new, old = self._under_way(name)
+        versions = self.engine.versions
+        found = compare(self.engine, name, old, new, versions.built_by(name, old) < versions.built_by(name, new))
+        if found is not None:
+            self.checks[name] = found
+        return found
+
+    def refused(self, name: str) -> bool:
+        """Whether this process compared the rebuild of ``name`` under way and refused it (it waits for an
+        operator)."""
+        new = self.engine.storage.rebuilding(name)
+        return new is not None and (name, new) in self._refused and (name, new) not in self._passed
+
+    def accept(self, name: str) -> None:
+        """Let the rebuild of ``name`` be swapped in whatever its comparison found (an operator's decision)."""
+        new, _ = self._under_way(name)
+        self._passed.add((name, new))
+        log.warning("rebuild accepted without its check", projection=name, generation=new)
+        self.engine.wake()
+
+    def cancel(self, name: str) -> int:
+        """Stop the rebuild of ``name``: the live generation stays as it is, and the rebuild's is dropped (after
+        the grace period, by the runner that held it; at once by :meth:`drop_cancelled` otherwise). Return the
+        cancelled generation.
+
+        Raises:
+            RebuildNotFoundError: if no rebuild of it is under way.
+            RebuildCancelError: if it is an upgrade to this code's version (which cannot serve the old one).
+        """
+        track = self._track_of(name)
+        storage, versions = self.engine.storage, self.engine.versions
+        with storage.generations(name) as generations:
+            new = generations.rebuilding()
+            if new is None:
+                raise RebuildNotFoundError(name)
+            live_by = versions.built_by(name, generations.current())
+            if live_by < track.version:
+                raise RebuildCancelError(name, live_by, track.version)
+            generations.set_rebuilding(None)
+        track.retired.append((new, time.monotonic() + self.engine.retire_after))
+        self.checks.pop(name, None)
+        log.info("rebuild cancelled", projection=name, generation=new)
+        self.engine.progress.notify()
+        return new
+
+    def drop_cancelled(self, name: str) -> None:
+        """Drop the tables of the cancelled rebuilds of ``name`` now (a command that cancelled and ends)."""
+        track = self._track_of(name)
+        track.retired = [(generation, 0.0) for generation, _ in track.retired]
+        self.retire(track)
+
+    def _verified(self, track: Track, new: int, old: int, upgrade: bool) -> bool:
+        """Whether the rebuild may be swapped in as far as its check goes (compared now if it must be)."""
+        if not track.projection.verify_rebuilds or (track.name, new) in self._passed:
+            return True
+        storage = self.engine.storage
+        at = storage.checkpoint(track.name, new)
+        if self._refused.get((track.name, new)) == at:
+            return False  # compared here already and refused: only an operator (or more events) changes that
+        found = compare(self.engine, track.name, old, new, upgrade)
+        if found is None:
+            return False  # the generations are at different positions: compared when they are not
+        self.checks[track.name] = found
+        if found.unexpected:
+            self._refused[(track.name, new)] = found.position
+            log.error("rebuild refused: it differs from the live generation where its version does not say it "
+                      "changes", projection=track.name, generation=new, check=found.summary())
+            return False
+        self._passed.add((track.name, new))
+        if not found.same:
+            log.warning("rebuild differs from the live generation" if upgrade else "rebuild repairs drift",
+                        projection=track.name, generation=new, check=found.summary())
+        return True
 
     def start(self, name: str) -> int:
         """Start rebuilding ``name`` into a fresh generation, or join the rebuild under way; return its generation."""
@@ -81,6 +198,8 @@ class Rebuilds:
         if new == old or versions.built_by(track.name, new) != track.version or old_by > track.version:
             return  # swapped already; or a rebuild for another version, or over a newer one: not this code's
         upgrade = old_by < track.version  # nobody here feeds the old generation
+        if upgrade and not self._verified(track, new, old, upgrade):
+            return  # held at the live generation's checkpoint (see holds_at) until compared and found fit
         replayed = storage.checkpoint(track.name, new)
         behind = storage.head() - replayed
         if track.delivery is Delivery.INLINE:
@@ -90,6 +209,8 @@ class Rebuilds:
                 return
         elif behind > 0 or (not upgrade and storage.checkpoint(track.name, old) < replayed):
             return  # not caught up; or the live generation still owes the replayed events their side effects
+        elif not upgrade and not self._verified(track, new, old, upgrade):
+            return  # compared when both generations stand at the same position
         elif not finish_rebuild(storage, track.name, new, old, live=not upgrade):  # atomically
             return
         # A query may have looked up the old generation a moment ago: tear it down after a grace period.

@@ -100,6 +100,29 @@ class BalancesInCents(Balances):
             self.side_effects.append((event.account, session.replaying))
 
 
+class CheckedBalances(Balances):
+    verify_rebuilds = True
+
+
+class CheckedCents(BalancesInCents):
+    """Version 2, which says what it changes: every amount."""
+
+    verify_rebuilds = True
+    expected_changes = {"balance": ("amount",)}
+
+
+class BrokenCents(BalancesInCents):
+    """A version 2 with a bug it does not declare: it loses the accounts whose name starts with b."""
+
+    verify_rebuilds = True
+    expected_changes = {"balance": ("amount",)}
+
+    @on(Deposited)
+    def deposited(self, event: Deposited, session: ProjectionSession) -> None:
+        if not event.account.startswith("b"):
+            self.add(session, event.account, event.amount * 100)
+
+
 def deposit(command: Deposit, uow: UnitOfWork) -> None:
     # Recorded first, refused after: a refused deposit's event is in the unit of work and must be rolled back.
     uow.record(Deposited(account=command.account, amount=command.amount), key=command.account)

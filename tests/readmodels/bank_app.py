@@ -3,7 +3,8 @@
 ``BANK_DB`` is the SQLite database file, or ``BANK_POSTGRES`` a PostgreSQL DSN with
 ``BANK_SCHEMA`` its schema; ``BANK_REDIS`` (a redis-py URL) with ``BANK_REDIS_PREFIX`` keeps the balances read
 model in Redis instead (a RoutedStorage over the log); ``BANK_SLOW`` makes the projection sleep that many seconds
-per event (to kill a worker mid-batch); ``BANK_DELIVERY`` the balances projection's delivery
+per event (to kill a worker mid-batch); ``BANK_PROJECTION`` which version of the projection (see
+:data:`PROJECTIONS`); ``BANK_DELIVERY`` the balances projection's delivery
 (``background`` by default). ``python -m mediator.readmodels --app tests.readmodels.bank_app:engine``
 operates it; ``python -m tests.readmodels.bank_app writer N`` sends N deposits;
 ``python -m tests.readmodels.bank_app crash-loop ACK_FILE`` runs commands and projections until killed;
@@ -20,7 +21,11 @@ import time
 from mediator.readmodels import Delivery, ReadModels, RoutedStorage, Storage
 from mediator.readmodels.sqlite import SqliteStorage
 
-from .bank import Bank, Deposit, make_bank
+from .bank import Balances, Bank, BrokenCents, CheckedBalances, CheckedCents, Deposit, make_bank
+
+PROJECTIONS: dict[str, type[Balances]] = {
+    "balances": Balances, "checked": CheckedBalances, "checked-cents": CheckedCents, "broken-cents": BrokenCents}
+"""``BANK_PROJECTION``: which version of the balances projection the bank runs."""
 
 
 def storage() -> Storage:
@@ -43,8 +48,9 @@ def bank() -> Bank:
     delivery = Delivery(os.environ.get("BANK_DELIVERY", "background"))
     # Nothing else reads these test databases while a rebuild retires a generation: no grace period.
     poll = float(os.environ.get("BANK_POLL", "0.2"))
+    projection = PROJECTIONS[os.environ.get("BANK_PROJECTION", "balances")]
     app = make_bank(storage(), delivery, max_attempts=2, backoff=0.01, retire_after=0, poll_interval=poll,
-                    batch_size=int(os.environ.get("BANK_BATCH", "500")))
+                    batch_size=int(os.environ.get("BANK_BATCH", "500")), projection_class=projection)
     slow = float(os.environ.get("BANK_SLOW", "0"))
     if slow:
         app.projection.pause = slow

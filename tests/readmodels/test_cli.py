@@ -540,3 +540,55 @@ def test_status_lists_process_managers_and_schedules_and_an_operator_cancels_one
     steps = run("processes", "list", app=CHECKOUT, environ=environ)
     assert steps.returncode == 0
     assert steps.stdout.splitlines()[2].split()[:4] == ["checkout", "4", "0", "2"]
+
+
+# -- checked rebuilds, cancelled rebuilds, a rebuild's progress in status ------------------------------------------
+
+
+def test_a_verified_upgrade_that_differs_unexpectedly_is_refused_then_accepted(db: Path) -> None:
+    deposits(db, "a", "b", "b")
+    broken = {"BANK_DB": str(db), "BANK_PROJECTION": "broken-cents"}
+    refused = run("rebuild", "balances", environ=broken)
+    assert refused.returncode == 1, refused.stderr
+    assert "'b': only in the live generation" in refused.stdout
+    assert "balances: not swapped in; the live generation stays." in refused.stdout
+    assert "2 rows live, 1 rebuilt, 2 differing" in refused.stdout
+    assert SqliteStorage(db).current_generation("balances") == 1
+    held = run("status", "--sample", "0", environ=broken)
+    assert re.search(r"rebuild balances: generation 2 at 3 of 3 \(100%\)", held.stdout), held.stdout
+    accepted = run("rebuild", "balances", "--accept-differences", environ=broken)
+    assert accepted.returncode == 0, accepted.stderr
+    assert accepted.stdout.endswith("balances: rebuilt as generation 2, now current\n")
+    assert SqliteStorage(db).current_generation("balances") == 2
+
+
+def test_a_verified_repair_prints_what_it_found_wrong(db: Path) -> None:
+    deposits(db, "a", "b")
+    storage = SqliteStorage(db)
+    from .bank import Balance
+
+    with storage.session("balances", storage.current_generation("balances")) as session:
+        session.put(Balances.balance, Balance("a", 40))  # drift
+    done = run("rebuild", "balances", environ={"BANK_DB": str(db), "BANK_PROJECTION": "checked"})
+    assert done.returncode == 0, done.stderr
+    assert "'a': amount: 40 -> 1" in done.stdout
+    assert done.stdout.endswith("balances: rebuilt as generation 2, now current\n")
+
+
+def test_a_rebuild_under_way_shows_in_status_and_can_be_cancelled(db: Path) -> None:
+    deposits(db, "a", "b", "c")
+    storage = SqliteStorage(db)
+    bank = make_bank(storage)
+    generation = bank.engine.rebuild("balances")  # claimed; no runner runs it
+    environ = {"BANK_DB": str(db)}
+    shown = run("status", "--sample", "0.2", environ=environ)
+    assert shown.returncode == 0, shown.stderr
+    assert (f"rebuild balances: generation {generation} at 0 of 3 (0%), no progress in 0.2 s (is a runner "
+            "running it?)") in shown.stdout
+    cancelled = run("rebuild", "balances", "--cancel", environ=environ)
+    assert (cancelled.returncode, cancelled.stdout) == (
+        0, f"balances: the rebuild into generation {generation} is cancelled and dropped; the live one stays\n")
+    assert (storage.current_generation("balances"), storage.rebuilding("balances")) == (1, None)
+    assert "rebuild balances" not in run("status", environ=environ).stdout
+    again = run("rebuild", "balances", "--cancel", environ=environ)
+    assert (again.returncode, again.stderr.strip()) == (1, "error: No rebuild of 'balances' is under way.")
