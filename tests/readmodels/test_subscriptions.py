@@ -367,3 +367,34 @@ async def _async_until(condition: object, timeout: float = WAIT) -> None:
     while not condition():  # type: ignore[operator]
         assert time.monotonic() < deadline, "timed out"
         await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_subscriptions_coming_and_going_leave_no_thread_or_connection(kind: str, tmp_path: Path) -> None:
+    from tests import storages
+
+    with storages.opened(kind, tmp_path) as storage:
+        bank = live_bank(storage)
+        bank.engine.start()
+        try:
+            def cycle() -> None:
+                with bank.mediator.subscribe(GetTotal()) as live:
+                    assert answer(live).value == 0
+                _until(lambda: not bank.engine.live.running)
+                gc.collect()  # the hub's thread object gone: its connection closes with it
+
+            def open_connections() -> int:  # the storage's connections still open
+                return sum(1 for c in list(storage._all) if not getattr(c, "closed", False))  # type: ignore[attr-defined]
+
+            for _ in range(2):  # the runner opens what it keeps open meanwhile (its listener, its pool)
+                cycle()
+            time.sleep(0.2)
+            connections = open_connections()
+            threads = threading.active_count()
+            for _ in range(5):
+                cycle()
+            _until(lambda: open_connections() <= connections)
+            assert threading.active_count() == threads
+        finally:
+            bank.engine.live.close()
+            bank.engine.stop()
