@@ -384,7 +384,8 @@ def test_subscriptions_coming_and_going_leave_no_thread_or_connection(kind: str,
                 gc.collect()  # the hub's thread object gone: its connection closes with it
 
             def open_connections() -> int:  # the storage's connections still open
-                return sum(1 for c in list(storage._all) if not getattr(c, "closed", False))  # type: ignore[attr-defined]
+                everything: set[Any] = storage._all  # type: ignore[attr-defined]
+                return len([c for c in list(everything) if not getattr(c, "closed", False)])
 
             for _ in range(2):  # the runner opens what it keeps open meanwhile (its listener, its pool)
                 cycle()
