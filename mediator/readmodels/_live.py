@@ -138,7 +138,9 @@ class LiveHub:
     def __init__(self, engine: ReadModels, interval: float = 0.01) -> None:
         self.engine = engine
         self.interval = interval
-        self.lock = threading.Lock()
+        # Reentrant: a subscription dropped unclosed is closed by its finalizer, which the garbage collector may run
+        # in any thread, the hub's own included, while it holds this lock.
+        self.lock = threading.RLock()
         self._watches: weakref.WeakSet[LiveWatch] = weakref.WeakSet()
         self._thread: threading.Thread | None = None
         self.active = False
