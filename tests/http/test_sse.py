@@ -207,3 +207,50 @@ def _until(condition: object, timeout: float = WAIT) -> None:
     while not condition():  # type: ignore[operator]
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.01)
+
+
+def test_a_server_shutting_down_with_streams_open_ends_them_and_their_subscriptions(tmp_path: Path) -> None:
+    """uvicorn waits for open connections before it stops; ``timeout_graceful_shutdown`` cancels the streams still
+    open after it, and each stream's subscription closes with it."""
+    import socket
+
+    import uvicorn
+
+    engine = ReadModels(SqliteStorage(tmp_path / "bank.db"), event_types())
+    engine.add(Balances())
+    registry = Registry()
+    engine.install(registry)
+    registry.handle(GetBalance).by(get_balance)
+    app = FastAPI()
+
+    @app.get("/live")
+    async def live(mediator: Mediated, request: Request) -> StreamingResponse:
+        return await event_stream(mediator, GetBalance(account="a"), request, keepalive=0.2)
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(MediatorMiddleware(app, registry.build_async(), lambda h: "user",
+                                                               engine=engine),
+                                           host="127.0.0.1", port=port, log_level="critical", lifespan="off",
+                                           timeout_graceful_shutdown=1))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    _until(lambda: server.started)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+            events = [Events(client, "/live") for _ in range(3)]
+            assert all(e.next_event() is not None for e in events)
+            assert engine.live.watching == 3
+            started = time.monotonic()
+            server.should_exit = True
+            thread.join(WAIT)
+            assert not thread.is_alive()
+            assert time.monotonic() - started < 5
+            for e in events:
+                e.close()
+        _until(lambda: engine.live.watching == 0 and not engine.live.running)
+    finally:
+        server.should_exit = True
+        engine.live.close()
+        engine.storage.close()
