@@ -220,7 +220,10 @@ def create_app(shop: Shop, *, consistency_timeout: float = 5.0, jwt_key: str | N
 
     @app.get("/orders/{order_id}/live", include_in_schema=False)
     async def order_live(mediator: Mediated, request: Request, order_id: str) -> StreamingResponse:
-        return await event_stream(mediator, GetOrderDetails(order_id=order_id), request, event="order", encode=data)
+        query = GetOrderDetails(order_id=order_id)
+        if await mediator.ask(query) is None:  # none, or not the caller's to see: 404, as GET /orders/{id}
+            raise NotFound("order", order_id)
+        return await event_stream(mediator, query, request, event="order", encode=data)
 
     @app.get("/staff", include_in_schema=False)
     async def staff_page() -> HTMLResponse:

@@ -3,7 +3,9 @@ resumed from ``Last-Event-ID``, ended when the client goes away or the service s
 
 from __future__ import annotations
 
+import contextlib
 import queue
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -127,9 +129,17 @@ class Events:
         return found
 
     def close(self) -> None:
+        """Hang up, as a browser tab closing does: the reading thread is woken at once, whatever the stream's
+        keep-alive interval."""
         if self.response is not None:
+            stream = self.response.extensions.get("network_stream")
+            connection = stream.get_extra_info("socket") if stream is not None else None
+            if connection is not None:
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)
             self.response.close()
         self.thread.join(WAIT)
+        assert not self.thread.is_alive(), "the stream's reader did not end"
 
 
 def test_each_answer_is_an_event_with_its_token_as_the_id(service: tuple[httpx.Client, ReadModels]) -> None:
@@ -212,8 +222,6 @@ def _until(condition: object, timeout: float = WAIT) -> None:
 def test_a_server_shutting_down_with_streams_open_ends_them_and_their_subscriptions(tmp_path: Path) -> None:
     """uvicorn waits for open connections before it stops; ``timeout_graceful_shutdown`` cancels the streams still
     open after it, and each stream's subscription closes with it."""
-    import socket
-
     import uvicorn
 
     engine = ReadModels(SqliteStorage(tmp_path / "bank.db"), event_types())

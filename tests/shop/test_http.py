@@ -432,3 +432,41 @@ def test_a_payment_over_http_ships_the_order_once(server: tuple[httpx.Client, Sh
     assert details["status"] == "shipped"
     paid = [stored for stored in shop.storage.events() if stored.type_name == "shop.OrderPaid"]
     assert len(paid) == 1
+
+
+def test_an_order_streams_its_status_as_it_changes_to_its_customer_only(server: tuple[httpx.Client, Shop]) -> None:
+    from tests.http.test_sse import Events
+
+    client, shop = server
+    ids = setup_shop(client)
+    buyer = as_customer(ids["customer"])
+    placed = client.post("/orders", headers=buyer, json={
+        "customer_id": ids["customer"], "items": [{"product_id": ids["product"], "quantity": 1}]})
+    order = placed.json()["order_id"]
+    stranger = client.get(f"/orders/{order}/live", headers=as_customer("cus-someone-else"))
+    assert stranger.status_code == client.get(f"/orders/{order}", headers=as_customer("cus-someone-else")).status_code
+    assert stranger.status_code in (403, 404)  # refused before any stream starts, as the plain read is
+    events = Events(client, f"/orders/{order}/live", headers={**buyer, "X-Consistent-With": placed.headers[
+        "X-Consistency-Token"]})
+    try:
+        first = events.next_event()
+        assert first is not None
+        assert first["event"] == "order"
+        assert '"status":"placed"' in first["data"]
+        assert client.post(f"/orders/{order}/payments", headers=buyer, json={"amount": "25.00"}).status_code == 204
+        statuses = []
+        while not statuses or statuses[-1] != "shipped":  # paid confirms it; the fulfilment then ships it
+            changed = events.next_event()
+            assert changed is not None
+            statuses.append(changed["data"].split('"status":"')[1].split('"')[0])
+        assert statuses[-1] == "shipped"
+    finally:
+        events.close()
+    _until_no_subscription(shop)
+
+
+def _until_no_subscription(shop: Shop) -> None:
+    deadline = time.monotonic() + 10
+    while shop.engine.live.watching:
+        assert time.monotonic() < deadline, "a subscription outlived its stream"
+        time.sleep(0.01)
