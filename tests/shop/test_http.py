@@ -454,7 +454,7 @@ def test_an_order_streams_its_status_as_it_changes_to_its_customer_only(server: 
         assert first["event"] == "order"
         assert '"status":"placed"' in first["data"]
         assert client.post(f"/orders/{order}/payments", headers=buyer, json={"amount": "25.00"}).status_code == 204
-        statuses = []
+        statuses: list[str] = []
         while not statuses or statuses[-1] != "shipped":  # paid confirms it; the fulfilment then ships it
             changed = events.next_event()
             assert changed is not None
