@@ -59,6 +59,7 @@ class Shop:
             session.rollback()
 
     def close(self) -> None:
+        self.engine.live.close()  # subscriptions end (their streams with them) before the storage goes
         self.engine.stop()
         self.storage.close()
 

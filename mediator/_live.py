@@ -144,11 +144,6 @@ class Subscription(Generic[R]):
                  tb: TracebackType | None) -> None:
         self.close()
 
-    def __del__(self) -> None:  # an iterator dropped without close(): its feed forgets it all the same
-        watch = getattr(self, "_watch", None)
-        if watch is not None:
-            watch.close()
-
 
 class AsyncSubscription(Generic[R]):
     """The answers of a subscribed query, as an async iterator (``AsyncMediator.subscribe``).
@@ -200,8 +195,3 @@ class AsyncSubscription(Generic[R]):
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         self._watch.close()
-
-    def __del__(self) -> None:
-        watch = getattr(self, "_watch", None)
-        if watch is not None:
-            watch.close()

@@ -324,14 +324,29 @@ consistency token of the last answer."""
 
 def _last_event_id(value: str | None) -> int | None:
     """The token to resume after; ``None`` (start afresh) for none, or for one this service cannot have sent."""
-    if value is None or not value.strip().isdigit() or len(value.strip()) > 19:
+    text = (value or "").strip()
+    if not (text.isascii() and text.isdigit() and len(text) <= 19):  # ("²".isdigit(), but int("²") fails)
         return None
-    return int(value)
+    return int(text)
 
 
 def _sse(answer: Answer[R], event: str, encode: Callable[[R], Any]) -> bytes:
     payload = json.dumps(encode(answer.value), separators=(",", ":"), ensure_ascii=False)
     return f"id: {answer.token}\nevent: {event}\ndata: {payload}\n\n".encode()
+
+
+def _failed_event(exc: Exception, status_of: StatusMap) -> bytes:
+    """An ``error`` event for a query that failed mid-stream (logged once here); the stream ends after it, and a
+    browser that reconnects is answered the error's status, since a resumed stream asks the query first."""
+    found = problem_for(exc, status_of)
+    if found is None:
+        log_failure(log, "stream failed", exc)
+        body: dict[str, Any] = {"error": "internal", "detail": "Something went wrong; it has been logged."}
+    else:
+        if found.log is not None:
+            log_failure(log, found.log, exc, level=found.level)
+        body = found.body()
+    return f"event: error\ndata: {json.dumps(body, separators=(',', ':'))}\n\n".encode()
 
 
 async def event_stream(mediator: AsyncMediator, query: Query[R], request: Request, *, event: str = "answer",
@@ -347,8 +362,8 @@ async def event_stream(mediator: AsyncMediator, query: Query[R], request: Reques
     the browser is told. The subscription ends when the client goes away, or at shutdown
     (``engine.live.close()``), which ends the stream.
 
-    The first answer is asked before the response starts (unless resuming), so a query that fails answers its
-    error's status, not a stream.
+    The query is asked before the response starts (resuming too), so one that fails answers its error's status,
+    not a stream; one that fails later ends the stream with an ``error`` event (its problem as JSON).
 
     >>> # @app.get("/dashboard/live")
     >>> # async def live(mediator: Mediated, request: Request) -> StreamingResponse:
@@ -359,15 +374,18 @@ async def event_stream(mediator: AsyncMediator, query: Query[R], request: Reques
     """
     after = _last_event_id(request.headers.get(LAST_EVENT_ID))
     subscription = mediator.subscribe(query, after=after)
+    status_of: StatusMap = getattr(request.app.state, "mediator_status_of", {})  # (install_error_handlers')
     first: Answer[R] | None = None
-    if after is None:
-        try:
+    try:
+        if after is None:
             first = await subscription.__anext__()
-        except StopAsyncIteration:  # the feed closed meanwhile: an empty stream
-            pass
-        except BaseException:
-            subscription.close()
-            raise
+        else:  # resuming: asked all the same, so a query that fails now answers its status, not a stream
+            await mediator.ask(query)
+    except StopAsyncIteration:  # the feed closed meanwhile: an empty stream
+        pass
+    except BaseException:
+        subscription.close()
+        raise
 
     async def events() -> AsyncIterator[bytes]:
         waiting: asyncio.Future[Answer[R]] | None = None
@@ -386,6 +404,9 @@ async def event_stream(mediator: AsyncMediator, query: Query[R], request: Reques
                 try:
                     answer = finished.result()
                 except StopAsyncIteration:
+                    return
+                except Exception as exc:  # the query failed after the stream began: say so, then end it
+                    yield _failed_event(exc, status_of)
                     return
                 yield _sse(answer, event, encode)
         finally:
@@ -431,6 +452,7 @@ def install_error_handlers(app: FastAPI, status_of: StatusMap | None = None) -> 
     >>> install_error_handlers(app, {NoteNotFound: (404, "not_found"), NoteExists: (409, "conflict")})
     """
     status_of = dict(status_of or {})
+    app.state.mediator_status_of = status_of  # for errors answered after a response began (event_stream)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:

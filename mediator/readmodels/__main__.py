@@ -314,8 +314,20 @@ def rebuild_progress(engine: ReadModels, sample: float) -> list[str]:
                      else f", no progress in {sample:g} s (is a runner running it?)")
         if engine.rebuilds.refused(name):
             line += "; refused by its check (see `rebuild NAME --accept-differences`)"
+        elif _held_for_its_check(engine, name, generation, at, head):
+            line += (f"; held at {at:,}, where the live generation stands, to be compared with it (a check that "
+                     "refused it is in the runner's log: `rebuild NAME --accept-differences` overrides it)")
         lines.append(line)
     return lines
+
+
+def _held_for_its_check(engine: ReadModels, name: str, generation: int, at: int, head: int) -> bool:
+    """Whether a verified upgrade waits where the live generation stands, to be compared (or refused)."""
+    if not engine.projections[name].verify_rebuilds or at >= head:
+        return False
+    live = engine.storage.current_generation(name)
+    return (engine.built_by(name, live, record=False) < engine.built_by(name, generation, record=False)
+            and engine.storage.checkpoint(name, live) == at)
 
 
 def _duration(seconds: float) -> str:

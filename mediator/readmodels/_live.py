@@ -25,12 +25,16 @@ import weakref
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+import structlog
+
 from .._errors import SubscriptionError
 from .._messages import qualname
 from ._projections import Delivery
 
 if TYPE_CHECKING:
     from ._engine import ReadModels
+
+log = structlog.get_logger("mediator.readmodels")
 
 FAST = 0.00025
 """Seconds between two looks, at first, while a watched projection is behind the head of the log (its progress
@@ -41,30 +45,23 @@ of that projection changed (asking again costs less than reading them)."""
 
 
 class LiveWatch:
-    """One subscription's watch (see :class:`mediator.Watch`)."""
+    """One subscription's watch (see :class:`mediator.Watch`). Nothing holds it but its subscription (the hub keeps
+    its watches in a weak set): one dropped unclosed is forgotten when it is collected, no finalizer needed."""
 
-    __slots__ = (
-        "__weakref__",
-        "_closed",
-        "_event",
-        "_loop",
-        "_signal",
-        "hub",
-        "keys",
-        "pending",
-        "reads",
-        "seen",
-        "types",
-    )
+    __slots__ = ("__weakref__", "_closed", "_event", "_loop", "_signal", "after", "hub", "keys", "pending", "reads",
+                 "seen", "types")
 
-    def __init__(self, hub: LiveHub, reads: tuple[str, ...], keys: frozenset[str] | None,
-                 types: frozenset[str]) -> None:
+    def __init__(self, hub: LiveHub, reads: tuple[str, ...], keys: frozenset[str] | None, types: frozenset[str],
+                 after: int | None) -> None:
         self.hub = hub
         self.reads = reads
         self.keys = keys
         self.types = types
-        self.seen: dict[str, tuple[int, int]] = {}
-        """By projection: the (generation, checkpoint) up to which changes were looked at for this watch."""
+        self.after = after
+        """The token the caller resumes after (``None``: a first answer at once)."""
+        self.seen: dict[str, tuple[int, int, int]] | None = None
+        """By projection: the (generation, checkpoint, applied position) up to which changes were looked at for
+        this watch; ``None`` until the hub's first look at it (the subscriber's thread reads no storage)."""
         self.pending: int | None = None
         self._closed = False
         self._event = threading.Event()
@@ -88,11 +85,14 @@ class LiveWatch:
                 loop.call_soon_threadsafe(signal.set)
 
     def _take(self) -> int | None:
+        """The pending token (``None`` if none); the wake-up cleared only while the watch is open, under the lock
+        :meth:`close` takes, so a close between the caller's look and its wait still wakes it."""
         with self.hub.lock:
             token, self.pending = self.pending, None
-            self._event.clear()
-            if self._signal is not None:
-                self._signal.clear()
+            if token is None and not self._closed:
+                self._event.clear()
+                if self._signal is not None:
+                    self._signal.clear()
             return token
 
     def next(self, timeout: float | None = None) -> int | None:
@@ -111,6 +111,8 @@ class LiveWatch:
         if self._signal is None:
             self._loop = asyncio.get_running_loop()
             self._signal = asyncio.Event()
+            if self._closed or self.pending is not None:
+                self._signal.set()
         while not self._closed:
             token = self._take()
             if token is not None:
@@ -119,9 +121,10 @@ class LiveWatch:
         return None
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
+        with self.hub.lock:
+            if self._closed:
+                return
+            self._closed = True
         self.hub.forget(self)
         self._wake()
 
@@ -138,8 +141,6 @@ class LiveHub:
     def __init__(self, engine: ReadModels, interval: float = 0.01) -> None:
         self.engine = engine
         self.interval = interval
-        # Reentrant: a subscription dropped unclosed is closed by its finalizer, which the garbage collector may run
-        # in any thread, the hub's own included, while it holds this lock.
         self.lock = threading.RLock()
         self._watches: weakref.WeakSet[LiveWatch] = weakref.WeakSet()
         self._thread: threading.Thread | None = None
@@ -147,42 +148,54 @@ class LiveHub:
         """Whether the hub's thread runs (read without the lock on every commit: a commit in this process then
         wakes it, so it looks quickly until the projections have applied it)."""
         self._closed = False
+        self._next_warning = 0.0
         self.looks = 0
         """Looks at the checkpoints so far (for tests and metrics)."""
 
     # -- the feed --------------------------------------------------------------------------------
 
     def watch(self, query: Any, after: int | None) -> LiveWatch:
-        reads = tuple(getattr(type(query), "reads", ()))
+        """Register a watch for ``query`` (no storage read here: the hub's thread makes the first look, so an
+        async subscriber's event loop never waits on the database).
+
+        Raises:
+            SubscriptionError: for a query naming no read models, unknown ones, or keys that are not text; once
+                the feed has closed.
+        """
+        query_type = type(query)
+        reads = getattr(query_type, "reads", ())
+        if isinstance(reads, str) or not all(isinstance(name, str) for name in reads):
+            raise SubscriptionError(query_type, f"its `reads` is {reads!r}; give a tuple of projection names, "
+                                    "`reads = (\"orders\",)`.")
+        reads = tuple(reads)
         if not reads:
-            raise SubscriptionError(type(query), "it names no read models; give its class `reads = (...)`, the "
+            raise SubscriptionError(query_type, "it names no read models; give its class `reads = (...)`, the "
                                     "projections its handler reads, so the engine knows when to ask it again.")
         unknown = [name for name in reads if name not in self.engine._tracks]
         if unknown:
-            raise SubscriptionError(type(query), f"it reads unknown projection(s) {unknown}.")
+            raise SubscriptionError(query_type, f"it reads unknown projection(s) {unknown}.")
+        keys = None
         depends_on = getattr(query, "depends_on", None)
-        keys = None if depends_on is None else frozenset(depends_on())
+        if depends_on is not None:
+            found = depends_on()
+            if isinstance(found, str) or not all(isinstance(key, str) for key in found):
+                raise SubscriptionError(query_type, f"its depends_on() answered {found!r}; answer the events' "
+                                        "ordering keys as a tuple of text, `(self.order_id,)`.")
+            keys = frozenset(found)
+        if after is not None and (type(after) is not int or after < 0):
+            raise SubscriptionError(query_type, f"after={after!r}: a consistency token is a whole number from 0.")
         types = frozenset(self.engine.types.entry(cls).name for name in reads
                           for cls in self.engine._tracks[name].projection.handlers)
-        watch = LiveWatch(self, reads, keys, types)
-        looked = self._look(reads)
-        head = self.engine.storage.head()
+        watch = LiveWatch(self, reads, keys, types, after)
         with self.lock:
             if self._closed:
-                raise SubscriptionError(type(query), "the engine's change feed has closed (it is shutting down).")
-            watch.seen = {name: (generation, checkpoint) for name, (generation, checkpoint, _) in looked.items()}
-            if after is None or after > head or after < 0:
-                watch.pending = self._token(looked)  # the first answer at once
-            else:  # resuming: changes after the token the caller has are looked at with the next look
-                watch.seen = {name: (generation, min(checkpoint, after))
-                              for name, (generation, checkpoint) in watch.seen.items()}
+                raise SubscriptionError(query_type, "the engine's change feed has closed (it is shutting down).")
             self._watches.add(watch)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="mediator-live", daemon=True)
                 self.active = True
                 self._thread.start()
-        if after is not None and watch.pending is None:
-            self.engine.progress.notify()  # look now rather than after the interval
+        self.engine.progress.notify()  # look now rather than after the interval
         return watch
 
     def forget(self, watch: LiveWatch) -> None:
@@ -219,13 +232,14 @@ class LiveHub:
         """(generation, checkpoint, applied) of each projection of ``names``: an inline one is at the head."""
         storage = self.engine.storage
         found = {}
+        head = None
         for name in names:
-            if self.engine._tracks[name].delivery is Delivery.INLINE:
-                head = storage.head()
-                found[name] = (0, head, head)
-                continue
             generation = storage.current_generation(name)
-            found[name] = (generation, storage.checkpoint(name, generation), storage.applied(name, generation))
+            if self.engine._tracks[name].delivery is Delivery.INLINE:
+                head = storage.head() if head is None else head
+                found[name] = (generation, head, head)
+            else:
+                found[name] = (generation, storage.checkpoint(name, generation), storage.applied(name, generation))
         return found
 
     @staticmethod
@@ -237,7 +251,7 @@ class LiveHub:
         pause: float | None = None
         while True:
             with self.lock:
-                watches = list(self._watches)
+                watches = [watch for watch in self._watches if not watch.closed]
                 if self._closed or not watches:
                     self._thread = None
                     self.active = False
@@ -245,8 +259,13 @@ class LiveHub:
             changes = progress.changes
             try:
                 behind = self._round(watches)
-            except Exception:  # the storage failed: look again later (answers are asked by their subscribers)
+            except Exception as exc:  # the storage failed: look again later (answers are asked by subscribers)
                 behind = False
+                if time.monotonic() >= self._next_warning:  # once a minute at most
+                    self._next_warning = time.monotonic() + 60.0
+                    log.warning("change feed could not look at the read models; looking again",
+                                error=f"{type(exc).__name__}: {exc}", subscriptions=len(watches))
+            del watches  # a subscription dropped meanwhile is collected, and leaves the weak set
             # Behind the head: progress is coming, look again soon (backing off); else at the interval, unless
             # this process's runner or a commit here says something moved.
             pause = None if not behind else FAST if pause is None else min(pause * 2, self.interval)
@@ -261,31 +280,59 @@ class LiveHub:
         names = {name for watch in watches for name in watch.reads}
         head = self.engine.storage.head()
         looked = self._look(names)
-        moved: dict[str, tuple[int, int]] = {}  # by projection: the stretch of the log to read, (after, up to)
         for watch in watches:
-            for name in watch.reads:
-                generation, checkpoint, _ = looked[name]
-                seen_generation, seen = watch.seen[name]
-                if seen_generation == generation and checkpoint > seen:
-                    after, upto = moved.get(name, (seen, checkpoint))
-                    moved[name] = (min(after, seen), max(upto, checkpoint))
-        events = {name: self._events(name, after, upto) for name, (after, upto) in moved.items()}
+            if watch.seen is None:
+                self._first_look(watch, looked, head)
+        # By projection: the stretch of the log to read, (after, up to): what the checkpoint moved over, and what
+        # the applied position did (a parked event healed behind the checkpoint).
+        stretches: dict[str, tuple[int, int]] = {}
+        for watch in watches:
+            for name, (after, upto) in self._to_read(watch, looked).items():
+                low, high = stretches.get(name, (after, upto))
+                stretches[name] = (min(low, after), max(high, upto))
+        events = {name: self._events(name, after, upto) for name, (after, upto) in stretches.items()}
         with self.lock:
             for watch in watches:
-                if watch.closed:
+                if watch.closed or watch.seen is None:
                     continue
                 changed = False
+                for name, (after, upto) in self._to_read(watch, looked).items():
+                    changed = changed or self._affects(watch, events[name], after, upto)
                 for name in watch.reads:
-                    generation, checkpoint, _ = looked[name]
-                    seen_generation, seen = watch.seen[name]
-                    if seen_generation != generation:  # a rebuild swapped in: every answer may differ
+                    if watch.seen[name][0] != looked[name][0]:  # a rebuild swapped in: every answer may differ
                         changed = True
-                    elif checkpoint > seen:
-                        changed = changed or self._affects(watch, events[name], seen, checkpoint)
-                    watch.seen[name] = (generation, checkpoint)
+                    watch.seen[name] = looked[name]
                 if changed:
                     watch.mark(self._token({name: looked[name] for name in watch.reads}))
         return any(checkpoint < head for _, checkpoint, _ in looked.values())
+
+    def _first_look(self, watch: LiveWatch, looked: dict[str, tuple[int, int, int]], head: int) -> None:
+        mine = {name: looked[name] for name in watch.reads}
+        after = watch.after
+        with self.lock:
+            if after is None or after > head:  # a first answer at once (a token this log never gave included)
+                watch.seen = mine
+                watch.mark(self._token(mine))
+            else:  # resuming: what came after the caller's token is looked at below, as any change
+                watch.seen = {name: (generation, min(checkpoint, after), min(applied, after))
+                              for name, (generation, checkpoint, applied) in mine.items()}
+
+    @staticmethod
+    def _to_read(watch: LiveWatch, looked: dict[str, tuple[int, int, int]]) -> dict[str, tuple[int, int]]:
+        """For ``watch``, by projection read in the same generation: the stretch of the log whose events may have
+        changed its answer since it last looked."""
+        found = {}
+        assert watch.seen is not None
+        for name in watch.reads:
+            generation, checkpoint, applied = looked[name]
+            seen_generation, seen_checkpoint, seen_applied = watch.seen[name]
+            if seen_generation != generation:
+                continue
+            starts = ([seen_checkpoint] if checkpoint > seen_checkpoint else []) + (
+                [seen_applied] if applied > seen_applied else [])
+            if starts:
+                found[name] = (min(starts), checkpoint)
+        return found
 
     def _events(self, name: str, after: int, upto: int) -> list[tuple[int, str, str | None]] | None:
         """(position, type, key) of the events in ``(after, upto]`` that ``name`` applies; ``None`` if too many."""

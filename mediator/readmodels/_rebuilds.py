@@ -64,7 +64,14 @@ class Rebuilds:
         if not track.projection.verify_rebuilds or track.upgrading is None or (track.name, generation) in (
                 self._passed):
             return None
-        return self.engine.storage.checkpoint(track.name, track.upgrading)
+        storage = self.engine.storage
+        live = storage.checkpoint(track.name, track.upgrading)
+        if storage.checkpoint(track.name, generation) > live:
+            # Past it already: the process that took it there found it fit, or was told to accept it (a verdict
+            # is known where it was reached; this one may have restarted since, or be another runner).
+            self._passed.add((track.name, generation))
+            return None
+        return live
 
     def check(self, name: str) -> RebuildCheck | None:
         """Compare the rebuild of ``name`` with its live generation now (whether or not the projection verifies its
@@ -87,7 +94,9 @@ class Rebuilds:
         return new is not None and (name, new) in self._refused and (name, new) not in self._passed
 
     def accept(self, name: str) -> None:
-        """Let the rebuild of ``name`` be swapped in whatever its comparison found (an operator's decision)."""
+        """Let the rebuild of ``name`` be swapped in whatever its comparison found (an operator's decision), by
+        this process: call it where the rebuild runs (``rebuild NAME --accept-differences`` runs it itself); once
+        this process has taken the rebuild past the live generation's position, every runner lets it go on."""
         new, _ = self._under_way(name)
         self._passed.add((name, new))
         log.warning("rebuild accepted without its check", projection=name, generation=new)
@@ -130,6 +139,9 @@ class Rebuilds:
             return True
         storage = self.engine.storage
         at = storage.checkpoint(track.name, new)
+        if upgrade and at > storage.checkpoint(track.name, old):  # let past the live one: found fit elsewhere
+            self._passed.add((track.name, new))
+            return True
         if self._refused.get((track.name, new)) == at:
             return False  # compared here already and refused: only an operator (or more events) changes that
         found = compare(self.engine, track.name, old, new, upgrade)

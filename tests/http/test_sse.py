@@ -8,7 +8,7 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import httpx
@@ -36,8 +36,12 @@ class Closed(LookupError):
     """The account is closed: its balance is not shown (answers 404)."""
 
 
+CLOSED = {"closed"}
+"""The accounts whose balance is refused; a test closes one while its stream runs."""
+
+
 def guarded_balance(query: GetBalance, engine: ReadModels) -> int:
-    if query.account == "closed":
+    if query.account in CLOSED:
         raise Closed(query.account)
     return get_balance(query, engine)
 
@@ -75,7 +79,7 @@ def service(tmp_path: Path) -> Iterator[tuple[httpx.Client, ReadModels]]:
 class Events:
     """An event stream read on a thread of its own: each event (or keep-alive comment) as it comes."""
 
-    def __init__(self, client: httpx.Client, path: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, client: httpx.Client, path: str, headers: Mapping[str, str | bytes] | None = None) -> None:
         self.items: queue.Queue[dict[str, str] | None] = queue.Queue()
         self.response: httpx.Response | None = None
         self.status: int | None = None
@@ -84,9 +88,11 @@ class Events:
         self.thread.start()
         assert self.started.wait(WAIT)
 
-    def _read(self, client: httpx.Client, path: str, headers: dict[str, str]) -> None:
+    def _read(self, client: httpx.Client, path: str, headers: Mapping[str, str | bytes]) -> None:
         try:
-            with client.stream("GET", path, headers=headers, timeout=httpx.Timeout(WAIT, read=None)) as response:
+            raw = [(name.encode(), value if isinstance(value, bytes) else value.encode())
+                   for name, value in headers.items()]
+            with client.stream("GET", path, headers=raw, timeout=httpx.Timeout(WAIT, read=None)) as response:
                 self.response, self.status = response, response.status_code
                 self.content_type = response.headers.get("content-type", "")
                 self.started.set()
@@ -210,6 +216,41 @@ def test_a_query_that_fails_answers_its_status_not_a_stream(service: tuple[httpx
     assert response.status_code == 404
     assert response.json()["error"] == "not_found"
     assert engine.live.watching == 0
+
+
+def test_a_last_event_id_that_is_no_token_starts_afresh(service: tuple[httpx.Client, ReadModels]) -> None:
+    client, _engine = service
+    for odd in ("²".encode("latin-1"), b"-3", b"abc", b"9" * 30):  # bytes: "²" is no ASCII, which httpx sends
+        events = Events(client, "/accounts/a/balance/live", headers={"Last-Event-ID": odd})
+        try:
+            assert events.status == 200
+            first = events.next_event()
+            assert first is not None
+            assert first["data"] == "0"
+        finally:
+            events.close()
+
+
+def test_a_query_failing_mid_stream_ends_it_with_an_error_event_and_a_reconnection_gets_the_status(
+        service: tuple[httpx.Client, ReadModels]) -> None:
+    client, engine = service
+    events = Events(client, "/accounts/b/balance/live")
+    try:
+        first = events.next_event()
+        assert first is not None
+        CLOSED.add("b")
+        client.post("/accounts/b/deposits", json={"amount": 1})  # asked again: refused now
+        failed = events.next_event()
+        assert failed is not None
+        assert failed["event"] == "error"
+        assert '"error":"not_found"' in failed["data"]
+        assert events.next_event() is None  # and the stream ends
+        again = client.get("/accounts/b/balance/live", headers={"Last-Event-ID": first["id"]})
+        assert again.status_code == 404  # a browser reconnecting is told, and stops
+    finally:
+        CLOSED.discard("b")
+        events.close()
+    _until(lambda: engine.live.watching == 0)
 
 
 def _until(condition: object, timeout: float = WAIT) -> None:

@@ -134,3 +134,32 @@ def test_an_upgrade_cannot_be_cancelled_by_the_code_that_needs_it(storage: Stora
     assert storage.rebuilding("balances") is not None
     with pytest.raises(UnknownProjectionError):
         new.engine.rebuilds.check("nothing")
+
+
+def test_a_verified_upgrade_let_past_the_live_generation_goes_on_in_another_process(storage: Storage) -> None:
+    import threading
+
+    old = make_bank(storage, retire_after=0)
+    deposits(old, ("a", 5), ("b", 7))
+    old.engine.catch_up()
+    deposits(old, ("c", 1), ("d", 2))  # committed; the old generation, which nobody runs now, stays at 2
+    first = make_bank(storage, projection_class=CheckedCents, retire_after=0, batch_size=1)
+    track = first.engine._tracks["balances"]
+    first.engine.versions.to_run(track)  # claims the rebuild for version 2
+    generation = storage.rebuilding("balances")
+    assert generation is not None
+    while first.engine.applier.run_batch(track, generation, True):
+        pass
+    assert storage.checkpoint("balances", generation) == 2  # held where the live one stands
+    first.engine.rebuilds.maybe_swap(track)  # compared there: fit
+    assert first.engine.applier.run_batch(track, generation, True) == 1  # let past it; then this process dies
+    assert storage.checkpoint("balances", generation) == 3
+
+    second = make_bank(storage, projection_class=CheckedCents, retire_after=0)  # knows nothing of that verdict
+    finishing = threading.Thread(target=lambda: (second.engine.catch_up(), second.engine.finish_rebuilds()),
+                                 daemon=True)
+    finishing.start()
+    finishing.join(30)
+    assert not finishing.is_alive(), "the rebuild stayed held behind a position it had passed"
+    assert storage.current_generation("balances") == generation
+    assert second.balances() == {"a": 500, "b": 700, "c": 100, "d": 200}

@@ -399,3 +399,68 @@ def test_subscriptions_coming_and_going_leave_no_thread_or_connection(kind: str,
         finally:
             bank.engine.live.close()
             bank.engine.stop()
+
+
+def test_a_parked_event_applied_at_last_is_an_answer_too(bank: Bank) -> None:
+    bank.projection.poison.add("x")
+    with bank.mediator.subscribe(GetTotal()) as live:
+        assert answer(live).value == 0
+        bank.mediator.send(Deposit(account="x", amount=3))
+        parked_at = last_token()
+        assert parked_at is not None
+        bank.mediator.send(Deposit(account="a", amount=4))
+        assert answer(live).value == 4
+        _until(lambda: bool(bank.engine.dead_letters("balances")))
+        bank.projection.poison.clear()
+        bank.engine.retry("balances", parked_at)  # behind the checkpoint: only the applied position moves
+        healed = answer(live)
+        assert healed.value == 7
+        assert healed.token >= parked_at
+
+
+def test_an_inline_read_model_rebuilt_is_answered_again(tmp_path: Path) -> None:
+    from mediator.readmodels.sqlite import SqliteStorage
+
+    from .bank import Balance
+
+    storage = SqliteStorage(tmp_path / "bank.db")
+    bank = live_bank(storage, Delivery.INLINE)
+    bank.engine.retire_after = 0
+    try:
+        bank.mediator.send(Deposit(account="a", amount=5))
+        with storage.session("balances", storage.current_generation("balances")) as session:
+            session.put(Balances.balance, Balance("a", 50))  # drift
+        with bank.mediator.subscribe(GetBalance(account="a")) as live:
+            assert answer(live).value == 50
+            bank.engine.rebuild("balances")
+            bank.engine.finish_rebuilds()  # a new generation swapped in: no event moved, but the answer did
+            assert answer(live).value == 5
+    finally:
+        bank.engine.live.close()
+        storage.close()
+
+
+@attrs.frozen(kw_only=True)
+class GetByText(Query[int]):
+    reads = "balances"
+
+
+@attrs.frozen(kw_only=True)
+class GetOneKey(Query[int]):
+    reads = ("balances",)
+    account: str
+
+    def depends_on(self) -> str:
+        return self.account  # a bare text: it would be taken for its characters
+
+
+def test_a_subscription_declared_wrongly_is_refused_with_the_fix(storage: Storage) -> None:
+    engine = ReadModels(storage, event_types())
+    engine.add(Balances())
+    with pytest.raises(SubscriptionError, match=r"give a tuple of projection names"):
+        engine.live.watch(GetByText(), None)
+    with pytest.raises(SubscriptionError, match=r"depends_on\(\) answered 'a'"):
+        engine.live.watch(GetOneKey(account="a"), None)
+    with pytest.raises(SubscriptionError, match=r"after=-1"):
+        engine.live.watch(GetTotal(), -1)
+    assert engine.live.watching == 0
