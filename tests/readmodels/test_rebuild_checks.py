@@ -156,8 +156,11 @@ def test_a_verified_upgrade_let_past_the_live_generation_goes_on_in_another_proc
     assert storage.checkpoint("balances", generation) == 3
 
     second = make_bank(storage, projection_class=CheckedCents, retire_after=0)  # knows nothing of that verdict
-    finishing = threading.Thread(target=lambda: (second.engine.catch_up(), second.engine.finish_rebuilds()),
-                                 daemon=True)
+    def finish() -> None:
+        second.engine.catch_up()
+        second.engine.finish_rebuilds()
+
+    finishing = threading.Thread(target=finish, daemon=True)
     finishing.start()
     finishing.join(30)
     assert not finishing.is_alive(), "the rebuild stayed held behind a position it had passed"
