@@ -43,7 +43,14 @@ from domain.messages import (
     UpdateProductStock,
 )
 from mediator import AsyncMediator
-from mediator.fastapi import IdempotencyKey, Mediated, MediatorMiddleware, event_stream, install_error_handlers
+from mediator.fastapi import (
+    IdempotencyKey,
+    Mediated,
+    MediatorMiddleware,
+    event_stream,
+    health_routes,
+    install_error_handlers,
+)
 from mediator.http import MAX_BODY
 
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
@@ -234,6 +241,7 @@ def create_app(shop: Shop, *, consistency_timeout: float = 5.0, jwt_key: str | N
     async def daily_sales(mediator: Mediated, since: dt.date | None = None) -> Any:
         return data(await mediator.ask(GetDailySales(since=since)))
 
+    health_routes(app, shop.engine)  # GET /health/live, /health/ready: the container's probes
     wrapped = MediatorMiddleware(app, mediator, principal, consistency_timeout=consistency_timeout,
                                  engine=shop.engine, max_body=max_body, status_of=STATUS_OF)
     app.state.asgi = wrapped

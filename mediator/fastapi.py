@@ -48,7 +48,7 @@ from .http import (
     resolve_principal,
     too_large,
 )
-from .readmodels import ConsistencyTimeoutError, StorageError, consistent, fresh_token, last_token
+from .readmodels import ConsistencyTimeoutError, ReadModels, StorageError, consistent, fresh_token, last_token
 from .readmodels._serialization import to_data
 
 try:
@@ -418,6 +418,32 @@ async def event_stream(mediator: AsyncMediator, query: Query[R], request: Reques
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
+def health_routes(app: FastAPI, engine: ReadModels, *, prefix: str = "/health") -> None:
+    """Add a liveness and a readiness endpoint to ``app``, for container probes (left out of the OpenAPI schema):
+
+    - ``GET {prefix}/live``: 200 while the process serves requests;
+    - ``GET {prefix}/ready``: 200 while every projection meets its readiness rule
+      (``engine.health.ready_when(Readiness(max_lag=..., max_parked=...), projection=...)``), else 503; the body
+      says, per projection, its lag, its oldest parked event, its rule and why it is not ready.
+
+    The check reads the storage off the event loop. A storage that cannot be read answers 503 too.
+    """
+
+    @app.get(f"{prefix}/live", include_in_schema=False)
+    async def live() -> JSONResponse:
+        return JSONResponse({"status": "live"})
+
+    @app.get(f"{prefix}/ready", include_in_schema=False)
+    async def ready() -> JSONResponse:
+        try:
+            report = await asyncio.to_thread(engine.health.check)
+        except StorageError as exc:
+            return JSONResponse({"status": "not ready", "storage": f"{type(exc).__name__}: {exc}"},
+                                status_code=503, headers={"Cache-Control": "no-store"})
+        return JSONResponse(report.body(), status_code=200 if report.ready else 503,
+                            headers={"Cache-Control": "no-store"})
+
+
 def problem(status: int, error: str, detail: str, **extra: Any) -> JSONResponse:
     """A JSON error body: ``{"error": ..., "detail": ..., ...}``."""
     return JSONResponse({"error": error, "detail": detail, **extra}, status_code=status)
@@ -488,4 +514,4 @@ def _correlation_id(request: Request) -> str:
 
 
 __all__ = ["LAST_EVENT_ID", "IdempotencyKey", "Mediated", "MediatorMiddleware", "current_mediator", "event_stream",
-           "install_error_handlers", "problem"]
+           "health_routes", "install_error_handlers", "problem"]

@@ -32,6 +32,7 @@ from ._errors import (
     UnregisteredEventError,
     UnschedulableCommandError,
 )
+from ._health import Health, HealthReport, ProjectionHealth, Readiness
 from ._idempotency import Idempotency, IdempotencyClaims, digest_of
 from ._live import LiveHub
 from ._opening import existing_only
@@ -76,6 +77,8 @@ __all__ = [
     "EventType",
     "EventTypes",
     "Generations",
+    "Health",
+    "HealthReport",
     "Idempotency",
     "IdempotencyClaims",
     "IdempotencyRecord",
@@ -89,6 +92,7 @@ __all__ = [
     "ProcessStatus",
     "Projection",
     "ProjectionConfigError",
+    "ProjectionHealth",
     "ProjectionSession",
     "Quarantined",
     "Query",
@@ -97,6 +101,7 @@ __all__ = [
     "ReadModels",
     "ReadStore",
     "ReadYourWrites",
+    "Readiness",
     "RebuildCancelError",
     "RebuildCheck",
     "RebuildNotFoundError",

@@ -119,6 +119,17 @@ def status(engine: ReadModels, *, colour: bool = False, sample: float = 0.0) -> 
     return text
 
 
+def checked_status(engine: ReadModels, *, colour: bool, sample: float, check: bool) -> Outcome:
+    """:func:`status`; with ``check``, then whether every projection meets its readiness rule (``engine.health``),
+    incomplete (exit status 1) when one does not: a container probe's or a cron job's test."""
+    text = status(engine, colour=colour, sample=sample)
+    if not check:
+        return Outcome(text)
+    report = engine.health.check()
+    verdict = "ready" if report.ready else "not ready:\n" + "\n".join(f"  {p}" for p in report.problems)
+    return Outcome(f"{text}\n\n{verdict}", complete=report.ready)
+
+
 def processes(engine: ReadModels, *, colour: bool = False) -> str:
     """One row per process manager: its checkpoint, how far behind, live instances, parked and waiting steps, and
     how long the instance that moved least recently has waited (a stuck one shows there)."""
@@ -461,6 +472,8 @@ def _parser() -> argparse.ArgumentParser:
     status_parser = commands.add_parser("status", help="lag and parked events per projection")
     status_parser.add_argument("--sample", type=float, default=1.0, metavar="SECONDS",
                                help="how long to watch a rebuild under way for its rate and time left (0: not)")
+    status_parser.add_argument("--check", action="store_true",
+                               help="exit 1 unless every projection meets its readiness rule (engine.health)")
     letters = commands.add_parser("dead-letters", help="list, retry or skip parked events")
     letters_commands = letters.add_subparsers(dest="action", required=True)
     listing = letters_commands.add_parser("list")
@@ -500,7 +513,7 @@ def _run(args: argparse.Namespace, app: App, status_line: StatusLine | None) -> 
     action: str | None = getattr(args, "action", None)
     engine = app.need_engine(f"{args.command} {action}" if action else args.command)
     if args.command == "status":
-        return Outcome(status(engine, colour=colour, sample=args.sample))
+        return checked_status(engine, colour=colour, sample=args.sample, check=args.check)
     if args.command == "rebuild":
         if args.cancel:
             return Outcome(cancel_rebuild(engine, args.name))

@@ -25,6 +25,7 @@ from .. import Kind, Scope
 from .._messages import IdempotentCommand, qualname
 from ._apply import Applier
 from ._errors import ProjectionConfigError, RebuildRefusedError, UnknownProjectionError
+from ._health import Health
 from ._idempotency import Idempotency
 from ._live import LiveHub
 from ._ports import PARKED, DeadLetter, Storage, StoredEvent
@@ -155,6 +156,8 @@ class ReadModels:
         self.processes = Processes(self)
         self._next_schedule_look = 0.0
         self.progress = Progress(self)
+        self.health = Health(self)
+        """The readiness rules and their check (``engine.health.ready_when(...)``, ``engine.health.check()``)."""
         self.live = LiveHub(self, live_interval)
         """The change feed of subscription queries: ``engine.live.close()`` ends them all (at shutdown)."""
         self._runner = Runner("mediator-readmodels", self._run_round, self._idle, self._round_failed,

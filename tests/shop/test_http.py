@@ -470,3 +470,12 @@ def _until_no_subscription(shop: Shop) -> None:
     while shop.engine.live.watching:
         assert time.monotonic() < deadline, "a subscription outlived its stream"
         time.sleep(0.01)
+
+
+def test_the_shop_answers_its_probes_without_credentials(server: tuple[httpx.Client, Shop]) -> None:
+    client, _shop = server
+    assert client.get("/health/live").status_code == 200
+    ready = client.get("/health/ready")
+    assert ready.status_code == 200
+    assert set(ready.json()["projections"]) == {"order_details", "customer_orders", "catalog", "search", "inventory",
+                                                 "dashboard"}
