@@ -13,7 +13,6 @@ so nothing scoped lives as long as the subscription.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
@@ -90,18 +89,36 @@ def _watch(feed: ChangeFeed | None, query: Any, after: int | None) -> Watch:
     return feed.watch(query, after)
 
 
-class Subscription(Generic[R]):
-    """The answers of a subscribed query, as a blocking iterator (``Mediator.subscribe``).
+class _Answers(Generic[R]):
+    """What both twins keep: the mediator, the query, its watch, and the last answer given (not given again)."""
 
-    Use it as a context manager, or call :meth:`close` (from any thread: a waiting iteration then ends).
-    """
-
-    def __init__(self, mediator: Any, query: Query[R], watch: Watch) -> None:  # a Mediator (a layer above)
+    def __init__(self, mediator: Any, query: Query[R], watch: Watch) -> None:  # a Mediator or AsyncMediator
         self._mediator = mediator
         self._query = query
         self._watch = watch
         self._last: Any = _NOTHING
-        self._lock = threading.Lock()
+
+    def _new(self, value: R, token: int) -> Answer[R] | None:
+        """``value`` as the next answer, or ``None`` if it equals the last one given."""
+        if self._last is not _NOTHING and value == self._last:
+            return None
+        self._last = value
+        return Answer(value, token)
+
+    @property
+    def closed(self) -> bool:
+        return self._watch.closed
+
+    def close(self) -> None:
+        """End the subscription; its feed forgets it (from any thread: a waiting iteration then ends)."""
+        self._watch.close()
+
+
+class Subscription(_Answers[R]):
+    """The answers of a subscribed query, as a blocking iterator (``Mediator.subscribe``).
+
+    Use it as a context manager, or call :meth:`close` (from any thread: a waiting iteration then ends).
+    """
 
     def __iter__(self) -> Subscription[R]:
         return self
@@ -120,22 +137,12 @@ class Subscription(Generic[R]):
                 return None
             try:
                 with self._mediator.scope():
-                    value = self._mediator.ask(self._query)
+                    answer = self._new(self._mediator.ask(self._query), token)
             except BaseException:
                 self.close()
                 raise
-            if self._last is not _NOTHING and value == self._last:
-                continue
-            self._last = value
-            return Answer(value, token)
-
-    @property
-    def closed(self) -> bool:
-        return self._watch.closed
-
-    def close(self) -> None:
-        """End the subscription; its feed forgets it."""
-        self._watch.close()
+            if answer is not None:
+                return answer
 
     def __enter__(self) -> Subscription[R]:
         return self
@@ -145,18 +152,12 @@ class Subscription(Generic[R]):
         self.close()
 
 
-class AsyncSubscription(Generic[R]):
+class AsyncSubscription(_Answers[R]):
     """The answers of a subscribed query, as an async iterator (``AsyncMediator.subscribe``).
 
     Use it as an async context manager, or call :meth:`aclose`; a task cancelled while it waits leaves nothing
     behind once the subscription is closed (or dropped).
     """
-
-    def __init__(self, mediator: Any, query: Query[R], watch: Watch) -> None:  # an AsyncMediator
-        self._mediator = mediator
-        self._query = query
-        self._watch = watch
-        self._last: Any = _NOTHING
 
     def __aiter__(self) -> AsyncSubscription[R]:
         return self
@@ -168,26 +169,16 @@ class AsyncSubscription(Generic[R]):
                 raise StopAsyncIteration
             try:
                 async with self._mediator.scope():
-                    value = await self._mediator.ask(self._query)
+                    answer = self._new(await self._mediator.ask(self._query), token)
             except BaseException:
-                self._watch.close()
+                self.close()
                 raise
-            if self._last is not _NOTHING and value == self._last:
-                continue
-            self._last = value
-            return Answer(value, token)
-
-    @property
-    def closed(self) -> bool:
-        return self._watch.closed
+            if answer is not None:
+                return answer
 
     async def aclose(self) -> None:
-        """End the subscription; its feed forgets it."""
-        self._watch.close()
-
-    def close(self) -> None:
-        """:meth:`aclose` from synchronous code (a shutdown hook, another thread)."""
-        self._watch.close()
+        """End the subscription; its feed forgets it (:meth:`close` from synchronous code)."""
+        self.close()
 
     async def __aenter__(self) -> AsyncSubscription[R]:
         return self

@@ -47,3 +47,31 @@ def opened(kind: str, folder: Path) -> Iterator[Storage]:
         backend.close()
         if drop_schema is not None:
             drop_schema()
+
+
+@contextlib.contextmanager
+def shared_by_processes(kind: str, folder: Path, **environ: str) -> Iterator[tuple[dict[str, str], Storage]]:
+    """A fresh SQLite file or PostgreSQL schema (``kind``), open here, and the environment that opens the same in
+    a child process of ``tests.readmodels.bank_app`` (``BANK_DB``, or ``BANK_POSTGRES`` and ``BANK_SCHEMA``), with
+    ``environ`` over it; closed (the schema dropped) after."""
+    import os
+
+    base = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), **environ}
+    storage: Storage
+    if kind == "sqlite":
+        db = folder / "bank.db"
+        storage = SqliteStorage(db)
+        env = {**base, "BANK_DB": str(db)}
+    else:
+        postgres.require()
+        from mediator.readmodels.postgres import PostgresStorage
+
+        schema = postgres.new_schema()
+        storage = on_postgres = PostgresStorage(postgres.DSN, schema=schema)
+        env = {**base, "BANK_POSTGRES": postgres.DSN, "BANK_SCHEMA": schema}
+    try:
+        yield env, storage
+    finally:
+        storage.close()
+        if kind != "sqlite":
+            on_postgres.drop_schema()

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from ._errors import ProjectionConfigError, UnknownProjectionError
+from ._errors import ProjectionConfigError
 
 if TYPE_CHECKING:
     from ._engine import ReadModels
@@ -93,8 +93,8 @@ class Health:
 
     def ready_when(self, rule: Readiness, *, projection: str | None = None) -> Health:
         """Set the rule of ``projection``, or of every projection without one of its own."""
-        if projection is not None and projection not in self.engine._tracks:
-            raise UnknownProjectionError([projection], self.engine._tracks)
+        if projection is not None:
+            self.engine._track(projection)  # raises UnknownProjectionError
         self.rules[projection] = rule
         return self
 

@@ -148,6 +148,7 @@ class LiveHub:
         """Whether the hub's thread runs (read without the lock on every commit: a commit in this process then
         wakes it, so it looks quickly until the projections have applied it)."""
         self._closed = False
+        self._type_names: dict[str, frozenset[str]] = {}
         self._next_warning = 0.0
         self.looks = 0
         """Looks at the checkpoints so far (for tests and metrics)."""
@@ -184,8 +185,7 @@ class LiveHub:
             keys = frozenset(found)
         if after is not None and (type(after) is not int or after < 0):
             raise SubscriptionError(query_type, f"after={after!r}: a consistency token is a whole number from 0.")
-        types = frozenset(self.engine.types.entry(cls).name for name in reads
-                          for cls in self.engine._tracks[name].projection.handlers)
+        types = frozenset().union(*(self._applies(name) for name in reads))
         watch = LiveWatch(self, reads, keys, types, after)
         with self.lock:
             if self._closed:
@@ -240,6 +240,15 @@ class LiveHub:
                 found[name] = (generation, head, head)
             else:
                 found[name] = (generation, storage.checkpoint(name, generation), storage.applied(name, generation))
+        return found
+
+    def _applies(self, name: str) -> frozenset[str]:
+        """The stored names of the event types projection ``name`` applies (worked out once per projection)."""
+        found = self._type_names.get(name)
+        if found is None:
+            track = self.engine._tracks[name]
+            found = self._type_names[name] = frozenset(self.engine.types.entry(cls).name
+                                                       for cls in track.projection.handlers)
         return found
 
     @staticmethod
@@ -338,7 +347,7 @@ class LiveHub:
         """(position, type, key) of the events in ``(after, upto]`` that ``name`` applies; ``None`` if too many."""
         if upto - after > BIG_GAP:
             return None
-        types = {self.engine.types.entry(cls).name for cls in self.engine._tracks[name].projection.handlers}
+        types = self._applies(name)
         found = []
         while after < upto:
             batch = self.engine.storage.read(after, min(upto - after, 1000), types)

@@ -40,19 +40,13 @@ class Rebuilds:
 
     # -- checked rebuilds ----------------------------------------------------------------------------
 
-    def _track_of(self, name: str) -> Track:
-        track = self.engine._tracks.get(name)
-        if track is None:
-            raise UnknownProjectionError([name], self.engine._tracks)
-        return track
-
     def _under_way(self, name: str) -> tuple[int, int]:
         """(the rebuild's generation, the live one) of ``name``.
 
         Raises:
             RebuildNotFoundError: if no rebuild of it is under way.
         """
-        self._track_of(name)
+        self.engine._track(name)
         new = self.engine.storage.rebuilding(name)
         if new is None:
             raise RebuildNotFoundError(name)
@@ -111,7 +105,7 @@ class Rebuilds:
             RebuildNotFoundError: if no rebuild of it is under way.
             RebuildCancelError: if it is an upgrade to this code's version (which cannot serve the old one).
         """
-        track = self._track_of(name)
+        track = self.engine._track(name)
         storage, versions = self.engine.storage, self.engine.versions
         with storage.generations(name) as generations:
             new = generations.rebuilding()
@@ -129,7 +123,7 @@ class Rebuilds:
 
     def drop_cancelled(self, name: str) -> None:
         """Drop the tables of the cancelled rebuilds of ``name`` now (a command that cancelled and ends)."""
-        track = self._track_of(name)
+        track = self.engine._track(name)
         track.retired = [(generation, 0.0) for generation, _ in track.retired]
         self.retire(track)
 

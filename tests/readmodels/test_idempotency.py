@@ -24,7 +24,7 @@ from mediator import (
 )
 from mediator.readmodels import ReadModels, Storage, digest_of, fresh_token, last_token
 from mediator.testing import Clock, settle
-from tests import postgres
+from tests import storages
 
 from .bank import Balances
 from .idempotent_bank import PayIn, PayInTwice, Receipt, Teller, Withdraw, wire
@@ -202,27 +202,9 @@ def test_the_engine_refuses_a_time_to_live_that_is_not_one(storage: Storage) -> 
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def shared(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[dict[str, str], Storage]]:
-    base = {**os.environ, "PYTHONPATH": str(ROOT), "BANK_PAUSE": "0.5"}
-    if request.param == "sqlite":
-        from mediator.readmodels.sqlite import SqliteStorage
-
-        db = tmp_path / "bank.db"
-        storage: Storage = SqliteStorage(db)
-        env = {**base, "BANK_DB": str(db)}
-    else:
-        postgres.require()
-        from mediator.readmodels.postgres import PostgresStorage
-
-        schema = postgres.new_schema()
-        storage = PostgresStorage(postgres.DSN, schema=schema)
-        env = {**base, "BANK_POSTGRES": postgres.DSN, "BANK_SCHEMA": schema}
-    wire(storage, Teller())  # the schema made before the processes start
-    try:
+    with storages.shared_by_processes(request.param, tmp_path, BANK_PAUSE="0.5") as (env, storage):
+        wire(storage, Teller())  # the schema made before the processes start
         yield env, storage
-    finally:
-        storage.close()
-        if request.param == "postgres":
-            storage.drop_schema()  # type: ignore[attr-defined]
 
 
 def test_two_processes_sending_one_key_at_once_run_the_handler_once(

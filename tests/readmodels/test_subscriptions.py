@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import os
 import subprocess
 import sys
 import threading
@@ -25,7 +24,7 @@ from mediator import (
     SubscriptionError,
 )
 from mediator.readmodels import Delivery, ReadModels, Storage, last_token
-from tests import postgres
+from tests import storages
 
 from .bank import Balances, Bank, Deposit, GetBalance, balances, deposit, event_types, get_balance
 
@@ -299,26 +298,8 @@ def test_closing_the_feed_ends_an_async_iteration(bank: Bank) -> None:
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def shared(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[dict[str, str], Storage]]:
-    base = {**os.environ, "PYTHONPATH": str(ROOT), "BANK_POLL": "0.01"}
-    if request.param == "sqlite":
-        from mediator.readmodels.sqlite import SqliteStorage
-
-        db = tmp_path / "bank.db"
-        storage: Storage = SqliteStorage(db)
-        env = {**base, "BANK_DB": str(db)}
-    else:
-        postgres.require()
-        from mediator.readmodels.postgres import PostgresStorage
-
-        schema = postgres.new_schema()
-        storage = PostgresStorage(postgres.DSN, schema=schema)
-        env = {**base, "BANK_POSTGRES": postgres.DSN, "BANK_SCHEMA": schema}
-    try:
+    with storages.shared_by_processes(request.param, tmp_path, BANK_POLL="0.01") as (env, storage):
         yield env, storage
-    finally:
-        storage.close()
-        if request.param == "postgres":
-            storage.drop_schema()  # type: ignore[attr-defined]
 
 
 def test_a_change_applied_by_a_worker_process_reaches_a_subscriber_here(
@@ -371,8 +352,6 @@ async def _async_until(condition: object, timeout: float = WAIT) -> None:
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
 def test_subscriptions_coming_and_going_leave_no_thread_or_connection(kind: str, tmp_path: Path) -> None:
-    from tests import storages
-
     with storages.opened(kind, tmp_path) as storage:
         bank = live_bank(storage)
         bank.engine.start()
