@@ -270,10 +270,10 @@ def rebuild(engine: ReadModels, name: str, status_line: StatusLine | None = None
     if accept:
         engine.rebuilds.accept(name)
     storage = engine.storage
-    start = storage.checkpoint(name, generation)  # a rebuild under way already is joined where it is
+    start = engine.checkpoint(name, generation)  # a rebuild under way already is joined where it is
 
     def measure() -> tuple[int, int]:
-        at = storage.checkpoint(name, generation)
+        at = engine.checkpoint(name, generation)
         return at - start, storage.head() - at
 
     grace = engine.retire_after
@@ -308,14 +308,14 @@ def rebuild_progress(engine: ReadModels, sample: float) -> list[str]:
     under_way = [(name, g) for name in engine.projections if (g := storage.rebuilding(name)) is not None]
     if not under_way:
         return []
-    first = {name: storage.checkpoint(name, g) for name, g in under_way}
+    first = {name: engine.checkpoint(name, g) for name, g in under_way}
     started = time.monotonic()
     if sample > 0:
         time.sleep(sample)
     lines = []
     head = storage.head()
     for name, generation in under_way:
-        at = storage.checkpoint(name, generation)
+        at = engine.checkpoint(name, generation)
         elapsed = time.monotonic() - started
         rate = (at - first[name]) / elapsed if sample > 0 and elapsed > 0 else None
         done = 100 * at / head if head else 100.0
@@ -338,7 +338,7 @@ def _held_for_its_check(engine: ReadModels, name: str, generation: int, at: int,
         return False
     live = engine.storage.current_generation(name)
     return (engine.built_by(name, live, record=False) < engine.built_by(name, generation, record=False)
-            and engine.storage.checkpoint(name, live) == at)
+            and engine.checkpoint(name, live) == at)
 
 
 def _duration(seconds: float) -> str:
@@ -356,7 +356,7 @@ def _positions(engine: ReadModels, names: Sequence[str]) -> tuple[int, int]:
     head = storage.head()
     generations = [(name, storage.current_generation(name)) for name in names]
     generations += [(name, g) for name in names if (g := storage.rebuilding(name)) is not None]
-    checkpoints = [storage.checkpoint(name, generation) for name, generation in generations]
+    checkpoints = [engine.checkpoint(name, generation) for name, generation in generations]
     return sum(checkpoints), sum(max(0, head - checkpoint) for checkpoint in checkpoints)
 
 

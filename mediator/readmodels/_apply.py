@@ -33,6 +33,7 @@ import structlog
 from .._messages import qualname
 from ._errors import DeadLetterNotFoundError, DeadLetterOrderError, StorageError
 from ._ports import BLOCKED, PARKED, DeadLetter, ProjectionSession, StoredEvent
+from ._projections import partition_of
 from ._versions import Holding, Stall, Track
 
 if TYPE_CHECKING:
@@ -134,7 +135,7 @@ class Applier:
             raise
         if handled:
             for listener in self.engine.on_applied:
-                listener(track.name, handled)
+                listener(track.base, handled)
             self.engine.progress.notify()
         return handled
 
@@ -165,21 +166,32 @@ class Applier:
         holding = track.holding
         return holding is not None and track.stall is None and self.engine.storage.head() > holding.position
 
+    def _limit(self, track: Track, generation: int, session: ProjectionSession, replaying: bool) -> tuple[int, bool]:
+        """How many events the batch may read, and whether they are replayed (their side effects skipped)."""
+        engine = self.engine
+        limit = engine.batch_size
+        if replaying and track.upgrading is not None:
+            # Replacing an older version's generation, which nobody here feeds: the events past its
+            # checkpoint get their side effects from this replay, so they are applied as live ones.
+            live_from = engine.storage.checkpoint(track.name, track.upgrading)
+            replaying = session.position < live_from
+            if replaying:
+                limit = min(limit, live_from - session.position)
+            held = engine.rebuilds.holds_at(track, generation)
+            if held is not None:  # a verified upgrade waits there to be compared with the live generation
+                limit = max(0, min(limit, held - session.position))
+        elif replaying and track.partition is not None:
+            # A partition's replay never passes its live generation: the swap may then come whenever every
+            # partition has caught up, from any process, and each replayed event has had its side effects.
+            live = engine.storage.checkpoint(track.name, engine.storage.current_generation(track.base))
+            limit = max(0, min(limit, live - session.position))
+        return limit, replaying
+
     def _batch(self, track: Track, generation: int, replaying: bool, *, careful: bool, ignore_backoff: bool,
                failed: tuple[int, Exception] | None = None) -> int:
         engine = self.engine
         with engine.storage.session(track.name, generation) as session:
-            limit = engine.batch_size
-            if replaying and track.upgrading is not None:
-                # Replacing an older version's generation, which nobody here feeds: the events past its
-                # checkpoint get their side effects from this replay, so they are applied as live ones.
-                live_from = engine.storage.checkpoint(track.name, track.upgrading)
-                replaying = session.position < live_from
-                if replaying:
-                    limit = min(limit, live_from - session.position)
-                held = engine.rebuilds.holds_at(track, generation)
-                if held is not None:  # a verified upgrade waits there to be compared with the live generation
-                    limit = max(0, min(limit, held - session.position))
+            limit, replaying = self._limit(track, generation, session, replaying)
             session.replaying = replaying
             self.set_up(track, session)
             handled = 0
@@ -200,7 +212,7 @@ class Applier:
         track.ready.add(generation)
         if done and engine.on_batch:
             for listener in engine.on_batch:
-                listener(track.name, events[:done])
+                listener(track.base, events[:done])
         return handled
 
     def _healthy_batch(self, track: Track, session: ProjectionSession, events: list[StoredEvent],
@@ -212,13 +224,16 @@ class Applier:
         (:class:`_Careful`) for the careful redo.
         """
         handlers = track.projection.handlers
+        mine, partitions = track.partition, track.projection.partitions
+        # A partition applies its keys' events; its checkpoint passes the others' (each partition has its own).
+        ours = events if mine is None else [e for e in events if partition_of(e.key, partitions) == mine]
         registered = self.engine.types.entries()
         decoders: dict[str, Callable[[str], Any]] = {}
         # Kept for the engine's other projections: none to keep it for when this is its only one.
         decoded: dict[int, tuple[str, object]] | None = self._decoded if self.engine.sharing else None
         if decoded is not None and len(decoded) > _DECODED_KEPT:
             decoded.clear()
-        for stored in events:
+        for stored in ours:
             position, event_id, type_name, version, data, key, _recorded_at, _meta = stored  # cheaper than 5 lookups
             entry = registered.get(type_name)
             if entry is None or entry.version != version or (blocked and key in blocked):
@@ -308,6 +323,8 @@ class Applier:
         caller to judge), or ``WAITS`` for an event of a key in ``held`` (a failure not judged yet: the caller
         parks it once its key's fate is known).
         """
+        if not track.owns(stored.key):
+            return SKIPPED  # another partition's key
         event_type = self.engine.types.named(stored.type_name)
         if event_type is not None and event_type not in track.projection.handlers:
             return SKIPPED
@@ -491,9 +508,11 @@ class Applier:
     def release(self, name: str, position: int, *, apply_first: bool) -> int:
         """Retry (``apply_first``) or skip the parked event at ``position``, then apply those waiting behind it."""
         engine = self.engine
-        track = engine._tracks[name]
-        generation = engine.storage.current_generation(name)
-        engine.versions.check(name, generation)  # never another version's handlers on this generation
+        track = engine._runnable(name)
+        if track.lanes:  # a partitioned projection's partition holds it (see ReadModels._partition_at); none does
+            raise DeadLetterNotFoundError(name, position)
+        generation = engine.storage.current_generation(track.base)
+        engine.versions.check(track.base, generation)  # never another version's handlers on this generation
         with engine.storage.session(name, generation) as session:
             letters = {letter.position: letter for letter in session.dead_letters()}
             if position not in letters:
@@ -519,9 +538,9 @@ class Applier:
         """Retry every parked event of ``name`` now (each key's first, then what waits behind it); return how many
         applied and how many stay parked."""
         engine = self.engine
-        track = engine._tracks[name]
-        generation = engine.storage.current_generation(name)
-        engine.versions.check(name, generation)
+        track = engine._runnable(name)
+        generation = engine.storage.current_generation(track.base)
+        engine.versions.check(track.base, generation)
         with engine.storage.session(name, generation) as session:
             applied = sum(self._apply_queue(track, session, queue, counted=True)
                           for _first, queue in self._queues(session.dead_letters()))

@@ -38,7 +38,7 @@ from ._serialization import EventTypes
 from ._tables import Table, table_name
 from ._tokens import Progress, ReadYourWrites
 from ._unit_of_work import SyncReadModels, UnitOfWork, Writer
-from ._versions import Track, Versions
+from ._versions import Share, Track, Versions
 
 R = TypeVar("R")
 
@@ -78,6 +78,8 @@ class Lag:
     two are known only in the process that runs the projection."""
     error: str | None = None
     """Why it is stalled or holding, in that process."""
+    partition: int | None = None
+    """Of a partitioned projection: which partition the row is about (each has its checkpoint and dead letters)."""
 
 
 class ReadModels:
@@ -147,6 +149,8 @@ class ReadModels:
         self.event_metadata: list[Callable[[], dict[str, str]]] = []
         """Called at each commit; what they return is stored with the events (e.g. the trace context)."""
         self._tracks: dict[str, Track] = {}
+        self._partitions: dict[str, Track] = {}
+        """The partitions of partitioned projections, by the names they keep their checkpoints under."""
         self.versions = Versions(self)
         self.applier = Applier(self)
         self.rebuilds = Rebuilds(self)
@@ -179,9 +183,22 @@ class ReadModels:
                 f"Projection {projection.name!r} cannot be inline: this storage keeps read models apart from the "
                 "write database (e.g. SQLite with two files); deliver it in the background or use one file."
             )
+        partitions = projection.partitions
+        if partitions > 1 and delivery is Delivery.INLINE:
+            raise ProjectionConfigError(
+                f"Projection {projection.name!r} has {partitions} partitions and cannot be inline: an inline "
+                "projection is applied in each command's transaction already; deliver it in the background or by "
+                "workers.")
+        if partitions > 1 and not self.storage.partitioned_for(projection.name):
+            raise ProjectionConfigError(
+                f"Projection {projection.name!r} has {partitions} partitions, which its read store cannot run at once "
+                "without losing additions to shared rows; keep it in a SQL store (SQLite, PostgreSQL).")
         for event_type in projection.handlers:
             self.types.entry(event_type)  # raises with the fix if it is not registered
         track = self._tracks[projection.name] = Track(projection, delivery)
+        if partitions > 1:
+            track.lanes = [Track(projection, delivery, partition=p) for p in range(partitions)]
+            self._partitions.update((lane.name, lane) for lane in track.lanes)
         self.writer.add(track)
         return self
 
@@ -232,7 +249,7 @@ class ReadModels:
     @property
     def sharing(self) -> bool:
         """Whether more than one projection runs here, so what one reads and decodes is kept for the others."""
-        return len(self._tracks) > 1
+        return len(self._tracks) + len(self._partitions) > 1
 
     @property
     def projections(self) -> dict[str, Projection]:
@@ -248,6 +265,52 @@ class ReadModels:
         if track is None:
             raise UnknownProjectionError([name], self._tracks)
         return track
+
+    def _runnable(self, name: str) -> Track:
+        """The track of projection ``name``, or of the partition that keeps its checkpoint under ``name``."""
+        track = self._tracks.get(name) or self._partitions.get(name)
+        if track is None:
+            raise UnknownProjectionError([name], self._tracks)
+        return track
+
+    # -- positions: of a partitioned projection, its partitions' -------------------------------------------
+
+    def checkpoint(self, name: str, generation: int) -> int:
+        """The checkpoint of projection ``name``'s ``generation``: of a partitioned projection, the lowest of its
+        partitions' (every event up to it has been dealt with by every partition)."""
+        track = self._tracks.get(name)
+        if track is None or not track.lanes:
+            return self.storage.checkpoint(name, generation)
+        return min(self.storage.checkpoint(lane.name, generation) for lane in track.lanes)
+
+    def applied(self, name: str, generation: int) -> int:
+        """The position up to which every event of ``generation`` has been applied (parked events hold it back):
+        of a partitioned projection, the lowest of its partitions'."""
+        track = self._tracks.get(name)
+        if track is None or not track.lanes:
+            return self.storage.applied(name, generation)
+        return min(self.storage.applied(lane.name, generation) for lane in track.lanes)
+
+    def level(self, name: str, generation: int) -> int | None:
+        """The checkpoint of ``generation`` if every partition of it stands there (``None`` if they differ)."""
+        track = self._tracks.get(name)
+        if track is None or not track.lanes:
+            return self.storage.checkpoint(name, generation)
+        found = {self.storage.checkpoint(lane.name, generation) for lane in track.lanes}
+        return found.pop() if len(found) == 1 else None
+
+    def _mirror(self, track: Track, current: int | None = None) -> None:
+        """Make a partitioned projection's partitions' generation records follow its own (after a swap): its
+        partitions' dead letters are read by them."""
+        storage = self.storage
+        current = storage.current_generation(track.base) if current is None else current
+        if track.mirrored == current:
+            return
+        for lane in track.lanes:
+            if storage.current_generation(lane.name) != current:
+                with storage.generations(lane.name) as records:
+                    records.set_current(current)
+        track.mirrored = current
 
     # -- reading --------------------------------------------------------------------------
 
@@ -353,26 +416,73 @@ class ReadModels:
                     break
                 if track.retired:
                     self.rebuilds.retire(track)
-                generations = self.versions.to_run(track)
-                if not generations or (track.delivery not in wanted
-                                       and not any(replaying for _g, replaying in generations)):
-                    if leased and self.storage.holds(track.name):
-                        self.storage.release(track.name)  # taken to help with a rebuild, now over
-                    continue
-                if leased and not self.storage.acquire(track.name):
-                    continue  # another process runs it (a lease is taken only on what this runner would run)
-                rebuilding = any(replaying for _g, replaying in generations)
-                for generation, replaying in generations:
-                    # A leased runner helping with a rebuild holds the projection: nobody else can run its live
-                    # generation, which must catch up before the swap. So it runs that too, until the swap.
-                    if not replaying and track.delivery not in wanted and not ((finishing or leased) and rebuilding):
-                        continue
-                    done = self.applier.run_batch(track, generation, replaying, ignore_backoff=ignore_backoff)
+                if track.lanes:
+                    self._mirror(track)
+                    runs = self._shared(track) if leased and self.storage.leases else track.lanes
+                else:
+                    runs = [track]
+                rebuilding = False
+                for run in runs:
+                    done, replayed = self._run_track(run, wanted, leased=leased, finishing=finishing,
+                                                     ignore_backoff=ignore_backoff)
                     total += done
                     progressed = progressed or done > 0
+                    rebuilding = rebuilding or replayed
                 if rebuilding:  # else there was no rebuild to swap in when to_run looked: the next pass sees one
                     self.rebuilds.maybe_swap(track)
         return total
+
+    def _run_track(self, track: Track, wanted: set[Delivery], *, leased: bool, finishing: bool,
+                   ignore_backoff: bool) -> tuple[int, bool]:
+        """A batch of each generation of ``track`` (a projection, or a partition of one) this runner runs now;
+        return the events dealt with and whether a rebuild is under way."""
+        generations = self.versions.to_run(track)
+        if not generations or (track.delivery not in wanted and not any(replaying for _g, replaying in generations)):
+            if leased and self.storage.holds(track.name):
+                self.storage.release(track.name)  # taken to help with a rebuild, now over
+            return 0, False
+        if leased and not self.storage.acquire(track.name):
+            return 0, False  # another process runs it (a lease is taken only on what this runner would run)
+        rebuilding = any(replaying for _g, replaying in generations)
+        total = 0
+        for generation, replaying in generations:
+            # A leased runner helping with a rebuild holds the projection: nobody else can run its live
+            # generation, which must catch up before the swap. So it runs that too, until the swap.
+            if not replaying and track.delivery not in wanted and not ((finishing or leased) and rebuilding):
+                continue
+            total += self.applier.run_batch(track, generation, replaying, ignore_backoff=ignore_backoff)
+        return total, rebuilding
+
+    def _shared(self, track: Track) -> list[Track]:
+        """The partitions of ``track`` this runner runs now, beside the runners of other processes (see
+        :class:`_Share`); it gives up the leases of the others it holds."""
+        storage, lanes = self.storage, track.lanes
+        share = track.share
+        now = time.monotonic()
+        if now >= share.next_look:
+            share.next_look = now + self.standby_interval
+            slots = [f"{track.base}#slot{k}" for k in range(len(lanes))]
+            if share.slot is None or not storage.holds(slots[share.slot]):
+                share.slot = next((k for k, slot in enumerate(slots) if storage.acquire(slot)), None)
+            occupied = []
+            for k, slot in enumerate(slots):
+                if k == share.slot:
+                    occupied.append(k)
+                elif storage.acquire(slot):  # free: nobody is there (given back at once)
+                    storage.release(slot)
+                else:
+                    occupied.append(k)
+            if occupied != share.occupied:
+                log.info("partitions shared anew", projection=track.base, runners=len(occupied), slot=share.slot)
+            share.occupied = occupied
+        mine: list[Track] = []
+        if share.slot is not None:  # else more runners than partitions: this one stands by
+            rank, count = share.occupied.index(share.slot), len(share.occupied)
+            mine = [lane for lane in lanes if lane.partition is not None and lane.partition % count == rank]
+        for lane in lanes:
+            if lane not in mine and storage.holds(lane.name):
+                storage.release(lane.name)  # another runner's share now
+        return mine
 
     def start(self, delivery: Delivery = Delivery.BACKGROUND, *, only: Collection[str] | None = None) -> None:
         """Start a runner thread for the projections delivered as ``delivery`` (and any rebuild).
@@ -451,7 +561,11 @@ class ReadModels:
 
     def _release_leases(self) -> None:
         # This runner's leases go with it (only its projections' and process managers': a relay may share it).
-        for name in [*self._tracks, *(track.session_name for track in self.processes.tracks.values())]:
+        slots = [f"{name}#slot{k}" for name, track in self._tracks.items() for k in range(len(track.lanes))]
+        for track in self._tracks.values():
+            track.share = Share()
+        for name in [*self._tracks, *self._partitions, *slots,
+                     *(track.session_name for track in self.processes.tracks.values())]:
             with contextlib.suppress(Exception):  # a storage that is down has freed its locks already
                 if self.storage.holds(name):
                     self.storage.release(name)
@@ -478,15 +592,16 @@ class ReadModels:
         """Whether this runner holds the lease of none of the projections it may run (it stands by for them)."""
         if not self.storage.leases:
             return False
-        mine = [name for name, track in self._tracks.items()
-                if track.delivery is self._runs and (self._only is None or name in self._only)]
+        mine = [run.name for name, track in self._tracks.items()
+                if track.delivery is self._runs and (self._only is None or name in self._only) for run in track.runs()]
         return bool(mine) and not any(self.storage.holds(name) for name in mine)
 
     def _idle_wait(self) -> float:
         """How long an idle runner may wait: until its next poll, a backoff's end or a parked event's retry."""
         now, wall = time.monotonic(), time.time()
-        due = [t.not_before - now for t in self._tracks.values() if t.not_before > now]
-        due += [t.next_retry - wall for t in self._tracks.values() if t.next_retry is not None]
+        runs = [run for track in self._tracks.values() for run in track.runs()]
+        due = [t.not_before - now for t in runs if t.not_before > now]
+        due += [t.next_retry - wall for t in runs if t.next_retry is not None]
         if self.schedules.mediator is not None and self.schedules.next_due is not None:
             due.append(self.schedules.next_due - self.clock())
         return max(0.0, min([self.poll_interval, *due]))
@@ -499,20 +614,21 @@ class ReadModels:
         head = storage.head()
         now = time.time()
         rows = []
-        for track in self._tracks.values():
-            current = storage.current_generation(track.name)
-            rebuild = storage.rebuilding(track.name)
-            letters = storage.all_dead_letters(track.name)
-            parked = sum(1 for letter in letters if letter.status == PARKED)
-            oldest = self._age(letters[0].position, now) if letters else 0.0
-            health, error = self._health(track, bool(letters))
-            for generation, rebuilding in [(current, False)] + ([(rebuild, True)] if rebuild is not None else []):
-                applied = storage.applied(track.name, generation)
-                first_behind = self._age(applied + 1, now) if applied < head else 0.0
-                counts = (0, 0, 0.0) if rebuilding else (parked, len(letters) - parked, oldest)
-                rows.append(Lag(track.name, generation, rebuilding, storage.checkpoint(track.name, generation),
-                                head - applied, first_behind, counts[0], counts[1], applied, counts[2],
-                                "ok" if rebuilding else health, None if rebuilding else error))
+        for base in self._tracks.values():
+            current = storage.current_generation(base.name)
+            rebuild = storage.rebuilding(base.name)
+            for track in base.runs():  # each partition of a partitioned projection has a row
+                letters = storage.all_dead_letters(track.name)
+                parked = sum(1 for letter in letters if letter.status == PARKED)
+                oldest = self._age(letters[0].position, now) if letters else 0.0
+                health, error = self._health(track, bool(letters))
+                for generation, rebuilding in [(current, False)] + ([(rebuild, True)] if rebuild is not None else []):
+                    applied = storage.applied(track.name, generation)
+                    first_behind = self._age(applied + 1, now) if applied < head else 0.0
+                    counts = (0, 0, 0.0) if rebuilding else (parked, len(letters) - parked, oldest)
+                    rows.append(Lag(base.name, generation, rebuilding, storage.checkpoint(track.name, generation),
+                                    head - applied, first_behind, counts[0], counts[1], applied, counts[2],
+                                    "ok" if rebuilding else health, None if rebuilding else error, track.partition))
         return rows
 
     def _age(self, position: int, now: float) -> float:
@@ -569,23 +685,39 @@ class ReadModels:
             self.catch_up(deliveries=())
 
     def dead_letters(self, name: str | None = None) -> list[DeadLetter]:
-        """Parked and blocked events of the current generations."""
+        """Parked and blocked events of the current generations (a partition's named by its partition:
+        ``orders#2``)."""
         if name is not None:
-            self._track(name)
+            track = self._track(name)
+            if track.lanes:
+                letters = [letter for lane in track.lanes for letter in self.storage.all_dead_letters(lane.name)]
+                return sorted(letters, key=lambda letter: letter.position)
         return self.storage.all_dead_letters(name)
 
     def retry(self, name: str, position: int) -> int:
         """Apply the parked event at ``position`` again, then those waiting behind it; return how many applied."""
-        self._track(name)
-        return self.applier.release(name, position, apply_first=True)
+        return self.applier.release(self._partition_at(name, position), position, apply_first=True)
 
     def retry_all(self, name: str | None = None) -> dict[str, tuple[int, int]]:
         """Retry every parked event now, of projection ``name`` or of all: per projection, how many events applied
         and how many stay parked."""
         names = [self._track(name).name] if name is not None else list(self._tracks)
-        return {each: self.applier.release_all(each) for each in names}
+        found = {}
+        for each in names:
+            lanes = self._tracks[each].lanes
+            counts = [self.applier.release_all(lane.name) for lane in lanes] if lanes else [
+                self.applier.release_all(each)]
+            found[each] = (sum(applied for applied, _ in counts), sum(still for _, still in counts))
+        return found
 
     def skip(self, name: str, position: int) -> int:
         """Drop the parked event at ``position`` unapplied; apply those waiting behind it; return how many applied."""
-        self._track(name)
-        return self.applier.release(name, position, apply_first=False)
+        return self.applier.release(self._partition_at(name, position), position, apply_first=False)
+
+    def _partition_at(self, name: str, position: int) -> str:
+        """Where the parked event at ``position`` of projection ``name`` is kept: ``name``, or its partition's."""
+        track = self._runnable(name)
+        for letter in self.dead_letters(name) if track.lanes else ():
+            if letter.position == position:
+                return letter.projection
+        return name

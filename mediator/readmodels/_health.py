@@ -110,9 +110,9 @@ class Health:
         for name, track in engine._tracks.items():
             rule = self.rule(name)
             current = storage.current_generation(name)
-            checkpoint = storage.checkpoint(name, current)
+            checkpoint = engine.checkpoint(name, current)  # a partitioned one: its furthest behind partition's
             lag = engine._age(checkpoint + 1, now) if checkpoint < head else 0.0
-            letters = storage.all_dead_letters(name)
+            letters = engine.dead_letters(name)
             parked = engine._age(letters[0].position, now) if letters else 0.0
             reasons = []
             built_by = engine.built_by(name, current, record=False)

@@ -239,7 +239,8 @@ class LiveHub:
                 head = storage.head() if head is None else head
                 found[name] = (generation, head, head)
             else:
-                found[name] = (generation, storage.checkpoint(name, generation), storage.applied(name, generation))
+                found[name] = (generation, self.engine.checkpoint(name, generation),
+                               self.engine.applied(name, generation))
         return found
 
     def _applies(self, name: str) -> frozenset[str]:

@@ -178,9 +178,15 @@ class ProjectionSession(abc.ABC):
     def handle(self, value: Any) -> None:
         self._handle = value
 
+    @property
+    def owner(self) -> str:
+        """The projection whose tables this session writes: :attr:`name`, or for a partition's session (named
+        ``orders#2``, its checkpoint and dead letters kept under that name) the partitioned projection's."""
+        return self.name.partition("#")[0]
+
     def table(self, table: str) -> str:
         """The storage name of ``table`` in this projection's generation."""
-        return table_name(self.name, table, self.generation)
+        return table_name(self.owner, table, self.generation)
 
     # -- typed tables ------------------------------------------------------------------------------
 
@@ -192,9 +198,9 @@ class ProjectionSession(abc.ABC):
             owned = self._owned = {}
         physical = owned.get(table)
         if physical is None:
-            if table.projection != self.name:
+            if table.projection != self.owner:
                 raise TableQueryError(
-                    f"{table!r} belongs to projection {table.projection!r}; the session of {self.name!r} writes and "
+                    f"{table!r} belongs to projection {table.projection!r}; the session of {self.owner!r} writes and "
                     "reads only its own tables (read another's through the engine, in a query).")
             physical = owned[table] = table.physical(self.generation)
         return physical
@@ -648,6 +654,12 @@ class ReadStore(abc.ABC):
         already run one at a time (SQLite's single writer, memory) need no lock and
         always say yes; PostgreSQL holds an advisory lock, freed when the process dies.
         """
+        return True
+
+    def partitioned_for(self, name: str) -> bool:
+        """Whether projection ``name`` may be partitioned here: whether sessions of its partitions, running at once
+        in several processes, can write shared rows by addition without losing any (SQL's row locks can; a store
+        that commits whole rows optimistically cannot)."""
         return True
 
     def transient(self, exc: BaseException) -> bool:

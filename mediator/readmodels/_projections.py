@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import enum
+import zlib
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, ClassVar, TypeVar
 
@@ -30,6 +31,31 @@ from ._tables import Table, tables_by_attribute, tables_of
 F = TypeVar("F", bound=Callable[..., Any])
 
 _APPLIES = "__projection_applies__"
+
+PARTITION_MARK = "#"
+"""Separates a partitioned projection's name from its partition's number in the partition's own name (its
+checkpoint, dead letters and lease are kept under ``orders#0``, ``orders#1``, ...); never part of a projection's
+name."""
+
+
+def partition_name(name: str, partition: int) -> str:
+    """The name partition ``partition`` of projection ``name`` keeps its checkpoint, dead letters and lease under."""
+    return f"{name}{PARTITION_MARK}{partition}"
+
+
+def owner_of(name: str) -> str:
+    """The projection a checkpoint name belongs to: ``orders`` for ``orders#2``, the name itself otherwise."""
+    return name.partition(PARTITION_MARK)[0]
+
+
+def partition_of(key: str | None, partitions: int) -> int:
+    """The partition of ``partitions`` that applies the events with ordering ``key`` (those without one: the first).
+
+    CRC-32 of the key's UTF-8 bytes: stable across processes, runs and Python versions, unlike ``hash``.
+    """
+    if key is None or partitions == 1:
+        return 0
+    return zlib.crc32(key.encode()) % partitions
 
 
 class Delivery(enum.Enum):
@@ -81,6 +107,12 @@ class Projection:
     expected_changes: ClassVar[Mapping[str, Collection[str]]] = {}
     """What this version changes in the rows of the version before it, for a verified rebuild: table name to the
     columns that may differ, or ``("*",)`` for a whole table (its rows and its shape)."""
+    partitions: ClassVar[int] = 1
+    """Split the projection into this many partitions by its events' ordering key: each applies the events of its
+    keys, in order, with a checkpoint, dead letters and lease of its own, so up to this many runners (threads of
+    one engine, worker processes, service processes on PostgreSQL) apply it at once. Its handlers must write only
+    rows of their event's key, or shared rows by ``put(..., add=...)`` (additions commute). Read-your-writes and
+    subscriptions wait for every partition; :meth:`~mediator.readmodels.ReadModels.lag` shows each."""
     handlers: dict[type, Callable[[Any, ProjectionSession], None]]
     tables: list[Table[Any]]
     """The typed tables the class declares (see :class:`~mediator.readmodels.Table`): the engine creates them in
@@ -90,6 +122,13 @@ class Projection:
         if not getattr(type(self), "name", None):
             raise ProjectionConfigError(
                 f"{qualname(type(self))} needs a class attribute `name` (its stable storage name).")
+        if PARTITION_MARK in self.name:
+            raise ProjectionConfigError(f"{qualname(type(self))}.name={self.name!r}: a projection's name cannot hold "
+                                        f"{PARTITION_MARK!r} (partitions are named with it).")
+        partitions = type(self).partitions
+        if type(partitions) is not int or not 1 <= partitions <= 256:
+            raise ProjectionConfigError(
+                f"{qualname(type(self))}.partitions={partitions!r}: a whole number from 1 to 256.")
         self.tables = tables_of(type(self))
         for attribute, table in tables_by_attribute(type(self)).items():
             self.__dict__[attribute] = table  # read per event: an instance attribute, not the class's descriptor

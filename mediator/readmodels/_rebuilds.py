@@ -55,15 +55,15 @@ class Rebuilds:
     def holds_at(self, track: Track, generation: int) -> int | None:
         """Where the rebuild ``generation`` of ``track`` must wait to be compared (an upgrade, verified, not yet
         found fit): the live generation's checkpoint; ``None`` if it need not wait."""
-        if not track.projection.verify_rebuilds or track.upgrading is None or (track.name, generation) in (
+        if not track.projection.verify_rebuilds or track.upgrading is None or (track.base, generation) in (
                 self._passed):
             return None
-        storage = self.engine.storage
+        storage = self.engine.storage  # a partition is held at its own live checkpoint
         live = storage.checkpoint(track.name, track.upgrading)
         if storage.checkpoint(track.name, generation) > live:
             # Past it already: the process that took it there found it fit, or was told to accept it (a verdict
             # is known where it was reached; this one may have restarted since, or be another runner).
-            self._passed.add((track.name, generation))
+            self._passed.add((track.base, generation))
             return None
         return live
 
@@ -131,9 +131,9 @@ class Rebuilds:
         """Whether the rebuild may be swapped in as far as its check goes (compared now if it must be)."""
         if not track.projection.verify_rebuilds or (track.name, new) in self._passed:
             return True
-        storage = self.engine.storage
-        at = storage.checkpoint(track.name, new)
-        if upgrade and at > storage.checkpoint(track.name, old):  # let past the live one: found fit elsewhere
+        engine = self.engine
+        at = engine.checkpoint(track.name, new)
+        if upgrade and at > engine.checkpoint(track.name, old):  # let past the live one: found fit elsewhere
             self._passed.add((track.name, new))
             return True
         if self._refused.get((track.name, new)) == at:
@@ -206,19 +206,21 @@ class Rebuilds:
         upgrade = old_by < track.version  # nobody here feeds the old generation
         if upgrade and not self._verified(track, new, old, upgrade):
             return  # held at the live generation's checkpoint (see holds_at) until compared and found fit
-        replayed = storage.checkpoint(track.name, new)
+        replayed = engine.checkpoint(track.name, new)  # of a partitioned projection: its partitions' lowest
         behind = storage.head() - replayed
         if track.delivery is Delivery.INLINE:
             # Commands write the current generation inline, under the writer's lock: catch the rest of the
             # log up and swap under that lock too, once the background replay has left only a batch or so.
             if behind > engine.batch_size or not self._finish_inline(track, new, old, upgrade):
                 return
-        elif behind > 0 or (not upgrade and storage.checkpoint(track.name, old) < replayed):
+        elif behind > 0 or (not upgrade and engine.checkpoint(track.name, old) < replayed):
             return  # not caught up; or the live generation still owes the replayed events their side effects
         elif not upgrade and not self._verified(track, new, old, upgrade):
             return  # compared when both generations stand at the same position
         elif not finish_rebuild(storage, track.name, new, old, live=not upgrade):  # atomically
             return
+        if track.lanes:
+            engine._mirror(track, new)
         # A query may have looked up the old generation a moment ago: tear it down after a grace period.
         track.retired.append((old, time.monotonic() + engine.retire_after))
         log.info("projection rebuilt", projection=track.name, generation=new, version=track.version)

@@ -52,7 +52,10 @@ class RoutedStorage(Storage):
 
     def store_of(self, name: str) -> ReadStore:
         """The store that keeps projection ``name``'s read models."""
-        return self.read_stores.get(name, self.log)
+        return self.read_stores.get(name.partition("#")[0], self.log)  # a partition's name: its projection's store
+
+    def partitioned_for(self, name: str) -> bool:
+        return self.store_of(name).partitioned_for(name)
 
     def inline_for(self, name: str) -> bool:
         return name not in self.read_stores and self.log.inline_for(name)

@@ -97,12 +97,13 @@ class Progress:
 
     def behind(self, token: int, names: Iterable[str]) -> dict[str, int]:
         """The positions applied by those of ``names`` that have not reached ``token`` (empty when all have)."""
-        storage, tracks = self.engine.storage, self.engine._tracks
+        engine = self.engine
+        storage, tracks = engine.storage, engine._tracks
         behind = {}
         for name in names:
             if tracks[name].delivery is Delivery.INLINE:
                 continue
-            position = storage.applied(name, storage.current_generation(name))
+            position = engine.applied(name, storage.current_generation(name))  # a partitioned one: every partition
             if position < token:
                 behind[name] = position
         return behind
@@ -112,7 +113,7 @@ class Progress:
         time), only those no automatic retry may clear by then: waiting for those cannot help."""
         found = {}
         for name in names:
-            letters = [letter for letter in self.engine.storage.all_dead_letters(name) if letter.position <= token]
+            letters = [letter for letter in self.engine.dead_letters(name) if letter.position <= token]
             if letters and (before is None or _not_retried_by(letters[0], before)):
                 found[name] = letters[0]
         return found
@@ -152,8 +153,8 @@ class Progress:
     def _held_by_letters(self, token: int, behind: dict[str, int], wall_deadline: float) -> bool:
         """Whether one of the projections behind is held back by a parked event nothing clears before the
         deadline (checked once per wait: a checkpoint short of the token is the usual, cheap case)."""
-        storage = self.engine.storage
-        stuck = [name for name in behind if storage.checkpoint(name, storage.current_generation(name)) >= token]
+        engine = self.engine
+        stuck = [name for name in behind if engine.checkpoint(name, engine.storage.current_generation(name)) >= token]
         return bool(stuck) and bool(self.parked(token, stuck, before=wall_deadline))
 
 

@@ -104,11 +104,12 @@ def compare(engine: ReadModels, name: str, live: int, new: int, upgrade: bool) -
     storage = engine.storage
     projection = engine._tracks[name].projection
     with storage.snapshot():
-        before = storage.checkpoint(name, live), storage.checkpoint(name, new)
-        if before[0] != before[1]:
+        # Of a partitioned projection: every partition of both generations at one position.
+        before = engine.level(name, live), engine.level(name, new)
+        if before[0] is None or before[0] != before[1]:
             return None
         tables = tuple(_compare_table(engine, projection, table, live, new) for table in projection.tables)
-        after = storage.checkpoint(name, live), storage.checkpoint(name, new)
+        after = engine.level(name, live), engine.level(name, new)
     if after != before:
         return None
     return RebuildCheck(name, live, new, before[0], upgrade, tables)

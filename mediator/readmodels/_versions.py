@@ -18,7 +18,7 @@ import structlog
 
 from ._errors import ReadModelUnavailableError
 from ._ports import Generations, ReadStore
-from ._projections import Delivery, Projection
+from ._projections import Delivery, Projection, partition_of
 
 if TYPE_CHECKING:
     from ._engine import ReadModels
@@ -130,6 +130,21 @@ class Holding:
 
 
 @attrs.define
+class Share:
+    """How this engine's runner shares a partitioned projection's partitions with the runners of other processes.
+
+    Each runner holds one *slot* (a lease named ``orders#slot1``); every ``standby_interval`` it looks which slots
+    are held, and takes the partitions whose number, modulo that count, is its slot's rank among them. A runner
+    that joins or dies changes the count: the others give up or take partitions at their next look, and leases
+    keep any partition from running twice meanwhile.
+    """
+
+    slot: int | None = None
+    occupied: list[int] = attrs.field(factory=list)
+    next_look: float = 0.0
+
+
+@attrs.define
 class Track:
     """A projection as the engine runs it."""
 
@@ -147,10 +162,35 @@ class Track:
     """Replaced generations to tear down, each once its grace period ends (monotonic time)."""
     upgrading: int | None = None
     """The current generation while it was built by an older version and a rebuild for this one replaces it."""
+    partition: int | None = None
+    """Of a partitioned projection's partition: its number (it applies the events whose keys map to it)."""
+    lanes: list[Track] = attrs.field(factory=list)
+    """Of a partitioned projection: its partitions, each run as a track of its own (the projection's own track
+    keeps its generation records, rebuilds and retired generations)."""
+    mirrored: int = 0
+    """Of a partitioned projection: the current generation its partitions' records were last made to follow."""
+    share: Share = attrs.field(factory=Share)
+    """Of a partitioned projection: how this engine's runner shares its partitions with other processes'."""
 
     @property
     def name(self) -> str:
+        """The name its checkpoint, dead letters and lease are kept under (``orders#2`` for a partition)."""
+        if self.partition is None:
+            return self.projection.name
+        return f"{self.projection.name}#{self.partition}"
+
+    @property
+    def base(self) -> str:
+        """The projection's name: its generation records, versions and tables are kept under it."""
         return self.projection.name
+
+    def runs(self) -> list[Track]:
+        """What the runner runs: the partitions of a partitioned projection, else this track."""
+        return self.lanes or [self]
+
+    def owns(self, key: str | None) -> bool:
+        """Whether this track applies the events with ordering ``key`` (a partition only its keys')."""
+        return self.partition is None or partition_of(key, self.projection.partitions) == self.partition
 
     @property
     def version(self) -> int:
@@ -182,7 +222,7 @@ class Versions:
             storage, track = self.engine.storage, self.engine._tracks.get(name)
             recorded = storage.recorded_version(name, generation)
             if recorded is None:
-                guess = 1 if track is None else unrecorded_version(track, storage.checkpoint(name, generation))
+                guess = 1 if track is None else unrecorded_version(track, self.engine.checkpoint(name, generation))
                 if not record:
                     return guess
                 recorded = record_version(storage, name, generation, guess)
@@ -206,7 +246,7 @@ class Versions:
         too. Once a newer version's rebuild or generation exists, this code stands down from the projection
         altogether: whatever it applied now, the newer code applies again as live.
         """
-        name, storage = track.name, self.engine.storage
+        name, storage = track.base, self.engine.storage
         # The rebuild first: a swap between the two reads then shows as the rebuild already current (ignored
         # below), never as an outdated current generation with no rebuild under way.
         rebuilding = storage.rebuilding(name)  # in storage: a rebuild started by any process
@@ -234,18 +274,19 @@ class Versions:
 
     def claim(self, track: Track, abandoning: int | None, built_by: int) -> int:
         """Claim a rebuild for this code's version, replacing ``abandoning`` (an older version's) if given."""
-        storage = self.engine.storage
-        generation = claim_rebuild(storage, track.name, track.version, replacing=abandoning)
-        if self.built_by(track.name, generation) < track.version:
+        storage, name = self.engine.storage, track.base
+        generation = claim_rebuild(storage, name, track.version, replacing=abandoning)
+        if self.built_by(name, generation) < track.version:
             # Joined a rebuild an older version claimed since we looked: replace that one instead.
             abandoning = generation
-            generation = claim_rebuild(storage, track.name, track.version, replacing=abandoning)
-        if self.built_by(track.name, generation) != track.version:  # a newer version's claim got there first
+            generation = claim_rebuild(storage, name, track.version, replacing=abandoning)
+        if self.built_by(name, generation) != track.version:  # a newer version's claim got there first
             return generation
         if built_by != track.version or abandoning is not None:
-            log.info("projection changed: rebuilding it", projection=track.name, version=track.version,
+            log.info("projection changed: rebuilding it", projection=name, version=track.version,
                      built_by=built_by, generation=generation)
         if abandoning is not None and abandoning != generation:
             # A replay for an older version: dropped after the grace period, as a swapped-out generation is.
+            track = self.engine._tracks[name]  # a partition's projection's track tears generations down
             track.retired.append((abandoning, time.monotonic() + self.engine.retire_after))
         return generation

@@ -21,10 +21,20 @@ import time
 from mediator.readmodels import Delivery, ReadModels, RoutedStorage, Storage
 from mediator.readmodels.sqlite import SqliteStorage
 
-from .bank import Balances, Bank, BrokenCents, CheckedBalances, CheckedCents, Deposit, make_bank
+from .bank import (
+    Balances,
+    Bank,
+    BrokenCents,
+    CheckedBalances,
+    CheckedCents,
+    Deposit,
+    PartitionedBalances,
+    make_bank,
+)
 
 PROJECTIONS: dict[str, type[Balances]] = {
-    "balances": Balances, "checked": CheckedBalances, "checked-cents": CheckedCents, "broken-cents": BrokenCents}
+    "balances": Balances, "checked": CheckedBalances, "checked-cents": CheckedCents, "broken-cents": BrokenCents,
+    "partitioned": PartitionedBalances}
 """``BANK_PROJECTION``: which version of the balances projection the bank runs."""
 
 
