@@ -19,7 +19,7 @@ from typing import Any
 from . import current_context
 from ._errors import MissingExtraError
 from ._messages import kind_of, qualname
-from .readmodels import ReadModels, StoredEvent
+from .readmodels import Lag, ReadModels, StoredEvent
 
 try:
     from opentelemetry import metrics, propagate, trace
@@ -44,21 +44,21 @@ def instrument(engine: ReadModels, meter_provider: MeterProvider | None = None) 
     engine.on_applied.append(count)
 
     def lag_positions(options: CallbackOptions) -> Iterable[Observation]:
-        return [Observation(row.positions_behind, _attributes(row.projection, row.generation, row.rebuilding))
+        return [Observation(row.positions_behind, _attributes(row))
                 for row in engine.lag()]
 
     def lag_seconds(options: CallbackOptions) -> Iterable[Observation]:
-        return [Observation(row.seconds_behind, _attributes(row.projection, row.generation, row.rebuilding))
+        return [Observation(row.seconds_behind, _attributes(row))
                 for row in engine.lag()]
 
     def current(field: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def observe(options: CallbackOptions) -> Iterable[Observation]:
-            return [Observation(getattr(row, field), {"projection": row.projection})
+            return [Observation(getattr(row, field), _current(row))
                     for row in engine.lag() if not row.rebuilding]
         return observe
 
     def stalled(options: CallbackOptions) -> Iterable[Observation]:
-        return [Observation(int(row.health in ("stalled", "holding")), {"projection": row.projection})
+        return [Observation(int(row.health in ("stalled", "holding")), _current(row))
                 for row in engine.lag() if not row.rebuilding]
 
     meter.create_observable_gauge("mediator.projection.lag.positions", [lag_positions], unit="{event}",
@@ -101,8 +101,17 @@ def instrument(engine: ReadModels, meter_provider: MeterProvider | None = None) 
     return meter
 
 
-def _attributes(projection: str, generation: int, rebuilding: bool) -> dict[str, str | int | bool]:
-    return {"projection": projection, "generation": generation, "rebuilding": rebuilding}
+def _attributes(row: Lag) -> dict[str, str | int | bool]:
+    found: dict[str, str | int | bool] = {"projection": row.projection, "generation": row.generation,
+                                          "rebuilding": row.rebuilding}
+    if row.partition is not None:  # a partitioned projection: a series per partition
+        found["partition"] = row.partition
+    return found
+
+
+def _current(row: Lag) -> dict[str, str | int | bool]:
+    return {"projection": row.projection} if row.partition is None else {
+        "projection": row.projection, "partition": row.partition}
 
 
 class Tracing:

@@ -97,10 +97,12 @@ def _status_style(header: str, cell: str) -> str | None:
 
 
 def status(engine: ReadModels, *, colour: bool = False, sample: float = 0.0) -> str:
-    """The head of the log and one row per projection generation: lag, health, parked and blocked events; then a
+    """The head of the log and one row per projection generation (per partition of a partitioned one: ``orders#2``):
+    lag, health, parked and blocked events; then a
     line per rebuild under way (its rate and time left watched for ``sample`` seconds)."""
     rows = [
-        (lag.projection, lag.generation, engine.built_by(lag.projection, lag.generation, record=False),
+        (lag.projection if lag.partition is None else f"{lag.projection}#{lag.partition}", lag.generation,
+         engine.built_by(lag.projection, lag.generation, record=False),
          "rebuilding" if lag.rebuilding else "current", lag.health, engine.delivery(lag.projection).value,
          lag.checkpoint, lag.applied, lag.positions_behind, f"{lag.seconds_behind:.3f}", lag.parked, lag.blocked,
          f"{lag.oldest_parked_seconds:.0f}" if lag.parked or lag.blocked else "")

@@ -170,6 +170,8 @@ class Applier:
         """How many events the batch may read, and whether they are replayed (their side effects skipped)."""
         engine = self.engine
         limit = engine.batch_size
+        if track.partition is not None:  # a partition applies about a share of what it reads: read as many more
+            limit *= track.projection.partitions
         if replaying and track.upgrading is not None:
             # Replacing an older version's generation, which nobody here feeds: the events past its
             # checkpoint get their side effects from this replay, so they are applied as live ones.

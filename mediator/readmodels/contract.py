@@ -169,6 +169,30 @@ class ReadStoreContract:
             s.release(3)
         assert storage.all_dead_letters() == [blocked]
 
+    def test_a_partitions_session_writes_its_projections_tables_under_its_own_checkpoint(self) -> None:
+        storage = self.storage
+        if not storage.partitioned_for("p"):
+            return  # this store refuses partitioned projections (the engine says so when one is added)
+        with storage.session("p#1", 1) as s:  # partition 1 of projection p
+            assert s.owner == "p"
+            s.create_tables([Shelves.items])
+            s.put(Shelves.items, item("s1", count=2))
+            s.advance(7)
+            s.park(DeadLetter("p#1", 1, 5, "e5", "t", "k", "boom", 1, PARKED))
+        with storage.session("p#0", 1) as s:
+            s.put(Shelves.items, item("s1", count=3), add=("count",))  # another partition adds to a shared row
+            s.advance(4)
+        assert storage.checkpoint("p#1", 1) == 7
+        assert storage.checkpoint("p#0", 1) == 4
+        assert storage.checkpoint("p", 1) == 0
+        assert [letter.position for letter in storage.all_dead_letters("p#1")] == [5]
+        assert storage.all_dead_letters("p#0") == []
+        assert storage.applied("p#1", 1) == 4
+        assert self._committed() == ["s1"]
+        stored = storage.load_row(Shelves.items, Shelves.items.physical(1), ("s1",))
+        assert stored is not None
+        assert Shelves.items.codec.decode(stored).count == 5
+
     # -- typed tables ------------------------------------------------------------------------------------
 
     def _rows(self, *rows: Item) -> None:

@@ -248,3 +248,16 @@ def test_a_sigkilled_workers_partitions_are_taken_over_and_nothing_is_lost_or_ap
         assert check.same, check.summary()
         assert bank.balances() == dict(expected)
 
+
+
+def test_status_shows_each_partition_with_its_checkpoint(sql_storage: Storage) -> None:
+    from mediator.readmodels.__main__ import status
+
+    bank = partitioned(sql_storage, max_attempts=1)
+    bank.projection.poison.add("acct-3")
+    deposit_round(bank)
+    bank.engine.catch_up()
+    lines = status(bank.engine).splitlines()
+    rows = {line.split()[0]: line for line in lines if line.startswith("balances#")}
+    assert sorted(rows) == [f"balances#{p}" for p in range(4)]
+    assert "parked" in rows[f"balances#{partition_of('acct-3', 4)}"]
