@@ -135,7 +135,7 @@ class PublishError(MediatorError, ConnectionError):
 
 
 class ConsumeError(MediatorError, ConnectionError):
-    """JetStream could not be reached, or refused a consumer request; the driver's error is the ``__cause__``."""
+    """The broker could not be reached, or refused a consumer request; the driver's error is the ``__cause__``."""
 
 
 class AuthenticationError(MediatorError, PermissionError):

@@ -54,7 +54,6 @@ import re
 import threading
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
-from urllib.parse import quote, unquote
 
 import structlog
 
@@ -62,6 +61,7 @@ from ._errors import ConsumeError, MissingExtraError, PublishError
 from ._messages import qualname
 from .readmodels import NewEvent, StoredEvent
 from .readmodels._runner import Runner
+from .relay import KEY, META, MSG_ID, POSITION, RECORDED_AT, TYPE, VERSION, event_from, message_headers
 
 try:
     import nats
@@ -77,14 +77,6 @@ except ModuleNotFoundError as _missing:  # pragma: no cover - exercised by the w
 T = TypeVar("T")
 
 log = structlog.get_logger("mediator.nats")
-
-MSG_ID = "Nats-Msg-Id"
-TYPE = "Mediator-Type"
-VERSION = "Mediator-Version"
-KEY = "Mediator-Key"
-RECORDED_AT = "Mediator-Recorded-At"
-META = "Mediator-Meta"
-POSITION = "Mediator-Position"
 
 _NOT_IN_SUBJECT = re.compile(r"[^A-Za-z0-9_\-.]")
 
@@ -102,23 +94,14 @@ def subject(prefix: str, type_name: str) -> str:
 
 
 def headers(event: StoredEvent) -> dict[str, str]:
-    """The headers a stored event is published with (its data is the payload)."""
-    found = {MSG_ID: event.event_id, TYPE: event.type_name, VERSION: str(event.version),
-             RECORDED_AT: repr(event.recorded_at), META: event.meta, POSITION: str(event.position)}
-    if event.key is not None:
-        found[KEY] = quote(event.key, safe="")
-    return found
+    """The headers a stored event is published with (its data is the payload): see
+    :func:`mediator.relay.message_headers`."""
+    return message_headers(event)
 
 
 def to_event(message: Msg) -> NewEvent | None:
     """The event a relayed message carries, or ``None`` if it was not published by a relay."""
-    found = message.headers or {}
-    try:
-        key = found.get(KEY)
-        return NewEvent(found[MSG_ID], found[TYPE], int(found[VERSION]), message.data.decode(),
-                        None if key is None else unquote(key), float(found[RECORDED_AT]), found.get(META, "{}"))
-    except (KeyError, ValueError):
-        return None
+    return event_from(message.headers, message.data)
 
 
 async def _connect(url: str, connect_timeout: float, what: str) -> Client:

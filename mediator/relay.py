@@ -15,8 +15,11 @@ Each message carries the event's id, so consumers drop the repeats: the
 :class:`Inbox` appends received events to the consuming service's own log,
 whose ``event_id`` is unique, and its read models project them from there.
 
-Broker-neutral: ``mediator.nats`` implements :class:`Publisher` on NATS
-JetStream; :class:`MemoryPublisher` is the in-memory double for tests.
+Broker-neutral: the port is :class:`Publisher` (the relay's end) and :class:`Consumer` (the receiving service's,
+handing batches to an :class:`Inbox`), with the message layout of :func:`message_headers` and :func:`event_from`.
+``mediator.nats`` implements it on NATS JetStream, ``mediator.rabbitmq`` on RabbitMQ and
+``mediator.redis_streams`` on Redis Streams, each passing :mod:`mediator.broker_contract` against a real server;
+:class:`MemoryPublisher` is the in-memory double for tests.
 
 >>> from mediator.readmodels.memory import MemoryStorage
 >>> from mediator.readmodels import NewEvent
@@ -36,8 +39,9 @@ JetStream; :class:`MemoryPublisher` is the in-memory double for tests.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Protocol
+from urllib.parse import quote, unquote
 
 import structlog
 
@@ -64,6 +68,71 @@ class Publisher(Protocol):
 
     def close(self) -> None:
         """Release the connection."""
+
+
+class Consumer(Protocol):
+    """The receiving end of a broker: fetches batches, hands each to ``deliver`` (an :meth:`Inbox.receive`, which
+    commits them locally), and acknowledges them only once it returned.
+
+    If ``deliver`` raises, the batch is held and delivered again first by the next :meth:`run_once`. Messages a
+    consumer took and did not acknowledge (it died) come again, to it or to another consumer of its group, after
+    the broker's redelivery time. A message no relay published (its headers missing) is put aside (dead-lettered
+    or terminated, per broker), never delivered.
+    """
+
+    def run_once(self, timeout: float | None = None) -> int:
+        """Fetch a batch (waiting up to ``timeout`` s), deliver it, acknowledge it; return how many messages.
+
+        Raises:
+            ConsumeError: the broker could not be reached.
+            Exception: whatever ``deliver`` raised (the batch is held, and delivered again first).
+        """
+
+    def start(self) -> None:
+        """Consume in a background thread, retrying failures forever with a capped backoff."""
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the background thread after its current batch."""
+
+    def close(self) -> None:
+        """Stop and close the connection (the group's position stays on the server)."""
+
+
+# -- the message layout every broker adapter uses --------------------------------------------------------------
+
+MSG_ID = "Nats-Msg-Id"
+"""The event's id (the header JetStream's duplicate window reads; the other brokers carry it too)."""
+TYPE = "Mediator-Type"
+VERSION = "Mediator-Version"
+KEY = "Mediator-Key"
+"""The event's ordering key, percent-encoded (absent for none)."""
+RECORDED_AT = "Mediator-Recorded-At"
+META = "Mediator-Meta"
+"""The event's metadata as JSON: the trace context of the command that recorded it, among others."""
+POSITION = "Mediator-Position"
+"""The event's position in the publishing service's log (for diagnosis only)."""
+
+
+def message_headers(event: StoredEvent) -> dict[str, str]:
+    """The headers a stored event is published with (its data, the stored JSON, is the body)."""
+    found = {MSG_ID: event.event_id, TYPE: event.type_name, VERSION: str(event.version),
+             RECORDED_AT: repr(event.recorded_at), META: event.meta, POSITION: str(event.position)}
+    if event.key is not None:
+        found[KEY] = quote(event.key, safe="")
+    return found
+
+
+def event_from(headers: Mapping[str, object] | None, body: bytes | str) -> NewEvent | None:
+    """The event a relayed message carries, or ``None`` if a relay did not publish it (a header missing or bad)."""
+    found = headers or {}
+    try:
+        key = found.get(KEY)
+        return NewEvent(str(found[MSG_ID]), str(found[TYPE]), int(str(found[VERSION])),
+                        body.decode() if isinstance(body, bytes) else body,
+                        None if key is None else unquote(str(key)), float(str(found[RECORDED_AT])),
+                        str(found.get(META, "{}")))
+    except (KeyError, ValueError, UnicodeDecodeError):
+        return None
 
 
 class MemoryPublisher:
@@ -347,4 +416,5 @@ def _is_duplicate(error: BaseException) -> bool:
     return False
 
 
-__all__ = ["Inbox", "MemoryPublisher", "PublishError", "Publisher", "Relay", "Selection"]
+__all__ = ["KEY", "META", "MSG_ID", "POSITION", "RECORDED_AT", "TYPE", "VERSION", "Consumer", "Inbox",
+           "MemoryPublisher", "PublishError", "Publisher", "Relay", "Selection", "event_from", "message_headers"]
