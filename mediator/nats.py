@@ -175,12 +175,15 @@ class JetStreamPublisher:
             per event.
     """
 
+    messaging_system = "nats"
+    """``messaging.system`` in OpenTelemetry (see :class:`mediator.otel.TracedPublisher`)."""
+
     def __init__(self, url: str, stream: str, subject_prefix: str, *, duplicate_window: float = 120.0,
                  timeout: float = 5.0, connect_timeout: float = 2.0, max_in_flight: int = 256) -> None:
         if not subject_prefix or _NOT_IN_SUBJECT.search(subject_prefix) or ".." in subject_prefix:
             raise ValueError(f"subject_prefix={subject_prefix!r} is not a subject; use tokens like 'shop.events'.")
         self.url = url
-        self.stream = stream
+        self.stream = self.destination = stream
         self.subject_prefix = subject_prefix
         self.duplicate_window = duplicate_window
         self.timeout = timeout

@@ -71,9 +71,12 @@ def _declare_exchange(channel: BlockingChannel, exchange: str) -> None:
 class RabbitPublisher:
     """Publish events to the topic exchange ``exchange`` at ``url`` (``amqp://guest:guest@host:5672/%2F``)."""
 
+    messaging_system = "rabbitmq"
+    """``messaging.system`` in OpenTelemetry (see :class:`mediator.otel.TracedPublisher`)."""
+
     def __init__(self, url: str, exchange: str, *, timeout: float = 5.0) -> None:
         self.url = url
-        self.exchange = exchange
+        self.exchange = self.destination = exchange
         self.timeout = timeout
         self._lock = threading.Lock()
         self._connection: BlockingConnection | None = None

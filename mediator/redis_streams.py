@@ -54,9 +54,12 @@ def _client(url: str, timeout: float) -> redis.Redis:
 class StreamPublisher:
     """Publish events to the Redis stream ``stream`` at ``url`` (``redis://host:port/db``)."""
 
+    messaging_system = "redis"
+    """``messaging.system`` in OpenTelemetry (see :class:`mediator.otel.TracedPublisher`)."""
+
     def __init__(self, url: str, stream: str, *, timeout: float = 5.0) -> None:
         self.url = url
-        self.stream = stream
+        self.stream = self.destination = stream
         self.timeout = timeout
         self._client = _client(url, timeout)
 

@@ -138,6 +138,8 @@ def event_from(headers: Mapping[str, object] | None, body: bytes | str) -> NewEv
 class MemoryPublisher:
     """An in-memory broker for tests: keeps what was published; ``down = True`` makes it fail."""
 
+    messaging_system = destination = "memory"
+
     def __init__(self) -> None:
         self.published: list[StoredEvent] = []
         self.down = False

@@ -192,6 +192,8 @@ class Applier:
     def _batch(self, track: Track, generation: int, replaying: bool, *, careful: bool, ignore_backoff: bool,
                failed: tuple[int, Exception] | None = None) -> int:
         engine = self.engine
+        for starting in engine.on_batch_start:
+            starting(track.base)
         with engine.storage.session(track.name, generation) as session:
             limit, replaying = self._limit(track, generation, session, replaying)
             session.replaying = replaying

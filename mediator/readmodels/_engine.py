@@ -142,12 +142,7 @@ class ReadModels:
         self._next_key_expiry = 0.0
         self.lag_log_interval = 60.0
         """Seconds between two lag lines of a running runner."""
-        self.on_applied: list[Callable[[str, int], None]] = []
-        """Called with (projection name, events dealt with) after each committed batch (e.g. for metrics)."""
-        self.on_batch: list[Callable[[str, list[StoredEvent]], None]] = []
-        """Called with (projection name, the events of the batch) after each committed batch (e.g. for tracing)."""
-        self.event_metadata: list[Callable[[], dict[str, str]]] = []
-        """Called at each commit; what they return is stored with the events (e.g. the trace context)."""
+        self._listen()
         self._tracks: dict[str, Track] = {}
         self._partitions: dict[str, Track] = {}
         """The partitions of partitioned projections, by the names they keep their checkpoints under."""
@@ -171,6 +166,17 @@ class ReadModels:
         self._only: frozenset[str] | None = None
         self._head = 0
         self._next_lag_log = 0.0
+
+    def _listen(self) -> None:
+        """Make the engine's lists of listeners (empty)."""
+        self.on_applied: list[Callable[[str, int], None]] = []
+        """Called with (projection name, events dealt with) after each committed batch (e.g. for metrics)."""
+        self.on_batch: list[Callable[[str, list[StoredEvent]], None]] = []
+        """Called with (projection name, the events of the batch) after each committed batch (e.g. for tracing)."""
+        self.on_batch_start: list[Callable[[str], None]] = []
+        """Called with the projection's name as a batch begins (e.g. to time it, for tracing)."""
+        self.event_metadata: list[Callable[[], dict[str, str]]] = []
+        """Called at each commit; what they return is stored with the events (e.g. the trace context)."""
 
     # -- set-up -------------------------------------------------------------------------
 

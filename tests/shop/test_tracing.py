@@ -29,19 +29,23 @@ def test_a_span_per_dispatch_with_nested_dispatches_as_children(tmp_path: Path) 
     exporter.clear()
     mediator.send(PlaceOrder(customer_id=customer, items=(OrderItem(product_id=desk, quantity=1),)))
     spans = {span.name: span for span in exporter.get_finished_spans()}
-    place, publish, reserve = spans["command PlaceOrder"], spans["event OrderPlaced"], spans["command ReserveStock"]
+    place, publish, reserve = spans["send PlaceOrder"], spans["publish OrderPlaced"], spans["send ReserveStock"]
     assert place.attributes is not None
-    assert place.attributes["mediator.outcome"] == "ok"
-    assert place.attributes["mediator.kind"] == "command"
+    assert place.attributes["messaging.system"] == "mediator"
+    assert place.attributes["messaging.operation.type"] == "process"
+    assert place.attributes["messaging.operation.name"] == "send"
+    assert place.attributes["messaging.destination.name"] == "domain.messages.PlaceOrder"
+    assert "error.type" not in place.attributes
     assert publish.parent is not None
     assert publish.parent.span_id == place.context.span_id
     assert reserve.parent is not None
     assert reserve.parent.span_id == publish.context.span_id
     assert reserve.attributes is not None
-    assert reserve.attributes["mediator.correlation_id"] == place.attributes["mediator.correlation_id"]
+    assert reserve.attributes["messaging.message.conversation_id"] == place.attributes[
+        "messaging.message.conversation_id"]
     exporter.clear()
     settle(shop.engine)
-    projections = [span for span in exporter.get_finished_spans() if span.name.startswith("projection ")]
+    projections = [span for span in exporter.get_finished_spans() if span.name.startswith("process ")]
     assert projections
     linked = {link.context.span_id for span in projections for link in span.links}
     assert place.context.span_id in linked  # the OrderPlaced projections link back to the command's span
@@ -68,6 +72,6 @@ def test_dispatch_spans_join_the_incoming_http_trace(tmp_path: Path) -> None:
     import asyncio
 
     assert asyncio.run(call()).status_code == 201
-    (span,) = [s for s in exporter.get_finished_spans() if s.name == "command CreateCategory"]
+    (span,) = [s for s in exporter.get_finished_spans() if s.name == "send CreateCategory"]
     assert trace.format_trace_id(span.context.trace_id) == trace_id
     shop.close()
