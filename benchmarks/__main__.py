@@ -1,7 +1,8 @@
 """Command line: ``python -m benchmarks [SUITE ...] [--full | --tiny] [--json PATH] [--out DIR] [--no-peers]``.
 
 With no suite named, the embedded suites run (dispatch, sync, scenario, workflows, live, rebuilds;
-`postgres` and `partitions` run only when named, against MEDIATOR_BENCH_POSTGRES or the local server), in its quick
+`postgres`, `partitions` and `brokers`
+run only when named, against MEDIATOR_BENCH_POSTGRES or the local server), in its quick
 form unless ``--full``. The output folder gets ``results.json``, ``report.md``
 and PNG charts; the summary tables are printed too.
 """
@@ -23,7 +24,7 @@ from ._progress import Progress
 
 SUITES = ("dispatch", "sync", "scenario", "workflows", "live", "rebuilds")
 """The default run: everything embedded, on SQLite."""
-OPTIONAL = ("postgres", "partitions")
+OPTIONAL = ("postgres", "partitions", "brokers")
 """Suites run only when named: they need a server."""
 
 
