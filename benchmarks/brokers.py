@@ -21,6 +21,7 @@ Each figure is the median of ``rounds`` rounds; the brokers take turns within ea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import statistics
 import tempfile
@@ -46,7 +47,8 @@ SIZES = {TINY: (200, 20, 1), QUICK: (3_000, 200, 3), FULL: (20_000, 1_000, 5)}
 BATCH = 100
 
 
-def _publisher(broker: str, topic: str) -> Any:
+def publisher(broker: str, topic: str) -> Any:
+    """The framework's publisher to ``topic`` on ``broker`` (``nats``, ``rabbitmq``, ``redis``)."""
     if broker == "nats":
         from mediator.nats import JetStreamPublisher
 
@@ -60,33 +62,40 @@ def _publisher(broker: str, topic: str) -> Any:
     return StreamPublisher(REDIS_URL, topic)
 
 
-def _consumer(broker: str, topic: str, deliver: Callable[[Sequence[NewEvent]], object]) -> Any:
+def consumer(broker: str, topic: str, group: str, deliver: Callable[[Sequence[NewEvent]], object], *,
+             wait: float = 0.05, redelivery: float = 30.0) -> Any:
+    """The framework's consumer of ``topic`` in ``group`` on ``broker``, ready before anything is published:
+    waiting ``wait`` s per fetch, a dead consumer's messages coming again after ``redelivery`` s (NATS's
+    ``ack_wait``, Redis's ``claim_after``; RabbitMQ requeues them at once)."""
     if broker == "nats":
         from mediator.nats import JetStreamConsumer
 
-        made = _publisher(broker, topic)
-        made.ensure_stream()
+        made = publisher(broker, topic)
+        made.ensure_stream()  # a consumer binds to a stream that exists
         made.close()
-        return JetStreamConsumer(NATS_URL, topic, "bench", deliver, fetch_timeout=0.05)
+        return JetStreamConsumer(NATS_URL, topic, group, deliver, fetch_timeout=wait, ack_wait=redelivery)
     if broker == "rabbitmq":
         from mediator.rabbitmq import RabbitConsumer
 
-        rabbit = RabbitConsumer(RABBITMQ_URL, topic, f"{topic}.bench", deliver, wait=0.05)
-        rabbit.declare()
+        rabbit = RabbitConsumer(RABBITMQ_URL, topic, f"{topic}.{group}", deliver, wait=wait)
+        rabbit.declare()  # bound before anything is published to it
         return rabbit
     from mediator.redis_streams import StreamConsumer
 
-    return StreamConsumer(REDIS_URL, topic, "bench", deliver, block=0.05)
+    return StreamConsumer(REDIS_URL, topic, group, deliver, block=wait, claim_after=redelivery)
 
 
-def _clean(broker: str, topic: str) -> None:
+def clean(broker: str, topic: str, groups: Sequence[str] = ()) -> None:
+    """Delete what ``topic`` and its ``groups`` left on ``broker``."""
     if broker == "nats":
         import nats
+        import nats.js.errors
 
         async def drop() -> None:
             client = await nats.connect(NATS_URL)
             try:
-                await client.jetstream().delete_stream(topic)
+                with contextlib.suppress(nats.js.errors.NotFoundError):
+                    await client.jetstream().delete_stream(topic)
             finally:
                 await client.close()
 
@@ -96,8 +105,9 @@ def _clean(broker: str, topic: str) -> None:
 
         connection = pika.BlockingConnection(pika.URLParameters(RABBITMQ_URL))
         channel = connection.channel()
-        for queue in (f"{topic}.bench", f"{topic}.bench.dead"):
-            channel.queue_delete(queue)
+        for group in groups:
+            channel.queue_delete(f"{topic}.{group}")
+            channel.queue_delete(f"{topic}.{group}.dead")
         for exchange in (topic, f"{topic}.dead"):
             channel.exchange_delete(exchange)
         connection.close()
@@ -231,8 +241,8 @@ def _publish(broker: str, events: int, folder: Path) -> tuple[float, float]:
     storage, stored = _log(folder / f"{mine}.db", events)
     try:
         for topic in (mine, theirs):  # a queue bound for the messages (RabbitMQ's mandatory publish needs one)
-            _consumer(broker, topic, lambda batch: None).close()
-        relay = Relay(storage, _publisher(broker, mine), batch=BATCH, leased=False)
+            consumer(broker, topic, "bench", lambda batch: None).close()
+        relay = Relay(storage, publisher(broker, mine), batch=BATCH, leased=False)
         started = time.perf_counter()
         if relay.catch_up() != events:
             raise RuntimeError(f"{broker}: the relay did not publish every event")
@@ -244,8 +254,8 @@ def _publish(broker: str, events: int, folder: Path) -> tuple[float, float]:
         return ours, time.perf_counter() - started
     finally:
         storage.close()
-        _clean(broker, mine)
-        _clean(broker, theirs)
+        clean(broker, mine, ["bench"])
+        clean(broker, theirs, ["bench"])
 
 
 def _end_to_end(broker: str, count: int, folder: Path) -> tuple[list[float], list[float]]:
@@ -258,8 +268,8 @@ def _end_to_end(broker: str, count: int, folder: Path) -> tuple[list[float], lis
     topic = f"bench-{uuid.uuid4().hex[:8]}"
     source, send = wire(folder / f"{topic}-source.db", Delivery.BACKGROUND)
     target, _ = wire(folder / f"{topic}-target.db", Delivery.BACKGROUND)
-    taking = _consumer(broker, topic, Inbox(target.storage).receive)
-    relay = Relay(source.storage, _publisher(broker, topic), batch=BATCH, leased=False, watch_interval=0.0005)
+    taking = consumer(broker, topic, "bench", Inbox(target.storage).receive)
+    relay = Relay(source.storage, publisher(broker, topic), batch=BATCH, leased=False, watch_interval=0.0005)
     spent: list[float] = []
     try:
         target.start()
@@ -280,7 +290,7 @@ def _end_to_end(broker: str, count: int, folder: Path) -> tuple[list[float], lis
         target.stop()
         source.storage.close()
         target.storage.close()
-        _clean(broker, topic)
+        clean(broker, topic, ["bench"])
     return spent, raw
 
 

@@ -60,8 +60,18 @@ import structlog
 from ._errors import ConsumeError, MissingExtraError, PublishError
 from ._messages import qualname
 from .readmodels import NewEvent, StoredEvent
-from .readmodels._runner import Runner
-from .relay import KEY, META, MSG_ID, POSITION, RECORDED_AT, TYPE, VERSION, event_from, message_headers
+from .relay import (
+    KEY,
+    META,
+    MSG_ID,
+    POSITION,
+    RECORDED_AT,
+    TYPE,
+    VERSION,
+    RunningConsumer,
+    event_from,
+    message_headers,
+)
 
 try:
     import nats
@@ -292,7 +302,7 @@ class JetStreamPublisher:
             self._loop.close(self._drop())
 
 
-class JetStreamConsumer:
+class JetStreamConsumer(RunningConsumer):
     """Pull ``stream`` through the durable consumer ``durable``; hand each batch of events to ``deliver``.
 
     ``deliver`` (typically :meth:`mediator.relay.Inbox.receive`) runs in the calling
@@ -336,7 +346,7 @@ class JetStreamConsumer:
         self._client: Client | None = None
         self._subscription: JetStreamContext.PullSubscription | None = None
         self._held: list[Msg] = []
-        self._runner = Runner(f"nats-consume-{durable}", self._work, lambda: None, self._failed)
+        self._running(f"nats-consume-{durable}")
 
     def run_once(self, timeout: float | None = None) -> int:
         """Fetch a batch (waiting up to ``timeout`` s, ``fetch_timeout`` by default), deliver it, ack it.
@@ -448,42 +458,14 @@ class JetStreamConsumer:
             with contextlib.suppress(Exception):
                 await client.close()
 
-    # -- running ---------------------------------------------------------------------------------
-
-    def _work(self) -> bool:
-        self.run_once()  # waits up to fetch_timeout for messages itself: no idle wait needed
-        if self.failures:
-            log.info("consumer recovered", consumer=self.durable, failed_attempts=self.failures)
-            self.failures = 0
-        return True
-
-    def _failed(self, exc: Exception) -> float:
-        self.failures += 1
-        delay: float = min(self.backoff * 2.0 ** (self.failures - 1), self.max_backoff)
-        log.error("consumer failed, will retry", consumer=self.durable, stream=self.stream,
-                  attempt=self.failures, retry_in=delay, error_type=qualname(type(exc)), error=str(exc))
-        return delay
-
-    def start(self) -> None:
-        """Consume in a background thread, retrying failures forever with a capped backoff."""
-        self._runner.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop the background thread after its current batch (at most ``fetch_timeout`` s of waiting)."""
-        self._runner.stop(timeout)
+    def _where(self) -> dict[str, str]:
+        return {"consumer": self.durable, "stream": self.stream}
 
     def close(self) -> None:
         """Stop, close the connection and stop the loop thread (the durable consumer stays on the server)."""
         self.stop()
         with self._lock:
             self._loop.close(self._drop())
-
-    def __enter__(self) -> JetStreamConsumer:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 __all__ = ["KEY", "META", "MSG_ID", "POSITION", "RECORDED_AT", "TYPE", "VERSION", "ConsumeError",

@@ -38,8 +38,7 @@ import structlog
 from ._errors import ConsumeError, MissingExtraError, PublishError
 from ._messages import qualname
 from .readmodels import NewEvent, StoredEvent
-from .readmodels._runner import Runner
-from .relay import event_from, message_headers
+from .relay import RunningConsumer, event_from, message_headers
 
 try:
     import pika
@@ -134,7 +133,7 @@ class RabbitPublisher:
             self._drop()
 
 
-class RabbitConsumer:
+class RabbitConsumer(RunningConsumer):
     """Consume the durable queue ``queue``, bound to ``exchange`` for ``bindings`` (routing-key patterns: every
     event by default); hand each batch of events to ``deliver``, then acknowledge it.
 
@@ -167,7 +166,7 @@ class RabbitConsumer:
         self._channel: BlockingChannel | None = None
         self._held: list[tuple[Any, Any, bytes]] = []
         self._closed = False
-        self._runner = Runner(f"rabbitmq-consume-{queue}", self._work, lambda: None, self._failed)
+        self._running(f"rabbitmq-consume-{queue}")
 
     def declare(self) -> None:
         """Declare the exchange, the queue and its bindings, and the dead letters' exchange and queue, now (a
@@ -261,29 +260,8 @@ class RabbitConsumer:
             with contextlib.suppress(Exception):
                 connection.close()
 
-    # -- running ---------------------------------------------------------------------------------
-
-    def _work(self) -> bool:
-        self.run_once()  # waits up to `wait` s for messages itself: no idle wait needed
-        if self.failures:
-            log.info("consumer recovered", queue=self.queue, failed_attempts=self.failures)
-            self.failures = 0
-        return True
-
-    def _failed(self, exc: Exception) -> float:
-        self.failures += 1
-        delay: float = min(self.backoff * 2.0 ** (self.failures - 1), self.max_backoff)
-        log.error("consumer failed, will retry", queue=self.queue, attempt=self.failures, retry_in=delay,
-                  error_type=qualname(type(exc)), error=str(exc))
-        return delay
-
-    def start(self) -> None:
-        """Consume in a background thread, retrying failures forever with a capped backoff."""
-        self._runner.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop the background thread after its current batch (at most ``wait`` s of waiting)."""
-        self._runner.stop(timeout)
+    def _where(self) -> dict[str, str]:
+        return {"queue": self.queue}
 
     def close(self) -> None:
         """Stop and close the connection; messages taken and not acknowledged go back to the queue."""
@@ -291,13 +269,6 @@ class RabbitConsumer:
         with self._lock:
             self._closed = True
             self._drop()
-
-    def __enter__(self) -> RabbitConsumer:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 __all__ = ["RabbitConsumer", "RabbitPublisher"]

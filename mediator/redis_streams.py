@@ -32,8 +32,7 @@ import structlog
 from ._errors import ConsumeError, MissingExtraError, PublishError
 from ._messages import qualname
 from .readmodels import NewEvent, StoredEvent
-from .readmodels._runner import Runner
-from .relay import event_from, message_headers
+from .relay import RunningConsumer, event_from, message_headers
 
 try:
     import redis
@@ -87,7 +86,7 @@ class StreamPublisher:
         self._client.close()
 
 
-class StreamConsumer:
+class StreamConsumer(RunningConsumer):
     """Read ``stream`` in consumer group ``group``; hand each batch of events to ``deliver``, then ``XACK`` it.
 
     The group is created at the stream's start if missing (``MKSTREAM``): a new group gets every entry. Each
@@ -122,7 +121,7 @@ class StreamConsumer:
         self._held: list[tuple[str, dict[str, str]]] = []
         self._closed = False
         self._next_claim = 0.0
-        self._runner = Runner(f"redis-consume-{self.name}", self._work, lambda: None, self._failed)
+        self._running(f"redis-consume-{self.name}")
 
     def run_once(self, timeout: float | None = None) -> int:
         """Claim or read a batch (waiting up to ``timeout`` s, ``block`` by default), deliver it, ``XACK`` it.
@@ -207,29 +206,8 @@ class StreamConsumer:
             log.warning("acknowledgement failed; the entries will be claimed again and dropped as repeats",
                         stream=self.stream, error_type=qualname(type(exc)), error=str(exc))
 
-    # -- running ---------------------------------------------------------------------------------
-
-    def _work(self) -> bool:
-        self.run_once()  # blocks up to `block` s for entries itself: no idle wait needed
-        if self.failures:
-            log.info("consumer recovered", consumer=self.name, stream=self.stream, failed_attempts=self.failures)
-            self.failures = 0
-        return True
-
-    def _failed(self, exc: Exception) -> float:
-        self.failures += 1
-        delay: float = min(self.backoff * 2.0 ** (self.failures - 1), self.max_backoff)
-        log.error("consumer failed, will retry", consumer=self.name, stream=self.stream, attempt=self.failures,
-                  retry_in=delay, error_type=qualname(type(exc)), error=str(exc))
-        return delay
-
-    def start(self) -> None:
-        """Consume in a background thread, retrying failures forever with a capped backoff."""
-        self._runner.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop the background thread after its current batch (at most ``block`` s of waiting)."""
-        self._runner.stop(timeout)
+    def _where(self) -> dict[str, str]:
+        return {"consumer": self.name, "stream": self.stream}
 
     def close(self) -> None:
         """Stop and close the connections; entries taken and not acknowledged stay pending, for others to claim."""
@@ -239,13 +217,6 @@ class StreamConsumer:
             self._held = []
             with contextlib.suppress(Exception):
                 self._client.close()
-
-    def __enter__(self) -> StreamConsumer:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _text(value: bytes | str) -> str:

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Collection, Mapping, Sequence
-from typing import Protocol
+from typing import Protocol, Self
 from urllib.parse import quote, unquote
 
 import structlog
@@ -96,6 +96,61 @@ class Consumer(Protocol):
 
     def close(self) -> None:
         """Stop and close the connection (the group's position stays on the server)."""
+
+
+class RunningConsumer:
+    """What every broker consumer does alike: run :meth:`run_once` in a background thread (it waits for messages
+    itself), and retry a failure forever with a capped exponential backoff, logged. A subclass sets ``backoff``,
+    ``max_backoff`` and ``failures`` (0), calls :meth:`_running` with its thread's name, and implements ``run_once``
+    and ``close`` (which calls :meth:`stop` first)."""
+
+    backoff: float
+    max_backoff: float
+    failures: int
+    """Failed attempts in a row (0 while the broker is healthy)."""
+    _runner: Runner
+
+    def run_once(self, timeout: float | None = None) -> int:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def _running(self, name: str) -> None:
+        self._runner = Runner(name, self._work, lambda: None, self._failed)
+
+    def _where(self) -> dict[str, str]:
+        """Fields naming this consumer in its log lines."""
+        return {"consumer": type(self).__name__}
+
+    def _work(self) -> bool:
+        self.run_once()  # waits for messages itself: no idle wait needed
+        if self.failures:
+            log.info("consumer recovered", failed_attempts=self.failures, **self._where())
+            self.failures = 0
+        return True
+
+    def _failed(self, exc: Exception) -> float:
+        self.failures += 1
+        delay: float = min(self.backoff * 2.0 ** (self.failures - 1), self.max_backoff)
+        log.error("consumer failed, will retry", attempt=self.failures, retry_in=delay,
+                  error_type=qualname(type(exc)), error=str(exc), **self._where())
+        return delay
+
+    def start(self) -> None:
+        """Consume in a background thread, retrying failures forever with a capped backoff."""
+        self._runner.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the background thread after its current batch (at most one wait for messages)."""
+        self._runner.stop(timeout)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 # -- the message layout every broker adapter uses --------------------------------------------------------------
@@ -419,4 +474,5 @@ def _is_duplicate(error: BaseException) -> bool:
 
 
 __all__ = ["KEY", "META", "MSG_ID", "POSITION", "RECORDED_AT", "TYPE", "VERSION", "Consumer", "Inbox",
-           "MemoryPublisher", "PublishError", "Publisher", "Relay", "Selection", "event_from", "message_headers"]
+           "MemoryPublisher", "PublishError", "Publisher", "Relay", "RunningConsumer", "Selection", "event_from",
+           "message_headers"]

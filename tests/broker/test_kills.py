@@ -3,7 +3,6 @@ reaches the consumer's read model exactly once (``MEDIATOR_BROKER_KILLS`` kills 
 
 from __future__ import annotations
 
-import asyncio
 import os
 import random
 import signal
@@ -16,13 +15,14 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.brokers import RABBITMQ_URL, clean
 from mediator.readmodels.sqlite import SqliteStorage
 from tests import redis_server
 from tests.conftest import skip_or_fail
 from tests.readmodels.bank import Deposit, make_bank
 
-from .conftest import NATS_URL, delete_stream, reachable
-from .kill_app import RABBITMQ_URL, REDELIVERY
+from .conftest import NATS_URL, reachable
+from .kill_app import REDELIVERY
 
 KILLS = int(os.environ.get("MEDIATOR_BROKER_KILLS", "4"))
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,27 +52,6 @@ def kill(process: subprocess.Popen[str]) -> None:
     process.wait()
     assert process.stdout is not None
     process.stdout.close()
-
-
-def clean(broker: str, topic: str) -> None:
-    if broker == "nats":
-        asyncio.run(delete_stream(NATS_URL, topic))
-    elif broker == "rabbitmq":
-        import pika
-
-        connection = pika.BlockingConnection(pika.URLParameters(RABBITMQ_URL))
-        channel = connection.channel()
-        for name in (f"{topic}.downstream", f"{topic}.downstream.dead"):
-            channel.queue_delete(name)
-        for name in (topic, f"{topic}.dead"):
-            channel.exchange_delete(name)
-        connection.close()
-    else:
-        import redis
-
-        client = redis.Redis.from_url(redis_server.URL)
-        client.delete(topic, f"{topic}.dead")
-        client.close()
 
 
 @pytest.mark.parametrize("broker", ["nats", "rabbitmq", "redis"])
@@ -113,4 +92,4 @@ def test_relay_and_consumer_killed_at_random_deliver_each_event_exactly_once(bro
         kill(relay)
         kill(consumer)
         source.storage.close()
-        clean(broker, topic)
+        clean(broker, topic, ["downstream"])

@@ -17,6 +17,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
+from benchmarks.brokers import clean, consumer, publisher
 from mediator import Registry
 from mediator.otel import TracedPublisher, Tracing, trace_projections, traced_delivery
 from mediator.readmodels import ReadModels
@@ -24,8 +25,7 @@ from mediator.readmodels.sqlite import SqliteStorage
 from mediator.relay import Inbox, Relay
 from tests.readmodels.bank import Balances, Deposit, deposit, event_types
 
-from .kill_app import consumer, publisher
-from .test_kills import clean, require
+from .test_kills import require
 
 
 class Telemetry:
@@ -101,7 +101,7 @@ def test_the_trace_crosses_the_broker_to_the_consumers_projection(broker: str, t
     source, mediator = service(tmp_path / "source.db", telemetry)
     downstream, _ = service(tmp_path / "consumer.db", telemetry)
     inbox = Inbox(downstream.storage)
-    taking = consumer(broker, topic, traced_delivery(
+    taking = consumer(broker, topic, "downstream", traced_delivery(
         inbox.receive, system=broker, destination=topic, group="downstream",
         tracer_provider=telemetry.tracer_provider, meter_provider=telemetry.meter_provider))
     sending = TracedPublisher(publisher(broker, topic), telemetry.tracer_provider, telemetry.meter_provider)
@@ -140,4 +140,4 @@ def test_the_trace_crosses_the_broker_to_the_consumers_projection(broker: str, t
         sending.close()
         source.storage.close()
         downstream.storage.close()
-        clean(broker, topic)
+        clean(broker, topic, ["downstream"])
