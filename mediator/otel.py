@@ -162,6 +162,13 @@ def _histogram(meter: Meter, name: str, description: str) -> Any:
                                   explicit_bucket_boundaries_advisory=list(_DURATION_BUCKETS))
 
 
+def _batch(events: Sequence[StoredEvent | NewEvent]) -> dict[str, str | int]:
+    """``messaging.batch.message_count`` for a batch of more than one message; ``messaging.message.id`` for one."""
+    if len(events) == 1:
+        return {MESSAGE_ID: events[0].event_id}
+    return {BATCH_COUNT: len(events)}
+
+
 def _links(events: Iterable[StoredEvent | NewEvent]) -> list[Link]:
     """Links to the spans of the commands that recorded ``events`` (their trace context is in each event's
     metadata, carried through the outbox and every broker), one per span, at most :data:`MAX_LINKS`."""
@@ -214,7 +221,8 @@ class Tracing:
         return bound
 
     def _start(self) -> Any:
-        return self.tracer.start_as_current_span(self.name, kind=SpanKind.INTERNAL, attributes=self.attributes)
+        # A process span is a CONSUMER span by the conventions, in process or not.
+        return self.tracer.start_as_current_span(self.name, kind=SpanKind.CONSUMER, attributes=self.attributes)
 
     def _finish(self, span: Any, exc: BaseException | None, started: float) -> None:
         span.set_attribute(CONVERSATION_ID, current_context().correlation_id)
@@ -272,12 +280,12 @@ def trace_projections(engine: ReadModels, tracer_provider: Any = None, meter_pro
         return carrier
 
     def record(name: str, events: list[StoredEvent]) -> None:
-        attributes = {SYSTEM: MEDIATOR, OPERATION_TYPE: "process", OPERATION_NAME: "project", DESTINATION: name}
+        attributes = {SYSTEM: MEDIATOR, OPERATION_TYPE: "process", OPERATION_NAME: "process", DESTINATION: name}
         end = time.time_ns()
         begun = started.pop(name, None)
         span = tracer.start_span(f"process {name}", kind=SpanKind.CONSUMER, links=_links(events),
                                  start_time=None if begun is None else int(begun),
-                                 attributes={**attributes, BATCH_COUNT: len(events),
+                                 attributes={**attributes, **_batch(events),
                                              "mediator.first_position": events[0].position,
                                              "mediator.last_position": events[-1].position})
         span.end(end_time=end)
@@ -312,12 +320,12 @@ class TracedPublisher:
         self.sent = meter.create_counter(SENT, unit="{message}", description="Messages the broker acknowledged")
 
     def publish(self, events: Sequence[StoredEvent]) -> None:
-        attributes = {SYSTEM: self.system, OPERATION_TYPE: "send", OPERATION_NAME: "publish",
+        attributes = {SYSTEM: self.system, OPERATION_TYPE: "send", OPERATION_NAME: "send",
                       DESTINATION: self.destination}
         started = time.perf_counter()
         with self.tracer.start_as_current_span(
                 f"send {self.destination}", kind=SpanKind.PRODUCER, links=_links(events),
-                attributes={**attributes, BATCH_COUNT: len(events)}) as span:
+                attributes={**attributes, **_batch(events)}) as span:
             try:
                 self.publisher.publish(events)
             except BaseException as exc:
@@ -343,7 +351,7 @@ def traced_delivery(deliver: Callable[[Sequence[NewEvent]], object], *, system: 
     meter = _meter(meter_provider, "mediator.relay")
     duration = _histogram(meter, PROCESS_DURATION, "How long delivering a received batch took, to its commit")
     consumed = meter.create_counter(CONSUMED, unit="{message}", description="Messages handed to the consumer")
-    attributes = {SYSTEM: system, OPERATION_TYPE: "process", OPERATION_NAME: "deliver", DESTINATION: destination}
+    attributes = {SYSTEM: system, OPERATION_TYPE: "process", OPERATION_NAME: "process", DESTINATION: destination}
     if group is not None:
         attributes[CONSUMER_GROUP] = group
 
@@ -351,7 +359,7 @@ def traced_delivery(deliver: Callable[[Sequence[NewEvent]], object], *, system: 
         started = time.perf_counter()
         consumed.add(len(events), attributes)
         with tracer.start_as_current_span(f"process {destination}", kind=SpanKind.CONSUMER, links=_links(events),
-                                          attributes={**attributes, BATCH_COUNT: len(events)}) as span:
+                                          attributes={**attributes, **_batch(events)}) as span:
             try:
                 result = deliver(events)
             except BaseException as exc:

@@ -82,8 +82,16 @@ class RabbitPublisher:
         self._channel: BlockingChannel | None = None
 
     def _open(self) -> BlockingChannel:
-        if self._channel is not None and self._channel.is_open:
-            return self._channel
+        if self._channel is not None and self._channel.is_open and self._connection is not None:
+            try:
+                # pika serves heartbeats only inside its calls: after an idle spell the broker may have closed
+                # the connection while the channel still says open. Ask now, not in the middle of a batch.
+                self._connection.process_data_events(0)
+            except (pika.exceptions.AMQPError, OSError):
+                self._drop()
+            else:
+                if self._channel is not None and self._channel.is_open:
+                    return self._channel
         self._drop()
         self._connection = _connect(self.url, self.timeout)
         channel = self._connection.channel()
@@ -210,6 +218,8 @@ class RabbitConsumer(RunningConsumer):
         with self._lock:
             if self._closed:
                 raise ConsumeError("This RabbitConsumer is closed.")
+            if self._held and (self._channel is None or not self._channel.is_open):
+                self._held = []  # the channel they came on closed: the broker put them back, they come again
             messages = self._held or self._call("fetch messages", lambda: self._take(wait))
             if not messages:
                 return 0
@@ -239,8 +249,13 @@ class RabbitConsumer(RunningConsumer):
         return taken
 
     def _acknowledge(self, messages: Sequence[tuple[Any, Any, bytes]], carried: Sequence[NewEvent | None]) -> None:
+        channel = self._channel
+        if channel is None or not channel.is_open:  # acks go on the channel the messages came on, or none
+            self._drop()
+            log.warning("the channel closed before the acknowledgement; the messages will be redelivered and dropped "
+                        "as repeats", queue=self.queue)
+            return
         try:
-            channel = self._open()
             for (method, properties, _body), event in zip(messages, carried, strict=True):
                 if event is None:
                     log.error("message without relay headers dead-lettered", queue=self.queue,

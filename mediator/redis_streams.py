@@ -63,13 +63,13 @@ class StreamPublisher:
         self._client = _client(url, timeout)
 
     def publish(self, events: Sequence[StoredEvent]) -> None:
-        """``XADD`` each event, in order, in one round trip; return once Redis answered every one.
+        """``XADD`` each event, in order, in one ``MULTI``/``EXEC``; return once Redis has stored them all.
 
         Raises:
             PublishError: Redis could not be reached, or refused an entry (``acked``: how many leading ones it
                 took; none is known when the connection failed).
         """
-        pipe = self._client.pipeline(transaction=False)
+        pipe = self._client.pipeline(transaction=True)  # all or none: a refused entry never lets later ones ahead
         for event in events:
             fields: dict[Any, Any] = {**message_headers(event), DATA: event.data}
             pipe.xadd(self.stream, fields)
@@ -118,13 +118,13 @@ class StreamConsumer(RunningConsumer):
         self._client = _client(url, timeout + block)
         self._lock = threading.Lock()
         self._grouped = False
-        self._held: list[tuple[str, dict[str, str]]] = []
+        self._held: list[tuple[str, dict[Any, Any]]] = []
         self._closed = False
         self._next_claim = 0.0
         self._running(f"redis-consume-{self.name}")
 
     def run_once(self, timeout: float | None = None) -> int:
-        """Claim or read a batch (waiting up to ``timeout`` s, ``block`` by default), deliver it, ``XACK`` it.
+        """Claim or read a batch (waiting up to ``timeout`` s, at most ``block``), deliver it, ``XACK`` it.
 
         Returns how many entries were handled (0 if none came).
 
@@ -132,14 +132,14 @@ class StreamConsumer(RunningConsumer):
             ConsumeError: Redis could not be reached.
             Exception: whatever ``deliver`` raised (the batch is held, and delivered again first).
         """
-        wait = self.block if timeout is None else timeout
+        wait = self.block if timeout is None else min(timeout, self.block)  # the socket waits block + timeout
         with self._lock:
             if self._closed:
                 raise ConsumeError("This StreamConsumer is closed.")
             entries = self._held or self._claim() or self._read(wait)
             if not entries:
                 return 0
-            carried = [(entry_id, event_from(fields, fields.get(DATA, ""))) for entry_id, fields in entries]
+            carried = [(entry_id, _event(fields)) for entry_id, fields in entries]
             events = [event for _id, event in carried if event is not None]
             self._held = entries
             if events:
@@ -153,6 +153,8 @@ class StreamConsumer(RunningConsumer):
         try:
             return call()
         except redis.exceptions.RedisError as exc:
+            if str(exc).startswith("NOGROUP"):  # the stream or its group is gone (a flush, a restart): made again
+                self._grouped = False
             raise ConsumeError(f"Redis at {self.url} failed to {what}: {qualname(type(exc))}: {exc}") from exc
 
     def _ensure_group(self) -> None:
@@ -166,7 +168,7 @@ class StreamConsumer(RunningConsumer):
                 raise
         self._grouped = True
 
-    def _claim(self) -> list[tuple[str, dict[str, str]]]:
+    def _claim(self) -> list[tuple[str, dict[Any, Any]]]:
         """Entries of dead consumers, pending longer than ``claim_after``, taken over by this one (looked for every
         quarter of ``claim_after``, not at every batch)."""
         now = time.monotonic()
@@ -174,29 +176,40 @@ class StreamConsumer(RunningConsumer):
             return []
         self._next_claim = now + self.claim_after / 4
         self._ensure_group()
-        answer = self._call("claim pending entries", lambda: self._client.xautoclaim(
-            self.stream, self.group, self.name, min_idle_time=int(self.claim_after * 1000), start_id="0-0",
-            count=self.batch))
-        claimed = [(_text(entry_id), _fields(fields)) for entry_id, fields in answer[1] if fields is not None]
+        claimed: list[tuple[str, dict[Any, Any]]] = []
+        cursor: Any = "0-0"
+        while len(claimed) < self.batch:  # through the whole pending list, a page at a time
+            cursor, page = self._claim_page(cursor, self.batch - len(claimed))
+            claimed += page
+            if _text(cursor) == "0-0":
+                break
         if claimed:
             log.warning("pending entries of another consumer claimed", stream=self.stream, group=self.group,
                         consumer=self.name, entries=len(claimed))
         return claimed
 
-    def _read(self, wait: float) -> list[tuple[str, dict[str, str]]]:
+    def _claim_page(self, start: Any, count: int) -> tuple[Any, list[tuple[str, dict[Any, Any]]]]:
+        """One ``XAUTOCLAIM`` from ``start``: the cursor to go on from, and the entries claimed (those deleted from
+        the stream meanwhile left out)."""
+        answer = self._call("claim pending entries", lambda: self._client.xautoclaim(
+            self.stream, self.group, self.name, min_idle_time=int(self.claim_after * 1000), start_id=start,
+            count=count))
+        return answer[0], [(_text(entry_id), fields) for entry_id, fields in answer[1] if fields is not None]
+
+    def _read(self, wait: float) -> list[tuple[str, dict[Any, Any]]]:
         self._ensure_group()
         answer = self._call("read the stream", lambda: self._client.xreadgroup(
             self.group, self.name, {self.stream: ">"}, count=self.batch, block=max(1, int(wait * 1000))))
         if not answer:
             return []
-        return [(_text(entry_id), _fields(fields)) for entry_id, fields in answer[0][1]]
+        return [(_text(entry_id), fields) for entry_id, fields in answer[0][1]]
 
-    def _acknowledge(self, entries: Sequence[tuple[str, dict[str, str]]], foreign: Sequence[str]) -> None:
+    def _acknowledge(self, entries: Sequence[tuple[str, dict[Any, Any]]], foreign: Sequence[str]) -> None:
         pipe = self._client.pipeline(transaction=True)
         for entry_id in foreign:
             fields = dict(entries)[entry_id]
             log.error("entry without relay fields dead-lettered", stream=self.stream, entry=entry_id,
-                      fields=sorted(fields))
+                      fields=sorted(_text(name, errors="replace") for name in fields))
             dead: dict[Any, Any] = {**fields, "dead-from": entry_id}
             pipe.xadd(self.dead_stream, dead)
         pipe.xack(self.stream, self.group, *[entry_id for entry_id, _fields in entries])
@@ -219,12 +232,17 @@ class StreamConsumer(RunningConsumer):
                 self._client.close()
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+def _text(value: bytes | str, errors: str = "strict") -> str:
+    return value.decode(errors=errors) if isinstance(value, bytes) else value
 
 
-def _fields(fields: dict[Any, Any]) -> dict[str, str]:
-    return {_text(key): _text(value) for key, value in fields.items()}
+def _event(fields: dict[Any, Any]) -> NewEvent | None:
+    """The event an entry carries; ``None`` if a relay did not write it (a field missing, or not UTF-8)."""
+    try:
+        decoded = {_text(key): _text(value) for key, value in fields.items()}
+    except UnicodeDecodeError:
+        return None
+    return event_from(decoded, decoded.get(DATA, ""))
 
 
 __all__ = ["DATA", "StreamConsumer", "StreamPublisher"]

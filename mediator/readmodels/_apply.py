@@ -92,6 +92,8 @@ class Applier:
 
     def __init__(self, engine: ReadModels) -> None:
         self.engine = engine
+        self._owned = 0
+        """Of the last batch of a partition: the events of its own keys it dealt with."""
         self._last_failure: Exception = Exception()
         """The error of the last event :meth:`deal_with` answered ``FAILED`` for."""
         self._stretches: list[tuple[int, list[StoredEvent], set[tuple[str, int]]]] = []
@@ -134,8 +136,10 @@ class Applier:
             self._stall(track, lost, position=None)
             raise
         if handled:
+            # A partition counts only its own keys' events, though its checkpoint passed the others'.
+            counted = handled if track.partition is None else self._owned
             for listener in self.engine.on_applied:
-                listener(track.base, handled)
+                listener(track.base, counted)
             self.engine.progress.notify()
         return handled
 
@@ -166,6 +170,15 @@ class Applier:
         holding = track.holding
         return holding is not None and track.stall is None and self.engine.storage.head() > holding.position
 
+    def _delivered(self, track: Track, old: int) -> int:
+        """Up to where generation ``old`` (being replaced, not fed) delivered the events ``track`` applies: its
+        own checkpoint there, or, where ``old`` was built with another split, the lowest of its checkpoints (events
+        after it may have had their side effects already, and have them again: at least once, never lost)."""
+        engine = self.engine
+        if engine.versions.layout(track.base, old) == track.projection.partitions:
+            return engine.storage.checkpoint(track.name, old)
+        return engine.checkpoint(track.base, old)
+
     def _limit(self, track: Track, generation: int, session: ProjectionSession, replaying: bool) -> tuple[int, bool]:
         """How many events the batch may read, and whether they are replayed (their side effects skipped)."""
         engine = self.engine
@@ -175,7 +188,7 @@ class Applier:
         if replaying and track.upgrading is not None:
             # Replacing an older version's generation, which nobody here feeds: the events past its
             # checkpoint get their side effects from this replay, so they are applied as live ones.
-            live_from = engine.storage.checkpoint(track.name, track.upgrading)
+            live_from = self._delivered(track, track.upgrading)
             replaying = session.position < live_from
             if replaying:
                 limit = min(limit, live_from - session.position)
@@ -214,9 +227,13 @@ class Applier:
                 done = self._healthy_batch(track, session, events, blocked)
             handled += done
         track.ready.add(generation)
-        if done and engine.on_batch:
+        batch = events[:done]
+        if track.partition is not None:
+            batch = [stored for stored in batch if track.owns(stored.key)]
+            self._owned = handled - done + len(batch)
+        if batch and engine.on_batch:
             for listener in engine.on_batch:
-                listener(track.base, events[:done])
+                listener(track.base, batch)
         return handled
 
     def _healthy_batch(self, track: Track, session: ProjectionSession, events: list[StoredEvent],

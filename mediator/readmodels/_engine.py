@@ -282,27 +282,28 @@ class ReadModels:
     # -- positions: of a partitioned projection, its partitions' -------------------------------------------
 
     def checkpoint(self, name: str, generation: int) -> int:
-        """The checkpoint of projection ``name``'s ``generation``: of a partitioned projection, the lowest of its
+        """The checkpoint of projection ``name``'s ``generation``: of a partitioned one, the lowest of its
         partitions' (every event up to it has been dealt with by every partition)."""
-        track = self._tracks.get(name)
-        if track is None or not track.lanes:
-            return self.storage.checkpoint(name, generation)
-        return min(self.storage.checkpoint(lane.name, generation) for lane in track.lanes)
+        return min(self.positions(name, generation))
+
+    def positions(self, name: str, generation: int) -> tuple[int, ...]:
+        """The checkpoints of ``generation``: its own, or each partition's, by the split that built it."""
+        if name not in self._tracks:
+            return (self.storage.checkpoint(name, generation),)
+        return tuple(self.storage.checkpoint(each, generation)
+                     for each in self.versions.checkpoint_names(name, generation))
 
     def applied(self, name: str, generation: int) -> int:
         """The position up to which every event of ``generation`` has been applied (parked events hold it back):
         of a partitioned projection, the lowest of its partitions'."""
-        track = self._tracks.get(name)
-        if track is None or not track.lanes:
+        if name not in self._tracks:
             return self.storage.applied(name, generation)
-        return min(self.storage.applied(lane.name, generation) for lane in track.lanes)
+        return min(self.storage.applied(each, generation)
+                   for each in self.versions.checkpoint_names(name, generation))
 
     def level(self, name: str, generation: int) -> int | None:
         """The checkpoint of ``generation`` if every partition of it stands there (``None`` if they differ)."""
-        track = self._tracks.get(name)
-        if track is None or not track.lanes:
-            return self.storage.checkpoint(name, generation)
-        found = {self.storage.checkpoint(lane.name, generation) for lane in track.lanes}
+        found = set(self.positions(name, generation))
         return found.pop() if len(found) == 1 else None
 
     def _mirror(self, track: Track, current: int | None = None) -> None:
@@ -424,7 +425,9 @@ class ReadModels:
                     self.rebuilds.retire(track)
                 if track.lanes:
                     self._mirror(track)
-                    runs = self._shared(track) if leased and self.storage.leases else track.lanes
+                    # Only a runner of the projection's delivery takes a share; another helps with a rebuild only.
+                    shared = leased and self.storage.leases and track.delivery in wanted
+                    runs = self._shared(track) if shared else self._unshared(track, leased)
                 else:
                     runs = [track]
                 rebuilding = False
@@ -458,6 +461,14 @@ class ReadModels:
                 continue
             total += self.applier.run_batch(track, generation, replaying, ignore_backoff=ignore_backoff)
         return total, rebuilding
+
+    def _unshared(self, track: Track, leased: bool) -> list[Track]:
+        """Every partition of ``track``, this runner holding no slot of it (it does not run its delivery)."""
+        share = track.share
+        if leased and share.slot is not None:
+            self.storage.release(f"{track.base}#slot{share.slot}")
+            share.slot, share.occupied, share.next_look = None, [], 0.0
+        return track.lanes
 
     def _shared(self, track: Track) -> list[Track]:
         """The partitions of ``track`` this runner runs now, beside the runners of other processes (see

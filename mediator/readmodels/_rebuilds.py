@@ -35,8 +35,8 @@ class Rebuilds:
         (projections with ``verify_rebuilds``)."""
         self._passed: set[tuple[str, int]] = set()
         """Rebuilds (projection, generation) compared and found fit to swap in, or accepted by an operator."""
-        self._refused: dict[tuple[str, int], int] = {}
-        """Rebuilds refused, with the position they were compared at (not compared again until either moves)."""
+        self._refused: dict[tuple[str, int], tuple[int, ...]] = {}
+        """Rebuilds refused, with the positions they were compared at (not compared again until one moves)."""
 
     # -- checked rebuilds ----------------------------------------------------------------------------
 
@@ -58,8 +58,10 @@ class Rebuilds:
         if not track.projection.verify_rebuilds or track.upgrading is None or (track.base, generation) in (
                 self._passed):
             return None
-        storage = self.engine.storage  # a partition is held at its own live checkpoint
-        live = storage.checkpoint(track.name, track.upgrading)
+        storage, versions = self.engine.storage, self.engine.versions
+        if versions.layout(track.base, track.upgrading) != track.projection.partitions:
+            return None  # another split built the live generation: no position to compare both at (see _verified)
+        live = storage.checkpoint(track.name, track.upgrading)  # a partition is held at its own live checkpoint
         if storage.checkpoint(track.name, generation) > live:
             # Past it already: the process that took it there found it fit, or was told to accept it (a verdict
             # is known where it was reached; this one may have restarted since, or be another runner).
@@ -132,8 +134,16 @@ class Rebuilds:
         if not track.projection.verify_rebuilds or (track.name, new) in self._passed:
             return True
         engine = self.engine
-        at = engine.checkpoint(track.name, new)
-        if upgrade and at > engine.checkpoint(track.name, old):  # let past the live one: found fit elsewhere
+        if engine.versions.layout(track.name, old) != track.projection.partitions:
+            # Split anew: no partition of the rebuild stands where one of the live generation does, so the two
+            # cannot be compared at one position. Swapped in unchecked, and said so.
+            log.warning("rebuild not compared: the live generation was built with another number of partitions",
+                        projection=track.name, generation=new)
+            self._passed.add((track.name, new))
+            return True
+        at, live_at = engine.positions(track.name, new), engine.positions(track.name, old)
+        if upgrade and any(mine > theirs for mine, theirs in zip(at, live_at, strict=True)):
+            # Let past the live one (a partition held at its live checkpoint moves on only once found fit).
             self._passed.add((track.name, new))
             return True
         if self._refused.get((track.name, new)) == at:
@@ -143,7 +153,7 @@ class Rebuilds:
             return False  # the generations are at different positions: compared when they are not
         self.checks[track.name] = found
         if found.unexpected:
-            self._refused[(track.name, new)] = found.position
+            self._refused[(track.name, new)] = at
             log.error("rebuild refused: it differs from the live generation where its version does not say it "
                       "changes", projection=track.name, generation=new, check=found.summary())
             return False
@@ -203,7 +213,8 @@ class Rebuilds:
         old_by = versions.built_by(track.name, old)
         if new == old or versions.built_by(track.name, new) != track.version or old_by > track.version:
             return  # swapped already; or a rebuild for another version, or over a newer one: not this code's
-        upgrade = old_by < track.version  # nobody here feeds the old generation
+        # Nobody here feeds the old generation: built by an older version, or with another number of partitions.
+        upgrade = old_by < track.version or versions.layout(track.name, old) != track.projection.partitions
         if upgrade and not self._verified(track, new, old, upgrade):
             return  # held at the live generation's checkpoint (see holds_at) until compared and found fit
         replayed = engine.checkpoint(track.name, new)  # of a partitioned projection: its partitions' lowest
@@ -235,7 +246,7 @@ class Rebuilds:
             projection_session.replaying = True
             # Under the writer's lock nothing moves the old generation: past its checkpoint, an upgrade's replay
             # is the only delivery these events get.
-            live_from = storage.checkpoint(track.name, old) if upgrade else None
+            live_from = engine.checkpoint(track.name, old) if upgrade else None
             blocked = {letter.key for letter in projection_session.dead_letters() if letter.key is not None}
             while events := storage.read(projection_session.position, engine.batch_size):
                 for stored in events:

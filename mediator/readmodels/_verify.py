@@ -104,15 +104,15 @@ def compare(engine: ReadModels, name: str, live: int, new: int, upgrade: bool) -
     storage = engine.storage
     projection = engine._tracks[name].projection
     with storage.snapshot():
-        # Of a partitioned projection: every partition of both generations at one position.
-        before = engine.level(name, live), engine.level(name, new)
-        if before[0] is None or before[0] != before[1]:
+        # Of a partitioned projection: each partition of the rebuild where the same one of the live generation is.
+        before = engine.positions(name, live), engine.positions(name, new)
+        if before[0] != before[1]:
             return None
         tables = tuple(_compare_table(engine, projection, table, live, new) for table in projection.tables)
-        after = engine.level(name, live), engine.level(name, new)
+        after = engine.positions(name, live), engine.positions(name, new)
     if after != before:
         return None
-    return RebuildCheck(name, live, new, before[0], upgrade, tables)
+    return RebuildCheck(name, live, new, min(before[0]), upgrade, tables)
 
 
 def _rows(engine: ReadModels, table: Table[Any], generation: int) -> list[Sequence[Any]]:

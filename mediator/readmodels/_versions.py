@@ -209,6 +209,34 @@ class Versions:
     def __init__(self, engine: ReadModels) -> None:
         self.engine = engine
         self.known: dict[tuple[str, int], int] = {}
+        self.layouts: dict[tuple[str, int], int] = {}
+
+    def layout(self, name: str, generation: int, *, record: bool = True) -> int:
+        """How many partitions built ``generation`` of projection ``name`` (recorded once, then remembered).
+
+        Kept in the generation records of ``<name>#partitions``, as a version is. A generation with none
+        recorded was written by code without partitions if its own checkpoint moved, else it is this code's.
+        A generation built with another count than this code's is rebuilt, as one built by another version is:
+        its partitions' checkpoints do not say what a different split has applied.
+        """
+        known = self.layouts.get((name, generation))
+        if known is None:
+            storage, track = self.engine.storage, self.engine._tracks.get(name)
+            records = f"{name}#partitions"
+            recorded = storage.recorded_version(records, generation)
+            if recorded is None:
+                mine = 1 if track is None else track.projection.partitions
+                guess = 1 if storage.checkpoint(name, generation) > 0 else mine
+                if not record:
+                    return guess
+                recorded = record_version(storage, records, generation, guess)
+            known = self.layouts[name, generation] = recorded
+        return known
+
+    def checkpoint_names(self, name: str, generation: int) -> list[str]:
+        """The names ``generation``'s checkpoints are kept under: ``name``, or each of its partitions'."""
+        count = self.layout(name, generation, record=False)
+        return [name] if count == 1 else [f"{name}#{p}" for p in range(count)]
 
     def built_by(self, name: str, generation: int, *, record: bool = True) -> int:
         """The projection version that built ``generation`` (recorded once, then remembered).
@@ -258,8 +286,10 @@ class Versions:
         if built_by > track.version or (rebuilt_by is not None and rebuilt_by > track.version):
             track.upgrading = None
             return []  # newer code has it
-        track.upgrading = current if built_by < track.version else None
-        older_rebuild = rebuilt_by is not None and rebuilt_by < track.version
+        partitions = track.projection.partitions
+        track.upgrading = current if built_by < track.version or self.layout(name, current) != partitions else None
+        older_rebuild = rebuilt_by is not None and (rebuilt_by < track.version or (
+            rebuilding is not None and self.layout(name, rebuilding) != partitions))  # claimed by another split
         if older_rebuild or (track.upgrading is not None and rebuilding is None):
             try:
                 rebuilding = self.claim(track, rebuilding if older_rebuild else None, built_by)
@@ -276,6 +306,7 @@ class Versions:
         """Claim a rebuild for this code's version, replacing ``abandoning`` (an older version's) if given."""
         storage, name = self.engine.storage, track.base
         generation = claim_rebuild(storage, name, track.version, replacing=abandoning)
+        self.layout(name, generation)  # recorded as this code's split before any partition writes it
         if self.built_by(name, generation) < track.version:
             # Joined a rebuild an older version claimed since we looked: replace that one instead.
             abandoning = generation

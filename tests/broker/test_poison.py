@@ -29,7 +29,7 @@ def publish_foreign(broker: str, topic: str) -> None:
         import redis
 
         client = redis.Redis.from_url(REDIS_URL)
-        client.xadd(topic, {"note": "not an event"})
+        client.xadd(topic, {"note": b"\xff\xfe not even UTF-8"})
         client.close()
     else:
         import nats

@@ -118,6 +118,14 @@ class CheckedCents(BalancesInCents):
     expected_changes = {"balance": ("amount",)}
 
 
+class PartitionedCents(BalancesInCents):
+    """Version 2 in four partitions, verified, saying what it changes."""
+
+    partitions = 4
+    verify_rebuilds = True
+    expected_changes = {"balance": ("amount",)}
+
+
 class BrokenCents(BalancesInCents):
     """A version 2 with a bug it does not declare: it loses the accounts whose name starts with b."""
 

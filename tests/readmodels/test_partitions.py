@@ -28,7 +28,7 @@ from mediator.readmodels import (
 from mediator.readmodels._projections import partition_of
 from tests import storages
 
-from .bank import Balances, Bank, Deposit, GetBalance, PartitionedBalances, event_types, make_bank
+from .bank import Balances, Bank, Deposit, GetBalance, PartitionedBalances, PartitionedCents, event_types, make_bank
 
 ACCOUNTS = [f"acct-{n}" for n in range(12)]
 
@@ -261,3 +261,94 @@ def test_status_shows_each_partition_with_its_checkpoint(sql_storage: Storage) -
     rows = {line.split()[0]: line for line in lines if line.startswith("balances#")}
     assert sorted(rows) == [f"balances#{p}" for p in range(4)]
     assert "parked" in rows[f"balances#{partition_of('acct-3', 4)}"]
+
+
+# -- review fixes: a new split, runners of other deliveries, a verified upgrade, counts ------------------------
+
+
+@pytest.mark.parametrize(("before", "after"), [(Balances, PartitionedBalances), (PartitionedBalances, Balances)])
+def test_a_new_number_of_partitions_rebuilds_the_read_model_and_applies_nothing_twice(
+        sql_storage: Storage, before: type[Balances], after: type[Balances]) -> None:
+    old = make_bank(sql_storage, projection_class=before)
+    expected = deposit_round(old, rounds=2)
+    old.engine.catch_up()
+    new = make_bank(sql_storage, projection_class=after, retire_after=0)
+    new.engine.catch_up()
+    new.engine.finish_rebuilds()
+    assert sql_storage.current_generation("balances") == 2  # rebuilt with the new split
+    assert new.balances() == dict(expected)  # not doubled
+    assert new.projection.side_effects == []  # every event had its side effects from the old split already
+    expected += deposit_round(new)
+    new.engine.catch_up()
+    assert new.balances() == dict(expected)
+    assert len(new.projection.side_effects) == len(ACCOUNTS)
+
+
+def test_a_runner_of_another_delivery_takes_no_share_of_the_partitions(tmp_path: Path) -> None:
+    with storages.opened("postgres", tmp_path) as first_storage:
+        from mediator.readmodels.postgres import PostgresStorage
+
+        assert isinstance(first_storage, PostgresStorage)
+        second_storage = PostgresStorage(first_storage.dsn, schema=first_storage.schema)
+        try:
+            worker = make_bank(first_storage, Delivery.WORKER, projection_class=PartitionedBalances,
+                               standby_interval=0.02)
+            web = make_bank(second_storage, Delivery.WORKER, projection_class=PartitionedBalances,
+                            standby_interval=0.02)
+            web.engine.start()  # a service process's background runner: the projection is the workers'
+            worker.engine.start(Delivery.WORKER)
+            expected = deposit_round(web)
+            wait_for(lambda: worker.engine.applied("balances", 1) == first_storage.head())
+            time.sleep(0.2)  # a few looks of both
+            assert held(worker.engine) == [0, 1, 2, 3]
+            assert held(web.engine) == []
+            assert not any(second_storage.holds(f"balances#slot{k}") for k in range(4))
+            assert worker.balances() == dict(expected)
+            web.engine.stop()
+            worker.engine.stop()
+        finally:
+            second_storage.close()
+
+
+def test_a_verified_upgrade_of_partitions_left_at_different_positions_is_compared_and_swapped_in(
+        sql_storage: Storage) -> None:
+    import threading
+
+    old = make_bank(sql_storage, projection_class=PartitionedBalances)
+    expected = deposit_round(old, rounds=2)
+    old.engine.catch_up()
+    deposit_round(old)
+    lane = old.engine._tracks["balances"].lanes[0]
+    old.engine.applier.run_batch(lane, 1, False)  # one partition ahead of the others
+    assert len(set(old.engine.positions("balances", 1))) == 2
+    new = make_bank(sql_storage, projection_class=PartitionedCents, retire_after=0)
+    def upgrade() -> None:
+        new.engine.catch_up()  # claims the rebuild for version 2 and replays it
+        new.engine.finish_rebuilds()
+
+    finishing = threading.Thread(target=upgrade, daemon=True)
+    finishing.start()
+    finishing.join(30)
+    assert not finishing.is_alive(), "the verified upgrade never swapped in"
+    check = new.engine.rebuilds.checks["balances"]
+    assert not check.unexpected
+    assert sql_storage.current_generation("balances") == 2
+    expected += Counter(ACCOUNTS)
+    assert new.balances() == {account: count * 100 for account, count in expected.items()}
+
+
+def test_metrics_count_each_event_once_whatever_the_partitions(sql_storage: Storage) -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from mediator.otel import instrument
+
+    from .test_otel import collect
+
+    bank = partitioned(sql_storage)
+    reader = InMemoryMetricReader()
+    instrument(bank.engine, MeterProvider(metric_readers=[reader]))
+    deposit_round(bank, rounds=2)
+    bank.engine.catch_up()
+    (applied,) = collect(reader)["mediator.projection.events_applied"]
+    assert applied.value == 2 * len(ACCOUNTS)
