@@ -22,7 +22,8 @@ from tests.conftest import skip_or_fail
 ROOT = Path(__file__).resolve().parent.parent
 SHOP = ("domain", "handlers", "adapters", "benchmarks", "tests")
 EXTRAS = {"mediator.readmodels.postgres": "postgres", "mediator.fastapi": "fastapi", "mediator.otel": "otel",
-          "mediator.nats": "nats", "mediator.readmodels.redis": "redis"}
+          "mediator.nats": "nats", "mediator.readmodels.redis": "redis", "mediator.rabbitmq": "rabbitmq",
+          "mediator.redis_streams": "redis"}
 
 
 def _tracked_copy(into: Path) -> Path:

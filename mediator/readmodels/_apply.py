@@ -175,7 +175,8 @@ class Applier:
         own checkpoint there, or, where ``old`` was built with another split, the lowest of its checkpoints (events
         after it may have had their side effects already, and have them again: at least once, never lost)."""
         engine = self.engine
-        if engine.versions.layout(track.base, old) == track.projection.partitions:
+        # Read, never recorded, here: this runs inside the batch's session, which holds the writer's lock.
+        if engine.versions.layout(track.base, old, record=False) == track.projection.partitions:
             return engine.storage.checkpoint(track.name, old)
         return engine.checkpoint(track.base, old)
 

@@ -59,7 +59,7 @@ class Rebuilds:
                 self._passed):
             return None
         storage, versions = self.engine.storage, self.engine.versions
-        if versions.layout(track.base, track.upgrading) != track.projection.partitions:
+        if versions.layout(track.base, track.upgrading, record=False) != track.projection.partitions:  # in a session
             return None  # another split built the live generation: no position to compare both at (see _verified)
         live = storage.checkpoint(track.name, track.upgrading)  # a partition is held at its own live checkpoint
         if storage.checkpoint(track.name, generation) > live:
