@@ -229,7 +229,7 @@ class Applier:
             handled += done
         track.ready.add(generation)
         batch = events[:done]
-        if track.partition is not None:
+        if track.partition is not None and (engine.on_batch or engine.on_applied):  # counted only when listened to
             batch = [stored for stored in batch if track.owns(stored.key)]
             self._owned = handled - done + len(batch)
         if batch and engine.on_batch:
