@@ -168,3 +168,21 @@ def table(results: Sequence[Result]) -> str:
     for r in results:
         lines.append(f"| {r.scenario} | {r.family} | {r.implementation} | {r.median_ns:,.0f} | {r.ratio:.2f}x |")
     return "\n".join(lines)
+
+
+def append_straight(engine: Any, count: int, event_of: Callable[[int], tuple[Any, str]], *,
+                    chunk: int = 5_000) -> None:
+    """Append ``count`` events straight to ``engine``'s log, ``chunk`` to a transaction (no command runs, no
+    projection applies them): ``event_of(n)`` gives the n-th event and its key."""
+    from mediator.readmodels import NewEvent, new_event_id
+
+    now = time.time()
+    for start in range(0, count, chunk):
+        session = engine.storage.begin()
+        batch = []
+        for number in range(start, min(count, start + chunk)):
+            event, key = event_of(number)
+            name, version, data = engine.types.encode(event)
+            batch.append(NewEvent(new_event_id(), name, version, data, key, now, "{}"))
+        session.append(batch)
+        session.commit()

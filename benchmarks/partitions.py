@@ -36,16 +36,14 @@ from mediator import Event
 from mediator.readmodels import (
     Delivery,
     EventTypes,
-    NewEvent,
     Projection,
     ProjectionSession,
     ReadModels,
     Table,
-    new_event_id,
     on,
 )
 
-from ._harness import FULL, QUICK, TINY, Result, Settings
+from ._harness import FULL, QUICK, TINY, Result, Settings, append_straight
 from .sync import quiet_logging
 
 DSN = (os.environ.get("MEDIATOR_BENCH_POSTGRES") or os.environ.get("MEDIATOR_TEST_POSTGRES")
@@ -115,17 +113,11 @@ def worker() -> None:
 
 
 def _load(built: ReadModels, events: int, keys: int) -> None:
-    storage = built.storage
-    now = time.time()
-    for start in range(0, events, 2_000):
-        session = storage.begin()
-        batch = []
-        for number in range(start, min(events, start + 2_000)):
-            key = f"k{number % keys:06d}"
-            _name, version, data = built.types.encode(Tallied(key=key, amount=number))
-            batch.append(NewEvent(new_event_id(), "bench.tallied", version, data, key, now, "{}"))
-        session.append(batch)
-        session.commit()
+    def tallied(number: int) -> tuple[Tallied, str]:
+        key = f"k{number % keys:06d}"
+        return Tallied(key=key, amount=number), key
+
+    append_straight(built, events, tallied, chunk=2_000)
 
 
 def _one(partitions: int, workers: int, events: int, keys: int, folder: Path) -> float:

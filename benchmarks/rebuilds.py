@@ -18,10 +18,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from mediator.readmodels import EventTypes, NewEvent, ReadModels, new_event_id
+from mediator.readmodels import EventTypes, ReadModels
 from mediator.readmodels.sqlite import SqliteStorage
 
-from ._harness import FULL, QUICK, Result, Settings
+from ._harness import FULL, QUICK, Result, Settings, append_straight
 from .live import Counts, Noted
 from .sync import quiet_logging
 
@@ -39,17 +39,12 @@ def _engine(path: Path) -> ReadModels:
 
 def _load(engine: ReadModels, events: int, keys: int) -> None:
     """Append ``events`` deposits straight to the log (as the loader of the scenario suite does) and project them."""
-    storage = engine.storage
-    now = time.time()
-    for start in range(0, events, 5_000):
-        session = storage.begin()
-        batch = []
-        for number in range(start, min(events, start + 5_000)):
-            key = f"k{number % keys:07d}"
-            _name, version, data = engine.types.encode(Noted(key=key))
-            batch.append(NewEvent(new_event_id(), "bench.noted", version, data, key, now, "{}"))
-        session.append(batch)
-        session.commit()
+
+    def noted(number: int) -> tuple[Noted, str]:
+        key = f"k{number % keys:07d}"
+        return Noted(key=key), key
+
+    append_straight(engine, events, noted)
     engine.catch_up()
 
 

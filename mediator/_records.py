@@ -78,6 +78,6 @@ class Registrations:
     services: dict[Any, Service] = attrs.field(factory=dict)
     """The services by key; the newest registration of a key wins, as in punq."""
     expected: list[type[Message]] = attrs.field(factory=list)
+    """Message types that must have a handler (``expect``, ``scan``)."""
     live: Any = None
     """The change feed subscriptions wait on (a :class:`~mediator._live.ChangeFeed`), if one was given."""
-    """Message types that must have a handler (``expect``, ``scan``)."""

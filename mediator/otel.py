@@ -162,6 +162,14 @@ def _histogram(meter: Meter, name: str, description: str) -> Any:
                                   explicit_bucket_boundaries_advisory=list(_DURATION_BUCKETS))
 
 
+def _failed(span: Any, exc: BaseException, duration: Any, started: float, attributes: dict[str, str]) -> None:
+    """Mark ``span`` failed (``error.type`` and an error status) and record the operation's duration with it."""
+    kind = qualname(type(exc))
+    span.set_attribute(ERROR_TYPE, kind)
+    span.set_status(Status(StatusCode.ERROR, str(exc)))
+    duration.record(time.perf_counter() - started, {**attributes, ERROR_TYPE: kind})
+
+
 def _batch(events: Sequence[StoredEvent | NewEvent]) -> dict[str, str | int]:
     """``messaging.batch.message_count`` for a batch of more than one message; ``messaging.message.id`` for one."""
     if len(events) == 1:
@@ -229,9 +237,7 @@ class Tracing:
         if exc is None:
             self.duration.record(time.perf_counter() - started, self.measured)
         else:
-            span.set_attribute(ERROR_TYPE, qualname(type(exc)))
-            span.set_status(Status(StatusCode.ERROR, str(exc)))
-            self.duration.record(time.perf_counter() - started, {**self.measured, ERROR_TYPE: qualname(type(exc))})
+            _failed(span, exc, self.duration, started, self.measured)
 
     def handle(self, message: Any, next: Callable[[Any], Any]) -> Any:
         started = time.perf_counter()
@@ -318,10 +324,11 @@ class TracedPublisher:
         meter = _meter(meter_provider, "mediator.relay")
         self.duration = _histogram(meter, OPERATION_DURATION, "How long publishing a batch took, to its acks")
         self.sent = meter.create_counter(SENT, unit="{message}", description="Messages the broker acknowledged")
+        self.attributes = {SYSTEM: self.system, OPERATION_TYPE: "send", OPERATION_NAME: "send",
+                           DESTINATION: self.destination}
 
     def publish(self, events: Sequence[StoredEvent]) -> None:
-        attributes = {SYSTEM: self.system, OPERATION_TYPE: "send", OPERATION_NAME: "send",
-                      DESTINATION: self.destination}
+        attributes = self.attributes
         started = time.perf_counter()
         with self.tracer.start_as_current_span(
                 f"send {self.destination}", kind=SpanKind.PRODUCER, links=_links(events),
@@ -329,9 +336,7 @@ class TracedPublisher:
             try:
                 self.publisher.publish(events)
             except BaseException as exc:
-                span.set_attribute(ERROR_TYPE, qualname(type(exc)))
-                span.set_status(Status(StatusCode.ERROR, str(exc)))
-                self.duration.record(time.perf_counter() - started, {**attributes, ERROR_TYPE: qualname(type(exc))})
+                _failed(span, exc, self.duration, started, attributes)
                 raise
         self.duration.record(time.perf_counter() - started, attributes)
         self.sent.add(len(events), attributes)
@@ -363,9 +368,7 @@ def traced_delivery(deliver: Callable[[Sequence[NewEvent]], object], *, system: 
             try:
                 result = deliver(events)
             except BaseException as exc:
-                span.set_attribute(ERROR_TYPE, qualname(type(exc)))
-                span.set_status(Status(StatusCode.ERROR, str(exc)))
-                duration.record(time.perf_counter() - started, {**attributes, ERROR_TYPE: qualname(type(exc))})
+                _failed(span, exc, duration, started, attributes)
                 raise
         duration.record(time.perf_counter() - started, attributes)
         return result

@@ -67,7 +67,7 @@ from ._engine import ReadModels
 from ._errors import RebuildRefusedError, UnknownProjectionError
 from ._loading import App, BadAppError, load
 from ._opening import existing_only
-from ._ports import BLOCKED, PARKED, PENDING
+from ._ports import BLOCKED, PARKED, PENDING, partition_name
 from ._projections import Delivery
 
 
@@ -101,7 +101,7 @@ def status(engine: ReadModels, *, colour: bool = False, sample: float = 0.0) -> 
     lag, health, parked and blocked events; then a
     line per rebuild under way (its rate and time left watched for ``sample`` seconds)."""
     rows = [
-        (lag.projection if lag.partition is None else f"{lag.projection}#{lag.partition}", lag.generation,
+        (lag.projection if lag.partition is None else partition_name(lag.projection, lag.partition), lag.generation,
          engine.built_by(lag.projection, lag.generation, record=False),
          "rebuilding" if lag.rebuilding else "current", lag.health, engine.delivery(lag.projection).value,
          lag.checkpoint, lag.applied, lag.positions_behind, f"{lag.seconds_behind:.3f}", lag.parked, lag.blocked,

@@ -466,7 +466,7 @@ class ReadModels:
         """Every partition of ``track``, this runner holding no slot of it (it does not run its delivery)."""
         share = track.share
         if leased and share.slot is not None:
-            self.storage.release(f"{track.base}#slot{share.slot}")
+            self.storage.release(Share.slot_name(track.base, share.slot))
             share.slot, share.occupied, share.next_look = None, [], 0.0
         return track.lanes
 
@@ -478,7 +478,7 @@ class ReadModels:
         now = time.monotonic()
         if now >= share.next_look:
             share.next_look = now + self.standby_interval
-            slots = [f"{track.base}#slot{k}" for k in range(len(lanes))]
+            slots = [Share.slot_name(track.base, k) for k in range(len(lanes))]
             if share.slot is None or not storage.holds(slots[share.slot]):
                 share.slot = next((k for k, slot in enumerate(slots) if storage.acquire(slot)), None)
             occupied = []
@@ -578,7 +578,7 @@ class ReadModels:
 
     def _release_leases(self) -> None:
         # This runner's leases go with it (only its projections' and process managers': a relay may share it).
-        slots = [f"{name}#slot{k}" for name, track in self._tracks.items() for k in range(len(track.lanes))]
+        slots = [Share.slot_name(name, k) for name, track in self._tracks.items() for k in range(len(track.lanes))]
         for track in self._tracks.values():
             track.share = Share()
         for name in [*self._tracks, *self._partitions, *slots,

@@ -32,6 +32,23 @@ if TYPE_CHECKING:
 R = TypeVar("R")
 
 
+PARTITION_MARK = "#"
+"""Separates a partitioned projection's name from what is kept per partition under names of its own (checkpoints,
+dead letters, leases: ``orders#0``, ``orders#1``, ...); never part of a projection's name."""
+
+
+def partition_name(name: str, partition: int | str) -> str:
+    """The name partition ``partition`` of projection ``name`` keeps its checkpoint, dead letters and lease under
+    (``orders#2``; the engine's own records of a projection are named alike: ``orders#slot1``,
+    ``orders#partitions``)."""
+    return f"{name}{PARTITION_MARK}{partition}"
+
+
+def owner_of(name: str) -> str:
+    """The projection a checkpoint name belongs to: ``orders`` for ``orders#2``, the name itself otherwise."""
+    return name.partition(PARTITION_MARK)[0]
+
+
 class NewEvent(NamedTuple):
     """An event about to be appended: encoded, with its id, ordering key, time and metadata (JSON)."""
 
@@ -182,7 +199,7 @@ class ProjectionSession(abc.ABC):
     def owner(self) -> str:
         """The projection whose tables this session writes: :attr:`name`, or for a partition's session (named
         ``orders#2``, its checkpoint and dead letters kept under that name) the partitioned projection's."""
-        return self.name.partition("#")[0]
+        return owner_of(self.name)
 
     def table(self, table: str) -> str:
         """The storage name of ``table`` in this projection's generation."""

@@ -25,28 +25,12 @@ from typing import Any, ClassVar, TypeVar
 
 from .._messages import Event, qualname
 from ._errors import ProjectionConfigError
-from ._ports import ProjectionSession
+from ._ports import PARTITION_MARK, ProjectionSession
 from ._tables import Table, tables_by_attribute, tables_of
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 _APPLIES = "__projection_applies__"
-
-PARTITION_MARK = "#"
-"""Separates a partitioned projection's name from its partition's number in the partition's own name (its
-checkpoint, dead letters and lease are kept under ``orders#0``, ``orders#1``, ...); never part of a projection's
-name."""
-
-
-def partition_name(name: str, partition: int) -> str:
-    """The name partition ``partition`` of projection ``name`` keeps its checkpoint, dead letters and lease under."""
-    return f"{name}{PARTITION_MARK}{partition}"
-
-
-def owner_of(name: str) -> str:
-    """The projection a checkpoint name belongs to: ``orders`` for ``orders#2``, the name itself otherwise."""
-    return name.partition(PARTITION_MARK)[0]
-
 
 def partition_of(key: str | None, partitions: int) -> int:
     """The partition of ``partitions`` that applies the events with ordering ``key`` (those without one: the first).

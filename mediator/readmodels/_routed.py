@@ -31,6 +31,7 @@ from ._ports import (
     Storage,
     StoredEvent,
     WriteSession,
+    owner_of,
 )
 from ._tables import Query, Table
 
@@ -52,7 +53,7 @@ class RoutedStorage(Storage):
 
     def store_of(self, name: str) -> ReadStore:
         """The store that keeps projection ``name``'s read models."""
-        return self.read_stores.get(name.partition("#")[0], self.log)  # a partition's name: its projection's store
+        return self.read_stores.get(owner_of(name), self.log)  # a partition's name: its projection's store
 
     def partitioned_for(self, name: str) -> bool:
         return self.store_of(name).partitioned_for(name)

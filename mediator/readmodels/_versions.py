@@ -17,7 +17,7 @@ import attrs
 import structlog
 
 from ._errors import ReadModelUnavailableError
-from ._ports import Generations, ReadStore
+from ._ports import Generations, ReadStore, partition_name
 from ._projections import Delivery, Projection, partition_of
 
 if TYPE_CHECKING:
@@ -143,6 +143,11 @@ class Share:
     occupied: list[int] = attrs.field(factory=list)
     next_look: float = 0.0
 
+    @staticmethod
+    def slot_name(name: str, slot: int) -> str:
+        """The lease a runner holds as slot ``slot`` of projection ``name``: ``orders#slot1``."""
+        return partition_name(name, f"slot{slot}")
+
 
 @attrs.define
 class Track:
@@ -177,7 +182,7 @@ class Track:
         """The name its checkpoint, dead letters and lease are kept under (``orders#2`` for a partition)."""
         if self.partition is None:
             return self.projection.name
-        return f"{self.projection.name}#{self.partition}"
+        return partition_name(self.projection.name, self.partition)
 
     @property
     def base(self) -> str:
@@ -222,7 +227,7 @@ class Versions:
         known = self.layouts.get((name, generation))
         if known is None:
             storage, track = self.engine.storage, self.engine._tracks.get(name)
-            records = f"{name}#partitions"
+            records = partition_name(name, "partitions")
             recorded = storage.recorded_version(records, generation)
             if recorded is None:
                 mine = 1 if track is None else track.projection.partitions
@@ -236,7 +241,7 @@ class Versions:
     def checkpoint_names(self, name: str, generation: int) -> list[str]:
         """The names ``generation``'s checkpoints are kept under: ``name``, or each of its partitions'."""
         count = self.layout(name, generation, record=False)
-        return [name] if count == 1 else [f"{name}#{p}" for p in range(count)]
+        return [name] if count == 1 else [partition_name(name, p) for p in range(count)]
 
     def built_by(self, name: str, generation: int, *, record: bool = True) -> int:
         """The projection version that built ``generation`` (recorded once, then remembered).
