@@ -75,8 +75,14 @@ _log = structlog.get_logger("mediator.readmodels")
 
 
 SYNCHRONOUS = ("NORMAL", "FULL", "EXTRA")
-CHECKPOINT_EVERY = 0.05
-"""Seconds between the background WAL checkpoints of a :class:`SqliteStorage` that writes (its default)."""
+CHECKPOINT_EVERY = 0.01
+"""Seconds between the background WAL checkpoints of a :class:`SqliteStorage` that writes (its default), while
+commits come. Small checkpoints often, not large ones seldom: a checkpoint's fsyncs hold up the commits of every
+process writing to the same disk for as long as they take (on ext4, measured with a projection worker at 2,000,000
+orders: lag p99 about 68 ms at 0.05 s and 42 ms at 0.01 s, the median of six paced runs each)."""
+IDLE_CHECKPOINT_WAIT = 0.25
+"""Seconds the background checkpoints wait at most while nothing is committed: after a pass that found nothing new
+to copy the wait doubles, up to this; the first pass that copies something goes back to ``checkpoint_every``."""
 FALLBACK_CHECKPOINT_PAGES = 20_000
 """WAL pages (80 MB at 4 KiB) past which a committing connection checkpoints by itself after all, as SQLite does
 at 1,000 by default: only reached if the background checkpoints stopped or cannot keep up."""
@@ -202,7 +208,8 @@ def _require_existing(path: Path, role: str, table: str) -> None:
 
 class _Checkpointer:
     """A daemon thread that copies the WAL back into the database every ``every`` seconds (``PASSIVE``: it never
-    waits for a reader or a writer), so committing connections do not.
+    waits for a reader or a writer), so committing connections do not. While nothing is committed it looks less
+    and less often, down to every :data:`IDLE_CHECKPOINT_WAIT` seconds.
 
     SQLite's own rule checkpoints in whichever connection's commit passes 1,000 WAL pages: that commit waits for
     two fsyncs and the copy, a few milliseconds every hundred commands or so (half a checkout's commit time, all
@@ -222,24 +229,33 @@ class _Checkpointer:
         connections: list[sqlite3.Connection] = []
         try:
             connections += (sqlite3.connect(str(path), timeout=timeout, isolation_level=None) for path in paths)
-            while not self.stop.wait(every):
-                for connection in connections:
-                    self._checkpoint(connection)
+            seen: list[object] = [None] * len(connections)
+            wait = every
+            while not self.stop.wait(wait):
+                copied = False
+                for index, connection in enumerate(connections):
+                    state = self._checkpoint(connection)
+                    if state != seen[index]:  # the WAL moved since the last pass: something was committed
+                        seen[index], copied = state, True
+                wait = every if copied else min(wait * 2, max(every, IDLE_CHECKPOINT_WAIT))
         except sqlite3.Error as exc:  # could not even open the files: commits checkpoint at the fallback
             _log.warning("sqlite_checkpoints_stopped", error=str(exc))
         finally:
             for connection in connections:
                 connection.close()
 
-    def _checkpoint(self, connection: sqlite3.Connection) -> None:
+    def _checkpoint(self, connection: sqlite3.Connection) -> object:
+        """Checkpoint one file; return the WAL's state after it (its frames and how many are copied back), or
+        ``None`` if the checkpoint failed."""
         try:
-            connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            state = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         except sqlite3.Error as exc:  # the file removed under us, a disk error: commits checkpoint at the fallback
             self.failures += 1
             if self.failures == 1:
                 _log.warning("sqlite_checkpoint_failed", error=str(exc))
-        else:
-            self.failures = 0
+            return None
+        self.failures = 0
+        return tuple(state[1:]) if state else None
 
 
 def _close_with_thread(storage: weakref.ref[SqliteStorage], connection: sqlite3.Connection) -> None:
@@ -433,4 +449,7 @@ class SqliteStorage(SqlStorage):
         self._local = threading.local()
 
 
-__all__ = ["CHECKPOINT_EVERY", "FALLBACK_CHECKPOINT_PAGES", "SqliteStorage", "SqliteWriteSession", "connect"]
+__all__ = [
+    "CHECKPOINT_EVERY", "FALLBACK_CHECKPOINT_PAGES", "IDLE_CHECKPOINT_WAIT", "SqliteStorage", "SqliteWriteSession",
+    "connect",
+]

@@ -7,6 +7,7 @@ WAL back. So the database file growing while nothing else touches it is the back
 from __future__ import annotations
 
 import gc
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from mediator.readmodels import NewEvent
+from mediator.readmodels import NewEvent, sqlite
 from mediator.readmodels.sqlite import FALLBACK_CHECKPOINT_PAGES, SqliteStorage
 
 THREAD = "mediator-sqlite-checkpoints"
@@ -126,6 +127,31 @@ def test_two_files_are_both_checkpointed(tmp_path: Path) -> None:
                 session.handle.execute(
                     "INSERT INTO padded VALUES (?, ?)", (f"k{n}", "p" * 4_000))
         assert eventually(lambda: (tmp_path / "read.db").stat().st_size > before + 100 * 4_000)
+    finally:
+        storage.close()
+
+
+def test_an_idle_storage_checkpoints_less_often_and_a_commit_brings_them_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    passes: list[float] = []
+    plain = sqlite._Checkpointer._checkpoint
+
+    def counted(self: sqlite._Checkpointer, connection: sqlite3.Connection) -> object:
+        passes.append(time.monotonic())
+        return plain(self, connection)
+
+    monkeypatch.setattr(sqlite._Checkpointer, "_checkpoint", counted)
+    storage = SqliteStorage(tmp_path / "app.db", checkpoint_every=0.01)
+    try:
+        append(storage, 1)
+        time.sleep(1.0)  # idle: the wait doubles from 0.01 s to the quarter-second cap
+        quiet_since = time.monotonic()
+        time.sleep(1.0)
+        idle = [at for at in passes if at >= quiet_since]
+        assert 1 <= len(idle) <= 8, len(idle)  # every 0.01 s it would be about a hundred
+        before = (tmp_path / "app.db").stat().st_size
+        append(storage, 100)
+        assert eventually(lambda: (tmp_path / "app.db").stat().st_size > before + 100 * 2_000)
     finally:
         storage.close()
 
