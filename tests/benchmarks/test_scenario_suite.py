@@ -13,6 +13,7 @@ import pytest
 from benchmarks import _shopdata as shopdata
 from benchmarks import scenario
 from benchmarks._harness import TINY
+from mediator.readmodels.sqlite import connect
 from tests import redis_server
 
 READS = ("order_details", "customer_orders", "products_by_category", "dashboard", "daily_sales")
@@ -111,3 +112,19 @@ def test_paced_checkouts_keep_to_their_schedule(monkeypatch: pytest.MonkeyPatch)
     on_time = [t - 100.0 for t, _ in sent[-50:]]
     assert all(t == pytest.approx(i / 200, abs=1e-9) for t, i in zip(on_time, range(150, 200), strict=True))
     assert per_checkout == pytest.approx(1.0 / 200)
+
+
+def test_quiesce_leaves_every_database_with_an_empty_wal_and_its_rows(tmp_path: Path) -> None:
+    connections = [connect(tmp_path / name) for name in scenario.DATABASES]
+    try:
+        for connection in connections:
+            connection.execute("PRAGMA wal_autocheckpoint=0")  # everything stays in the WAL until a checkpoint
+            connection.execute("CREATE TABLE t (n INTEGER)")
+            connection.executemany("INSERT INTO t VALUES (?)", [(n,) for n in range(1_000)])
+        assert all((tmp_path / f"{name}-wal").stat().st_size > 0 for name in scenario.DATABASES)
+        scenario.quiesce(tmp_path)
+        assert all((tmp_path / f"{name}-wal").stat().st_size == 0 for name in scenario.DATABASES)
+        assert [c.execute("SELECT COUNT(*) FROM t").fetchone()[0] for c in connections] == [1_000] * 3
+    finally:
+        for connection in connections:
+            connection.close()
