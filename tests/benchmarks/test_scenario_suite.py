@@ -114,17 +114,22 @@ def test_paced_checkouts_keep_to_their_schedule(monkeypatch: pytest.MonkeyPatch)
     assert per_checkout == pytest.approx(1.0 / 200)
 
 
-def test_quiesce_leaves_every_database_with_an_empty_wal_and_its_rows(tmp_path: Path) -> None:
+def test_quiesce_copies_every_wal_back_into_its_database(tmp_path: Path) -> None:
     connections = [connect(tmp_path / name) for name in scenario.DATABASES]
     try:
         for connection in connections:
             connection.execute("PRAGMA wal_autocheckpoint=0")  # everything stays in the WAL until a checkpoint
-            connection.execute("CREATE TABLE t (n INTEGER)")
-            connection.executemany("INSERT INTO t VALUES (?)", [(n,) for n in range(1_000)])
-        assert all((tmp_path / f"{name}-wal").stat().st_size > 0 for name in scenario.DATABASES)
+            connection.execute("CREATE TABLE t (n TEXT)")
+            connection.executemany("INSERT INTO t VALUES (?)", [("x" * 100,) for _ in range(1_000)])
+        assert all((tmp_path / name).stat().st_size < 100_000 for name in scenario.DATABASES)  # the rows: in the WAL
         scenario.quiesce(tmp_path)
-        assert all((tmp_path / f"{name}-wal").stat().st_size == 0 for name in scenario.DATABASES)
+        assert all((tmp_path / name).stat().st_size > 100_000 for name in scenario.DATABASES)
         assert [c.execute("SELECT COUNT(*) FROM t").fetchone()[0] for c in connections] == [1_000] * 3
+        for connection in connections:  # the next commit starts the WAL over: it does not grow
+            wal = tmp_path.joinpath(connection.execute("PRAGMA database_list").fetchone()[2] + "-wal")
+            size = wal.stat().st_size
+            connection.execute("INSERT INTO t VALUES ('y')")
+            assert wal.stat().st_size == size
     finally:
         for connection in connections:
             connection.close()
