@@ -423,6 +423,11 @@ READER = "import sys; from benchmarks.scenario import reader; reader(sys.argv[1]
 ROOT = Path(__file__).resolve().parents[1]
 
 
+CRUD_DB, CQRS_DB, CQRS_READ_DB = "crud.db", "cqrs.db", "cqrs-read.db"
+DATABASES = (CRUD_DB, CQRS_DB, CQRS_READ_DB)
+"""The scenario's SQLite files, in its folder: the baseline's, the cqrs log and write model, the cqrs read models."""
+
+
 def _child_env() -> dict[str, str]:
     """The environment of a reader or worker process: this one's, with the repository on ``PYTHONPATH``."""
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
@@ -433,7 +438,7 @@ def cqrs_shop(folder: Path) -> Shop:
     in ``cqrs.db``, the read models in ``cqrs-read.db`` (a file of their own: a smaller file the page cache keeps),
     and the projections delivered to a worker process (:func:`projection_worker`), not to a thread of the writer.
     Without the order fulfilment process (payment timeouts): the CRUD shop has none to set against it."""
-    return build_shop(folder / "cqrs.db", folder / "cqrs-read.db", logging=False, delivery=Delivery.WORKER,
+    return build_shop(folder / CQRS_DB, folder / CQRS_READ_DB, logging=False, delivery=Delivery.WORKER,
                       fulfilment=False)
 
 
@@ -455,7 +460,7 @@ def reader(kind: str, folder: str, rate: int = 0) -> None:
     read: Callable[[], object]
     with quiet_logging():
         if kind == "crud":
-            crud = CrudShop(Path(folder) / "crud.db")
+            crud = CrudShop(Path(folder) / CRUD_DB)
             read, closing = crud.sales_dashboard, crud.close
         else:
             shop = cqrs_shop(Path(folder))
@@ -612,10 +617,6 @@ def measure_checkouts(both: Both, folder: Path, size: Size, rng: random.Random,
     return out
 
 
-DATABASES = ("crud.db", "cqrs.db", "cqrs-read.db")
-"""The scenario's SQLite files, in its folder: the baseline's, the cqrs log and write model, the cqrs read models."""
-
-
 def quiesce(folder: Path) -> None:
     """Copy every WAL back into its database and have the next commit start it over (``RESTART`` checkpoints), so
     a timed run starts with no run's backlog: a flat-out reader keeps a WAL from being reset, and the checkpoints that
@@ -731,7 +732,7 @@ def shops(folder: Path, data: shopdata.Catalog) -> Iterator[Both]:
     """Both shops, empty, in ``folder``; closed at the end."""
     shop = cqrs_shop(folder)
     try:
-        crud = CrudShop(folder / "crud.db")
+        crud = CrudShop(folder / CRUD_DB)
         try:
             yield Both(data, crud, shop, shopdata.CqrsLoader(shop, data))
         finally:

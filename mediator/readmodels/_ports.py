@@ -173,6 +173,8 @@ class ProjectionSession(abc.ABC):
     replaying: bool = False
     _handle: Any = None
     _owned: dict[Table[Any], str]
+    _names: dict[str, str]
+    """The storage names :meth:`table` gave, by table (a session's projection and generation never change)."""
     _pending_rows: dict[str, tuple[Table[Any], dict[tuple[Any, ...], Any]]] | None = None
     """Rows written and not yet flushed, per storage table name: the table, and by key the stored values, an
     :class:`~mediator.readmodels._tables.Adding` (written with ``add=``), a
@@ -203,7 +205,15 @@ class ProjectionSession(abc.ABC):
 
     def table(self, table: str) -> str:
         """The storage name of ``table`` in this projection's generation."""
-        return table_name(self.owner, table, self.generation)
+        try:  # raw read-model code asks once per event: named once per session
+            return self._names[table]
+        except (AttributeError, KeyError):
+            try:
+                names = self._names
+            except AttributeError:
+                names = self._names = {}
+            named = names[table] = table_name(self.owner, table, self.generation)
+            return named
 
     # -- typed tables ------------------------------------------------------------------------------
 
